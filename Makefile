@@ -1,0 +1,30 @@
+# Set-up and entry points. `make demo` and `make test` work on a fresh clone with nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	PATH=$(abspath $(BIN)):$$PATH bash recipes/synth/run.sh
+
+bench: install
+	$(BIN)/python bench/features.py
+	$(BIN)/python bench/gmm.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

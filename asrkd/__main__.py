@@ -1,0 +1,5 @@
+import sys
+
+from asrkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""The `asrkd` command: one verb per recipe stage.
+
+Each verb lives in `asrkd/bin/<verb>.py` (dashes become underscores) and defines
+``add_arguments(parser)`` and ``main(args)``; ``main`` is a thin wrapper over one library
+function. Verb modules are imported only when run, so `asrkd --help` is fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+# verb -> one-line summary (shown by `asrkd --help`)
+VERBS = {
+    "synth-corpus": "generate the synthetic espeak-ng corpus in the LibriSpeech layout",
+    "prepare-data": "LibriSpeech subset dir -> Kaldi data dir (wav.scp, text, utt2spk, ...)",
+    "validate-data-dir": "check a Kaldi data dir for consistency",
+    "copy-data-dir": "copy a data dir's metadata (not its features) to a new dir",
+    "subset-data-dir": "split a data dir by speaker into two dirs",
+    "compute-feats": "compute fbank or MFCC features into ark/scp",
+    "compute-cmvn": "compute per-speaker CMVN statistics (cmvn.scp)",
+    "prepare-lang": "build the lang dir: lexicon, phones, topology, L.fst",
+    "train-lm": "estimate an interpolated Kneser-Ney n-gram LM (ARPA)",
+    "make-graph": "build G.fst and the HCLG decoding graph for a model",
+    "train-mono": "train a monophone GMM-HMM from a flat start",
+    "train-tri": "build a triphone tree and train a context-dependent GMM-HMM",
+    "align": "force-align a data dir; writes transition-ids, pdf-ids and pdf counts",
+    "train": "train one DNN acoustic model on pdf targets",
+    "train-ensemble": "train N DNN acoustic models with different seeds",
+    "soft-targets": "store the ensemble's temperature-softened posteriors",
+    "distill": "train a student on soft (ensemble) and hard (alignment) targets",
+    "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
+    "score": "score hypotheses against reference text (WER)",
+    "report": "write the Table-1 style report (results.md, results.json, charts)",
+}
+
+
+def build_parser(verb=None):
+    parser = argparse.ArgumentParser(
+        prog="asrkd",
+        description="Knowledge distillation of hybrid DNN-HMM acoustic models. "
+        "Run `asrkd VERB --help` for a verb's arguments.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="verbs:\n" + "\n".join(f"  {v:<18} {h}" for v, h in VERBS.items()),
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for v, h in VERBS.items():
+        if v != verb:
+            sub.add_parser(v, help=h)
+            continue
+        p = sub.add_parser(
+            v, help=h, description=h[0].upper() + h[1:] + ".",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        _module(v).add_arguments(p)
+    return parser
+
+
+def _version():
+    from asrkd import __version__
+
+    return f"asrkd {__version__}"
+
+
+def _module(verb):
+    return importlib.import_module("asrkd.bin." + verb.replace("-", "_"))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb is not None and verb not in VERBS:
+        print(f"asrkd: unknown verb {verb!r}; run `asrkd --help` for the list", file=sys.stderr)
+        return 2
+    args = build_parser(verb).parse_args(argv)
+    if args.verb is None:
+        build_parser().print_help()
+        return 0
+    try:
+        rc = _module(args.verb).main(args)
+    except UserError as e:  # a clear one-line answer for bad input, no traceback
+        print(f"asrkd {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    return 0 if rc is None else rc
+
+
+from asrkd.errors import UserError  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

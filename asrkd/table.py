@@ -1,0 +1,114 @@
+"""Kaldi text tables (``key value...`` per line) and Kaldi ark/scp archives, written atomically.
+
+Every writer here writes to a temporary name in the same directory and renames it into place,
+so a killed run never leaves a half-written file that a rerun would trust.
+"""
+
+import contextlib
+import os
+import tempfile
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_table(path, multi=False):
+    """Read a Kaldi table file into a dict, keeping file order.
+
+    ``multi=False``: value is the rest of the line (a string, possibly empty).
+    ``multi=True``: value is the list of whitespace-separated fields.
+    Raises ValueError naming the file and line on a duplicate key.
+    """
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            key = parts[0]
+            rest = parts[1].strip() if len(parts) > 1 else ""
+            if key in out:
+                raise ValueError(f"{path}:{n}: duplicate key {key!r}")
+            out[key] = rest.split() if multi else rest
+    return out
+
+
+def write_table(path, table, sort=True):
+    """Write a dict as a Kaldi table (values: str, or a list joined by spaces), sorted by key."""
+    keys = sorted(table) if sort else list(table)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for k in keys:
+            v = table[k]
+            if isinstance(v, (list, tuple)):
+                v = " ".join(str(x) for x in v)
+            f.write(f"{k} {v}\n" if v != "" else f"{k}\n")
+
+
+class ArkWriter:
+    """Write (key, numpy array) pairs to ``ark_path`` + ``scp_path`` atomically.
+
+    Both files appear only when the writer closes without error. Float matrices are written as
+    Kaldi float matrices, 1-D integer arrays as Kaldi int32 vectors (alignments), via kaldiio.
+    """
+
+    def __init__(self, ark_path, scp_path):
+        self.ark_path, self.scp_path = os.fspath(ark_path), os.fspath(scp_path)
+        self._ark_ctx = atomic_path(self.ark_path)
+        self._scp_ctx = atomic_path(self.scp_path)
+        self._tmp_ark = self._ark_ctx.__enter__()
+        self._tmp_scp = self._scp_ctx.__enter__()
+        self._ark = open(self._tmp_ark, "wb")
+        self._scp_lines = []
+
+    def __setitem__(self, key, array):
+        import kaldiio
+
+        array = np.asarray(array)
+        if array.dtype.kind in "iu":
+            array = array.astype(np.int32)
+        elif array.dtype != np.float64:
+            array = array.astype(np.float32)
+        offset = self._ark.tell()
+        kaldiio.save_ark(self._ark, {key: array})
+        start = offset + len(key.encode()) + 1  # kaldiio scp offset points past "key "
+        self._scp_lines.append(f"{key} {self.ark_path}:{start}\n")
+
+    def close(self, error=None):
+        self._ark.close()
+        if error is None:
+            with open(self._tmp_scp, "w") as f:
+                f.writelines(self._scp_lines)
+        args = (None, None, None) if error is None else (type(error), error, None)
+        self._ark_ctx.__exit__(*args)
+        self._scp_ctx.__exit__(*args)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, e, tb):
+        self.close(e)
+        return False
+
+
+def read_scp(scp_path):
+    """Lazy dict-like reader of a Kaldi scp (kaldiio, memory-mapped per entry)."""
+    import kaldiio
+
+    return kaldiio.load_scp(os.fspath(scp_path))

@@ -1,0 +1,58 @@
+# Shared by recipes/*/run.sh: option parsing, logging, stage selection, done-markers, timings.
+#
+#   stage N "name" && { commands; stage_done N; }
+#
+# A stage runs when stage <= N <= stop_stage and its done-marker exp/.done/N is absent; its wall
+# time is appended to exp/timings.tsv. Remove exp/.done/N (or use --force) to run it again.
+
+log() {
+  local fname=${BASH_SOURCE[1]##*/}
+  echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+
+# parse_options "$@": every --foo-bar VALUE sets $foo_bar if that variable already exists.
+parse_options() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --help|-h) usage; exit 0 ;;
+      --*)
+        local name=${1#--}; name=${name//-/_}
+        if ! declare -p "$name" >/dev/null 2>&1; then
+          echo "$0: unknown option $1 (see --help)" >&2; exit 1
+        fi
+        [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
+        printf -v "$name" '%s' "$2"; shift 2 ;;
+      *) echo "$0: unexpected argument $1 (see --help)" >&2; exit 1 ;;
+    esac
+  done
+}
+
+_stage_start=0
+# stage N NAME: true if stage N should run now (and starts its clock).
+stage() {
+  local n=$1 name=$2
+  if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then return 1; fi
+  if [ -f "$exp/.done/$n" ] && [ "$force" != true ]; then
+    log "Stage $n: $name (done already, skipped)"
+    return 1
+  fi
+  log "Stage $n: $name"
+  _stage_name=$name
+  _stage_start=$(date +%s.%N)
+  return 0
+}
+
+# stage_done N: writes the done-marker and the stage's wall time.
+stage_done() {
+  local n=$1 secs
+  secs=$(awk -v a="$_stage_start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  mkdir -p "$exp/.done"
+  touch "$exp/.done/$n"
+  # one line per stage; a rerun of a stage replaces its line
+  if [ -f "$exp/timings.tsv" ]; then
+    awk -F'\t' -v s="$n" '$1 != s' "$exp/timings.tsv" > "$exp/timings.tsv.tmp"
+    mv "$exp/timings.tsv.tmp" "$exp/timings.tsv"
+  fi
+  printf '%s\t%s\t%s\n' "$n" "$_stage_name" "$secs" >> "$exp/timings.tsv"
+  log "Stage $n done in ${secs} s"
+}

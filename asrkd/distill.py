@@ -1,0 +1,452 @@
+"""Knowledge distillation: ensemble soft targets, the KD loss, and student training.
+
+Soft targets (Hinton, Vinyals & Dean 2015, sec. 2): for every frame the ensemble's
+temperature-softened distribution over pdfs, combined either as the arithmetic mean of the
+teachers' tempered softmaxes (``arith``, the paper's choice) or as their normalized geometric
+mean (``geo`` = softmax(mean_m z_m / T)).
+
+Loss (paper sec. 2 and 4): ``alpha * T^2 * CE(soft targets at T, student softmax at T)
++ (1 - alpha) * CE(hard alignment targets, student softmax at T=1)``. The T^2 factor keeps the
+soft term's gradient magnitude independent of T. The paper weighted the hard term 0.5, hence
+``alpha=0.5`` by default.
+
+Where we deviate from the paper:
+- Soft targets are stored sparsely: per frame the top-k probabilities, renormalized to sum to
+  one (float16), and their pdf ids (uint16 below 65536 pdfs). The paper kept dense targets; with
+  thousands of pdfs almost all mass sits in a few of them, and dense float32 costs
+  ``num_pdfs * 4`` bytes per frame. ``meta.json`` records the bytes per frame of both.
+  With top-k targets the soft CE is ``-sum_k p_k log softmax(z/T)[id_k]``.
+- The soft term uses the stored (already tempered) ensemble distribution; the temperature the
+  student is trained at must equal the one the targets were made at (checked).
+
+Store layout (``OUT_DIR``): ``meta.json`` (temperature, combine, topk, num_pdfs, teachers,
+bytes_per_frame, dense_bytes_per_frame, num_frames, num_utts), ``index`` (lines
+``utt shard offset num_frames``, sorted by utt), and per shard ``ids.<shard>.npy`` (F, K) and
+``probs.<shard>.npy`` (F, K) float16 with the frames of the shard's utterances concatenated.
+The arrays are memory-mapped on load.
+"""
+
+import glob
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asrkd.errors import UserError
+from asrkd.jobs import run_jobs, split_evenly
+from asrkd.table import atomic_path, read_table, write_table
+
+COMBINES = ("arith", "geo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha):
+    """Distillation loss over a batch of frames.
+
+    Args:
+        logits: (N, P) student logits.
+        hard: (N,) int64 hard pdf targets (forced alignment).
+        soft_ids: (N, K) int64 pdf ids of the soft targets (K may equal P for dense targets).
+        soft_probs: (N, K) float soft target probabilities (each row sums to one).
+        temperature: T used both for the soft targets and the student's soft term.
+        alpha: weight of the soft term; 0 gives plain cross-entropy on ``hard``.
+    Returns:
+        scalar tensor: alpha * T^2 * soft CE + (1 - alpha) * hard CE (means over frames).
+    """
+    loss = logits.new_zeros(())
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(logits, hard)
+    if alpha > 0:
+        logp = F.log_softmax(logits / temperature, dim=-1)  # (N, P)
+        soft_ce = -(soft_probs * logp.gather(1, soft_ids)).sum(dim=1).mean()
+        loss = loss + alpha * temperature**2 * soft_ce
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# Combining teachers
+
+
+def combine_teachers(logits, temperature, combine="arith"):
+    """Ensemble distribution at temperature T from stacked teacher logits.
+
+    Args:
+        logits: (M, T, P) logits of M teachers.
+    Returns:
+        (T, P) probabilities: ``arith`` = mean_m softmax(z_m / T); ``geo`` = softmax(mean_m z_m / T),
+        the normalized geometric mean of the tempered distributions.
+    """
+    if combine == "arith":
+        return F.softmax(logits / temperature, dim=-1).mean(dim=0)
+    if combine == "geo":
+        return F.softmax(logits.mean(dim=0) / temperature, dim=-1)
+    raise UserError(f"unknown combine {combine!r}; use one of {', '.join(COMBINES)}")
+
+
+def sparsify(probs, topk):
+    """Keep each row's ``topk`` largest probabilities, renormalized. Returns (ids, probs)."""
+    k = min(topk, probs.shape[-1]) if topk and topk > 0 else probs.shape[-1]
+    vals, ids = probs.topk(k, dim=-1)
+    vals = vals / vals.sum(dim=-1, keepdim=True)
+    return ids, vals
+
+
+def find_teachers(teachers_dir):
+    """Checkpoints TEACHERS_DIR/model*/final.pt, sorted; a UserError if there are none."""
+    paths = sorted(glob.glob(os.path.join(teachers_dir, "model*", "final.pt")))
+    if not paths:
+        raise UserError(f"{teachers_dir}: no teacher checkpoints model*/final.pt")
+    return paths
+
+
+class Ensemble:
+    """Teacher models evaluated together: logits (M, N, P) for a batch or utterance."""
+
+    def __init__(self, ckpt_paths):
+        from asrkd.models import load_model
+
+        self.paths = list(ckpt_paths)
+        self.models = [load_model(p).eval() for p in self.paths]
+        for m in self.models:
+            m.requires_grad_(False)
+
+    @torch.no_grad()
+    def utterance_logits(self, feats):
+        """feats (T, D) -> (M, T, P) logits."""
+        return torch.stack([m.utterance_logits(feats) for m in self.models])
+
+    @torch.no_grad()
+    def batch_logits(self, x):
+        """x (N, ...) network input as batched by train_model -> (M, N, P) logits."""
+        return torch.stack([m(x) for m in self.models])
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+
+
+def _id_dtype(num_pdfs):
+    return np.uint16 if num_pdfs < 65536 else np.int32
+
+
+def bytes_per_frame(topk, num_pdfs):
+    """Bytes per frame of the sparse store (float16 probs + ids) and of dense float32."""
+    k = min(topk, num_pdfs) if topk and topk > 0 else num_pdfs
+    return k * (2 + np.dtype(_id_dtype(num_pdfs)).itemsize), num_pdfs * 4
+
+
+def _soft_targets_job(data_dir, ckpts, out_dir, shard, utts, temperature, combine, topk,
+                      num_pdfs):
+    """One shard: run the ensemble over ``utts`` and write ids/probs.<shard>.npy."""
+    from asrkd.data import DataDir
+    from asrkd.features import FeatureReader
+
+    expected = DataDir(data_dir).utt2num_frames
+    reader = FeatureReader(data_dir, cmvn="meanvar")
+    ens = Ensemble(ckpts)
+    items = []
+    for utt in utts:
+        feats = np.asarray(reader[utt], dtype=np.float32)
+        if feats.shape[0] != expected[utt]:
+            raise UserError(
+                f"{utt}: features have {feats.shape[0]} frames, utt2num_frames says {expected[utt]}"
+            )
+        logits = ens.utterance_logits(torch.from_numpy(feats))  # (M, T, P)
+        ids, probs = sparsify(combine_teachers(logits, temperature, combine), topk)
+        items.append((utt, ids.numpy(), probs.numpy()))
+        print(f"{utt} {feats.shape[0]}", flush=True)
+    return _write_shard(out_dir, shard, items, num_pdfs)
+
+
+def _write_shard(out_dir, shard, items, num_pdfs):
+    """Write [(utt, ids (T, K), probs (T, K))] as one shard; return its index entries."""
+    index, offset = [], 0
+    for utt, ids, probs in items:
+        if ids.shape != probs.shape:
+            raise UserError(f"{utt}: ids {ids.shape} and probs {probs.shape} differ")
+        if ids.size and (ids.min() < 0 or ids.max() >= num_pdfs):
+            raise UserError(f"{utt}: pdf ids outside [0, {num_pdfs})")
+        index.append((utt, shard, offset, ids.shape[0]))
+        offset += ids.shape[0]
+    if not items:
+        return index
+    arrays = {
+        "ids": np.concatenate([i for _, i, _ in items]).astype(_id_dtype(num_pdfs)),
+        "probs": np.concatenate([p for _, _, p in items]).astype(np.float16),
+    }
+    for name, arr in arrays.items():
+        with atomic_path(os.path.join(out_dir, f"{name}.{shard}.npy")) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+    return index
+
+
+def _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, teachers, data_dir=None):
+    """Write index + meta.json for shards written by _write_shard; return the meta."""
+    index = {utt: [shard, off, n] for idx in indexes for utt, shard, off, n in idx}
+    write_table(os.path.join(out_dir, "index"), index)
+    k = min(topk, num_pdfs) if topk and topk > 0 else num_pdfs
+    bpf, dense = bytes_per_frame(topk, num_pdfs)
+    meta = {
+        "temperature": float(temperature),
+        "combine": combine,
+        "topk": int(k),
+        "num_pdfs": int(num_pdfs),
+        "teachers": [os.path.abspath(p) for p in teachers],
+        "bytes_per_frame": int(bpf),
+        "dense_bytes_per_frame": int(dense),
+        "num_utts": len(index),
+        "num_frames": int(sum(v[2] for v in index.values())),
+        "data_dir": os.path.abspath(data_dir) if data_dir else None,
+    }
+    _write_json(os.path.join(out_dir, "meta.json"), meta)
+    return meta
+
+
+def save_soft_targets(out_dir, probs_by_utt, temperature, combine="arith", topk=20, teachers=()):
+    """Store dense (T, P) distributions per utterance (top-k, renormalized); return the meta.
+
+    For callers that already have the distributions (and tests); the ensemble path is
+    compute_soft_targets.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    items, num_pdfs = [], None
+    for utt in sorted(probs_by_utt):
+        probs = torch.as_tensor(np.asarray(probs_by_utt[utt], dtype=np.float32))
+        num_pdfs = probs.shape[-1]
+        ids, vals = sparsify(probs, topk)
+        items.append((utt, ids.numpy(), vals.numpy()))
+    if num_pdfs is None:
+        raise UserError("no soft targets to store")
+    indexes = [_write_shard(out_dir, 1, items, num_pdfs)]
+    return _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, teachers)
+
+
+def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combine="arith",
+                         topk=20, nj=1):
+    """Compute and store the ensemble soft targets of every utterance in ``data_dir``.
+
+    Returns the meta dict (also written to ``out_dir/meta.json``).
+    """
+    from asrkd.data import DataDir
+    from asrkd.models import load_model
+
+    if combine not in COMBINES:
+        raise UserError(f"unknown combine {combine!r}; use one of {', '.join(COMBINES)}")
+    if temperature <= 0:
+        raise UserError(f"temperature must be positive, got {temperature}")
+    data = DataDir(data_dir)
+    if not data.has("utt2num_frames"):
+        raise UserError(f"{data_dir}: missing utt2num_frames (run compute-feats first)")
+    ckpts = find_teachers(teachers_dir)
+    pdfs = {int(load_model(p).config.num_pdfs) for p in ckpts}
+    if len(pdfs) != 1:
+        raise UserError(f"teachers in {teachers_dir} disagree on the number of pdfs: {sorted(pdfs)}")
+    num_pdfs = pdfs.pop()
+    utts = data.utts
+    os.makedirs(out_dir, exist_ok=True)
+    # More shards than workers so the progress bar moves; each shard reloads the (small) models.
+    nshards = max(1, min(len(utts), 4 * max(1, nj)))
+    job_args = [
+        (data_dir, ckpts, out_dir, i + 1, chunk, temperature, combine, topk, num_pdfs)
+        for i, chunk in enumerate(split_evenly(utts, nshards))
+        if chunk
+    ]
+    indexes = run_jobs(_soft_targets_job, job_args, nj, os.path.join(out_dir, "log"),
+                       "soft_targets", desc="soft targets", threads_per_job=1)
+    return _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, ckpts,
+                         data_dir=data_dir)
+
+
+def _write_json(path, obj):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+class SoftTargetStore(Mapping):
+    """Read a soft-target dir: ``store[utt] -> (ids (T, K) int64, probs (T, K) float32)``.
+
+    With ``utt2num_frames`` (a dict, or a data dir path), every utterance's frame count is
+    checked against it up front and a mismatch or a missing utterance is a UserError.
+    """
+
+    def __init__(self, soft_dir, utt2num_frames=None):
+        self.dir = os.fspath(soft_dir)
+        meta_path = os.path.join(self.dir, "meta.json")
+        if not os.path.isfile(meta_path):
+            raise UserError(f"{self.dir}: not a soft-target dir (no meta.json)")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        self.index = {
+            u: (int(s), int(o), int(n))
+            for u, (s, o, n) in read_table(os.path.join(self.dir, "index"), multi=True).items()
+        }
+        self._shards = {}
+        if utt2num_frames is not None:
+            self.check_frames(utt2num_frames)
+
+    @property
+    def temperature(self):
+        return self.meta["temperature"]
+
+    @property
+    def topk(self):
+        return self.meta["topk"]
+
+    @property
+    def num_pdfs(self):
+        return self.meta["num_pdfs"]
+
+    def check_frames(self, utt2num_frames, utts=None):
+        """UserError unless every utt (default: all of utt2num_frames) is stored with that length."""
+        if isinstance(utt2num_frames, (str, os.PathLike)):
+            from asrkd.data import DataDir
+
+            utt2num_frames = DataDir(utt2num_frames).utt2num_frames
+        for utt in utt2num_frames if utts is None else utts:
+            if utt not in self.index:
+                raise UserError(f"{self.dir}: no soft targets for {utt}")
+            n = self.index[utt][2]
+            if n != utt2num_frames[utt]:
+                raise UserError(
+                    f"{self.dir}: {utt} has {n} frames of soft targets, "
+                    f"utt2num_frames says {utt2num_frames[utt]}"
+                )
+
+    def _shard(self, shard):
+        if shard not in self._shards:
+            self._shards[shard] = tuple(
+                np.load(os.path.join(self.dir, f"{name}.{shard}.npy"), mmap_mode="r")
+                for name in ("ids", "probs")
+            )
+        return self._shards[shard]
+
+    def __getitem__(self, utt):
+        shard, off, n = self.index[utt]
+        ids, probs = self._shard(shard)
+        ids, probs = ids[off:off + n], probs[off:off + n]
+        if ids.shape[0] != n or probs.shape[0] != n:
+            raise UserError(f"{self.dir}: shard {shard} is truncated at {utt}")
+        return ids.astype(np.int64), probs.astype(np.float32)
+
+    def __iter__(self):
+        return iter(self.index)
+
+    def __len__(self):
+        return len(self.index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Student training
+
+
+class PackedTargets(Mapping):
+    """``store[utt]`` packed as one float32 (T, 2K) array [ids | probs] for train_model's batching.
+
+    Pdf ids are exact in float32 up to 2^24.
+    """
+
+    def __init__(self, store):
+        self.store = store
+
+    def __getitem__(self, utt):
+        ids, probs = self.store[utt]
+        return np.concatenate([ids.astype(np.float32), probs], axis=1)
+
+    def __iter__(self):
+        return iter(self.store)
+
+    def __len__(self):
+        return len(self.store)
+
+
+class StoredKDLoss:
+    """loss_fn for train_model: KD loss with soft targets from batch["extra"] (packed)."""
+
+    def __init__(self, temperature, alpha, topk):
+        self.temperature, self.alpha, self.topk = temperature, alpha, topk
+
+    def __call__(self, logits, batch):
+        extra = batch["extra"]  # (N, 2K)
+        ids = extra[:, :self.topk].long()
+        probs = extra[:, self.topk:].to(logits.dtype)
+        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha)
+
+
+class OnTheFlyKDLoss:
+    """loss_fn for train_model: the teachers are run on batch["x"] (no stored targets)."""
+
+    def __init__(self, ensemble, temperature, alpha, combine="arith", topk=0):
+        self.ens, self.temperature, self.alpha = ensemble, temperature, alpha
+        self.combine, self.topk = combine, topk
+
+    def __call__(self, logits, batch):
+        with torch.no_grad():
+            teacher = self.ens.batch_logits(batch["x"])  # (M, N, P)
+            ids, probs = sparsify(combine_teachers(teacher, self.temperature, self.combine),
+                                  self.topk)
+        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha)
+
+
+def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, temperature=None,
+            alpha=0.5, seed=0, teachers_dir=None, combine="arith", topk=0, train_fraction=1.0,
+            init_from=None):
+    """Train a student on soft (ensemble) and hard (alignment) targets; return its checkpoint.
+
+    Exactly one of ``soft_dir`` (stored targets; ``temperature`` defaults to theirs and must
+    match) and ``teachers_dir`` (ensemble run on the fly on each batch; ``combine``/``topk``
+    apply, topk=0 keeps the dense distribution) is given.
+    """
+    from asrkd.data import DataDir
+    from asrkd.train import train_model
+
+    if (soft_dir is None) == (teachers_dir is None):
+        raise UserError("give exactly one of a soft-target dir and a teachers dir")
+    if not 0 <= alpha <= 1:
+        raise UserError(f"alpha must be in [0, 1], got {alpha}")
+    num_pdfs = _ali_num_pdfs(ali_dir)
+    info = {"alpha": alpha, "seed": seed, "train_fraction": train_fraction}
+    if soft_dir is not None:
+        utt2nf = DataDir(data_dir).utt2num_frames
+        store = SoftTargetStore(soft_dir, utt2num_frames=utt2nf)
+        if temperature is None:
+            temperature = store.temperature
+        elif abs(temperature - store.temperature) > 1e-6:
+            raise UserError(
+                f"--temperature {temperature} differs from the soft targets' "
+                f"{store.temperature} ({soft_dir}/meta.json)"
+            )
+        if num_pdfs is not None and store.num_pdfs != num_pdfs:
+            raise UserError(f"soft targets have {store.num_pdfs} pdfs, {ali_dir} has {num_pdfs}")
+        extra = PackedTargets(store)
+        loss_fn = StoredKDLoss(temperature, alpha, store.topk)
+        info.update(soft_dir=os.path.abspath(soft_dir), soft_meta=store.meta)
+    else:
+        temperature = 1.0 if temperature is None else temperature
+        if temperature <= 0:
+            raise UserError(f"temperature must be positive, got {temperature}")
+        ens = Ensemble(find_teachers(teachers_dir))
+        extra = None
+        loss_fn = OnTheFlyKDLoss(ens, temperature, alpha, combine, topk)
+        info.update(teachers=ens.paths, combine=combine, topk=topk)
+    info["temperature"] = float(temperature)
+    os.makedirs(exp_dir, exist_ok=True)
+    _write_json(os.path.join(exp_dir, "distill.json"), info)
+    return train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed,
+                       extra_targets=extra, loss_fn=loss_fn, init_from=init_from,
+                       train_fraction=train_fraction)
+
+
+def _ali_num_pdfs(ali_dir):
+    path = os.path.join(ali_dir, "num_pdfs")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return int(f.read().split()[0])

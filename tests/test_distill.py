@@ -1,0 +1,186 @@
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from asrkd.distill import (
+    PackedTargets,
+    SoftTargetStore,
+    StoredKDLoss,
+    bytes_per_frame,
+    combine_teachers,
+    kd_loss,
+    save_soft_targets,
+    sparsify,
+)
+from asrkd.errors import UserError
+
+
+# --- kd_loss ----------------------------------------------------------------------------------
+
+
+def _softmax(z):
+    e = [math.exp(v) for v in z]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def test_kd_loss_hand_case():
+    z = [2.0, 0.0, -1.0]
+    T, alpha = 2.0, 0.25
+    logits = torch.tensor([z])
+    hard = torch.tensor([1])
+    ids = torch.tensor([[0, 2]])
+    probs = torch.tensor([[0.75, 0.25]])
+    q_t = _softmax([v / T for v in z])
+    soft = -(0.75 * math.log(q_t[0]) + 0.25 * math.log(q_t[2]))
+    hard_ce = -math.log(_softmax(z)[1])
+    expected = alpha * T * T * soft + (1 - alpha) * hard_ce
+    got = kd_loss(logits, hard, ids, probs, T, alpha).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_alpha0_is_plain_ce_and_alpha1_is_soft_only():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 5)
+    hard = torch.randint(0, 5, (7,))
+    ids = torch.randint(0, 5, (7, 3))
+    probs = torch.softmax(torch.randn(7, 3), -1)
+    ce = torch.nn.functional.cross_entropy(logits, hard)
+    assert kd_loss(logits, hard, ids, probs, 5.0, 0.0).item() == pytest.approx(ce.item())
+    # alpha=1: the hard targets do not matter
+    a = kd_loss(logits, hard, ids, probs, 2.0, 1.0).item()
+    b = kd_loss(logits, (hard + 1) % 5, ids, probs, 2.0, 1.0).item()
+    assert a == pytest.approx(b)
+
+
+def test_kd_loss_dense_equals_kl_plus_entropy_times_T2():
+    torch.manual_seed(1)
+    P, T = 6, 3.0
+    logits = torch.randn(4, P)
+    p = torch.softmax(torch.randn(4, P), -1)
+    ids = torch.arange(P).expand(4, P)
+    got = kd_loss(logits, torch.zeros(4, dtype=torch.long), ids, p, T, 1.0)
+    logq = torch.log_softmax(logits / T, -1)
+    kl = (p * (p.log() - logq)).sum(-1).mean()
+    ent = -(p * p.log()).sum(-1).mean()
+    assert got.item() == pytest.approx((T * T * (kl + ent)).item(), rel=1e-5)
+
+
+def test_soft_gradient_scale_is_roughly_temperature_independent():
+    # Hinton et al.: the soft term's gradient scales as 1/T^2, so multiplying by T^2 keeps it
+    # comparable across temperatures (exact in the high-T limit with zero-mean logits).
+    torch.manual_seed(2)
+    P = 10
+    z_student = torch.randn(1, P) * 0.1
+    z_teacher = torch.randn(1, P) * 0.1
+    z_student -= z_student.mean()
+    z_teacher -= z_teacher.mean()
+    norms = {}
+    for T in (5.0, 10.0, 20.0):
+        x = z_student.clone().requires_grad_(True)
+        p = torch.softmax(z_teacher / T, -1)
+        loss = kd_loss(x, torch.zeros(1, dtype=torch.long), torch.arange(P)[None], p, T, 1.0)
+        loss.backward()
+        norms[T] = x.grad.norm().item()
+        # closed form of the gradient: T * (q - p)
+        q = torch.softmax(z_student / T, -1)
+        assert torch.allclose(x.grad, T * (q - p), atol=1e-6)
+        # high-T limit: (z_s - z_t) / P, independent of T
+        assert torch.allclose(x.grad, (z_student - z_teacher) / P, atol=2e-3)
+    assert norms[5.0] == pytest.approx(norms[20.0], rel=0.05)
+
+
+# --- combining teachers -----------------------------------------------------------------------
+
+
+def test_arith_vs_geo_hand_case():
+    z = torch.tensor([[[math.log(0.8), math.log(0.2)]], [[math.log(0.2), math.log(0.8)]],
+                      [[math.log(0.5), math.log(0.5)]]])  # (M=3, T=1, P=2)
+    arith = combine_teachers(z, 1.0, "arith")
+    assert torch.allclose(arith, torch.tensor([[0.5, 0.5]]))
+    geo = combine_teachers(z, 1.0, "geo")
+    assert torch.allclose(geo, torch.tensor([[0.5, 0.5]]), atol=1e-6)
+    # asymmetric: teachers (0.9, 0.1) and (0.5, 0.5)
+    z = torch.log(torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]]))
+    arith = combine_teachers(z, 1.0, "arith")
+    assert torch.allclose(arith, torch.tensor([[0.7, 0.3]]))
+    g = torch.tensor([math.sqrt(0.45), math.sqrt(0.05)])
+    geo = combine_teachers(z, 1.0, "geo")
+    assert torch.allclose(geo, (g / g.sum())[None], atol=1e-6)
+    # temperature: geo at T equals softmax(mean z / T)
+    geo2 = combine_teachers(z, 2.0, "geo")
+    assert torch.allclose(geo2, torch.softmax(z.mean(0) / 2.0, -1))
+    with pytest.raises(UserError):
+        combine_teachers(z, 1.0, "median")
+
+
+def test_sparsify_renormalizes():
+    p = torch.tensor([[0.5, 0.1, 0.3, 0.1]])
+    ids, vals = sparsify(p, 2)
+    assert ids.tolist() == [[0, 2]]
+    assert torch.allclose(vals, torch.tensor([[0.625, 0.375]]))
+    ids, vals = sparsify(p, 0)  # 0 keeps all
+    assert ids.shape == (1, 4)
+
+
+# --- store ------------------------------------------------------------------------------------
+
+
+def _random_probs(rng, t, p):
+    x = rng.random((t, p)) ** 4
+    return (x / x.sum(1, keepdims=True)).astype(np.float32)
+
+
+def test_store_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    P, K = 50, 4
+    dense = {"1-1-0001": _random_probs(rng, 7, P), "1-1-0000": _random_probs(rng, 3, P)}
+    meta = save_soft_targets(tmp_path / "soft", dense, temperature=2.0, combine="geo", topk=K)
+    assert meta["bytes_per_frame"] == K * (2 + 2) and meta["dense_bytes_per_frame"] == P * 4
+    with open(tmp_path / "soft" / "meta.json") as f:
+        on_disk = json.load(f)
+    assert on_disk["temperature"] == 2.0 and on_disk["combine"] == "geo" and on_disk["topk"] == K
+    assert on_disk["num_pdfs"] == P and on_disk["num_frames"] == 10
+    assert np.load(tmp_path / "soft" / "ids.1.npy").dtype == np.uint16
+    assert np.load(tmp_path / "soft" / "probs.1.npy").dtype == np.float16
+
+    store = SoftTargetStore(tmp_path / "soft", utt2num_frames={"1-1-0000": 3, "1-1-0001": 7})
+    assert sorted(store) == ["1-1-0000", "1-1-0001"] and store.temperature == 2.0
+    for utt, p in dense.items():
+        ids, probs = store[utt]
+        assert ids.shape == (p.shape[0], K) and probs.dtype == np.float32
+        want_ids = np.argsort(-p, axis=1)[:, :K]
+        assert (np.sort(ids, 1) == np.sort(want_ids, 1)).all()
+        want = np.take_along_axis(p, ids, 1)
+        want /= want.sum(1, keepdims=True)
+        np.testing.assert_allclose(probs, want, atol=2e-3)  # float16 storage
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=3e-3)
+
+    packed = PackedTargets(store)["1-1-0001"]
+    assert packed.shape == (7, 2 * K) and packed.dtype == np.float32
+    loss = StoredKDLoss(2.0, 0.5, K)
+    batch = {"y": torch.zeros(7, dtype=torch.long), "extra": torch.from_numpy(packed)}
+    ids, probs = store["1-1-0001"]
+    want = kd_loss(torch.zeros(7, P), batch["y"], torch.from_numpy(ids), torch.from_numpy(probs),
+                   2.0, 0.5)
+    assert loss(torch.zeros(7, P), batch).item() == pytest.approx(want.item())
+
+
+def test_store_frame_mismatch_is_an_error(tmp_path):
+    rng = np.random.default_rng(1)
+    save_soft_targets(tmp_path / "soft", {"a": _random_probs(rng, 5, 8)}, 1.0, topk=3)
+    with pytest.raises(UserError, match="5 frames"):
+        SoftTargetStore(tmp_path / "soft", utt2num_frames={"a": 6})
+    with pytest.raises(UserError, match="no soft targets for b"):
+        SoftTargetStore(tmp_path / "soft", utt2num_frames={"a": 5, "b": 2})
+    with pytest.raises(UserError, match="meta.json"):
+        SoftTargetStore(tmp_path)
+
+
+def test_bytes_per_frame_large_pdf_sets():
+    assert bytes_per_frame(10, 70000) == (10 * 6, 280000)
+    assert bytes_per_frame(0, 100) == (100 * 4, 400)  # dense top-k: all pdfs, uint16 ids

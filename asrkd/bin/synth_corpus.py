@@ -1,0 +1,26 @@
+"""`asrkd synth-corpus OUT_DIR`: the synthetic espeak-ng corpus in the LibriSpeech layout."""
+
+import json
+
+
+def add_arguments(parser):
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        help="corpus root; gets train/ dev/ test/, SPEAKERS.TXT, train-text.txt")
+    parser.add_argument("--hours", type=float, default=1.0,
+                        help="hours of training audio (dev and test get 10%% of it each)")
+    parser.add_argument("--condition", default="clean",
+                        help="clean (dry speech) or other (reverberation + 5-20 dB noise)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; the same arguments give byte-identical files")
+    parser.add_argument("--nj", type=int, default=1, help="parallel jobs (output does not depend on it)")
+    parser.add_argument("--num-speakers", type=int, default=None,
+                        help="training speakers (default max(4, 40 per hour)); "
+                        "dev and test get max(2, 20%%) each")
+
+
+def main(args):
+    from asrkd.synth import synth_corpus
+
+    summary = synth_corpus(args.out_dir, hours=args.hours, condition=args.condition,
+                           seed=args.seed, nj=args.nj, num_speakers=args.num_speakers)
+    print(json.dumps(summary["subsets"], sort_keys=True))

@@ -1,0 +1,325 @@
+"""Plan and write the synthetic read-speech corpus in the LibriSpeech layout.
+
+``synth_corpus(out_dir, ...)`` writes::
+
+    out_dir/SPEAKERS.TXT                              ID|SEX|SUBSET|MINUTES|NAME (';' header)
+    out_dir/{train,dev,test}/<spk>/<chap>/<spk>-<chap>-<utt>.flac   16 kHz mono PCM_16
+    out_dir/{train,dev,test}/<spk>/<chap>/<spk>-<chap>.trans.txt    "<utt-id> UPPER WORDS"
+    out_dir/train-text.txt                            LM training text (see below)
+    out_dir/summary.json                              arguments, counts and hours per subset
+
+A speaker is a distinct combination of espeak-ng accent, voice variant, pitch, pitch range and
+speaking rate. Variants are dealt round-robin from a shuffled list, so as long as there are fewer
+speakers than variants (~75) dev and test speakers use voice variants no training speaker uses.
+
+Text comes from the King James Bible (`asrkd.synth.text`): train reads the training books, dev
+and test read disjoint held-out books. ``train-text.txt`` holds every usable sentence of the
+training books (about 31k, one upper-case normalised sentence a line, in Bible order), far more
+than the audio speaks, because the n-gram LM needs more text than the transcripts give; it never
+contains dev or test text.
+
+Everything random is planned up front in this process from ``seed``: speakers from
+``(seed, 1)``, sentence order from ``(seed, 2, subset)``, and each utterance's espeak seed, level
+and ``other``-condition room from ``(seed, 3, subset, index)``, so the files do not depend on
+``nj`` and the same arguments give byte-identical files. Durations are planned from a
+characters-per-minute estimate of espeak's speed, so hours are approximate (the summary has the
+real ones).
+
+Unlike LibriSpeech there is one subset per split (``train``, ``dev``, ``test``), not
+clean/other variants side by side: the condition applies to the whole corpus.
+"""
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import soundfile as sf
+
+from asrkd.errors import UserError
+from asrkd.synth import espeak, room, text
+from asrkd.synth.resample import resample
+
+SAMPLE_RATE = 16000
+SUBSETS = ("train", "dev", "test")
+CONDITIONS = ("clean", "other")
+ACCENTS = (
+    "en-us", "en-US-nyc", "en", "en-GB-x-rp", "en-GB-scotland", "en-GB-x-gbclan",
+    "en-GB-x-gbcwmd", "en-029",
+)
+# robotic, whispered or otherwise not human-sounding variants (and one with a space in its name)
+EXCLUDED_VARIANTS = {
+    "whisper", "whisperf", "Demonic", "croak", "Tweaky", "UniRobot", "anikaRobot", "Mr serious",
+}
+_EXCLUDED_PREFIXES = ("robosoft",)
+# espeak speaking time ~ SEC_PER_CHAR_WPM * characters / rate (fit on 60 sentences, +-0.25 s)
+_SEC_PER_CHAR_WPM = 9.08
+_SEC_OFFSET = 0.09
+
+
+@dataclass
+class SynthConfig:
+    hours: float = 1.0  # training audio; dev and test are fractions of it
+    condition: str = "clean"
+    seed: int = 0
+    num_speakers: int = None  # training speakers; default max(4, 40 per hour)
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.1
+    min_words: int = 4
+    max_words: int = 20
+    chapter_utts: int = 40  # utterances per chapter before a speaker starts a new one
+    pitch: tuple = (25, 75)  # espeak 0..100 scale
+    pitch_range: tuple = (20, 90)
+    rate: tuple = (140, 200)  # words per minute
+    level: tuple = (0.3, 0.8)  # peak amplitude of the written audio
+
+
+@dataclass
+class Speaker:
+    id: int
+    subset: str
+    accent: str
+    variant: str
+    sex: str
+    pitch: int
+    pitch_range: int
+    rate: int
+
+    @property
+    def voice(self):
+        return f"{self.accent}+{self.variant}"
+
+    @property
+    def name(self):
+        return f"{self.voice} p{self.pitch} r{self.pitch_range} w{self.rate}"
+
+
+def usable_variants():
+    return [
+        v for v in espeak.voice_variants()
+        if v not in EXCLUDED_VARIANTS and not v.startswith(_EXCLUDED_PREFIXES)
+    ]
+
+
+def _check(cfg, nj):
+    if cfg.condition not in CONDITIONS:
+        raise UserError(f"unknown condition {cfg.condition!r}; use one of {', '.join(CONDITIONS)}")
+    if not (cfg.hours > 0 and math.isfinite(cfg.hours)):
+        raise UserError(f"--hours must be a positive number, got {cfg.hours}")
+    if cfg.num_speakers is not None and cfg.num_speakers < 1:
+        raise UserError(f"--num-speakers must be >= 1, got {cfg.num_speakers}")
+    if not (0 < cfg.dev_fraction and 0 < cfg.test_fraction):
+        raise UserError("dev and test fractions must be positive")
+    if nj < 1:
+        raise UserError(f"--nj must be >= 1, got {nj}")
+    if not 1 <= cfg.min_words <= cfg.max_words:
+        raise UserError("need 1 <= min_words <= max_words")
+
+
+def plan_speakers(cfg, variants):
+    """Training, dev and test speakers (disjoint) with distinct voice settings."""
+    n_train = cfg.num_speakers or max(4, round(40 * cfg.hours))
+    n_held = max(2, round(0.2 * n_train))
+    counts = {"train": n_train, "dev": n_held, "test": n_held}
+    rng = np.random.default_rng([cfg.seed, 1])
+    order = [variants[i] for i in rng.permutation(len(variants))]
+    seen, speakers, k = set(), [], 0
+    for subset in SUBSETS:
+        for _ in range(counts[subset]):
+            while True:
+                variant = order[k % len(order)]
+                accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
+                pitch = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1))
+                prange = int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1))
+                rate = int(rng.integers(cfg.rate[0], cfg.rate[1] + 1))
+                key = (accent, variant, pitch, prange, rate)
+                if key not in seen:
+                    break
+            seen.add(key)
+            sex = "F" if espeak.variant_gender(variant) == "female" else "M"
+            # same digit count for every id keeps string order equal to numeric order
+            speakers.append(Speaker(1000 + k, subset, accent, variant, sex, pitch, prange, rate))
+            k += 1
+    if len(speakers) > 8999:
+        raise UserError("at most 8999 speakers")
+    return speakers
+
+
+def _estimate_seconds(spoken, rate):
+    return _SEC_OFFSET + _SEC_PER_CHAR_WPM * len(spoken) / rate
+
+
+def plan_utterances(cfg, speakers, sentences):
+    """One dict per utterance, everything a worker needs to write it; sorted by utterance id."""
+    fractions = {"train": 1.0, "dev": cfg.dev_fraction, "test": cfg.test_fraction}
+    items, chap = [], 10000
+    for si, subset in enumerate(SUBSETS):
+        pool = [s for s in sentences[subset] if cfg.min_words <= len(s[1]) <= cfg.max_words]
+        if not pool:
+            raise UserError(f"no sentences of {cfg.min_words}-{cfg.max_words} words for {subset}")
+        pool = [pool[i] for i in np.random.default_rng([cfg.seed, 2, si]).permutation(len(pool))]
+        spks = [s for s in speakers if s.subset == subset]
+        per_spk = cfg.hours * 3600 * fractions[subset] / len(spks)
+        p, index = 0, 0
+        for spk in spks:
+            total, n = 0.0, 0
+            while n == 0 or total < per_spk:
+                if n % cfg.chapter_utts == 0:
+                    chap += 1
+                spoken, words = pool[p % len(pool)]  # reuse sentences only if the pool runs out
+                p += 1
+                rng = np.random.default_rng([cfg.seed, 3, si, index])
+                utt = f"{spk.id}-{chap}-{n % cfg.chapter_utts:04d}"
+                items.append({
+                    "utt": utt,
+                    "path": os.path.join(subset, str(spk.id), str(chap), utt + ".flac"),
+                    "spoken": spoken,
+                    "words": " ".join(words),
+                    "voice": spk.voice,
+                    "pitch": spk.pitch,
+                    "pitch_range": spk.pitch_range,
+                    "rate": spk.rate,
+                    "espeak_seed": int(rng.integers(1, 2 ** 31)),
+                    "level": float(rng.uniform(*cfg.level)),
+                    "room_seed": int(rng.integers(2 ** 63)),
+                })
+                total += _estimate_seconds(spoken, spk.rate)
+                n += 1
+                index += 1
+    return items
+
+
+def make_babble_bank(cfg, variants, sentences, clips=8, sentences_per_clip=4):
+    """Clips of other voices (16 kHz) that babble noise is cut from; empty for ``clean``."""
+    if cfg.condition != "other":
+        return []
+    rng = np.random.default_rng([cfg.seed, 4])
+    pool = sentences["train"]
+    bank = []
+    for _ in range(clips):
+        idx = rng.choice(len(pool), sentences_per_clip, replace=False)
+        spoken = " ".join(pool[i][0] for i in idx)
+        voice = f"{ACCENTS[int(rng.integers(len(ACCENTS)))]}+{variants[int(rng.integers(len(variants)))]}"
+        wav = espeak.synthesize(spoken, voice, int(rng.integers(20, 80)), 50,
+                                int(rng.integers(140, 200)), int(rng.integers(1, 2 ** 31)))
+        bank.append(resample(wav, espeak.ESPEAK_RATE, SAMPLE_RATE))
+    return bank
+
+
+def render(item, condition, bank):
+    """Synthesise one planned utterance; float64 16 kHz audio and the room parameters."""
+    wav = espeak.synthesize(item["spoken"], item["voice"], item["pitch"], item["pitch_range"],
+                            item["rate"], item["espeak_seed"])
+    y = resample(wav, espeak.ESPEAK_RATE, SAMPLE_RATE).astype(np.float64)
+    params = {}
+    if condition == "other":
+        y, params = room.degrade(y, SAMPLE_RATE, np.random.default_rng(item["room_seed"]),
+                                 babble_bank=bank)
+    y *= item["level"] / (np.max(np.abs(y)) + 1e-9)
+    return y, params
+
+
+def write_flac(path, y):
+    pcm = np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
+    sf.write(path, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+
+
+def synth_items(out_dir, items, condition, bank, progress=False):
+    """Render and write a list of planned utterances; returns their durations in seconds."""
+    from tqdm import tqdm
+
+    durs = []
+    for item in tqdm(items, desc="synth", unit="utt", disable=not progress or None):
+        y, _ = render(item, condition, bank)
+        path = os.path.join(out_dir, item["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_flac(path, y)
+        durs.append(len(y) / SAMPLE_RATE)
+    return durs
+
+
+def _write_text_files(out_dir, items):
+    by_chapter = {}
+    for it in items:
+        by_chapter.setdefault(os.path.dirname(it["path"]), []).append(it)
+    for chap_dir, its in by_chapter.items():
+        spk, chap = its[0]["utt"].split("-")[:2]
+        lines = "".join(f"{it['utt']} {it['words']}\n" for it in sorted(its, key=lambda i: i["utt"]))
+        with open(os.path.join(out_dir, chap_dir, f"{spk}-{chap}.trans.txt"), "w") as f:
+            f.write(lines)
+
+
+def _write_speakers(out_dir, speakers, minutes):
+    lines = [
+        "; Synthetic espeak-ng speakers (asrkd synth-corpus); NAME is voice, pitch, range, wpm\n",
+        ";ID  |SEX| SUBSET           |MINUTES| NAME\n",
+    ]
+    for s in speakers:
+        lines.append(f"{s.id:<5}| {s.sex} | {s.subset:<16} | {minutes[s.id]:5.2f} | {s.name}\n")
+    with open(os.path.join(out_dir, "SPEAKERS.TXT"), "w") as f:
+        f.writelines(lines)
+
+
+def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speakers=None,
+                 config=None, log_dir=None):
+    """Generate the corpus into ``out_dir`` (replacing its subsets); return a summary dict.
+
+    Args:
+        hours: training audio in hours (approximate); dev and test get ``dev_fraction`` and
+            ``test_fraction`` of it (10% each by default).
+        condition: ``clean`` (dry synthetic speech) or ``other`` (reverberation + noise).
+        seed: everything random derives from it; same arguments -> byte-identical files.
+        nj: parallel jobs (does not change the output).
+        num_speakers: training speakers (default: max(4, 40 per hour)); dev and test get
+            max(2, 20%) each.
+        config: a SynthConfig for the remaining knobs (its hours/condition/seed/num_speakers
+            are overridden by the arguments).
+    Returns:
+        dict with the arguments, per-subset speakers / utterances / hours, and out_dir.
+    """
+    from asrkd.jobs import run_jobs, split_evenly
+
+    cfg = SynthConfig(**asdict(config)) if config is not None else SynthConfig()
+    cfg.hours, cfg.condition, cfg.seed, cfg.num_speakers = hours, condition, seed, num_speakers
+    _check(cfg, nj)
+    variants = usable_variants()
+    sentences = text.split_sentences(cfg.min_words, cfg.max_words)
+    speakers = plan_speakers(cfg, variants)
+    items = plan_utterances(cfg, speakers, sentences)
+    bank = make_babble_bank(cfg, variants, sentences)
+
+    os.makedirs(out_dir, exist_ok=True)
+    for subset in SUBSETS:
+        shutil.rmtree(os.path.join(out_dir, subset), ignore_errors=True)
+    log_dir = log_dir or os.path.join(out_dir, "log")
+    if nj == 1:
+        durs = synth_items(out_dir, items, cfg.condition, bank, progress=True)
+    else:
+        # many small jobs so the progress bar moves and the cores stay busy to the end
+        chunks = [c for c in split_evenly(items, nj * 8) if c]
+        parts = run_jobs(synth_items, [(out_dir, c, cfg.condition, bank) for c in chunks],
+                         nj, log_dir, "synth", desc="synth")
+        durs = [d for part in parts for d in part]
+    _write_text_files(out_dir, items)
+
+    minutes = {s.id: 0.0 for s in speakers}
+    summary = {"out_dir": os.path.abspath(out_dir), "config": asdict(cfg), "subsets": {}}
+    for it, d in zip(items, durs):
+        minutes[int(it["utt"].split("-")[0])] += d / 60
+    for subset in SUBSETS:
+        sub = [(it, d) for it, d in zip(items, durs) if it["path"].startswith(subset + os.sep)]
+        summary["subsets"][subset] = {
+            "speakers": sum(s.subset == subset for s in speakers),
+            "utterances": len(sub),
+            "hours": round(sum(d for _, d in sub) / 3600, 4),
+        }
+    _write_speakers(out_dir, speakers, minutes)
+    with open(os.path.join(out_dir, "train-text.txt"), "w") as f:
+        f.writelines(" ".join(w) + "\n" for _, w in sentences["train"])
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        # no absolute path in the file: two runs into different dirs stay byte-identical
+        json.dump({k: v for k, v in summary.items() if k != "out_dir"}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return summary

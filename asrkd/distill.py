@@ -121,10 +121,12 @@ class Ensemble:
         """feats (T, D) -> (M, T, P) logits."""
         return torch.stack([m.utterance_logits(feats) for m in self.models])
 
-    @torch.no_grad()
-    def batch_logits(self, x):
-        """x (N, ...) network input as batched by train_model -> (M, N, P) logits."""
-        return torch.stack([m(x) for m in self.models])
+    @property
+    def cmvn(self):
+        modes = {m.config.cmvn for m in self.models}
+        if len(modes) != 1:
+            raise UserError(f"teachers use different CMVN modes {sorted(map(str, modes))}")
+        return modes.pop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,8 +150,8 @@ def _soft_targets_job(data_dir, ckpts, out_dir, shard, utts, temperature, combin
     from asrkd.features import FeatureReader
 
     expected = DataDir(data_dir).utt2num_frames
-    reader = FeatureReader(data_dir, cmvn="meanvar")
     ens = Ensemble(ckpts)
+    reader = FeatureReader(data_dir, cmvn=ens.cmvn)
     items = []
     for utt in utts:
         feats = np.asarray(reader[utt], dtype=np.float32)
@@ -381,17 +383,43 @@ class StoredKDLoss:
 
 
 class OnTheFlyKDLoss:
-    """loss_fn for train_model: the teachers are run on batch["x"] (no stored targets)."""
+    """loss_fn for train_model: the teachers are run on batch["x"] (no stored targets).
 
-    def __init__(self, ensemble, temperature, alpha, combine="arith", topk=0):
+    batch["x"] holds the student's windows (N, C, D) of ``left + 1 + right`` frames; each teacher
+    sees the centred sub-window of its own context, so a teacher may not need more context than
+    the student has.
+    """
+
+    def __init__(self, ensemble, temperature, alpha, combine="arith", topk=0,
+                 student_context=None):
         self.ens, self.temperature, self.alpha = ensemble, temperature, alpha
         self.combine, self.topk = combine, topk
+        self.crops = []
+        for m, path in zip(ensemble.models, ensemble.paths):
+            lt, rt = m.config.left_context, m.config.right_context
+            if student_context is None:
+                self.crops.append(None)
+                continue
+            ls, rs = student_context
+            if lt > ls or rt > rs:
+                raise UserError(
+                    f"teacher {path} needs context -{lt}..+{rt} but the student has -{ls}..+{rs}; "
+                    "store soft targets with `asrkd soft-targets` instead"
+                )
+            self.crops.append((ls - lt, ls + 1 + rt))
+
+    @torch.no_grad()
+    def teacher_logits(self, x):
+        """x (N, C, D) student windows -> (M, N, P) teacher logits."""
+        out = []
+        for m, crop in zip(self.ens.models, self.crops):
+            out.append(m(x if crop is None else x[:, crop[0]:crop[1]]))
+        return torch.stack(out)
 
     def __call__(self, logits, batch):
-        with torch.no_grad():
-            teacher = self.ens.batch_logits(batch["x"])  # (M, N, P)
-            ids, probs = sparsify(combine_teachers(teacher, self.temperature, self.combine),
-                                  self.topk)
+        teacher = self.teacher_logits(batch["x"])
+        probs = combine_teachers(teacher, self.temperature, self.combine)
+        ids, probs = sparsify(probs, self.topk)
         return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha)
 
 
@@ -434,7 +462,8 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
             raise UserError(f"temperature must be positive, got {temperature}")
         ens = Ensemble(find_teachers(teachers_dir))
         extra = None
-        loss_fn = OnTheFlyKDLoss(ens, temperature, alpha, combine, topk)
+        context = (model_config.left_context, model_config.right_context)
+        loss_fn = OnTheFlyKDLoss(ens, temperature, alpha, combine, topk, student_context=context)
         info.update(teachers=ens.paths, combine=combine, topk=topk)
     info["temperature"] = float(temperature)
     os.makedirs(exp_dir, exist_ok=True)

@@ -184,3 +184,93 @@ def test_store_frame_mismatch_is_an_error(tmp_path):
 def test_bytes_per_frame_large_pdf_sets():
     assert bytes_per_frame(10, 70000) == (10 * 6, 280000)
     assert bytes_per_frame(0, 100) == (100 * 4, 400)  # dense top-k: all pdfs, uint16 ids
+
+
+# --- end to end: train teachers -> soft targets -> distill ------------------------------------
+
+
+def make_learnable_data(root, num_spk=2, utts_per_spk=10, num_pdfs=6, dim=8, seed=0):
+    """A fake data dir (feats.scp, cmvn.scp, utt2num_frames, ...) and an alignment dir whose
+    pdf targets are learnable from the features (class means + noise)."""
+    from asrkd.data import write_data_dir
+    from asrkd.table import ArkWriter, write_table
+
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1.5, (num_pdfs, dim))
+    data, ali = root / "data", root / "ali"
+    data.mkdir(parents=True)
+    ali.mkdir(parents=True)
+    utt2spk, text, wav, feats, pdfs, cmvn = {}, {}, {}, {}, {}, {}
+    for s in range(num_spk):
+        spk = f"{100 + s}"
+        offset = rng.normal(0, 1, dim)  # speaker shift: CMVN removes it
+        spk_feats = []
+        for u in range(utts_per_spk):
+            utt = f"{spk}-1-{u:04d}"
+            segs = [(rng.integers(num_pdfs), rng.integers(3, 9)) for _ in range(rng.integers(5, 9))]
+            y = np.concatenate([[p] * n for p, n in segs]).astype(np.int32)
+            x = means[y] + rng.normal(0, 0.8, (len(y), dim)) + offset
+            utt2spk[utt], text[utt], wav[utt] = spk, "A", f"/dev/null/{utt}.flac"
+            feats[utt], pdfs[utt] = x.astype(np.float32), y
+            spk_feats.append(x)
+        x = np.concatenate(spk_feats)
+        stats = np.zeros((2, dim + 1))
+        stats[0, :dim], stats[0, dim] = x.sum(0), len(x)
+        stats[1, :dim] = (x**2).sum(0)
+        cmvn[spk] = stats
+    write_data_dir(data, wav, text, utt2spk)
+    with ArkWriter(root / "feats.ark", data / "feats.scp") as w:
+        for utt in sorted(feats):
+            w[utt] = feats[utt]
+    with ArkWriter(root / "cmvn.ark", data / "cmvn.scp") as w:
+        for spk in sorted(cmvn):
+            w[spk] = cmvn[spk]
+    write_table(data / "utt2num_frames", {u: str(len(f)) for u, f in feats.items()})
+    with ArkWriter(ali / "pdf.ark", ali / "pdf.scp") as w:
+        for utt in sorted(pdfs):
+            w[utt] = pdfs[utt]
+    counts = np.bincount(np.concatenate(list(pdfs.values())), minlength=num_pdfs)
+    (ali / "pdf_counts").write_text(" ".join(map(str, counts)) + "\n")
+    (ali / "num_pdfs").write_text(f"{num_pdfs}\n")
+    return data, ali
+
+
+def _save_random_teachers(tdir, feat_dim, num_pdfs, n=2, hidden=(16,)):
+    from asrkd.models import ModelConfig, build_model
+
+    for m in range(n):
+        torch.manual_seed(m)
+        cfg = ModelConfig(feat_dim=feat_dim, num_pdfs=num_pdfs, left_context=1, right_context=1,
+                          hidden_dims=list(hidden))
+        model = build_model(cfg)
+        model.pdf_counts.fill_(1)
+        (tdir / f"model{m + 1}").mkdir(parents=True)
+        model.save(str(tdir / f"model{m + 1}" / "final.pt"))
+
+
+@pytest.mark.parametrize("combine", ["arith", "geo"])
+def test_compute_soft_targets_matches_the_ensemble(tmp_path, combine):
+    from asrkd.distill import compute_soft_targets
+    from asrkd.features import FeatureReader
+    from asrkd.models import load_model
+
+    data, _ = make_learnable_data(tmp_path, utts_per_spk=3, num_pdfs=6, dim=8)
+    _save_random_teachers(tmp_path / "teachers", 8, 6, n=3)
+    meta = compute_soft_targets(str(data), str(tmp_path / "teachers"), str(tmp_path / "soft"),
+                                temperature=2.0, combine=combine, topk=3, nj=2)
+    assert meta["topk"] == 3 and meta["bytes_per_frame"] == 12 and len(meta["teachers"]) == 3
+    store = SoftTargetStore(tmp_path / "soft", utt2num_frames=str(data))
+    reader = FeatureReader(str(data), cmvn="meanvar")
+    models = [load_model(str(tmp_path / "teachers" / f"model{i}" / "final.pt")) for i in (1, 2, 3)]
+    utt = reader.utts[4]
+    z = torch.stack([m.utterance_logits(torch.from_numpy(reader[utt])) for m in models])
+    want_ids, want_p = sparsify(combine_teachers(z, 2.0, combine), 3)
+    ids, probs = store[utt]
+    assert (ids == want_ids.numpy()).all()
+    np.testing.assert_allclose(probs, want_p.numpy(), atol=1e-3)
+    # a data dir whose frame counts disagree with the stored targets is refused
+    nf = (data / "utt2num_frames").read_text().splitlines()
+    nf[0] = nf[0].split()[0] + " 999"
+    (data / "utt2num_frames").write_text("\n".join(nf) + "\n")
+    with pytest.raises(UserError, match="999"):
+        SoftTargetStore(tmp_path / "soft", utt2num_frames=str(data))

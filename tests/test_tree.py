@@ -1,0 +1,207 @@
+"""Decision-tree building on synthetic monophone alignments where phone 2's right context
+shifts its mean."""
+
+import numpy as np
+import pytest
+
+khg = pytest.importorskip("kaldi_hmm_gmm")
+
+from asrkd import tree  # noqa: E402
+
+NONSIL = [1, 2, 3, 4, 5, 6]
+SIL = [7]
+DIM = 4
+SHIFT_CONTEXT = (3, 4)  # right contexts that shift phone 2
+
+TOPO = """<Topology>
+<TopologyEntry>
+<ForPhones>
+1 2 3 4 5 6
+</ForPhones>
+<State> 0 <PdfClass> 0 <Transition> 0 0.75 <Transition> 1 0.25 </State>
+<State> 1 <PdfClass> 1 <Transition> 1 0.75 <Transition> 2 0.25 </State>
+<State> 2 <PdfClass> 2 <Transition> 2 0.75 <Transition> 3 0.25 </State>
+<State> 3 </State>
+</TopologyEntry>
+<TopologyEntry>
+<ForPhones>
+7
+</ForPhones>
+<State> 0 <PdfClass> 0 <Transition> 0 0.25 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 </State>
+<State> 1 <PdfClass> 1 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 <Transition> 4 0.25 </State>
+<State> 2 <PdfClass> 2 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 <Transition> 4 0.25 </State>
+<State> 3 <PdfClass> 3 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 <Transition> 4 0.25 </State>
+<State> 4 <PdfClass> 4 <Transition> 4 0.75 <Transition> 5 0.25 </State>
+<State> 5 </State>
+</TopologyEntry>
+</Topology>
+"""
+
+
+def _topo():
+    topo = khg.HmmTopology()
+    topo.read(TOPO)
+    return topo
+
+
+def _tid(tables, phone, state, dest):
+    """Transition id of arc state -> dest of phone (monophone model)."""
+    hit = np.flatnonzero((tables.phone == phone) & (tables.hmm_state == state)
+                         & (tables.trans_index == _arc_index(phone, state, dest)))
+    assert len(hit) == 1, (phone, state, dest)
+    return int(hit[0])
+
+
+def _arc_index(phone, state, dest):
+    dests = {0: [0, 1, 2, 3], 1: [1, 2, 3, 4], 2: [1, 2, 3, 4], 3: [1, 2, 3, 4], 4: [4, 5]}
+    if phone in SIL:
+        return dests[state].index(dest)
+    return [state, state + 1].index(dest)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    topo = _topo()
+    ctx = khg.monophone_context_dependency(NONSIL + SIL, topo.get_phone_to_num_pdf_classes())
+    tm = khg.TransitionModel(ctx, topo)
+    tables = tree.transition_tables(tm)
+    tid_cache = {}
+
+    def tid(p, h, d):
+        if (p, h, d) not in tid_cache:
+            tid_cache[(p, h, d)] = _tid(tables, p, h, d)
+        return tid_cache[(p, h, d)]
+
+    means = rng.normal(0, 3, size=(8, 5, DIM))
+    feats, alis, phone_seqs = {}, {}, {}
+    for u in range(120):
+        seq = [7] + list(rng.choice(NONSIL, size=rng.integers(4, 9))) + [7]
+        ali, x = [], []
+        for i, p in enumerate(seq):
+            right = seq[i + 1] if i + 1 < len(seq) else 0
+            nstates = 5 if p in SIL else 3
+            for h in range(nstates):
+                dur = int(rng.integers(1, 5))
+                ali += [tid(p, h, h)] * (dur - 1) + [tid(p, h, h + 1)]
+                mu = means[p, h] + (3.0 if p == 2 and right in SHIFT_CONTEXT else 0.0)
+                x.append(mu + 0.5 * rng.normal(size=(dur, DIM)))
+        utt = f"1-1-{u:04d}"
+        alis[utt] = np.array(ali, np.int32)
+        feats[utt] = np.concatenate(x).astype(np.float32)
+        phone_seqs[utt] = seq
+    stats = tree.accumulate_tree_stats(feats, alis, tm)
+    return dict(topo=topo, tm=tm, feats=feats, alis=alis, seqs=phone_seqs, stats=stats)
+
+
+def test_accumulate_counts_and_events(setup):
+    stats, feats = setup["stats"], setup["feats"]
+    total = sum(len(f) for f in feats.values())
+    assert stats.counts.sum() == total
+    np.testing.assert_allclose(stats.sums.sum(0), sum(f.astype(np.float64).sum(0)
+                                                       for f in feats.values()), rtol=1e-9)
+    utt = sorted(feats)[0]
+    seq = setup["seqs"][utt]
+    # the first frame is SIL with left edge 0, right = second phone, pdf-class 0
+    assert any((stats.events == [0, 7, seq[1], 0]).all(1))
+    assert any((stats.events == [seq[-2], 7, 0, 4]).all(1))
+    assert stats.events.shape[1] == 4 and set(stats.events[:, -1]) == {0, 1, 2, 3, 4}
+
+
+def test_questions(setup):
+    qs = tree.build_questions(setup["stats"], NONSIL, SIL)
+    assert tuple(NONSIL) in qs and (7,) in qs and (0, 7) in qs
+    for p in NONSIL:
+        assert (p,) in qs
+    # binary clustering of 6 phones gives 2 * 6 - 1 nodes, singletons included
+    assert len(tree.cluster_phones(setup["stats"], NONSIL)) == 11
+
+
+def test_tree_splits_on_right_context(setup):
+    stats, topo = setup["stats"], setup["topo"]
+    questions = tree.build_questions(stats, NONSIL, SIL) + [SHIFT_CONTEXT]
+    nroots = 6 * 3 + 5
+    ctx, info = tree.build_tree(stats, questions, topo, num_leaves=nroots + 3, min_count=20,
+                                return_info=True)
+    assert ctx.num_pdfs == nroots + 3 == info["num_leaves"]
+    assert info["objf_after"] > info["objf_before"] + 100
+    seen_right = set(stats.events[stats.events[:, 1] == 2, 2].tolist())
+    for phone, pclass, key, q, gain in info["splits"]:
+        assert phone == 2 and key == 2 and gain > 0
+        yes = set(q) & seen_right
+        assert yes == set(SHIFT_CONTEXT) or yes == seen_right - set(SHIFT_CONTEXT)
+    assert sorted(s[1] for s in info["splits"]) == [0, 1, 2]
+    # The ContextDependency maps events to the leaves the split implies.
+    for c in range(3):
+        shifted = {ctx.compute([l, 2, r], c)[1] for l in [0, 1, 7] for r in SHIFT_CONTEXT}
+        plain = {ctx.compute([l, 2, r], c)[1] for l in [0, 1, 7] for r in [0, 1, 2, 5, 6, 7]}
+        assert len(shifted) == 1 and len(plain) == 1 and shifted != plain
+    leaves = tree.map_events(ctx, stats.events)
+    np.testing.assert_array_equal(leaves, info["leaf_of_event"])
+    counts, means, variances = tree.leaf_stats(stats, ctx)
+    assert counts.sum() == stats.counts.sum() and means.shape == (ctx.num_pdfs, DIM)
+    (sh,) = {ctx.compute([0, 2, 3], 1)[1]}
+    (pl,) = {ctx.compute([0, 2, 1], 1)[1]}
+    np.testing.assert_allclose(means[sh] - means[pl], 3.0, atol=0.3)
+    assert (variances > 0.1).all() and (variances < 0.5).all()
+
+
+def test_num_leaves_and_min_count(setup):
+    stats, topo = setup["stats"], setup["topo"]
+    questions = tree.build_questions(stats, NONSIL, SIL)
+    ctx, info = tree.build_tree(stats, questions, topo, num_leaves=40, min_count=10,
+                                return_info=True)
+    assert ctx.num_pdfs == 40
+    counts, _, _ = tree.leaf_stats(stats, ctx)
+    split_roots = {(s[0], s[1]) for s in info["splits"]}
+    leaves = info["leaf_of_event"]
+    for p, c in split_roots:
+        rows = (stats.events[:, 1] == p) & (stats.events[:, -1] == c)
+        assert (counts[np.unique(leaves[rows])] >= 10).all()
+    # a huge min_count forbids every split: one leaf per (phone, pdf-class)
+    ctx2 = tree.build_tree(stats, questions, topo, num_leaves=100, min_count=1e9)
+    assert ctx2.num_pdfs == 23
+
+
+def test_write_read_and_transition_model(setup, tmp_path):
+    stats, topo = setup["stats"], setup["topo"]
+    ctx = tree.build_tree(stats, tree.build_questions(stats, NONSIL, SIL), topo, num_leaves=50,
+                          min_count=10)
+    path = tmp_path / "tree"
+    tree.write_tree(ctx, path)
+    ctx2 = tree.read_tree(path)
+    assert tree.ctx_to_bytes(ctx2) == tree.ctx_to_bytes(ctx)
+    tree.write_tree(ctx2, tmp_path / "tree2")
+    assert (tmp_path / "tree2").read_bytes() == path.read_bytes()
+    # Kaldi's own binary writer produces the same file
+    ctx.write(True, str(tmp_path / "tree3"))
+    assert (tmp_path / "tree3").read_bytes() == path.read_bytes()
+    tm = khg.TransitionModel(ctx2, topo)
+    assert tm.num_pdfs == ctx.num_pdfs == 50
+    with pytest.raises(tree.UserError):
+        tree.read_tree(tmp_path / "missing")
+
+
+def test_convert_alignment(setup):
+    stats, topo, mono_tm = setup["stats"], setup["topo"], setup["tm"]
+    ctx = tree.build_tree(stats, tree.build_questions(stats, NONSIL, SIL), topo, num_leaves=45,
+                          min_count=10)
+    tri_tm = khg.TransitionModel(ctx, topo)
+    old_t, new_t = tree.transition_tables(mono_tm), tree.transition_tables(tri_tm)
+    mono_ctx = khg.monophone_context_dependency(NONSIL + SIL, topo.get_phone_to_num_pdf_classes())
+    tid2pdf = np.asarray(tri_tm.transition_id_to_pdf_array())
+    for utt in sorted(setup["alis"])[:20]:
+        ali = setup["alis"][utt]
+        new = tree.convert_alignment(ali, mono_tm, tri_tm, ctx, old_t, new_t)
+        assert new.dtype == np.int32 and len(new) == len(ali)
+        np.testing.assert_array_equal(new_t.phone[new], old_t.phone[ali])
+        np.testing.assert_array_equal(new_t.hmm_state[new], old_t.hmm_state[ali])
+        np.testing.assert_array_equal(new_t.is_self_loop[new], old_t.is_self_loop[ali])
+        # pdf of each frame = the tree's leaf for its triphone event
+        seg_id, seg_phone = tree._phone_segments(ali, old_t)
+        assert seg_phone.tolist() == setup["seqs"][utt]
+        win = tree._context_windows(seg_phone, 3, 1)[seg_id]
+        ev = np.concatenate([win, old_t.pdf_class[ali][:, None]], axis=1)
+        np.testing.assert_array_equal(tid2pdf[new], tree.map_events(ctx, ev))
+        back = tree.convert_alignment(new, tri_tm, mono_tm, mono_ctx)
+        np.testing.assert_array_equal(back, ali)

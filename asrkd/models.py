@@ -1,0 +1,298 @@
+"""Hybrid DNN-HMM acoustic models: frames in context -> logits over pdfs (tied HMM states).
+
+Two families share one input/output contract so that training, distillation and decoding never
+look at the family:
+
+- ``DNNAcousticModel``: the paper's model (Hinton, Vinyals & Dean 2015, section 4: 26 frames of
+  40 fbank, 8 x 2560 ReLU, ~14k states) at any size: spliced frames -> fully connected ReLU layers.
+- ``TDNNAcousticModel``: dilated 1-D convolutions over time (Kaldi nnet3 TDNN style splicing such
+  as {-2..2}, {-1,0,1}, {-3,0,3}); its total context is the sum of the layers' offsets.
+
+Input of ``forward``: ``x`` (N, C, D) windows of C = left + 1 + right CMVN'd frames centred on the
+frame to classify (a DNN also takes them flattened, (N, C * D)). Output: logits (N, num_pdfs),
+not normalised. ``utterance_logits(feats (T, D)) -> (T, num_pdfs)`` repeats the first/last frame
+at the utterance edges, as Kaldi's splicing does.
+
+A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)`` (no pickle):
+``model_config`` (dict), ``state_dict``, ``pdf_counts`` (int64 tensor: the training alignment's
+counts, i.e. the priors for hybrid decoding) and, from training, ``train_config`` and history.
+
+Deviations from Kaldi: no LDA/fixed affine input layer, no nnet3 xconfig; priors come from the
+alignment counts (Kaldi nnet3 re-estimates them from the network's posteriors).
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from asrkd.errors import UserError
+
+CHECKPOINT_FORMAT = "asrkd-acoustic-model-1"
+
+
+def _default_tdnn_offsets():
+    return [[-2, -1, 0, 1, 2], [-1, 0, 1], [-3, 0, 3]]
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Architecture of an acoustic model; stored (as a dict) inside every checkpoint.
+
+    ``feat_dim`` and ``num_pdfs`` are 0 until training fills them from the data and alignment.
+    For ``family="tdnn"`` the context is derived from ``tdnn_offsets`` (one list of evenly spaced
+    frame offsets per layer, ``hidden_dims`` giving each layer's width).
+    """
+
+    family: str = "dnn"
+    feat_dim: int = 0
+    num_pdfs: int = 0
+    left_context: int = 5
+    right_context: int = 5
+    hidden_dims: list = dataclasses.field(default_factory=lambda: [384, 384, 384])
+    tdnn_offsets: list = dataclasses.field(default_factory=_default_tdnn_offsets)
+    dropout: float = 0.0
+    batchnorm: bool = False  # after each ReLU, as Kaldi's relu-batchnorm layers
+    cmvn: str = "meanvar"
+
+    def __post_init__(self):
+        if self.family not in ("dnn", "tdnn"):
+            raise UserError(f"model family must be 'dnn' or 'tdnn', got {self.family!r}")
+        self.hidden_dims = [int(h) for h in self.hidden_dims]
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise UserError(f"hidden_dims must be positive sizes, got {self.hidden_dims}")
+        if self.family == "tdnn":
+            self.tdnn_offsets = [[int(o) for o in layer] for layer in self.tdnn_offsets]
+            if len(self.tdnn_offsets) != len(self.hidden_dims):
+                raise UserError(f"tdnn_offsets has {len(self.tdnn_offsets)} layers but "
+                                f"hidden_dims has {len(self.hidden_dims)}")
+            for layer in self.tdnn_offsets:
+                steps = {b - a for a, b in zip(layer, layer[1:])}
+                if not layer or len(steps) > 1 or (steps and min(steps) < 1):
+                    raise UserError(f"TDNN offsets {layer} must be increasing and evenly spaced")
+            self.left_context = sum(-layer[0] for layer in self.tdnn_offsets)
+            self.right_context = sum(layer[-1] for layer in self.tdnn_offsets)
+        if self.left_context < 0 or self.right_context < 0:
+            raise UserError("left/right context must be >= 0")
+        if self.cmvn not in (None, "mean", "meanvar"):
+            raise UserError(f"cmvn must be None, 'mean' or 'meanvar', got {self.cmvn!r}")
+
+    @property
+    def context(self):
+        """Frames per input window, C = left + 1 + right."""
+        return self.left_context + 1 + self.right_context
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class _AcousticModel(nn.Module):
+    """Shared parts: config, checkpoint IO, whole-utterance evaluation."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.feat_dim < 1 or config.num_pdfs < 1:
+            raise UserError(f"model needs feat_dim and num_pdfs > 0, got {config.feat_dim}, "
+                            f"{config.num_pdfs}")
+        self.config = config
+        # The training alignment's pdf counts travel with the model (priors for decoding).
+        self.register_buffer("pdf_counts", torch.zeros(config.num_pdfs, dtype=torch.int64))
+
+    @property
+    def left_context(self):
+        return self.config.left_context
+
+    @property
+    def right_context(self):
+        return self.config.right_context
+
+    def splice(self, feats):
+        """feats (T, D) -> windows (T, C, D), edge frames repeated."""
+        t = feats.shape[0]
+        offsets = torch.arange(-self.left_context, self.right_context + 1, device=feats.device)
+        idx = (torch.arange(t, device=feats.device)[:, None] + offsets).clamp_(0, t - 1)
+        return feats[idx]
+
+    @torch.no_grad()
+    def utterance_logits(self, feats, chunk=4096):
+        """feats (T, D) CMVN'd frames of one utterance -> logits (T, num_pdfs)."""
+        feats = torch.as_tensor(feats, dtype=torch.float32)
+        out = []
+        for s in range(0, feats.shape[0], chunk):
+            # A chunk with its context taken from the neighbouring frames, edges repeated.
+            t = feats.shape[0]
+            idx = torch.arange(s - self.left_context, min(s + chunk, t) + self.right_context)
+            window = feats[idx.clamp(0, t - 1)]
+            out.append(self._sequence_logits(window))
+        return torch.cat(out) if out else feats.new_zeros(0, self.config.num_pdfs)
+
+    def _sequence_logits(self, padded):
+        """padded (T + left + right, D) -> (T, P)."""
+        return self(self.splice(padded)[self.left_context: padded.shape[0] - self.right_context])
+
+    def checkpoint(self, **extra):
+        """A weights_only-loadable dict holding everything needed to rebuild the model."""
+        return {"format": CHECKPOINT_FORMAT, "model_config": self.config.to_dict(),
+                "state_dict": self.state_dict(), **extra}
+
+    def save(self, path, **extra):
+        from asrkd.table import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(self.checkpoint(**extra), tmp)
+
+    @classmethod
+    def from_checkpoint(cls, path_or_dict):
+        """Rebuild a model (any family) from a checkpoint path or loaded dict."""
+        return load_model(path_or_dict)
+
+
+class DNNAcousticModel(_AcousticModel):
+    """Feed-forward DNN over spliced frames.
+
+    Args:
+        x: (N, C, D) windows of C = left + 1 + right frames, or the same flattened (N, C * D).
+    Returns:
+        logits (N, num_pdfs) (apply log_softmax for log-posteriors).
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        layers, dim = [], config.context * config.feat_dim
+        for h in config.hidden_dims:
+            layers += [nn.Linear(dim, h), nn.ReLU()]
+            if config.batchnorm:
+                layers.append(nn.BatchNorm1d(h))
+            if config.dropout > 0:
+                layers.append(nn.Dropout(config.dropout))
+            dim = h
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(dim, config.num_pdfs)
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], -1)  # (N, C * D)
+        return self.output(self.hidden(x))  # (N, P)
+
+
+class TDNNAcousticModel(_AcousticModel):
+    """Time-delay network: per layer a dilated 1-D convolution over the layer's frame offsets.
+
+    Args:
+        x: (N, C, D) windows, C = left + 1 + right (the sum of all layers' offsets).
+    Returns:
+        logits (N, num_pdfs). On a whole utterance the convolutions run once over the sequence.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        layers, dim = [], config.feat_dim
+        for offsets, h in zip(config.tdnn_offsets, config.hidden_dims):
+            dilation = offsets[1] - offsets[0] if len(offsets) > 1 else 1
+            layers += [nn.Conv1d(dim, h, kernel_size=len(offsets), dilation=dilation), nn.ReLU()]
+            if config.batchnorm:
+                layers.append(nn.BatchNorm1d(h))
+            if config.dropout > 0:
+                layers.append(nn.Dropout(config.dropout))
+            dim = h
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(dim, config.num_pdfs)
+
+    def forward(self, x):
+        if x.dim() == 2:
+            x = x.reshape(x.shape[0], self.config.context, self.config.feat_dim)
+        h = self.hidden(x.transpose(1, 2))  # (N, H, 1)
+        return self.output(h[:, :, -1])  # (N, P)
+
+    def _sequence_logits(self, padded):
+        h = self.hidden(padded.t()[None])  # (1, H, T)
+        return self.output(h[0].t())  # (T, P)
+
+
+FAMILIES = {"dnn": DNNAcousticModel, "tdnn": TDNNAcousticModel}
+
+
+def build_model(config):
+    """A freshly initialised model of ``config.family`` (torch's default init; seed beforehand)."""
+    return FAMILIES[config.family](config)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint dict without unpickling code (weights_only)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not an asrkd acoustic model checkpoint")
+    return ckpt
+
+
+def load_model(path_or_dict):
+    """Checkpoint path (or loaded dict) -> model of the right family, in eval mode."""
+    ckpt = load_checkpoint(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
+    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def log_priors(pdf_counts):
+    """log p(pdf) from alignment counts; unseen pdfs floored to a count of 1 (finite scores)."""
+    counts = np.maximum(np.asarray(pdf_counts, dtype=np.float64), 1.0)
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+class Scorer:
+    """utt -> np.float32 (T, P) hybrid pseudo log-likelihoods of one model or an ensemble.
+
+    ``scorer(utt) = log(mean_m softmax_m) - log(prior)``; ``scorer.log_posteriors(utt)`` gives the
+    first term alone (what frame accuracy is measured on).
+    """
+
+    def __init__(self, models, feature_reader):
+        self.models = list(models)
+        self.reader = feature_reader
+        counts = [m.pdf_counts.numpy() for m in self.models]
+        if any(c.shape != counts[0].shape for c in counts):
+            raise UserError("ensemble members disagree on the number of pdfs")
+        if not counts[0].any():
+            raise UserError("checkpoint holds no pdf counts (priors); was it trained by asrkd?")
+        self.log_prior = log_priors(np.mean(counts, axis=0))
+
+    @torch.no_grad()
+    def log_posteriors(self, utt):
+        feats = torch.from_numpy(np.ascontiguousarray(self.reader[utt], dtype=np.float32))
+        probs = None
+        for m in self.models:
+            p = torch.softmax(m.utterance_logits(feats), dim=-1)
+            probs = p if probs is None else probs + p
+        probs /= len(self.models)
+        return torch.log(probs.clamp_min(1e-30)).numpy()
+
+    def __call__(self, utt):
+        return (self.log_posteriors(utt) - self.log_prior).astype(np.float32)
+
+
+def make_scorer(ckpt_paths, feature_reader):
+    """Checkpoint path(s) + a FeatureReader -> Scorer (callable utt -> np.float32 (T, P))."""
+    if isinstance(ckpt_paths, (str, os.PathLike)):
+        ckpt_paths = [ckpt_paths]
+    if not ckpt_paths:
+        raise UserError("no model checkpoints given")
+    models = [load_model(p) for p in ckpt_paths]
+    cmvn = {m.config.cmvn for m in models}
+    if len(cmvn) > 1:
+        raise UserError(f"ensemble members use different CMVN modes {sorted(map(str, cmvn))}")
+    reader_cmvn = getattr(feature_reader, "cmvn", models[0].config.cmvn)
+    if reader_cmvn != models[0].config.cmvn:
+        raise UserError(f"models were trained with cmvn={models[0].config.cmvn!r} but the "
+                        f"feature reader applies {reader_cmvn!r}")
+    return Scorer(models, feature_reader)

@@ -1,0 +1,601 @@
+"""Frame-level cross-entropy training of acoustic models on alignment pdf ids (and ensembles).
+
+Data path: CMVN'd frames of every aligned utterance are written once into a contiguous float32
+memory-mapped cache (``<cache>/feats.npy``, with ``pdf.npy`` targets and utterance offsets), so a
+corpus larger than RAM streams from disk. A minibatch is a set of shuffled global frame indices;
+context windows are gathered by index arithmetic, clamped to the frame's own utterance, so there
+is no per-utterance Python in the inner loop. Ensemble members share one cache.
+
+Schedule: "newbob" as in Kaldi nnet1's train_scheduler.sh, on validation frame accuracy: an epoch
+that does not improve is rejected (weights and optimizer state go back to the best epoch); the
+learning rate is halved from the first epoch whose gain is below ``start_halving_impr``; training
+stops once halving and the gain is below ``end_halving_impr`` (after ``min_epochs``), or at
+``epochs``. ``final.pt`` is the best epoch. Validation: a deterministic 10% of speakers (the same
+for every seed, so ensemble members are comparable).
+
+Resume: every epoch writes ``epoch{N}.pt`` (model, optimizer, schedule, history) atomically; a
+rerun continues after the last one. Each epoch's shuffling and dropout are seeded from
+(seed, epoch), so an interrupted-and-resumed run ends with the same weights as an uninterrupted one.
+
+Deviation from the paper: the paper trained with asynchronous distributed SGD on ~700M frames; here
+plain minibatch SGD or Adam on one machine.
+"""
+
+import csv
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from asrkd.errors import UserError
+from asrkd.models import ModelConfig, build_model, load_checkpoint
+from asrkd.table import atomic_path
+
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation settings; stored in every checkpoint."""
+
+    epochs: int = 8  # maximum
+    min_epochs: int = 2
+    batch_size: int = 256
+    optimizer: str = "adam"  # or "sgd" (with momentum)
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    start_halving_impr: float = 0.005  # absolute gain in validation frame accuracy
+    end_halving_impr: float = 0.001
+    halving_factor: float = 0.5
+    reject_worse: bool = True
+    valid_fraction: float = 0.1  # of speakers
+    max_frames_per_epoch: int = 0  # 0: all training frames each epoch
+    num_threads: int = 0  # 0: leave torch's setting
+    tensorboard: bool = True
+
+    # Fields that may change between a run and its resumption.
+    RESUMABLE = ("epochs", "min_epochs", "num_threads", "tensorboard")
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "sgd"):
+            raise UserError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.batch_size < 1 or self.lr <= 0 or self.epochs < 1:
+            raise UserError("batch_size, lr and epochs must be positive")
+        if not 0 <= self.valid_fraction < 1:
+            raise UserError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown train config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def load_conf(path):
+    """YAML with optional ``model:`` and ``train:`` sections -> (ModelConfig, TrainConfig)."""
+    import yaml
+
+    if path is None:
+        return ModelConfig(), TrainConfig()
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such config file")
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    unknown = set(d) - {"model", "train"}
+    if unknown:
+        raise UserError(f"{path}: unknown sections {sorted(unknown)} (expected model:, train:)")
+    try:
+        return (ModelConfig.from_dict(d.get("model") or {}),
+                TrainConfig.from_dict(d.get("train") or {}))
+    except TypeError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Alignments and the frame cache
+
+
+def read_alignment_info(ali_dir):
+    """(pdf.scp reader, pdf_counts int64 array, num_pdfs) of an alignment dir."""
+    from asrkd.table import read_scp
+
+    for name in ("pdf.scp", "pdf_counts", "num_pdfs"):
+        if not os.path.isfile(os.path.join(ali_dir, name)):
+            raise UserError(f"{ali_dir}: missing {name}; is it an alignment dir?")
+    with open(os.path.join(ali_dir, "num_pdfs")) as f:
+        num_pdfs = int(f.read().split()[0])
+    with open(os.path.join(ali_dir, "pdf_counts")) as f:
+        counts = np.array([int(x) for x in f.read().split()], dtype=np.int64)
+    if len(counts) != num_pdfs:
+        raise UserError(f"{ali_dir}: pdf_counts has {len(counts)} entries, num_pdfs {num_pdfs}")
+    return read_scp(os.path.join(ali_dir, "pdf.scp")), counts, num_pdfs
+
+
+def _cache_key(data_dir, ali_dir, cmvn):
+    parts = [str(CACHE_VERSION), os.path.abspath(data_dir), os.path.abspath(ali_dir), str(cmvn)]
+    for p in (os.path.join(data_dir, "feats.scp"), os.path.join(data_dir, "cmvn.scp"),
+              os.path.join(ali_dir, "pdf.scp")):
+        st = os.stat(p) if os.path.exists(p) else None
+        parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}" if st else f"{p}:-")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class FrameCache:
+    """Memory-mapped CMVN'd frames of all aligned utterances of a data dir, with pdf targets.
+
+    ``feats`` (F, D) float32, ``pdf`` (F,) int32, ``offsets`` (U + 1,) frame offsets of the
+    utterances in ``utts`` (sorted), ``spk`` their speakers; ``utt_index`` (F,) int32.
+    """
+
+    def __init__(self, cache_dir):
+        self.dir = cache_dir
+        with open(os.path.join(cache_dir, "meta.json")) as f:
+            self.meta = json.load(f)
+        self.utts = self.meta["utts"]
+        self.spk = self.meta["spk"]
+        self.feats = np.load(os.path.join(cache_dir, "feats.npy"), mmap_mode="r")
+        self.pdf = np.load(os.path.join(cache_dir, "pdf.npy"), mmap_mode="r")
+        self.offsets = np.load(os.path.join(cache_dir, "offsets.npy"))
+        self.utt_index = np.repeat(np.arange(len(self.utts), dtype=np.int32),
+                                   np.diff(self.offsets))
+
+    @property
+    def dim(self):
+        return self.feats.shape[1]
+
+    def frames_of(self, utt_ids):
+        """Global frame indices (int64) of the utterances with the given indices."""
+        if len(utt_ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1])
+                               for u in utt_ids]).astype(np.int64)
+
+    def windows(self, idx, left, right):
+        """Global frame indices (N,) -> (N, left + 1 + right, D) float32, clamped per utterance."""
+        u = self.utt_index[idx]
+        lo, hi = self.offsets[u], self.offsets[u + 1] - 1
+        win = idx[:, None] + np.arange(-left, right + 1)
+        np.clip(win, lo[:, None], hi[:, None], out=win)
+        # Reading the memmap in sorted order keeps page access sequential-ish.
+        flat = win.ravel()
+        uniq, inv = np.unique(flat, return_inverse=True)
+        return np.asarray(self.feats[uniq])[inv].reshape(len(idx), win.shape[1], -1)
+
+
+def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar"):
+    """Write (or reuse) the frame cache of ``data_dir`` + ``ali_dir``; return a FrameCache.
+
+    Utterances without an alignment are skipped and counted; a frame-count mismatch between
+    features and alignment is a UserError (never cropped).
+    """
+    from asrkd.data import DataDir
+    from asrkd.features import FeatureReader
+
+    key = _cache_key(data_dir, ali_dir, cmvn)
+    cache_dir = os.path.join(cache_root, key)
+    if os.path.isfile(os.path.join(cache_dir, "meta.json")):
+        return FrameCache(cache_dir)
+    pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
+    reader = FeatureReader(data_dir, cmvn=cmvn)
+    utt2spk = DataDir(data_dir).utt2spk
+    utts = [u for u in reader.utts if u in pdf_scp]
+    skipped = len(reader.utts) - len(utts)
+    if not utts:
+        raise UserError(f"{ali_dir}: no utterance of {data_dir} has an alignment")
+    lengths = np.array([reader.num_frames(u) for u in utts], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    os.makedirs(cache_root, exist_ok=True)
+    tmp = cache_dir + f".tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    dim = reader.dim
+    feats = np.lib.format.open_memmap(os.path.join(tmp, "feats.npy"), mode="w+",
+                                      dtype=np.float32, shape=(int(offsets[-1]), dim))
+    pdf = np.lib.format.open_memmap(os.path.join(tmp, "pdf.npy"), mode="w+", dtype=np.int32,
+                                    shape=(int(offsets[-1]),))
+    for i, utt in enumerate(tqdm(utts, desc="frame cache", unit="utt", file=sys.stderr,
+                                 disable=None)):
+        x = reader[utt]
+        y = np.asarray(pdf_scp[utt])
+        if x.shape[0] != y.shape[0] or x.shape[0] != lengths[i]:
+            raise UserError(f"{utt}: {x.shape[0]} feature frames but {y.shape[0]} aligned "
+                            f"frames in {ali_dir}/pdf.scp; realign after recomputing features")
+        if y.size and (y.min() < 0 or y.max() >= num_pdfs):
+            raise UserError(f"{utt}: pdf ids outside [0, {num_pdfs}) in {ali_dir}/pdf.scp")
+        feats[offsets[i]:offsets[i + 1]] = x
+        pdf[offsets[i]:offsets[i + 1]] = y
+    feats.flush()
+    pdf.flush()
+    del feats, pdf
+    np.save(os.path.join(tmp, "offsets.npy"), offsets)
+    meta = {"data_dir": os.path.abspath(data_dir), "ali_dir": os.path.abspath(ali_dir),
+            "cmvn": cmvn, "utts": utts, "spk": [utt2spk[u] for u in utts],
+            "skipped_unaligned": skipped, "frames": int(offsets[-1]), "dim": dim}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    try:
+        os.rename(tmp, cache_dir)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return FrameCache(cache_dir)
+
+
+def split_by_speaker(spk, valid_fraction):
+    """Utterance indices (train, valid): a fixed pseudo-random ``valid_fraction`` of speakers."""
+    speakers = sorted(set(spk))
+    n_valid = int(round(valid_fraction * len(speakers)))
+    if valid_fraction > 0 and len(speakers) >= 2:
+        n_valid = min(max(n_valid, 1), len(speakers) - 1)
+    else:
+        n_valid = 0
+    # Seed fixed (not the model's seed): every ensemble member validates on the same speakers.
+    chosen = set(np.random.default_rng(12345).permutation(speakers)[:n_valid].tolist())
+    valid = [i for i, s in enumerate(spk) if s in chosen]
+    train = [i for i, s in enumerate(spk) if s not in chosen]
+    return train, valid
+
+
+def _extra_memmap(cache, utt_ids, extra_targets, path):
+    """Rows of ``extra_targets[utt]`` for the given utterances, memmapped in cache frame order."""
+    first = np.asarray(extra_targets[cache.utts[utt_ids[0]]])
+    shape = (len(cache.pdf),) + first.shape[1:]
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=first.dtype, shape=shape)
+    for u in tqdm(utt_ids, desc="extra targets", unit="utt", file=sys.stderr, disable=None):
+        utt = cache.utts[u]
+        if utt not in extra_targets:
+            raise UserError(f"{utt}: no extra (soft) targets")
+        e = np.asarray(extra_targets[utt])
+        n = cache.offsets[u + 1] - cache.offsets[u]
+        if e.shape[0] != n or e.shape[1:] != first.shape[1:]:
+            raise UserError(f"{utt}: extra targets have shape {e.shape}, expected "
+                            f"({n}, {', '.join(map(str, first.shape[1:]))})")
+        arr[cache.offsets[u]:cache.offsets[u + 1]] = e
+    arr.flush()
+    del arr
+    return np.load(path, mmap_mode="r")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _make_optimizer(model, tc):
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum,
+                           weight_decay=tc.weight_decay)
+
+
+def _set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def _epoch_seed(seed, epoch):
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
+
+
+def _batches(cache, frames, model, batch_size, extra=None):
+    left, right = model.left_context, model.right_context
+    for s in range(0, len(frames), batch_size):
+        idx = frames[s:s + batch_size]
+        batch = {"x": torch.from_numpy(cache.windows(idx, left, right)),
+                 "y": torch.from_numpy(np.asarray(cache.pdf[idx], dtype=np.int64))}
+        if extra is not None:
+            batch["extra"] = torch.from_numpy(np.asarray(extra[idx]))
+        yield batch
+
+
+@torch.no_grad()
+def _evaluate(model, cache, frames, batch_size):
+    """(CE loss, frame accuracy) on hard targets."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for batch in _batches(cache, frames, model, max(batch_size, 1024)):
+        logits = model(batch["x"])
+        loss += F.cross_entropy(logits, batch["y"], reduction="sum").item()
+        correct += (logits.argmax(-1) == batch["y"]).sum().item()
+    n = max(len(frames), 1)
+    return loss / n, correct / n
+
+
+def _last_epoch_checkpoint(exp_dir):
+    best = None
+    for p in glob.glob(os.path.join(exp_dir, "epoch*.pt")):
+        m = re.fullmatch(r"epoch(\d+)\.pt", os.path.basename(p))
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), p)
+    return best[1] if best else None
+
+
+def _check_same_run(ckpt, model_config, train_config, seed, exp_dir):
+    old_tc = {k: v for k, v in ckpt["train_config"].items() if k not in TrainConfig.RESUMABLE}
+    new_tc = {k: v for k, v in train_config.to_dict().items() if k not in TrainConfig.RESUMABLE}
+    if ckpt["model_config"] != model_config.to_dict() or old_tc != new_tc \
+            or ckpt["seed"] != seed:
+        raise UserError(f"{exp_dir} holds a run with a different config or seed; "
+                        "use a new exp dir (or delete its epoch*.pt)")
+
+
+def _write_log(exp_dir, history):
+    with atomic_path(os.path.join(exp_dir, "train_log.csv")) as tmp, open(tmp, "w") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
+                    "seconds", "accepted"])
+        for h in history:
+            w.writerow([h["epoch"], f"{h['lr']:.6g}", f"{h['train_loss']:.5f}",
+                        f"{h['train_acc']:.5f}", f"{h['valid_loss']:.5f}",
+                        f"{h['valid_acc']:.5f}", f"{h['seconds']:.1f}", int(h["accepted"])])
+
+
+def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, extra_targets=None,
+                loss_fn=None, init_from=None, train_fraction=1.0, cache_dir=None,
+                on_epoch_end=None):
+    """Train one acoustic model; return the path of ``exp_dir/final.pt`` (the best epoch).
+
+    ``model_config.feat_dim``/``num_pdfs`` are filled from the data and alignment.
+    ``extra_targets[utt]``: optional np array with one row per frame (any trailing shape), batched
+    as ``batch["extra"]``. ``loss_fn(logits, batch) -> scalar`` replaces cross-entropy on
+    ``batch["y"]``; ``batch["x"]`` is the model input (N, C, D). ``init_from``: checkpoint whose
+    weights start the training. ``train_fraction``: use that fraction of the training utterances
+    (chosen by ``seed``). ``cache_dir``: where the frame cache lives (default ``exp_dir/frames``).
+    ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is written.
+    A finished run is not redone; an interrupted one resumes after its last epoch checkpoint.
+    """
+    model_config = ModelConfig.from_dict(model_config.to_dict())  # a copy we may fill in
+    os.makedirs(exp_dir, exist_ok=True)
+    final = os.path.join(exp_dir, "final.pt")
+    if train_config.num_threads > 0:
+        torch.set_num_threads(train_config.num_threads)
+    if not 0 < train_fraction <= 1:
+        raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
+
+    _, pdf_counts, num_pdfs = read_alignment_info(ali_dir)
+    cache = build_frame_cache(data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"),
+                              cmvn=model_config.cmvn)
+    if model_config.num_pdfs not in (0, num_pdfs):
+        raise UserError(f"model config says {model_config.num_pdfs} pdfs, {ali_dir} has "
+                        f"{num_pdfs}")
+    if model_config.feat_dim not in (0, cache.dim):
+        raise UserError(f"model config says feat_dim {model_config.feat_dim}, features have "
+                        f"{cache.dim}")
+    model_config.num_pdfs, model_config.feat_dim = num_pdfs, cache.dim
+
+    train_utts, valid_utts = split_by_speaker(cache.spk, train_config.valid_fraction)
+    if train_fraction < 1:
+        rng = np.random.default_rng([int(seed), 7])
+        n = max(1, int(round(train_fraction * len(train_utts))))
+        train_utts = sorted(rng.choice(train_utts, size=n, replace=False).tolist())
+    train_frames, valid_frames = cache.frames_of(train_utts), cache.frames_of(valid_utts)
+    if len(valid_frames) == 0:
+        raise UserError(f"{data_dir}: too few speakers for a validation split "
+                        f"(valid_fraction {train_config.valid_fraction})")
+    extra = None
+    if extra_targets is not None:
+        extra = _extra_memmap(cache, train_utts, extra_targets,
+                              os.path.join(exp_dir, "extra_targets.npy"))
+    print(f"train: {len(train_utts)} utts / {len(train_frames)} frames, valid: "
+          f"{len(valid_utts)} utts / {len(valid_frames)} frames, skipped (no alignment): "
+          f"{cache.meta['skipped_unaligned']}", file=sys.stderr)
+
+    torch.manual_seed(int(seed))
+    model = build_model(model_config)
+    model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
+    opt = _make_optimizer(model, train_config)
+    state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": -1.0,
+             "best_epoch": 0, "stop": False}
+    history = []
+
+    last = _last_epoch_checkpoint(exp_dir)
+    if last is not None:
+        ckpt = load_checkpoint(last)
+        _check_same_run(ckpt, model_config, train_config, seed, exp_dir)
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state, history = dict(ckpt["schedule"]), list(ckpt["history"])
+        print(f"resuming after epoch {state['epoch']} ({last})", file=sys.stderr)
+    elif init_from is not None:
+        src = load_checkpoint(init_from)
+        try:
+            model.load_state_dict(src["state_dict"])
+        except RuntimeError as e:
+            raise UserError(f"{init_from}: does not fit the model config: "
+                            f"{str(e).splitlines()[0]}") from None
+        model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
+    if state["stop"] or state["epoch"] >= train_config.epochs:
+        if not os.path.isfile(final):
+            raise UserError(f"{exp_dir}: training finished but final.pt is missing")
+        return final
+
+    writer = None
+    if train_config.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(exp_dir, "tensorboard"),
+                               purge_step=state["epoch"] + 1)
+    loss_fn = loss_fn or (lambda logits, batch: F.cross_entropy(logits, batch["y"]))
+    common = {"pdf_counts": torch.from_numpy(pdf_counts), "train_config": train_config.to_dict(),
+              "seed": int(seed), "data_dir": os.path.abspath(data_dir),
+              "ali_dir": os.path.abspath(ali_dir)}
+    try:
+        while not state["stop"] and state["epoch"] < train_config.epochs:
+            epoch = state["epoch"] + 1
+            t0 = time.time()
+            es = _epoch_seed(seed, epoch)
+            torch.manual_seed(es)
+            frames = np.random.default_rng(es).permutation(train_frames)
+            if train_config.max_frames_per_epoch > 0:
+                frames = frames[:train_config.max_frames_per_epoch]
+            _set_lr(opt, state["lr"])
+            model.train()
+            tot_loss, tot_correct, tot_n = 0.0, 0, 0
+            bar = tqdm(total=len(frames), desc=f"epoch {epoch}", unit="frame", file=sys.stderr,
+                       disable=None, unit_scale=True)
+            for batch in _batches(cache, frames, model, train_config.batch_size, extra):
+                logits = model(batch["x"])
+                loss = loss_fn(logits, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                n = len(batch["y"])
+                tot_loss += loss.item() * n
+                tot_correct += (logits.detach().argmax(-1) == batch["y"]).sum().item()
+                tot_n += n
+                bar.update(n)
+            bar.close()
+            valid_loss, valid_acc = _evaluate(model, cache, valid_frames,
+                                              train_config.batch_size)
+            impr = valid_acc - state["best_acc"] if state["best_epoch"] else valid_acc
+            accepted = valid_acc > state["best_acc"] or not train_config.reject_worse
+            if accepted:
+                state["best_acc"], state["best_epoch"] = valid_acc, epoch
+            row = {"epoch": epoch, "lr": state["lr"], "train_loss": tot_loss / max(tot_n, 1),
+                   "train_acc": tot_correct / max(tot_n, 1), "valid_loss": valid_loss,
+                   "valid_acc": valid_acc, "seconds": time.time() - t0, "accepted": accepted,
+                   "frames_per_second": tot_n / max(time.time() - t0, 1e-9)}
+            history.append(row)
+            print(f"epoch {epoch}: lr {state['lr']:.3g} train loss {row['train_loss']:.4f} "
+                  f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "
+                  f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
+                  f"{row['seconds']:.1f}s", file=sys.stderr)
+            if accepted:
+                model.save(final, epoch=epoch, valid_acc=valid_acc, **common)
+            elif train_config.reject_worse:
+                best = load_checkpoint(os.path.join(exp_dir, f"epoch{state['best_epoch']}.pt"))
+                model.load_state_dict(best["state_dict"])
+                opt.load_state_dict(best["optimizer"])
+            # newbob
+            if state["halving"] and impr < train_config.end_halving_impr \
+                    and epoch >= train_config.min_epochs:
+                state["stop"] = True
+            if impr < train_config.start_halving_impr:
+                state["halving"] = True
+            if state["halving"]:
+                state["lr"] *= train_config.halving_factor
+            state["epoch"] = epoch
+            model.save(os.path.join(exp_dir, f"epoch{epoch}.pt"), optimizer=opt.state_dict(),
+                       schedule=dict(state), history=history, **common)
+            _write_log(exp_dir, history)
+            if writer is not None:
+                for k in ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc"):
+                    writer.add_scalar(k, row[k], epoch)
+                writer.flush()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    finally:
+        if writer is not None:
+            writer.close()
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def frame_accuracy(model_or_scorer, data_dir, ali_dir):
+    """Fraction of aligned frames whose argmax posterior is the aligned pdf.
+
+    Accepts a model (nn.Module), checkpoint path(s), or a scorer from ``make_scorer`` (its
+    posteriors are used, not the prior-divided scores); any other callable ``utt -> (T, P)`` is
+    taken as is.
+    """
+    from asrkd.features import FeatureReader
+    from asrkd.models import Scorer, make_scorer
+
+    pdf_scp, _, _ = read_alignment_info(ali_dir)
+    scorer = model_or_scorer
+    if isinstance(scorer, torch.nn.Module):
+        scorer = Scorer([scorer.eval()], FeatureReader(data_dir, cmvn=scorer.config.cmvn))
+    elif isinstance(scorer, (str, os.PathLike, list, tuple)):
+        paths = [scorer] if isinstance(scorer, (str, os.PathLike)) else list(scorer)
+        from asrkd.models import load_model
+
+        cmvn = load_model(paths[0]).config.cmvn
+        scorer = make_scorer(paths, FeatureReader(data_dir, cmvn=cmvn))
+    score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
+    from asrkd.data import DataDir
+
+    correct = total = 0
+    for utt in DataDir(data_dir).utts:
+        if utt not in pdf_scp:
+            continue
+        y = np.asarray(pdf_scp[utt])
+        s = np.asarray(score(utt))
+        if s.shape[0] != y.shape[0]:
+            raise UserError(f"{utt}: {s.shape[0]} scored frames but {y.shape[0]} aligned")
+        correct += int((s.argmax(-1) == y).sum())
+        total += len(y)
+    if total == 0:
+        raise UserError(f"{ali_dir}: no aligned utterance of {data_dir}")
+    return correct / total
+
+
+# --------------------------------------------------------------------------------------------
+# Ensembles
+
+
+def _ensemble_job(data_dir, ali_dir, model_dir, mc, tc, seed, cache_dir):
+    train_model(data_dir, ali_dir, model_dir, ModelConfig.from_dict(mc), TrainConfig.from_dict(tc),
+                seed, cache_dir=cache_dir)
+    return os.path.join(model_dir, "final.pt")
+
+
+def is_finished(exp_dir):
+    """True if ``exp_dir`` holds a completed training run (final.pt and a stopping epoch)."""
+    last = _last_epoch_checkpoint(exp_dir)
+    if last is None or not os.path.isfile(os.path.join(exp_dir, "final.pt")):
+        return False
+    ckpt = load_checkpoint(last)
+    s = ckpt["schedule"]
+    return bool(s["stop"] or s["epoch"] >= ckpt["train_config"]["epochs"])
+
+
+def train_ensemble(data_dir, ali_dir, exp_dir, model_config, train_config, num_models=10,
+                   seeds=None, nj=1):
+    """Train models with seeds 1..N (or ``seeds``) into ``exp_dir/model{i}/final.pt``.
+
+    Jobs run in parallel with the CPU threads split between them; finished models are skipped,
+    interrupted ones resume. All members share one frame cache in ``exp_dir/frames``.
+    Returns the list of final checkpoint paths.
+    """
+    from asrkd.jobs import run_jobs
+
+    seeds = list(seeds) if seeds else list(range(1, num_models + 1))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must be distinct, got {seeds}")
+    cache_dir = os.path.join(exp_dir, "frames")
+    build_frame_cache(data_dir, ali_dir, cache_dir, cmvn=model_config.cmvn)  # once, shared
+    dirs = [os.path.join(exp_dir, f"model{i + 1}") for i in range(len(seeds))]
+    todo = [d for d in dirs if not is_finished(d)]
+    if len(todo) < len(dirs):
+        print(f"{len(dirs) - len(todo)} of {len(dirs)} models already trained", file=sys.stderr)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    nj = max(1, min(nj, len(todo) or 1))
+    tc = train_config.to_dict()
+    tc["num_threads"] = tc["num_threads"] or max(1, cores // nj)
+    # Finished members are passed too (they return at once) so log N is always model N's.
+    args = [(data_dir, ali_dir, d, model_config.to_dict(), tc, s, cache_dir)
+            for d, s in zip(dirs, seeds)]
+    if todo:
+        run_jobs(_ensemble_job, args, nj, os.path.join(exp_dir, "log"), "train",
+                 desc="train-ensemble", threads_per_job=tc["num_threads"])
+    return [os.path.join(d, "final.pt") for d in dirs]

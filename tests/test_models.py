@@ -1,0 +1,96 @@
+"""Acoustic model classes: shapes, edge handling, checkpoint round trip, scorer."""
+
+import numpy as np
+import pytest
+import torch
+
+from asrkd.errors import UserError
+from asrkd.models import (DNNAcousticModel, ModelConfig, TDNNAcousticModel, build_model,
+                          load_model, log_priors, make_scorer)
+
+D, P = 6, 11
+
+
+def _config(family, **kw):
+    return ModelConfig(family=family, feat_dim=D, num_pdfs=P, hidden_dims=[16, 16, 12], **kw)
+
+
+@pytest.mark.parametrize("family,cls", [("dnn", DNNAcousticModel), ("tdnn", TDNNAcousticModel)])
+def test_shapes_and_utterance_logits_match_windows(family, cls):
+    torch.manual_seed(0)
+    model = build_model(_config(family)).eval()
+    assert isinstance(model, cls)
+    c = model.config.context
+    x = torch.randn(5, c, D)
+    assert model(x).shape == (5, P)
+    assert torch.allclose(model(x.reshape(5, -1)), model(x), atol=1e-6)
+    feats = torch.randn(23, D)
+    out = model.utterance_logits(feats, chunk=7)  # chunking must not change the result
+    assert out.shape == (23, P)
+    # Frame t's logits equal the model on its window with edge frames repeated.
+    for t in (0, 1, 11, 22):
+        idx = np.clip(np.arange(t - model.left_context, t + model.right_context + 1), 0, 22)
+        assert torch.allclose(out[t], model(feats[idx][None])[0], atol=1e-5)
+
+
+def test_tdnn_context_from_offsets():
+    cfg = ModelConfig(family="tdnn", feat_dim=D, num_pdfs=P, hidden_dims=[8, 8, 8],
+                      tdnn_offsets=[[-2, -1, 0, 1, 2], [-1, 0, 1], [-3, 0, 3]])
+    assert (cfg.left_context, cfg.right_context, cfg.context) == (6, 6, 13)
+    with pytest.raises(UserError):
+        ModelConfig(family="tdnn", hidden_dims=[8], tdnn_offsets=[[-2, 0, 1]])
+    with pytest.raises(UserError):
+        ModelConfig(family="rnn")
+
+
+@pytest.mark.parametrize("family", ["dnn", "tdnn"])
+def test_checkpoint_round_trip_weights_only(tmp_path, family):
+    torch.manual_seed(1)
+    model = build_model(_config(family, dropout=0.1, batchnorm=True))
+    model.pdf_counts.copy_(torch.arange(1, P + 1))
+    with torch.no_grad():  # non-trivial batchnorm statistics must survive too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-1, 1)
+    path = tmp_path / "m.pt"
+    model.save(str(path))
+    loaded = load_model(str(path))
+    assert type(loaded) is type(model) and loaded.config == model.config
+    ckpt = torch.load(str(path), weights_only=True)  # must not need pickle
+    assert ckpt["model_config"]["family"] == family
+    model.eval()
+    feats = torch.randn(17, D)
+    assert torch.equal(model.utterance_logits(feats), loaded.utterance_logits(feats))
+    assert torch.equal(loaded.pdf_counts, torch.arange(1, P + 1))
+    assert type(model).from_checkpoint(str(path)).config == model.config
+
+
+def test_scorer_is_log_mean_posterior_minus_log_prior(tmp_path):
+    feats = {"a": np.random.default_rng(0).normal(size=(9, D)).astype(np.float32)}
+
+    class Reader(dict):
+        cmvn = "meanvar"
+
+    paths, models = [], []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        m = build_model(_config("dnn")).eval()
+        m.pdf_counts.copy_(torch.tensor([0, 5, 3, 1, 1, 1, 1, 1, 1, 1, 10]))
+        paths.append(str(tmp_path / f"m{seed}.pt"))
+        m.save(paths[-1])
+        models.append(m)
+    scorer = make_scorer(paths, Reader(feats))
+    out = scorer("a")
+    assert out.dtype == np.float32 and out.shape == (9, P)
+    x = torch.from_numpy(feats["a"])
+    post = sum(torch.softmax(m.utterance_logits(x), -1) for m in models) / 2
+    prior = log_priors([0, 5, 3, 1, 1, 1, 1, 1, 1, 1, 10])
+    assert np.isfinite(prior).all() and prior[0] == prior[3]  # unseen pdf floored to count 1
+    np.testing.assert_allclose(out, np.log(post.numpy()) - prior, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scorer.log_posteriors("a"), np.log(post.numpy()), atol=1e-5)
+
+    class MeanOnly(dict):
+        cmvn = "mean"
+
+    with pytest.raises(UserError):
+        make_scorer(paths, MeanOnly(feats))

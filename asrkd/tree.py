@@ -16,8 +16,8 @@ Flow (D1's ``train_tri`` calls these in order)::
 Where we deviate from Kaldi (simplifications):
 
 - Roots: one root per phone (Kaldi's ``shared split`` roots, one line per phone), and each root is
-  first split by pdf-class with a table (Kaldi instead asks pdf-class questions, which lets states of
-  one phone share a leaf). So the tree never has fewer leaves than sum of pdf-classes over phones,
+  first split by pdf-class with a table (Kaldi instead asks pdf-class questions, which lets
+  states of one phone share a leaf). So the tree never has fewer leaves than sum of pdf-classes over phones,
   and pdf-class questions are not needed.
 - Questions: ``cluster_phones`` is a top-down binary clustering of the non-silence phones, each
   phone described by one diagonal Gaussian per pdf-class; every node is a question (as Kaldi's
@@ -71,6 +71,12 @@ class TransitionTables:
     state_pdf_classes: dict  # phone -> [(forward_pdf_class, self_loop_pdf_class) per HMM state]
 
 
+def _topology_entry(topo, phone):
+    """[(forward_pdf_class, self_loop_pdf_class, [arc destinations]) per HMM state]."""
+    return [(st.forward_pdf_class, st.self_loop_pdf_class, [a for a, _ in st.transitions])
+            for st in topo.topology_for_phone(phone)]
+
+
 _TUPLE_RE = re.compile(r"phone=(-?\d+),hmm_state=(-?\d+),forward_pdf=(-?\d+),self_loop_pdf=(-?\d+)")
 
 
@@ -100,8 +106,7 @@ def transition_tables(tm):
         s = int(id2state[tid])
         p, h = tuples[s - 1][:2]
         if p not in entries:
-            entries[p] = [(st.forward_pdf_class, st.self_loop_pdf_class, [a for a, _ in st.transitions])
-                          for st in topo.topology_for_phone(p)]
+            entries[p] = _topology_entry(topo, p)
         entry = entries[p]
         idx = tid - int(state2id[s])
         dest = entry[h][2][idx]
@@ -111,8 +116,7 @@ def transition_tables(tm):
         pdf_class[tid] = entry[h][1] if dest == h else entry[h][0]
     for p in topo.phones:
         if p not in entries:
-            entries[p] = [(st.forward_pdf_class, st.self_loop_pdf_class, [a for a, _ in st.transitions])
-                          for st in topo.topology_for_phone(p)]
+            entries[p] = _topology_entry(topo, p)
     return TransitionTables(phone, hmm_state, pdf_class, trans_index, is_final, is_self_loop,
                             state2id, tuples, {t: i + 1 for i, t in enumerate(tuples)},
                             {p: [e[:2] for e in entry] for p, entry in entries.items()})
@@ -170,7 +174,8 @@ class TreeStats:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, events=self.events, counts=self.counts, sums=self.sums,
-                         sumsq=self.sumsq, shape=np.array([self.context_width, self.central_position]))
+                         sumsq=self.sumsq,
+                         shape=np.array([self.context_width, self.central_position]))
 
     @classmethod
     def load(cls, path):
@@ -199,8 +204,8 @@ def _reduce_events(events, counts, sums, sumsq, n, p):
                      np.add.reduceat(sumsq[order], bounds, axis=0), n, p)
 
 
-def accumulate_tree_stats(feats_by_utt, ali_by_utt, trans_model, context_width=3,
-                          central_position=1, chunk_frames=200000):
+def accumulate_tree_stats(feats_by_utt, ali_by_utt, trans_model, silence_phones=(),
+                          context_width=3, central_position=1, chunk_frames=200000):
     """Accumulate per-(context window, pdf-class) Gaussian stats from alignments (acc-tree-stats).
 
     Args:
@@ -208,11 +213,15 @@ def accumulate_tree_stats(feats_by_utt, ali_by_utt, trans_model, context_width=3
       ali_by_utt: mapping utt -> int (T,) transition ids of ``trans_model``; utts missing here
         are skipped, a frame-count mismatch raises UserError.
       trans_model: kaldi_hmm_gmm.TransitionModel of the alignments (usually the monophone one).
+      silence_phones: context-independent phones (Kaldi acc-tree-stats --ci-phones): where one
+        is the centre phone, its context is recorded as 0, so its tree cannot split on context.
       context_width, central_position: N and P of the tree (3, 1 = triphone).
     Returns:
       TreeStats with events (E, N + 1) = (phone at 0..N-1, pdf-class), utterance edges = phone 0.
     """
     tables = transition_tables(trans_model)
+    ci = np.zeros(int(tables.phone.max()) + 1, bool)
+    ci[[int(p) for p in silence_phones if int(p) < len(ci)]] = True
     parts, buf, nbuf = [], [], 0
 
     def flush():
@@ -232,7 +241,12 @@ def accumulate_tree_stats(feats_by_utt, ali_by_utt, trans_model, context_width=3
         if len(ali) == 0:
             continue
         seg_id, seg_phone = _phone_segments(ali, tables)
-        win = _context_windows(seg_phone, context_width, central_position)[seg_id]  # (T, N)
+        win = _context_windows(seg_phone, context_width, central_position)
+        if ci.any():
+            ci_seg = ci[seg_phone]
+            win[ci_seg] = 0
+            win[ci_seg, central_position] = seg_phone[ci_seg]
+        win = win[seg_id]  # (T, N)
         buf.append((np.concatenate([win, tables.pdf_class[ali][:, None]], axis=1), feats))
         nbuf += len(ali)
         if nbuf >= chunk_frames:
@@ -270,9 +284,9 @@ def gauss_objf(counts, sums, sumsq, var_floor=0.01):
 def _phone_class_stats(stats, phones, classes):
     """(len(phones), len(classes)) counts and (..., D) sums/sumsq pooled by centre phone."""
     p, d = stats.central_position, stats.dim
-    lut_p = np.full(int(stats.events[:, p].max(initial=0)) + 1 + max(phones, default=0), -1)
+    lut_p = np.full(max(int(stats.events[:, p].max(initial=0)), max(phones)) + 1, -1)
     lut_p[phones] = np.arange(len(phones))
-    lut_c = np.full(int(stats.events[:, -1].max(initial=0)) + 1 + max(classes, default=0), -1)
+    lut_c = np.full(int(stats.events[:, -1].max(initial=0)) + 1, -1)
     lut_c[classes] = np.arange(len(classes))
     i, j = lut_p[stats.events[:, p]], lut_c[stats.events[:, -1]]
     keep = (i >= 0) & (j >= 0)
@@ -542,7 +556,8 @@ def _node_bytes(node):
 
 def _table_bytes(key, table):
     body = b"".join(_tok("NULL") if t is None else t for t in table)
-    return _tok("TE") + _i32(key) + b"\xfc" + struct.pack("<I", len(table)) + _tok("(") + body + _tok(")")
+    size = b"\xfc" + struct.pack("<I", len(table))  # Kaldi marks unsigned types with -sizeof
+    return _tok("TE") + _i32(key) + size + _tok("(") + body + _tok(")")
 
 
 def _make_ctx(roots, phones, nclasses, n_ctx, p_ctx):
@@ -626,7 +641,8 @@ def leaf_stats(stats, ctx, var_floor=0.01):
     gvar = np.maximum(sumsq.sum(0) / tot - gmean ** 2, var_floor)
     safe = np.maximum(counts, 1e-10)[:, None]
     means = np.where(counts[:, None] > 0, sums / safe, gmean)
-    variances = np.where(counts[:, None] > 0, np.maximum(sumsq / safe - means ** 2, var_floor), gvar)
+    variances = np.where(counts[:, None] > 0,
+                         np.maximum(sumsq / safe - means ** 2, var_floor), gvar)
     return counts, means, variances
 
 

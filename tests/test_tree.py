@@ -90,7 +90,7 @@ def setup():
         alis[utt] = np.array(ali, np.int32)
         feats[utt] = np.concatenate(x).astype(np.float32)
         phone_seqs[utt] = seq
-    stats = tree.accumulate_tree_stats(feats, alis, tm)
+    stats = tree.accumulate_tree_stats(feats, alis, tm, SIL)
     return dict(topo=topo, tm=tm, feats=feats, alis=alis, seqs=phone_seqs, stats=stats)
 
 
@@ -102,9 +102,15 @@ def test_accumulate_counts_and_events(setup):
                                                        for f in feats.values()), rtol=1e-9)
     utt = sorted(feats)[0]
     seq = setup["seqs"][utt]
-    # the first frame is SIL with left edge 0, right = second phone, pdf-class 0
-    assert any((stats.events == [0, 7, seq[1], 0]).all(1))
-    assert any((stats.events == [seq[-2], 7, 0, 4]).all(1))
+    # SIL is context-independent: its context is recorded as 0
+    sil_rows = stats.events[:, 1] == 7
+    assert (stats.events[sil_rows][:, [0, 2]] == 0).all()
+    # the second phone of an utterance has SIL on its left, the third phone on its right
+    assert any((stats.events == [7, seq[1], seq[2], 0]).all(1))
+    assert any((stats.events == [seq[-3], seq[-2], 7, 2]).all(1))
+    no_ci = tree.accumulate_tree_stats(feats, setup["alis"], setup["tm"])
+    assert any((no_ci.events == [0, 7, seq[1], 0]).all(1))
+    assert no_ci.counts.sum() == total
     assert stats.events.shape[1] == 4 and set(stats.events[:, -1]) == {0, 1, 2, 3, 4}
 
 

@@ -17,8 +17,8 @@ Where we deviate from Kaldi (simplifications):
 
 - Roots: one root per phone (Kaldi's ``shared split`` roots, one line per phone), and each root is
   first split by pdf-class with a table (Kaldi instead asks pdf-class questions, which lets
-  states of one phone share a leaf). So the tree never has fewer leaves than sum of pdf-classes over phones,
-  and pdf-class questions are not needed.
+  states of one phone share a leaf). So the tree never has fewer leaves than the sum of
+  pdf-classes over phones, and pdf-class questions are not needed.
 - Questions: ``cluster_phones`` is a top-down binary clustering of the non-silence phones, each
   phone described by one diagonal Gaussian per pdf-class; every node is a question (as Kaldi's
   cluster-phones + compile-questions). Each split is a few iterations of likelihood-based 2-means

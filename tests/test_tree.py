@@ -211,3 +211,32 @@ def test_convert_alignment(setup):
         np.testing.assert_array_equal(tid2pdf[new], tree.map_events(ctx, ev))
         back = tree.convert_alignment(new, tri_tm, mono_tm, mono_ctx)
         np.testing.assert_array_equal(back, ali)
+
+
+def test_phone_without_data_gets_global_gaussian(setup):
+    stats, topo = setup["stats"], setup["topo"]
+    keep = stats.events[:, 1] != 6
+    sub = tree.TreeStats(stats.events[keep], stats.counts[keep], stats.sums[keep],
+                         stats.sumsq[keep])
+    ctx = tree.build_tree(sub, tree.build_questions(sub, NONSIL, SIL), topo, num_leaves=30,
+                          min_count=10)
+    khg.TransitionModel(ctx, topo)
+    counts, means, _ = tree.leaf_stats(sub, ctx)
+    unseen = [ctx.compute([1, 6, 1], c)[1] for c in range(3)]
+    assert len(set(unseen)) == 3 and (counts[unseen] == 0).all()
+    np.testing.assert_allclose(means[unseen[0]], sub.sums.sum(0) / sub.counts.sum())
+    assert (counts > 0).sum() == 27
+
+
+def test_stats_save_load_and_merge(setup, tmp_path):
+    stats = setup["stats"]
+    stats.save(tmp_path / "stats.npz")
+    back = tree.TreeStats.load(tmp_path / "stats.npz")
+    np.testing.assert_array_equal(back.events, stats.events)
+    np.testing.assert_array_equal(back.sumsq, stats.sumsq)
+    utts = sorted(setup["alis"])
+    halves = [tree.accumulate_tree_stats(setup["feats"], {u: setup["alis"][u] for u in part},
+                                         setup["tm"], SIL) for part in (utts[:60], utts[60:])]
+    merged = tree.TreeStats.merge(halves)
+    np.testing.assert_array_equal(merged.events, stats.events)
+    np.testing.assert_allclose(merged.sums, stats.sums, rtol=1e-9)

@@ -1,0 +1,299 @@
+"""Interpolated modified Kneser-Ney n-gram LM (Chen & Goodman 1998), ARPA output, ARPA scorer.
+
+The estimator follows KenLM's lmplz (no pruning): adjusted counts are raw counts at the highest
+order and for n-grams starting with <s>, else the number of distinct left extensions; three
+discounts per order from the count-of-counts of adjusted counts; lower orders interpolated down
+to a uniform distribution over the vocabulary (all words + </s>, not <s>). Because the model is
+interpolated, the ARPA backoff weight of a history is exactly its interpolation weight gamma.
+
+Deviations: where a small text makes Chen & Goodman's discount formulas undefined or out of
+range (a zero count-of-count), all three discounts of that order fall back to
+n1 / (n1 + 2 n2) (or 0.5) instead of failing as lmplz does. With ``vocab`` (a words.txt),
+words outside it are mapped to the OOV word (``<UNK>``) before counting, and every vocabulary
+word gets a unigram, so G covers the whole lang vocabulary.
+
+N-grams are numbered per order: an n-gram is (id of its (n-1)-word prefix, last word), so keys
+stay within int64 for any order.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+
+from asrkd.errors import UserError
+from asrkd.table import atomic_path
+
+BOS, EOS = "<s>", "</s>"
+_SPECIAL = {"<eps>", "#0", BOS, EOS}
+
+
+def read_sentences(path, utt_ids=False):
+    """Sentences (lists of words) of a text file; ``utt_ids``: drop each line's first field."""
+    if not os.path.isfile(path):
+        raise UserError(f"no such text file: {path}")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            w = line.split()
+            if utt_ids:
+                w = w[1:]
+            if w:
+                out.append(w)
+    return out
+
+
+def read_vocab(words_txt):
+    """The LM vocabulary of a words.txt: all words but <eps>, #n, <s>, </s>."""
+    if not os.path.isfile(words_txt):
+        raise UserError(f"no such vocabulary file: {words_txt}")
+    with open(words_txt, encoding="utf-8") as f:
+        words = [line.split()[0] for line in f if line.strip()]
+    return [w for w in words if w not in _SPECIAL and not w.startswith("#")]
+
+
+@dataclasses.dataclass
+class _Order:
+    """The n-grams of one order n >= 2 (arrays aligned by n-gram index)."""
+
+    prefix: np.ndarray  # (K,) index of the (n-1)-word prefix in order n-1 (word id for n=2)
+    word: np.ndarray  # (K,) last word id
+    suffix: np.ndarray  # (K,) index of the (n-1)-word suffix in order n-1
+    count: np.ndarray  # (K,) raw count
+
+
+def _count(sentences, word_index, order):
+    """Word ids per position, then unique n-grams per order (hierarchical ids)."""
+    lens = np.fromiter((len(s) + 2 for s in sentences), dtype=np.int64, count=len(sentences))
+    bos, eos = word_index[BOS], word_index[EOS]
+    toks = np.empty(int(lens.sum()), dtype=np.int64)
+    pos = np.arange(len(toks)) - np.repeat(np.cumsum(lens) - lens, lens)  # position in sentence
+    toks[:] = [i for s in sentences for i in (bos, *(word_index[w] for w in s), eos)]
+    V = len(word_index)
+    uni_counts = np.bincount(toks, minlength=V)
+    orders = {}
+    gid = toks  # id of the (n-1)-gram ending at each position (-1: not a full n-gram)
+    for n in range(2, order + 1):
+        valid = np.zeros(len(toks), dtype=bool)
+        valid[1:] = pos[1:] >= n - 1
+        keys = np.full(len(toks), -1, dtype=np.int64)
+        keys[1:] = gid[:-1] * V + toks[1:]
+        keys = np.where(valid, keys, -1)
+        uniq, first, inv, cnt = np.unique(keys[valid], return_index=True, return_inverse=True,
+                                          return_counts=True)
+        where = np.flatnonzero(valid)
+        orders[n] = _Order(prefix=uniq // V, word=uniq % V, suffix=gid[where[first]], count=cnt)
+        new_gid = np.full(len(toks), -1, dtype=np.int64)
+        new_gid[where] = inv.ravel()
+        gid = new_gid
+    return uni_counts, orders
+
+
+def _discounts(adj):
+    """Modified KN discounts (D1, D2, D3+) from the count-of-counts of adjusted counts."""
+    n1, n2, n3, n4 = (int(np.sum(adj == k)) for k in (1, 2, 3, 4))
+    if n1 > 0 and n2 > 0 and n3 > 0 and n4 > 0:
+        y = n1 / (n1 + 2 * n2)
+        d = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
+        if all(0 < di < k + 1 for k, di in enumerate(d)):
+            return d
+    y = n1 / (n1 + 2 * n2) if n1 > 0 and n2 > 0 else 0.5
+    return (y, y, y)
+
+
+class NgramLM:
+    """An ARPA-style backoff LM in memory: log10 probs and backoff weights keyed by word tuples."""
+
+    def __init__(self, order, logprob, backoff):
+        self.order = order
+        self.logprob = logprob  # {(w1, ..., wn): log10 p(wn | w1..wn-1)}
+        self.backoff = backoff  # {(w1, ..., wk): log10 bow}
+        self.vocab = {k[0] for k in logprob if len(k) == 1}
+
+    @classmethod
+    def read_arpa(cls, path):
+        logprob, backoff, order, n = {}, {}, 0, 0
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line or line == "\\data\\" or line.startswith("ngram "):
+                    if line.startswith("ngram "):
+                        order = max(order, int(line[6:].split("=")[0]))
+                    continue
+                if line.startswith("\\"):
+                    if line.endswith("-grams:"):
+                        n = int(line[1:].split("-")[0])
+                    continue
+                parts = line.split()
+                key = tuple(parts[1:1 + n])
+                logprob[key] = float(parts[0])
+                if len(parts) > n + 1:
+                    backoff[key] = float(parts[n + 1])
+        return cls(order, logprob, backoff)
+
+    def score_word(self, history, word):
+        """log10 p(word | history) with Katz-style backoff through the stored weights."""
+        h = tuple(history[-(self.order - 1):]) if self.order > 1 else ()
+        bow = 0.0
+        while True:
+            p = self.logprob.get(h + (word,))
+            if p is not None:
+                return p + bow
+            if not h:
+                return None
+            bow += self.backoff.get(h, 0.0)
+            h = h[1:]
+
+
+def perplexity(lm, sentences, unk="<UNK>"):
+    """Perplexity of ``lm`` (an NgramLM or an ARPA path) on sentences (lists of words).
+
+    Words outside the LM vocabulary are OOVs: mapped to ``unk`` and scored if the LM has it,
+    else skipped (SRILM's convention). </s> is scored; ppl = 10 ** (-logprob / (words + sents)).
+    Returns a dict: ppl, logprob, words, sentences, oovs, oov_rate (of words, before mapping).
+    """
+    if not isinstance(lm, NgramLM):
+        lm = NgramLM.read_arpa(lm)
+    has_unk = unk in lm.vocab
+    total, n_scored, n_words, n_oov = 0.0, 0, 0, 0
+    for s in sentences:
+        hist = [BOS]
+        for w in list(s) + [EOS]:
+            if w != EOS:
+                n_words += 1
+            if w not in lm.vocab:
+                n_oov += 1
+                if not has_unk:
+                    hist = [BOS]  # as SRILM: the context is broken at a skipped OOV
+                    continue
+                w = unk
+            p = lm.score_word(hist, w)
+            total += p
+            n_scored += 1
+            hist.append(w)
+    return {"ppl": 10.0 ** (-total / max(n_scored, 1)), "logprob": total, "words": n_words,
+            "sentences": len(sentences), "oovs": n_oov, "oov_rate": n_oov / max(n_words, 1)}
+
+
+def estimate(sentences, order=3, vocab=None, unk="<UNK>"):
+    """Interpolated modified KN estimate -> NgramLM. ``vocab``: words kept (others -> ``unk``)."""
+    if order < 1:
+        raise UserError(f"LM order must be >= 1, got {order}")
+    if not sentences:
+        raise UserError("no sentences to estimate an LM from")
+    if vocab is not None:
+        keep = set(vocab) | {unk}
+        sentences = [[w if w in keep else unk for w in s] for s in sentences]
+        words = sorted(keep)
+    else:
+        words = sorted({w for s in sentences for w in s} - {BOS, EOS})
+    names = [BOS, EOS] + words
+    index = {w: i for i, w in enumerate(names)}
+    V = len(names)
+    uni_counts, orders = _count(sentences, index, order)
+
+    # adjusted counts: left-extension counts except at the top order and for n-grams after <s>
+    starts_bos = {1: np.arange(V) == 0}
+    adj = {}
+    for n in range(2, order + 1):
+        starts_bos[n] = starts_bos[n - 1][orders[n].prefix]
+    for n in range(1, order + 1):
+        raw = uni_counts if n == 1 else orders[n].count
+        if n == order:
+            adj[n] = raw.copy()
+        else:
+            ext = np.bincount(orders[n + 1].suffix, minlength=len(raw))
+            adj[n] = np.where(starts_bos[n], raw, ext)
+    adj[1][0] = 0  # <s> is never predicted
+
+    probs, gammas, disc = {}, {}, {}
+    for n in range(1, order + 1):
+        a = adj[n]
+        d = _discounts(a[a > 0] if n > 1 else a[1:][a[1:] > 0])
+        disc[n] = d
+        dvec = np.select([a == 1, a == 2, a >= 3], list(d), 0.0)
+        if n == 1:
+            total = a.sum()
+            gamma0 = (d[0] * np.sum(a == 1) + d[1] * np.sum(a == 2) + d[2] * np.sum(a >= 3)) / total
+            p = (a - dvec) / total + gamma0 / (V - 1)
+            p[0] = 0.0
+            probs[1] = p
+            lower_gamma = None
+        else:
+            o = orders[n]
+            H = len(probs[n - 1])
+            total = np.bincount(o.prefix, weights=a, minlength=H)
+            nk = [np.bincount(o.prefix, weights=(a == 1) if k == 0 else (a == 2) if k == 1 else (a >= 3),
+                              minlength=H) for k in range(3)]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g = np.where(total > 0, (d[0] * nk[0] + d[1] * nk[1] + d[2] * nk[2]) / total, 0.0)
+            gammas[n - 1] = g
+            probs[n] = (a - dvec) / total[o.prefix] + g[o.prefix] * probs[n - 1][o.suffix]
+    # back to word tuples
+    logprob, backoff = {}, {}
+    keys = {1: [(w,) for w in names]}
+    for n in range(2, order + 1):
+        prev = keys[n - 1]
+        keys[n] = [prev[p] + (names[w],) for p, w in zip(orders[n].prefix.tolist(), orders[n].word.tolist())]
+    for n in range(1, order + 1):
+        with np.errstate(divide="ignore"):
+            lp = np.log10(probs[n])
+        lp[np.isneginf(lp)] = -99.0
+        logprob.update(zip(keys[n], lp.tolist()))
+        if n in gammas:
+            g = gammas[n]
+            has = np.flatnonzero(g > 0)
+            bl = np.log10(g[has]).tolist()
+            backoff.update((keys[n][i], b) for i, b in zip(has.tolist(), bl))
+    lm = NgramLM(order, logprob, backoff)
+    lm.discounts = disc
+    lm.counts = {n: len(keys[n]) for n in keys}
+    return lm
+
+
+def write_arpa(lm, path):
+    by_order = {n: [] for n in range(1, lm.order + 1)}
+    for k in lm.logprob:
+        by_order[len(k)].append(k)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("\\data\\\n")
+        for n in by_order:
+            f.write(f"ngram {n}={len(by_order[n])}\n")
+        for n, keys in by_order.items():
+            f.write(f"\n\\{n}-grams:\n")
+            lines = []
+            for k in keys:
+                b = lm.backoff.get(k)
+                ws = " ".join(k)
+                lines.append(f"{lm.logprob[k]:.6f}\t{ws}\t{b:.6f}\n" if b is not None
+                             else f"{lm.logprob[k]:.6f}\t{ws}\n")
+            f.write("".join(lines))
+        f.write("\n\\end\\\n")
+
+
+def train_lm(text_paths, arpa_path, order=3, dev_text=None, vocab_path=None, utt_ids=False,
+             unk="<UNK>"):
+    """Estimate an interpolated modified KN LM from text files, write ARPA, report dev ppl.
+
+    Returns a dict of numbers (n-gram counts, discounts, and dev ppl/OOV rate if ``dev_text``).
+    """
+    t0 = time.time()
+    sentences = [s for p in text_paths for s in read_sentences(p, utt_ids)]
+    vocab = read_vocab(vocab_path) if vocab_path else None
+    lm = estimate(sentences, order=order, vocab=vocab, unk=unk)
+    write_arpa(lm, arpa_path)
+    info = {"sentences": len(sentences), "ngrams": lm.counts,
+            "discounts": {n: [round(x, 4) for x in d] for n, d in lm.discounts.items()},
+            "seconds": round(time.time() - t0, 1)}
+    print(f"train-lm: {len(sentences)} sentences, order {order}, n-grams "
+          + " ".join(f"{n}:{c}" for n, c in lm.counts.items()) + f" -> {arpa_path} "
+          f"({info['seconds']} s)")
+    if dev_text:
+        dev = read_sentences(dev_text, utt_ids)
+        r = perplexity(NgramLM.read_arpa(arpa_path), dev, unk=unk)
+        info["dev"] = r
+        print(f"train-lm: dev {dev_text}: ppl {r['ppl']:.1f}, OOV rate {100 * r['oov_rate']:.2f}% "
+              f"({r['oovs']}/{r['words']} words, {r['sentences']} sentences)")
+    return info

@@ -1,0 +1,146 @@
+import collections
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+
+from asrkd.errors import UserError
+from asrkd.lm import NgramLM, _discounts, estimate, perplexity, train_lm, write_arpa
+
+
+def _corpus(n=300, seed=0, nwords=6):
+    rng = random.Random(seed)
+    words = ["A", "B", "C", "D", "E", "F"] + [f"W{i}" for i in range(nwords - 6)]
+    zipf = [1.0 / (r + 1) for r in range(len(words))]
+    out = []
+    for _ in range(n):
+        s, w = [], rng.choice(words)
+        for _ in range(rng.randint(1, 7)):
+            s.append(w)
+            if rng.random() < 0.7:
+                w = rng.choice(words[: words.index(w) + 2])
+            else:
+                w = rng.choices(words, weights=zipf)[0]
+        out.append(s)
+    return out
+
+
+def _reference_kn(sents, N):
+    """Textbook interpolated modified KN, straight from the definitions (slow, for checking)."""
+    counts = {n: collections.Counter() for n in range(1, N + 1)}
+    for s in sents:
+        t = ["<s>"] + s + ["</s>"]
+        for n in range(1, N + 1):
+            for i in range(len(t) - n + 1):
+                counts[n][tuple(t[i:i + n])] += 1
+    adj = {N: dict(counts[N])}
+    for n in range(N - 1, 0, -1):
+        ext = collections.Counter(g[1:] for g in counts[n + 1])
+        adj[n] = {g: (c if g[0] == "<s>" else ext[g]) for g, c in counts[n].items()}
+    adj[1].pop(("<s>",))
+    vocab = sorted({w for s in sents for w in s}) + ["</s>"]
+
+    def disc(n):
+        coc = collections.Counter(adj[n].values())
+        y = coc[1] / (coc[1] + 2 * coc[2])
+        return {1: 1 - 2 * y * coc[2] / coc[1], 2: 2 - 3 * y * coc[3] / coc[2],
+                3: 3 - 4 * y * coc[4] / coc[3]}
+
+    D = {n: disc(n) for n in range(1, N + 1)}
+
+    def p(h, w):
+        n = len(h) + 1
+        if n == 0:
+            return 1.0 / len(vocab)
+        cont = {g: a for g, a in adj[n].items() if g[:-1] == h}
+        lower = p(h[1:], w) if h else 1.0 / len(vocab)
+        if not cont:
+            return lower
+        tot = sum(cont.values())
+        d = D[n]
+        gamma = sum(d[min(a, 3)] for a in cont.values()) / tot
+        a = cont.get(h + (w,), 0)
+        return (max(a - d[min(a, 3)], 0) if a else 0) / tot + gamma * lower
+
+    return p, vocab, D
+
+
+def test_discount_formula_by_hand():
+    d = _discounts(np.array([1, 1, 1, 1, 2, 2, 3, 4]))
+    # n1=4 n2=2 n3=1 n4=1: Y=0.5, D1=1-2Y*2/4, D2=2-3Y*1/2, D3=3-4Y*1/1
+    assert d == pytest.approx((0.5, 1.25, 1.0))
+    assert _discounts(np.array([1, 1, 2])) == pytest.approx((0.5, 0.5, 0.5))  # fallback
+
+
+def test_adjusted_counts_by_hand():
+    # order 2 on "<s> A B </s>", "<s> C B </s>": unigram B has 2 left extensions, A and C only
+    # follow <s> (adjusted 1 each), </s> follows B in both (adjusted 1)
+    lm = estimate([["A", "B"], ["C", "B"]], order=2)
+    d = lm.discounts[1]
+    a = {"A": 1, "B": 2, "C": 1, "</s>": 1}
+    tot = sum(a.values())
+    gamma = (d[0] * 3 + d[1] * 1) / tot
+    for w, c in a.items():
+        assert 10 ** lm.logprob[(w,)] == pytest.approx((c - d[min(c, 3) - 1]) / tot + gamma / 4,
+                                                        abs=1e-6)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_normalized_per_history(order):
+    lm = estimate(_corpus(), order=order)
+    vocab = sorted(lm.vocab - {"<s>"})
+    hists = {k[:-1] for k in lm.logprob} | {("F", "F", "A")[: order - 1], ("A", "<s>")[-(order - 1):] if order > 1 else ()}
+    for h in hists:
+        h = () if order == 1 else h
+        s = sum(10 ** lm.score_word(list(h) if h else ["<s>"], w) for w in vocab)
+        assert s == pytest.approx(1.0, abs=1e-5), h
+
+
+def test_matches_textbook_reference():
+    sents = _corpus(200, seed=1, nwords=40)
+    lm = estimate(sents, order=3)
+    ref, vocab, D = _reference_kn(sents, 3)
+    for n in (1, 2, 3):
+        assert lm.discounts[n] == pytest.approx((D[n][1], D[n][2], D[n][3]))
+    for h in [("<s>", "A"), ("A", "B"), ("B", "B"), ("F", "A"), ("C", "D"), ("E", "E")]:
+        for w in vocab:
+            assert 10 ** lm.score_word(list(h), w) == pytest.approx(ref(h, w), rel=1e-6), (h, w)
+
+
+def test_arpa_round_trip_and_perplexity(tmp_path):
+    sents = _corpus(200, seed=2)
+    lm = estimate(sents, order=3)
+    write_arpa(lm, tmp_path / "lm.arpa")
+    back = NgramLM.read_arpa(tmp_path / "lm.arpa")
+    assert back.order == 3 and set(back.logprob) == set(lm.logprob)
+    assert all(abs(back.logprob[k] - v) < 1e-5 for k, v in lm.logprob.items())
+    assert all(abs(back.backoff[k] - v) < 1e-5 for k, v in lm.backoff.items())
+    dev = [["A", "B", "C"], ["F", "ZZZ", "E"]]
+    r = perplexity(str(tmp_path / "lm.arpa"), dev)
+    lp = 0.0
+    for s in dev:
+        h = ["<s>"]
+        for w in s + ["</s>"]:
+            if w == "ZZZ":
+                h = ["<s>"]
+                continue
+            lp += lm.score_word(h, w)
+            h.append(w)
+    assert r["oovs"] == 1 and r["words"] == 6 and r["oov_rate"] == pytest.approx(1 / 6)
+    assert r["ppl"] == pytest.approx(10 ** (-lp / 7))
+    assert r["ppl"] == pytest.approx(perplexity(lm, dev)["ppl"], rel=1e-6)
+
+
+def test_vocab_maps_to_unk(tmp_path):
+    (tmp_path / "words.txt").write_text("<eps> 0\n<UNK> 1\nA 2\nB 3\nZ 4\n#0 5\n<s> 6\n</s> 7\n")
+    (tmp_path / "t").write_text("u1 A B C\nu2 B A D\n")
+    info = train_lm([str(tmp_path / "t")], str(tmp_path / "lm.arpa"), order=3, utt_ids=True,
+                    vocab_path=str(tmp_path / "words.txt"), dev_text=str(tmp_path / "t"))
+    lm = NgramLM.read_arpa(tmp_path / "lm.arpa")
+    assert lm.vocab == {"<s>", "</s>", "<UNK>", "A", "B", "Z"}
+    assert ("B", "<UNK>") in lm.logprob
+    assert info["dev"]["oovs"] == 2 and info["dev"]["oov_rate"] == pytest.approx(2 / 6)
+    with pytest.raises(UserError):
+        train_lm([str(tmp_path / "missing")], str(tmp_path / "x.arpa"))

@@ -28,7 +28,10 @@ Where we deviate from Kaldi (simplifications):
 - Splitting: greedy best-first over all leaves with a global priority queue on the log-likelihood
   gain of diagonal Gaussians (variance floor ``var_floor``, as Kaldi's GaussClusterable), each
   child needing ``min_count`` frames, until ``num_leaves`` leaves (or no split gains more than
-  ``thresh``). Kaldi's post-split leaf merging (``--cluster-thresh``) is not done.
+  ``thresh``). Leaf merging after splitting (Kaldi's ``--cluster-thresh``) is off by default so
+  that ``num_pdfs == num_leaves``; with ``cluster_thresh`` set, leaves of one centre phone are
+  merged greedily (smallest likelihood loss first) while the loss is below it, across pdf-classes
+  as Kaldi's shared roots allow; -1 means Kaldi's default, the smallest split gain used.
 - Alignment conversion keeps each frame's phone, HMM state and transition index and only swaps
   the pdfs (Kaldi's ConvertAlignment without reordering or frame subsampling).
 """
@@ -423,7 +426,7 @@ def _best_split(stats, node, qmat, questions, keys, min_count, var_floor):
 
 
 def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.01, thresh=0.0,
-               phones=None, return_info=False):
+               cluster_thresh=None, phones=None, return_info=False):
     """Grow a phonetic decision tree and return it as a ``kaldi_hmm_gmm.ContextDependency``.
 
     Args:
@@ -435,6 +438,8 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
       min_count: frames each side of a split must have (Kaldi build-tree --min-count, ...).
       var_floor: variance floor of the Gaussian objective.
       thresh: minimum log-likelihood gain of a split (Kaldi --thresh).
+      cluster_thresh: None = no leaf merging; otherwise merge leaves of one centre phone while
+        the likelihood loss is below it (-1: the smallest split gain). Then num_pdfs < num_leaves.
       return_info: also return a dict {"objf_before", "objf_after", "num_leaves", "splits":
         [(phone, pdf_class, key, question, gain), ...], "leaf_of_event": int64 (E,) leaf of each
         stats row, -1 for rows outside the topology}.
@@ -499,18 +504,37 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
                 tie += 1
 
     # Number the leaves and serialise.
-    counter = [0]
+    leaf_nodes = []
 
-    def number(node):
+    def collect(node):
         if node.children:
             for ch in node.children:
-                number(ch)
+                collect(ch)
         else:
-            node.leaf = counter[0]
-            counter[0] += 1
+            node.leaf = len(leaf_nodes)
+            leaf_nodes.append(node)
 
     for rk in sorted(roots):
-        number(roots[rk])
+        collect(roots[rk])
+    merge_loss = 0.0
+    if cluster_thresh is not None:
+        if cluster_thresh < 0:
+            cluster_thresh = min((sp[-1] for sp in splits), default=0.0)
+        groups = {}
+        for rk in sorted(roots):
+            stack = [roots[rk]]
+            while stack:
+                node = stack.pop()
+                if node.children:
+                    stack.extend(node.children)
+                elif len(node.rows):
+                    groups.setdefault(rk[0], []).append(node)
+        for nodes in groups.values():
+            merge_loss += _merge_leaves(stats, nodes, cluster_thresh, var_floor)
+        # Renumber consecutively in the original leaf order.
+        remap = {}
+        for node in leaf_nodes:
+            node.leaf = remap.setdefault(node.leaf, len(remap))
     ctx = _make_ctx(roots, phones, nclasses, n_ctx, p_ctx)
 
     # The serialised map must agree with the python tree on every event seen.
@@ -525,13 +549,47 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
     seen = leaf_of_event >= 0
     if not np.array_equal(map_events(ctx, stats.events[seen]), leaf_of_event[seen]):
         raise RuntimeError("serialised tree disagrees with the python tree")
-    log.info("tree: %d leaves, %d splits, objf gain %.4g per frame", leaves, len(splits),
-             gain_total / max(stats.counts.sum(), 1.0))
+    log.info("tree: %d leaves (%d after merging), %d splits, objf gain %.4g per frame", leaves,
+             ctx.num_pdfs, len(splits), (gain_total - merge_loss) / max(stats.counts.sum(), 1.0))
     if return_info:
-        return ctx, {"objf_before": objf_before, "objf_after": objf_before + gain_total,
-                     "num_leaves": leaves, "splits": splits,
+        return ctx, {"objf_before": objf_before,
+                     "objf_after": objf_before + gain_total - merge_loss,
+                     "num_leaves": ctx.num_pdfs, "splits": splits,
                      "leaf_of_event": leaf_of_event}
     return ctx
+
+
+def _merge_leaves(stats, nodes, thresh, var_floor):
+    """Greedily give leaves (of one centre phone) a shared id while the objf loss < thresh.
+
+    Sets ``node.leaf`` of merged nodes to a common id; returns the total objf loss.
+    """
+    groups = [[nd] for nd in nodes]
+    st = [(stats.counts[nd.rows].sum(), stats.sums[nd.rows].sum(0), stats.sumsq[nd.rows].sum(0))
+          for nd in nodes]
+    total = 0.0
+    while len(groups) > 1:
+        n = np.array([x[0] for x in st])
+        s = np.stack([x[1] for x in st])
+        ss = np.stack([x[2] for x in st])
+        own = gauss_objf(n, s, ss, var_floor)
+        loss = (own[:, None] + own[None, :]
+                - gauss_objf(n[:, None] + n[None, :], s[:, None] + s[None, :],
+                             ss[:, None] + ss[None, :], var_floor))
+        np.fill_diagonal(loss, np.inf)
+        i, j = np.unravel_index(int(np.argmin(loss)), loss.shape)
+        if loss[i, j] >= thresh:
+            break
+        total += float(loss[i, j])
+        i, j = min(i, j), max(i, j)
+        groups[i] += groups.pop(j)
+        b = st.pop(j)
+        st[i] = (st[i][0] + b[0], st[i][1] + b[1], st[i][2] + b[2])
+    for g in groups:
+        leaf = min(nd.leaf for nd in g)
+        for nd in g:
+            nd.leaf = leaf
+    return total
 
 
 # --------------------------------------------------------------------------------------------

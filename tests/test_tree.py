@@ -240,3 +240,21 @@ def test_stats_save_load_and_merge(setup, tmp_path):
     merged = tree.TreeStats.merge(halves)
     np.testing.assert_array_equal(merged.events, stats.events)
     np.testing.assert_allclose(merged.sums, stats.sums, rtol=1e-9)
+
+
+def test_leaf_merging(setup):
+    stats, topo = setup["stats"], setup["topo"]
+    questions = tree.build_questions(stats, NONSIL, SIL)
+    ctx, info = tree.build_tree(stats, questions, topo, num_leaves=60, min_count=10,
+                                cluster_thresh=-1, return_info=True)
+    assert ctx.num_pdfs == info["num_leaves"] <= 60
+    assert info["objf_after"] > info["objf_before"]
+    khg.TransitionModel(ctx, topo)
+    # an enormous threshold leaves one pdf per phone
+    ctx = tree.build_tree(stats, questions, topo, num_leaves=60, min_count=10,
+                          cluster_thresh=1e12)
+    assert ctx.num_pdfs == 7
+    pdfs = {p: {ctx.compute([1, p, 1], c)[1] for c in range(5 if p in SIL else 3)}
+            for p in NONSIL + SIL}
+    assert all(len(v) == 1 for v in pdfs.values())
+    assert len(set.union(*pdfs.values())) == 7

@@ -6,11 +6,11 @@ EventMap bytes (``TE``/``SE``/``CE``), which ``ContextDependency.__setstate__`` 
 
 Flow (D1's ``train_tri`` calls these in order)::
 
-    stats = accumulate_tree_stats(feats_by_utt, ali_by_utt, mono_tm)       # per-triphone Gaussians
+    stats = accumulate_tree_stats(feats, alis, mono_tm, lang.silence_phones)  # triphone Gaussians
     questions = build_questions(stats, lang.nonsilence_phones, lang.silence_phones)
     ctx = build_tree(stats, questions, lang.topo, num_leaves=2000)
     tri_tm = kaldi_hmm_gmm.TransitionModel(ctx, lang.topo)
-    counts, means, variances = leaf_stats(stats, ctx)                        # one Gaussian per pdf
+    counts, means, variances = leaf_stats(stats, ctx)                         # one Gaussian per pdf
     new_ali = convert_alignment(ali, mono_tm, tri_tm, ctx)
 
 Where we deviate from Kaldi (simplifications):
@@ -29,9 +29,11 @@ Where we deviate from Kaldi (simplifications):
   gain of diagonal Gaussians (variance floor ``var_floor``, as Kaldi's GaussClusterable), each
   child needing ``min_count`` frames, until ``num_leaves`` leaves (or no split gains more than
   ``thresh``). Leaf merging after splitting (Kaldi's ``--cluster-thresh``) is off by default so
-  that ``num_pdfs == num_leaves``; with ``cluster_thresh`` set, leaves of one centre phone are
+  that every leaf grown is a pdf; with ``cluster_thresh`` set, leaves of one centre phone are
   merged greedily (smallest likelihood loss first) while the loss is below it, across pdf-classes
   as Kaldi's shared roots allow; -1 means Kaldi's default, the smallest split gain used.
+- Silence phones are context-independent (Kaldi's ``--ci-phones``): their stats are pooled over
+  contexts, so their roots only split by pdf-class.
 - Alignment conversion keeps each frame's phone, HMM state and transition index and only swaps
   the pdfs (Kaldi's ConvertAlignment without reordering or frame subsampling).
 """

@@ -6,11 +6,12 @@ corpus larger than RAM streams from disk. A minibatch is a set of shuffled globa
 context windows are gathered by index arithmetic, clamped to the frame's own utterance, so there
 is no per-utterance Python in the inner loop. Ensemble members share one cache.
 
-Schedule: "newbob" as in Kaldi nnet1's train_scheduler.sh, on validation frame accuracy: an epoch
-that does not improve is rejected (weights and optimizer state go back to the best epoch); the
-learning rate is halved from the first epoch whose gain is below ``start_halving_impr``; training
-stops once halving and the gain is below ``end_halving_impr`` (after ``min_epochs``), or at
-``epochs``. ``final.pt`` is the best epoch. Validation: a deterministic 10% of speakers (the same
+Schedule: "newbob" as in Kaldi nnet1's train_scheduler.sh, by default on the relative fall of the
+validation cross-entropy (``newbob_metric="acc"``: absolute gain in validation frame accuracy): an
+epoch that does not improve is rejected (weights and optimizer state go back to the best epoch);
+the learning rate is halved from the first epoch whose gain is below ``start_halving_impr``;
+training stops once halving and the gain is below ``end_halving_impr`` (after ``min_epochs``), or
+at ``epochs``. ``final.pt`` is the best epoch. Frame accuracy is logged either way. Validation: a deterministic 10% of speakers (the same
 for every seed, so ensemble members are comparable).
 
 Resume: every epoch writes ``epoch{N}.pt`` (model, optimizer, schedule, history) atomically; a
@@ -55,7 +56,8 @@ class TrainConfig:
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 0.0
-    start_halving_impr: float = 0.005  # absolute gain in validation frame accuracy
+    newbob_metric: str = "loss"  # "loss": validation CE (relative fall); "acc": frame accuracy
+    start_halving_impr: float = 0.01  # (absolute gain for "acc")
     end_halving_impr: float = 0.001
     halving_factor: float = 0.5
     reject_worse: bool = True
@@ -72,6 +74,8 @@ class TrainConfig:
             raise UserError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.batch_size < 1 or self.lr <= 0 or self.epochs < 1:
             raise UserError("batch_size, lr and epochs must be positive")
+        if self.newbob_metric not in ("loss", "acc"):
+            raise UserError(f"newbob_metric must be 'loss' or 'acc', got {self.newbob_metric!r}")
         if not 0 <= self.valid_fraction < 1:
             raise UserError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
 
@@ -398,8 +402,8 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     model = build_model(model_config)
     model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
     opt = _make_optimizer(model, train_config)
-    state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": -1.0,
-             "best_epoch": 0, "stop": False}
+    state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": 0.0,
+             "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
     history = []
 
     last = _last_epoch_checkpoint(exp_dir)
@@ -461,10 +465,19 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             bar.close()
             valid_loss, valid_acc = _evaluate(model, cache, valid_frames,
                                               train_config.batch_size)
-            impr = valid_acc - state["best_acc"] if state["best_epoch"] else valid_acc
-            accepted = valid_acc > state["best_acc"] or not train_config.reject_worse
+            # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
+            if train_config.newbob_metric == "loss":
+                score = -valid_loss
+                impr = ((state["best_loss"] - valid_loss) / max(state["best_loss"], 1e-12)
+                        if state["best_epoch"] else 1.0)
+            else:
+                score = valid_acc
+                impr = valid_acc - state["best_acc"] if state["best_epoch"] else 1.0
+            accepted = (not state["best_epoch"] or score > state["best_score"]
+                        or not train_config.reject_worse)
             if accepted:
-                state["best_acc"], state["best_epoch"] = valid_acc, epoch
+                state.update(best_acc=valid_acc, best_loss=valid_loss, best_score=score,
+                             best_epoch=epoch)
             row = {"epoch": epoch, "lr": state["lr"], "train_loss": tot_loss / max(tot_n, 1),
                    "train_acc": tot_correct / max(tot_n, 1), "valid_loss": valid_loss,
                    "valid_acc": valid_acc, "seconds": time.time() - t0, "accepted": accepted,

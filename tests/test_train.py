@@ -1,0 +1,213 @@
+"""Training: frame cache, learnability, determinism, resume, errors, ensembles."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from asrkd.errors import UserError
+from asrkd.models import ModelConfig, load_model
+from asrkd.table import ArkWriter, write_table
+from asrkd.train import (TrainConfig, build_frame_cache, frame_accuracy, load_conf,
+                         split_by_speaker, train_ensemble, train_model)
+
+D, P = 8, 6
+
+
+def make_corpus(root, num_spk=6, utts_per_spk=4, seed=0, drop_ali=(), bad_len=()):
+    """A data dir with fbank-like features whose pdf targets are learnable from the frames.
+
+    Each pdf has a mean vector; a frame is its pdf's mean + noise + a per-speaker offset (which
+    CMVN should remove). Targets come in runs of 3-8 frames, like HMM states.
+    """
+    rng = np.random.default_rng(seed)
+    data, ali = os.path.join(root, "data"), os.path.join(root, "ali")
+    os.makedirs(data)
+    os.makedirs(ali)
+    means = rng.normal(scale=2.0, size=(P, D))
+    feats, pdfs, utt2spk = {}, {}, {}
+    for s in range(num_spk):
+        spk = f"{100 + s}"
+        offset = rng.normal(scale=3.0, size=D)
+        for u in range(utts_per_spk):
+            utt = f"{spk}-1-{u:04d}"
+            runs = []
+            while sum(map(len, runs)) < 60:
+                runs.append([rng.integers(P)] * rng.integers(3, 9))
+            y = np.concatenate(runs).astype(np.int32)
+            feats[utt] = (means[y] + rng.normal(scale=1.0, size=(len(y), D)) + offset)
+            pdfs[utt] = y
+            utt2spk[utt] = spk
+    with ArkWriter(os.path.join(root, "feats.ark"), os.path.join(data, "feats.scp")) as w:
+        for utt in sorted(feats):
+            w[utt] = feats[utt]
+    spk2utt = {}
+    for utt, spk in utt2spk.items():
+        spk2utt.setdefault(spk, []).append(utt)
+    with ArkWriter(os.path.join(root, "cmvn.ark"), os.path.join(data, "cmvn.scp")) as w:
+        for spk, us in sorted(spk2utt.items()):
+            x = np.concatenate([feats[u] for u in us]).astype(np.float32).astype(np.float64)
+            st = np.zeros((2, D + 1))
+            st[0, :D], st[1, :D], st[0, D] = x.sum(0), (x * x).sum(0), len(x)
+            w[spk] = st
+    write_table(os.path.join(data, "utt2spk"), utt2spk)
+    write_table(os.path.join(data, "spk2utt"), {k: sorted(v) for k, v in spk2utt.items()})
+    write_table(os.path.join(data, "utt2num_frames"), {u: len(f) for u, f in feats.items()})
+    write_table(os.path.join(data, "text"), {u: "A" for u in feats})
+    counts = np.zeros(P, dtype=np.int64)
+    with ArkWriter(os.path.join(ali, "pdf.ark"), os.path.join(ali, "pdf.scp")) as w:
+        for utt in sorted(pdfs):
+            if utt in drop_ali:
+                continue
+            y = pdfs[utt][:-1] if utt in bad_len else pdfs[utt]
+            w[utt] = y
+            counts += np.bincount(y, minlength=P)
+    with open(os.path.join(ali, "pdf_counts"), "w") as f:
+        f.write(" ".join(map(str, counts)) + "\n")
+    with open(os.path.join(ali, "num_pdfs"), "w") as f:
+        f.write(f"{P}\n")
+    return data, ali
+
+
+MC = ModelConfig(left_context=2, right_context=2, hidden_dims=[32, 32])
+TC = TrainConfig(epochs=4, min_epochs=4, batch_size=64, lr=0.01, tensorboard=False,
+                 valid_fraction=0.2, start_halving_impr=-1.0, num_threads=1)
+
+
+def _weights(path):
+    return load_model(path).state_dict()
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trains_beyond_chance_and_logs(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"), drop_ali=("100-1-0001",))
+    exp = str(tmp_path / "exp")
+    tc = TrainConfig(**{**TC.to_dict(), "tensorboard": True})
+    final = train_model(data, ali, exp, MC, tc, seed=1)
+    model = load_model(final)
+    assert model.config.feat_dim == D and model.config.num_pdfs == P
+    assert model.pdf_counts.sum() > 0
+    acc = frame_accuracy(model, data, ali)
+    assert acc > 0.7, acc  # chance is ~1/6
+    assert abs(frame_accuracy(final, data, ali) - acc) < 1e-9
+    with open(os.path.join(exp, "train_log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["valid_acc"]) > 0.7
+    assert os.listdir(os.path.join(exp, "tensorboard"))
+    cache = build_frame_cache(data, ali, os.path.join(exp, "frames"))
+    assert cache.meta["skipped_unaligned"] == 1 and "100-1-0001" not in cache.utts
+
+
+def test_window_gather_clamps_at_utterance_edges(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"), num_spk=2, utts_per_spk=2)
+    cache = build_frame_cache(data, ali, str(tmp_path / "frames"))
+    start, end = cache.offsets[1], cache.offsets[2]  # second utterance
+    win = cache.windows(np.array([start, end - 1]), 2, 1)
+    feats = np.asarray(cache.feats)
+    np.testing.assert_array_equal(win[0], feats[[start, start, start, start + 1]])
+    np.testing.assert_array_equal(win[1], feats[[end - 3, end - 2, end - 1, end - 1]])
+    # CMVN (meanvar) was applied per speaker.
+    spk0 = feats[cache.offsets[0]:cache.offsets[2]]
+    np.testing.assert_allclose(spk0.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(spk0.std(0), 1, atol=1e-3)
+
+
+def test_same_seed_same_model_different_seed_differs(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    tc = TrainConfig(**{**TC.to_dict(), "epochs": 2, "min_epochs": 2})
+    mc = ModelConfig(**{**MC.to_dict(), "dropout": 0.2})
+    a = train_model(data, ali, str(tmp_path / "a"), mc, tc, seed=3)
+    b = train_model(data, ali, str(tmp_path / "b"), mc, tc, seed=3)
+    c = train_model(data, ali, str(tmp_path / "c3"), mc, tc, seed=4)
+    assert _same(_weights(a), _weights(b))
+    assert not _same(_weights(a), _weights(c))
+
+
+@pytest.mark.parametrize("family", ["dnn", "tdnn"])
+def test_resume_after_interruption_gives_same_model(tmp_path, family):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    mc = MC if family == "dnn" else ModelConfig(family="tdnn", hidden_dims=[24, 24],
+                                                tdnn_offsets=[[-1, 0, 1], [-2, 0, 2]])
+    full = train_model(data, ali, str(tmp_path / "full"), mc, TC, seed=5)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(epoch):
+        if epoch == 2:
+            raise Killed
+
+    exp = str(tmp_path / "resumed")
+    with pytest.raises(Killed):
+        train_model(data, ali, exp, mc, TC, seed=5, on_epoch_end=kill_after_2)
+    assert not os.path.exists(os.path.join(exp, "epoch3.pt"))
+    resumed = train_model(data, ali, exp, mc, TC, seed=5)
+    assert _same(_weights(full), _weights(resumed))
+    with open(os.path.join(exp, "train_log.csv")) as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    # A finished run is not redone; a different config in the same dir is refused.
+    assert train_model(data, ali, exp, mc, TC, seed=5) == resumed
+    with pytest.raises(UserError):
+        train_model(data, ali, exp, mc, TrainConfig(**{**TC.to_dict(), "lr": 0.1}), seed=5)
+
+
+def test_frame_count_mismatch_is_an_error(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"), bad_len=("101-1-0002",))
+    with pytest.raises(UserError, match="101-1-0002"):
+        train_model(data, ali, str(tmp_path / "exp"), MC, TC, seed=1)
+
+
+def test_extra_targets_loss_fn_and_train_fraction(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    from asrkd.features import FeatureReader
+
+    reader = FeatureReader(data, cmvn="meanvar")
+    # extra = (T, 2) copies of the frame's own index within its utterance and a constant
+    extra = {u: np.stack([np.arange(reader.num_frames(u)), np.full(reader.num_frames(u), 7.0)],
+                         1).astype(np.float32) for u in reader.utts}
+    seen = []
+
+    def loss_fn(logits, batch):
+        assert batch["extra"].shape == (len(batch["y"]), 2)
+        assert torch.all(batch["extra"][:, 1] == 7.0)
+        seen.append(len(batch["y"]))
+        return torch.nn.functional.cross_entropy(logits, batch["y"])
+
+    tc = TrainConfig(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1})
+    train_model(data, ali, str(tmp_path / "exp"), MC, tc, seed=1, extra_targets=extra,
+                loss_fn=loss_fn, train_fraction=0.25)
+    cache = build_frame_cache(data, ali, str(tmp_path / "exp" / "frames"))
+    train_utts, _ = split_by_speaker(cache.spk, tc.valid_fraction)
+    n_train = sum(cache.offsets[u + 1] - cache.offsets[u] for u in train_utts)
+    assert 0 < sum(seen) < 0.5 * n_train  # a quarter of the utterances
+
+
+def test_train_ensemble_skips_finished_models(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"), num_spk=4, utts_per_spk=2)
+    tc = TrainConfig(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1, "num_threads": 0})
+    exp = str(tmp_path / "ens")
+    paths = train_ensemble(data, ali, exp, MC, tc, num_models=2, nj=2)
+    assert paths == [os.path.join(exp, f"model{i}", "final.pt") for i in (1, 2)]
+    assert not _same(_weights(paths[0]), _weights(paths[1]))
+    assert os.path.isfile(os.path.join(exp, "log", "train.2.log"))
+    assert len(os.listdir(os.path.join(exp, "frames"))) == 1  # one shared cache
+    assert not os.path.exists(os.path.join(exp, "model1", "frames"))
+    mtime = os.path.getmtime(paths[0])
+    train_ensemble(data, ali, exp, MC, tc, num_models=2, nj=1)
+    assert os.path.getmtime(paths[0]) == mtime
+
+
+def test_load_conf(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("# test\nmodel:\n  hidden_dims: [64, 64]\ntrain:\n  epochs: 3\n")
+    mc, tc = load_conf(str(p))
+    assert mc.hidden_dims == [64, 64] and tc.epochs == 3 and tc.lr == TrainConfig().lr
+    p.write_text("model:\n  hiden_dims: [64]\n")
+    with pytest.raises(UserError):
+        load_conf(str(p))

@@ -1,0 +1,681 @@
+"""GMM-HMM acoustic models: storage, vectorized statistics, EM updates, mono/triphone training.
+
+A model is the triple Kaldi keeps in ``final.mdl`` + ``tree``: a TransitionModel (``.tm``), a
+ContextDependency (``.ctx``) and an AmDiagGmm (``.am``) from kaldi_hmm_gmm.
+
+Where we deviate from Kaldi:
+- ``final.mdl`` is an ``.npz`` archive (numpy, ``allow_pickle=False``), not Kaldi's binary
+  model: the bindings cannot write or read Kaldi model files. It holds the HMM topology as Kaldi
+  text, the tree as Kaldi binary bytes, the transition log-probabilities and, per pdf, the GMM's
+  weights, inverse variances and means*inverse-variances (the arrays DiagGmm keeps), so a reload
+  is bit-exact. ``tree`` next to it is a real Kaldi binary tree file.
+- Statistics are accumulated with numpy over all frames of a pdf at once (Viterbi training:
+  frames belong to the pdf of their aligned transition-id, posteriors over that pdf's
+  Gaussians), not one C++ call per frame; the M-step is our own numpy code. It follows Kaldi's
+  MleDiagGmmUpdate (min occupancy, weight floor, removal of low-count Gaussians) except the
+  variance floor, which is relative (``var_floor`` x the global per-dimension variance of the
+  statistics) instead of Kaldi's absolute 0.001.
+- Mono training aligns every utterance with our vectorized log-likelihoods through DecodableCtc;
+  no silence boosting.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from asrkd.errors import UserError
+from asrkd.table import atomic_path
+
+FORMAT = "asrkd-gmm-1"
+
+
+# --------------------------------------------------------------------------------------------
+# Model storage
+
+
+@dataclasses.dataclass
+class GmmModel:
+    """A GMM-HMM: TransitionModel ``tm``, ContextDependency ``ctx``, AmDiagGmm ``am`` (or None)."""
+
+    tm: object
+    ctx: object
+    am: object = None
+
+    @property
+    def num_pdfs(self):
+        return self.tm.num_pdfs
+
+
+def _ctx_bytes(ctx):
+    return np.asarray(ctx.__getstate__()[0], dtype=np.int8)
+
+
+def _ctx_from_bytes(b):
+    import kaldi_hmm_gmm as khg
+
+    ctx = khg.ContextDependency.__new__(khg.ContextDependency)
+    ctx.__setstate__((np.asarray(b, dtype=np.int8).tolist(),))
+    return ctx
+
+
+def read_tree(path):
+    """Read a Kaldi binary ``tree`` file (as written by ``write_tree`` or Kaldi's build-tree)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"\0B"):
+        raise UserError(f"{path}: not a Kaldi binary tree file")
+    return _ctx_from_bytes(np.frombuffer(data[2:], dtype=np.int8))
+
+
+def write_tree(ctx, path):
+    with atomic_path(path) as tmp:
+        ctx.write(True, tmp)
+
+
+def make_transition_model(ctx, topo, log_probs=None, non_self_loop_log_probs=None):
+    """TransitionModel for (ctx, topo); with stored log-probs it reproduces a trained one."""
+    import kaldi_hmm_gmm as khg
+
+    tm = khg.TransitionModel(ctx, topo)
+    if log_probs is None:
+        return tm
+    st = list(tm.__getstate__())
+    if len(st[6]) != len(log_probs):
+        raise UserError("stored transition probabilities do not match the topology and tree")
+    st[6] = [float(x) for x in np.asarray(log_probs, dtype=np.float32)]
+    st[7] = [float(x) for x in np.asarray(non_self_loop_log_probs, dtype=np.float32)]
+    out = khg.TransitionModel.__new__(khg.TransitionModel)
+    out.__setstate__(tuple(st))
+    return out
+
+
+def am_from_arrays(weights, inv_vars, means_invvars):
+    """AmDiagGmm from per-pdf lists of (k,), (k, D), (k, D) float32 arrays (gconsts computed)."""
+    import kaldi_hmm_gmm as khg
+
+    state = []
+    for w, iv, mi in zip(weights, inv_vars, means_invvars):
+        state += [np.ascontiguousarray(w, dtype=np.float32),
+                  np.ascontiguousarray(iv, dtype=np.float32),
+                  np.ascontiguousarray(mi, dtype=np.float32)]
+    am = khg.AmDiagGmm.__new__(khg.AmDiagGmm)
+    am.__setstate__(tuple(state))
+    return am
+
+
+def am_to_arrays(am):
+    st = am.__getstate__()
+    return list(st[0::3]), list(st[1::3]), list(st[2::3])
+
+
+def save_model(model, model_dir):
+    """Write ``model_dir/final.mdl`` (npz, see module docstring) and ``model_dir/tree``."""
+    os.makedirs(model_dir, exist_ok=True)
+    arrays = {
+        "format": np.array(FORMAT),
+        "topo": np.array(str(model.tm.topo)),
+        "ctx": _ctx_bytes(model.ctx),
+        "log_probs": np.asarray(model.tm.log_probs, dtype=np.float32),
+        "non_self_loop_log_probs": np.asarray(model.tm.non_self_loop_log_probs, np.float32),
+    }
+    if model.am is not None:
+        w, iv, mi = am_to_arrays(model.am)
+        arrays["gmm_sizes"] = np.array([len(x) for x in w], dtype=np.int64)
+        arrays["gmm_weights"] = np.concatenate(w).astype(np.float32)
+        arrays["gmm_inv_vars"] = np.concatenate(iv).astype(np.float32)
+        arrays["gmm_means_invvars"] = np.concatenate(mi).astype(np.float32)
+    path = os.path.join(model_dir, "final.mdl")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    write_tree(model.ctx, os.path.join(model_dir, "tree"))
+
+
+def load_model(model_dir):
+    """Load ``model_dir/final.mdl`` -> GmmModel (``.am`` None for a model without GMMs)."""
+    import kaldi_hmm_gmm as khg
+
+    path = os.path.join(model_dir, "final.mdl") if os.path.isdir(model_dir) else model_dir
+    if not os.path.isfile(path):
+        raise UserError(f"{model_dir}: no final.mdl")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if str(z["format"]) != FORMAT:
+            raise ValueError
+    except (ValueError, KeyError, OSError):
+        raise UserError(f"{path}: not an asrkd GMM model ({FORMAT})") from None
+    topo = khg.HmmTopology()
+    topo.read(str(z["topo"]))
+    ctx = _ctx_from_bytes(z["ctx"])
+    tm = make_transition_model(ctx, topo, z["log_probs"], z["non_self_loop_log_probs"])
+    am = None
+    if "gmm_sizes" in z:
+        ends = np.cumsum(z["gmm_sizes"])[:-1]
+        am = am_from_arrays(np.split(z["gmm_weights"], ends), np.split(z["gmm_inv_vars"], ends),
+                            np.split(z["gmm_means_invvars"], ends))
+    return GmmModel(tm, ctx, am)
+
+
+# --------------------------------------------------------------------------------------------
+# Vectorized likelihoods and statistics
+
+
+class PackedGmm:
+    """All Gaussians of an AmDiagGmm as flat arrays, grouped by pdf, for matrix-product scoring.
+
+    Kaldi's per-Gaussian log-likelihood ``gconst + x.(mean*ivar) - 0.5 x^2.ivar`` becomes one
+    (T, D) x (D, G) product per term.
+    """
+
+    def __init__(self, am):
+        w, iv, mi = am_to_arrays(am)
+        self.sizes = np.array([len(x) for x in w], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.gauss2pdf = np.repeat(np.arange(len(w)), self.sizes)
+        self.weights = np.concatenate(w).astype(np.float64)
+        self.inv_vars = np.concatenate(iv).astype(np.float64)  # (G, D)
+        self.means_invvars = np.concatenate(mi).astype(np.float64)  # (G, D)
+        self.gconsts = np.concatenate([am.get_pdf(p).gconsts for p in range(len(w))]).astype(
+            np.float64)
+        self.num_pdfs = len(w)
+        self.dim = self.inv_vars.shape[1]
+        self._w32 = None
+
+    @property
+    def means(self):
+        return self.means_invvars / self.inv_vars
+
+    @property
+    def vars(self):
+        return 1.0 / self.inv_vars
+
+    def gauss_loglikes(self, x, gauss=slice(None)):
+        """(N, D) frames -> (N, G') float64 log-likelihoods of the selected Gaussians."""
+        x = np.asarray(x, dtype=np.float64)
+        return (self.gconsts[gauss] + x @ self.means_invvars[gauss].T
+                - 0.5 * (x * x) @ self.inv_vars[gauss].T)
+
+    def pdf_loglikes(self, x):
+        """(T, D) frames -> (T, num_pdfs) float32 per-pdf log-likelihoods (log-sum over mix)."""
+        if self._w32 is None:
+            # float32 products: 2x faster and plenty for decoding/alignment
+            self._w32 = (self.means_invvars.T.astype(np.float32),
+                         (-0.5 * self.inv_vars.T).astype(np.float32),
+                         self.gconsts.astype(np.float32))
+        mi, niv, gc = self._w32
+        x = np.asarray(x, dtype=np.float32)
+        ll = gc + x @ mi + (x * x) @ niv  # (T, G)
+        starts = self.offsets[:-1]
+        m = np.maximum.reduceat(ll, starts, axis=1)  # (T, P)
+        s = np.add.reduceat(np.exp(ll - m[:, self.gauss2pdf]), starts, axis=1)
+        return (m + np.log(s)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class GmmStats:
+    """Viterbi-EM sufficient statistics per Gaussian (float64) plus totals."""
+
+    occ: np.ndarray  # (G,)
+    x: np.ndarray  # (G, D)
+    xx: np.ndarray  # (G, D)
+    loglike: float = 0.0
+    frames: int = 0
+
+    @classmethod
+    def zeros(cls, num_gauss, dim):
+        return cls(np.zeros(num_gauss), np.zeros((num_gauss, dim)), np.zeros((num_gauss, dim)))
+
+    def add(self, other):
+        self.occ += other.occ
+        self.x += other.x
+        self.xx += other.xx
+        self.loglike += other.loglike
+        self.frames += other.frames
+        return self
+
+    def pdf_occs(self, packed):
+        return np.bincount(packed.gauss2pdf, weights=self.occ, minlength=packed.num_pdfs)
+
+
+def accumulate(packed, feats, pdfs, stats=None):
+    """Add Viterbi statistics of frames ``feats`` (N, D) aligned to ``pdfs`` (N,) to ``stats``.
+
+    Frames are grouped by pdf; per pdf one matrix product gives all its Gaussians'
+    log-likelihoods, their softmax the posteriors, and two more products the first- and
+    second-order statistics. Equals Kaldi's AccumAmDiagGmm::AccumulateForGmm summed over frames.
+    """
+    if stats is None:
+        stats = GmmStats.zeros(len(packed.gauss2pdf), packed.dim)
+    feats = np.asarray(feats, dtype=np.float64)
+    pdfs = np.asarray(pdfs, dtype=np.int64)
+    if len(feats) != len(pdfs):
+        raise ValueError(f"{len(feats)} frames but {len(pdfs)} alignment entries")
+    order = np.argsort(pdfs, kind="stable")
+    sp = pdfs[order]
+    bounds = np.flatnonzero(np.diff(sp)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(sp)]])
+    for s, e in zip(starts, ends):
+        if s == e:
+            continue
+        p = sp[s]
+        x = feats[order[s:e]]
+        g = slice(packed.offsets[p], packed.offsets[p + 1])
+        ll = packed.gauss_loglikes(x, g)  # (n, k)
+        m = ll.max(axis=1, keepdims=True)
+        post = np.exp(ll - m)
+        tot = post.sum(axis=1, keepdims=True)
+        post /= tot
+        stats.loglike += float((m + np.log(tot)).sum())
+        stats.occ[g] += post.sum(axis=0)
+        stats.x[g] += post.T @ x
+        stats.xx[g] += post.T @ (x * x)
+    stats.frames += len(feats)
+    return stats
+
+
+def transition_stats(tm, alignments):
+    """Kaldi's transition-id counts (index = transition-id) from an iterable of alignments."""
+    n = tm.num_transition_ids + 1
+    out = np.zeros(n, dtype=np.float64)
+    for ali in alignments:
+        out += np.bincount(np.asarray(ali, dtype=np.int64), minlength=n)
+    return out
+
+
+@dataclasses.dataclass
+class UpdateConfig:
+    min_gaussian_occupancy: float = 10.0
+    min_gaussian_weight: float = 1.0e-5
+    var_floor: float = 0.01  # x global variance per dimension (Kaldi: absolute 0.001)
+    remove_low_count_gaussians: bool = True
+
+
+def update_gmm(packed, stats, config=UpdateConfig()):
+    """M-step: new AmDiagGmm from Viterbi statistics (pdfs without data keep their GMMs)."""
+    tot = stats.occ.sum()
+    if tot <= 0:
+        raise UserError("no statistics to update the GMMs from")
+    gmean = stats.x.sum(0) / tot
+    gvar = np.maximum(stats.xx.sum(0) / tot - gmean ** 2, 1e-10)
+    floor = config.var_floor * gvar
+    weights, inv_vars, means_invvars = [], [], []
+    for p in range(packed.num_pdfs):
+        g = np.arange(packed.offsets[p], packed.offsets[p + 1])
+        occ = stats.occ[g]
+        old_mean, old_var = packed.means[g], packed.vars[g]
+        if occ.sum() <= 0:
+            weights.append(packed.weights[g])
+            inv_vars.append(packed.inv_vars[g])
+            means_invvars.append(packed.means_invvars[g])
+            continue
+        ok = occ >= config.min_gaussian_occupancy
+        safe = np.maximum(occ, 1e-20)[:, None]
+        mean = np.where(ok[:, None], stats.x[g] / safe, old_mean)
+        var = np.where(ok[:, None], stats.xx[g] / safe - mean ** 2, old_var)
+        var = np.maximum(var, floor)
+        w = occ / occ.sum()
+        keep = np.ones(len(g), dtype=bool)
+        if config.remove_low_count_gaussians and len(g) > 1:
+            keep = ok.copy()
+            if not keep.any():
+                keep[np.argmax(occ)] = True
+        w = np.maximum(w[keep], config.min_gaussian_weight)
+        w /= w.sum()
+        iv = 1.0 / var[keep]
+        weights.append(w)
+        inv_vars.append(iv)
+        means_invvars.append(mean[keep] * iv)
+    return am_from_arrays(weights, inv_vars, means_invvars)
+
+
+def mixup(am, pdf_occs, target, power=0.2, perturb=0.01, min_count=20.0):
+    """Split Gaussians (Kaldi gmm-est --mix-up) up to ``target`` in total, by occupancy^power."""
+    if target > am.num_gauss:
+        am.split_by_count(np.asarray(pdf_occs, dtype=np.float32), int(target), perturb, power,
+                          min_count)
+    return am
+
+
+def flat_start_am(num_pdfs, feats_iter):
+    """One Gaussian per pdf at the global mean and variance of the features (gmm-init-mono)."""
+    n, s, ss = 0, 0.0, 0.0
+    for x in feats_iter:
+        x = np.asarray(x, dtype=np.float64)
+        n += len(x)
+        s = s + x.sum(0)
+        ss = ss + (x * x).sum(0)
+    if n == 0:
+        raise UserError("no features to initialise the GMMs from")
+    mean = s / n
+    var = np.maximum(ss / n - mean ** 2, 1e-6)
+    iv = (1.0 / var)[None]
+    return am_from_arrays([np.ones(1)] * num_pdfs, [iv] * num_pdfs, [(mean * iv[0])[None]] * num_pdfs)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Viterbi EM schedule (defaults as Kaldi's train_mono.sh; train_tri uses tri_config())."""
+
+    num_iters: int = 40
+    num_gauss: int = 1000
+    max_iter_inc: int = 30
+    realign_iters: tuple = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 29, 32,
+                            35, 38)
+    power: float = 0.25
+    beam: float = 10.0
+    first_beam: float = 6.0  # mono's first realignment (Kaldi: beam 6, then 10)
+    retry_beam_factor: float = 4.0
+    acwt: float = 0.1
+    self_loop_scale: float = 0.1
+    transition_scale: float = 1.0
+    min_gaussian_occupancy: float = 3.0
+    var_floor: float = 0.01
+
+    def scaled(self, num_iters, num_gauss):
+        """This schedule compressed to ``num_iters`` (realign list and mix-up scaled)."""
+        f = num_iters / self.num_iters
+        realign = tuple(sorted({max(1, int(round(i * f))) for i in self.realign_iters
+                                if round(i * f) < num_iters}))
+        return dataclasses.replace(self, num_iters=num_iters, num_gauss=num_gauss,
+                                   realign_iters=realign,
+                                   max_iter_inc=max(1, int(round(self.max_iter_inc * f))))
+
+
+def mono_config(num_iters=40, num_gauss=1000):
+    """Kaldi train_mono.sh: 40 iterations, realign often, mix-up until iteration 30."""
+    return TrainConfig().scaled(num_iters, num_gauss)
+
+
+def tri_config(num_iters=35, num_gauss=10000):
+    """Kaldi train_deltas.sh: 35 iterations, realign at 10/20/30, mix-up until 25, beam 10."""
+    base = TrainConfig(num_iters=35, max_iter_inc=25, realign_iters=(10, 20, 30), first_beam=10.0,
+                       min_gaussian_occupancy=10.0)
+    return base.scaled(num_iters, num_gauss)
+
+
+class TrainData:
+    """Features (utt -> (T, D) float32) and transcripts (utt -> word string) of a training set.
+
+    ``from_dir`` reads MFCC + deltas(2) + per-speaker mean CMVN through asrkd.features.
+    """
+
+    def __init__(self, feats, text, path=None):
+        self.feats, self.text, self.path = feats, text, path
+
+    @classmethod
+    def from_dir(cls, data_dir, deltas=2, cmvn="mean"):
+        from asrkd.data import DataDir
+        from asrkd.features import FeatureReader
+
+        d = DataDir(data_dir)
+        return cls(FeatureReader(data_dir, cmvn=cmvn, deltas=deltas), d.text, data_dir)
+
+    @property
+    def utts(self):
+        return sorted(u for u in self.text if u in self.feats)
+
+
+def as_data(data):
+    return data if isinstance(data, TrainData) else TrainData.from_dir(data)
+
+
+def as_lang(lang):
+    if isinstance(lang, (str, os.PathLike)):
+        from asrkd.lang import Lang
+
+        return Lang(lang)
+    return lang
+
+
+def _log(log, msg):
+    print(msg, file=log, flush=True)
+
+
+def em_iteration(model, data, lang, utts, alis, realign, beam, retry_beam, config, graphs):
+    """One pass over ``utts``: optional realignment, then statistics. Returns (stats, tstats,
+    alis, failed). ``graphs`` caches training graphs by utterance (filled on demand)."""
+    from asrkd.align import align_utterance, compile_graphs
+
+    packed = PackedGmm(model.am)
+    tid2pdf = np.asarray(model.tm.transition_id_to_pdf_array(), dtype=np.int64)
+    stats = GmmStats.zeros(len(packed.gauss2pdf), packed.dim)
+    new_alis, failed = {}, {}
+    need = [u for u in utts if u not in graphs] if realign else []
+    if need:
+        g, bad = compile_graphs(model, lang, {u: data.text[u] for u in need})
+        graphs.update(g)
+        failed.update(bad)
+    for u in utts:
+        if u in failed:
+            continue
+        x = data.feats[u]
+        if realign:
+            if u not in graphs:
+                continue
+            ll = packed.pdf_loglikes(x)
+            ali, reason = align_utterance(model.tm, graphs[u], ll, u, beam, retry_beam,
+                                          config.acwt, config.transition_scale,
+                                          config.self_loop_scale, lang.disambig_phones)
+            if ali is None:
+                failed[u] = reason
+                continue
+        else:
+            ali = alis.get(u)
+            if ali is None:
+                continue
+        new_alis[u] = np.asarray(ali, dtype=np.int32)
+        accumulate(packed, x, tid2pdf[new_alis[u]], stats)
+    tstats = transition_stats(model.tm, new_alis.values())
+    return stats, tstats, new_alis, failed
+
+
+def _em_job(model_dir, data, lang, utts, alis, realign, beam, retry_beam, config):
+    model = load_model(model_dir)
+    data, lang = as_data(data), as_lang(lang)
+    stats, tstats, alis, failed = em_iteration(model, data, lang, utts, alis, realign, beam,
+                                               retry_beam, config, {})
+    print(f"{len(alis)} utterances, {len(failed)} failed, "
+          f"avg loglike {stats.loglike / max(stats.frames, 1):.4f} over {stats.frames} frames")
+    return stats, tstats, alis, failed
+
+
+def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0):
+    """Viterbi EM from ``model`` and initial alignments ``alis`` (utt -> transition-ids) on the
+    schedule ``config``; logs each iteration to exp_dir/log/train.log. With nj > 1 each
+    iteration's model goes to exp_dir/cur for the jobs. Returns (model, alis, failed)."""
+    import kaldi_hmm_gmm as khg
+    from asrkd.jobs import run_jobs, split_evenly
+
+    log_dir = os.path.join(exp_dir, "log")
+    os.makedirs(log_dir, exist_ok=True)
+    utts = data.utts
+    # in-process data objects cannot cross to worker processes; paths can
+    data_arg = data.path if (nj > 1 and data.path) else data
+    lang_arg = getattr(lang, "path", None) if nj > 1 else lang
+    if lang_arg is None:
+        lang_arg = lang
+    cur_dir = os.path.join(exp_dir, "cur")
+    num_gauss = model.am.num_gauss
+    inc = max(0, (config.num_gauss - num_gauss) // max(config.max_iter_inc, 1))
+    failed = {}
+    summary = open(os.path.join(log_dir, "train.log"), "w" if start_iter == 0 else "a")
+    graphs = {}
+    for it in range(start_iter, config.num_iters):
+        t0 = time.time()
+        realign = it in config.realign_iters
+        beam = config.first_beam if (realign and it == min(config.realign_iters)) else config.beam
+        retry = beam * config.retry_beam_factor
+        save_model(model, cur_dir)
+        if nj <= 1:
+            stats, tstats, alis_new, failed_it = em_iteration(
+                model, data, lang, utts, alis, realign, beam, retry, config, graphs)
+        else:
+            chunks = split_evenly(utts, nj)
+            res = run_jobs(_em_job, [(cur_dir, data_arg, lang_arg, c,
+                                      {u: alis[u] for u in c if u in alis}, realign, beam,
+                                      retry, config) for c in chunks],
+                           nj, log_dir, f"acc.{it}", desc=f"iter {it}")
+            stats, tstats, alis_new, failed_it = res[0]
+            for r in res[1:]:
+                stats.add(r[0])
+                tstats += r[1]
+                alis_new.update(r[2])
+                failed_it.update(r[3])
+        if realign:
+            alis = alis_new
+            failed = failed_it
+        packed = PackedGmm(model.am)
+        am = update_gmm(packed, stats, UpdateConfig(
+            min_gaussian_occupancy=config.min_gaussian_occupancy, var_floor=config.var_floor))
+        model.tm.mle_update(tstats, khg.MleTransitionUpdateConfig())
+        if it <= config.max_iter_inc:
+            num_gauss = min(config.num_gauss, num_gauss + inc) if it < config.max_iter_inc \
+                else config.num_gauss
+            mixup(am, stats.pdf_occs(packed), num_gauss, power=config.power)
+        model.am = am
+        _log(summary, f"iter {it}: {'realign ' if realign else ''}avg loglike/frame "
+                      f"{stats.loglike / max(stats.frames, 1):.4f} over {stats.frames} frames, "
+                      f"{len(failed)} failed, {am.num_gauss} gaussians, {time.time() - t0:.1f}s")
+    summary.close()
+    shutil.rmtree(cur_dir, ignore_errors=True)
+    return model, alis, failed
+
+
+def equal_alignments(model, lang, data, utts, seed=0):
+    """Kaldi align-equal-compiled: a random path of the training graph with exactly T frames."""
+    import kaldifst
+
+    from asrkd.align import compile_graphs
+
+    graphs, failed = compile_graphs(model, lang, {u: data.text[u] for u in utts})
+    alis = {}
+    for i, u in enumerate(utts):
+        if u not in graphs:
+            continue
+        n = len(data.feats[u])
+        ok, path = kaldifst.equal_align(graphs[u], n, seed + i)
+        if not ok:
+            failed[u] = "equal-align: transcript needs more frames than the audio has"
+            continue
+        ok, ilabels, _, _ = kaldifst.get_linear_symbol_sequence(path)
+        if not ok or len(ilabels) != n:
+            failed[u] = "equal-align: no path of the right length"
+            continue
+        alis[u] = np.asarray(ilabels, dtype=np.int32)
+    return alis, failed
+
+
+def write_failed(path, failed):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for u in sorted(failed):
+            f.write(f"{u} {failed[u]}\n")
+
+
+def _report_failed(failed, n, what):
+    if failed:
+        print(f"{what}: {len(failed)} of {n} utterances failed to align and were excluded "
+              f"(first: {sorted(failed)[0]} {failed[sorted(failed)[0]]})", file=sys.stderr)
+
+
+def train_mono(data_dir, lang_dir, exp_dir, num_iters=40, num_gauss=1000, nj=1, config=None,
+               max_init_utts=1000):
+    """Monophone GMM-HMM from a flat start (Kaldi steps/train_mono.sh); writes exp_dir/final.mdl,
+    tree, failed, log/. ``data_dir``/``lang_dir`` may also be TrainData / Lang-like objects.
+    Returns the GmmModel."""
+    import kaldi_hmm_gmm as khg
+
+    data, lang = as_data(data_dir), as_lang(lang_dir)
+    config = config or mono_config(num_iters, num_gauss)
+    topo = lang.topo
+    phones = list(topo.phones)
+    ctx = khg.monophone_context_dependency(phones, topo.get_phone_to_num_pdf_classes())
+    tm = khg.TransitionModel(ctx, topo)
+    utts = data.utts
+    if not utts:
+        raise UserError(f"{data.path}: no utterances with both features and text")
+    am = flat_start_am(tm.num_pdfs, (data.feats[u] for u in utts[:max_init_utts]))
+    model = GmmModel(tm, ctx, am)
+    alis, failed = equal_alignments(model, lang, data, utts)
+    _report_failed(failed, len(utts), "equal alignment")
+    # iteration 0 uses the equal alignments (Kaldi: gmm-acc-stats-ali on them)
+    model, alis, failed2 = run_em(model, data, lang, exp_dir, config, alis, nj=nj)
+    failed = failed2 or failed
+    save_model(model, exp_dir)
+    write_failed(os.path.join(exp_dir, "failed"), failed)
+    _report_failed(failed, len(utts), "train-mono")
+    _write_info(exp_dir, model, config, len(utts), failed)
+    return model
+
+
+def _write_info(exp_dir, model, config, n, failed):
+    info = {"num_pdfs": model.num_pdfs, "num_gauss": model.am.num_gauss, "utts": n,
+            "failed": len(failed), "config": dataclasses.asdict(config)}
+    with atomic_path(os.path.join(exp_dir, "info.json")) as tmp, open(tmp, "w") as f:
+        json.dump(info, f, indent=1)
+
+
+def read_alignments(ali_dir, utts=None):
+    """utt -> int32 transition-ids from ali_dir/ali.scp (only ``utts`` if given)."""
+    from asrkd.table import read_scp
+
+    path = os.path.join(ali_dir, "ali.scp")
+    if not os.path.isfile(path):
+        raise UserError(f"{ali_dir}: no ali.scp; run `asrkd align` first")
+    scp = read_scp(path)
+    keys = scp.keys() if utts is None else [u for u in utts if u in scp]
+    return {u: np.asarray(scp[u], dtype=np.int32) for u in keys}
+
+
+def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=10000, nj=1,
+              num_iters=35, config=None, min_count=100.0):
+    """Triphone GMM-HMM (Kaldi steps/train_deltas.sh) from the alignments in ``ali_dir``.
+
+    Tree statistics, questions, tree and alignment conversion come from asrkd.tree; GMMs start
+    as one Gaussian per leaf from the leaf statistics (gmm-init-model), then Viterbi EM with
+    realignment and mixing up to ``num_gauss``. Returns the GmmModel; writes exp_dir/final.mdl,
+    tree, failed, log/."""
+    import kaldi_hmm_gmm as khg
+
+    from asrkd import tree as treelib
+
+    data, lang = as_data(data_dir), as_lang(lang_dir)
+    config = config or tri_config(num_iters, num_gauss)
+    old = load_model(ali_dir)
+    alis = read_alignments(ali_dir, data.utts)
+    if not alis:
+        raise UserError(f"{ali_dir}: no alignments for the utterances of {data.path}")
+    log_dir = os.path.join(exp_dir, "log")
+    os.makedirs(log_dir, exist_ok=True)
+    t0 = time.time()
+    stats = treelib.accumulate_tree_stats(data.feats, alis, old.tm)
+    questions = treelib.build_questions(stats, lang.nonsilence_phones, lang.silence_phones)
+    ctx, info = treelib.build_tree(stats, questions, lang.topo, num_leaves, min_count=min_count,
+                                   return_info=True)
+    tm = khg.TransitionModel(ctx, lang.topo)
+    counts, means, variances = treelib.leaf_stats(stats, ctx)
+    iv = 1.0 / variances
+    am = am_from_arrays([np.ones(1)] * len(means), [v[None] for v in iv],
+                        [(m * v)[None] for m, v in zip(means, iv)])
+    ot, nt = treelib.transition_tables(old.tm), treelib.transition_tables(tm)
+    new_alis = {u: treelib.convert_alignment(a, old.tm, tm, ctx, ot, nt) for u, a in alis.items()}
+    with open(os.path.join(log_dir, "tree.log"), "w") as f:
+        _log(f, f"tree: {ctx.num_pdfs} leaves (asked {num_leaves}), objf "
+                f"{info['objf_before']:.1f} -> {info['objf_after']:.1f}, "
+                f"{len(questions)} questions, {len(alis)} alignments, {time.time() - t0:.1f}s")
+    model = GmmModel(tm, ctx, am)
+    model, new_alis, failed = run_em(model, data, lang, exp_dir, config, new_alis, nj=nj)
+    save_model(model, exp_dir)
+    write_failed(os.path.join(exp_dir, "failed"), failed)
+    _report_failed(failed, len(data.utts), "train-tri")
+    _write_info(exp_dir, model, config, len(data.utts), failed)
+    return model

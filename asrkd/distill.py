@@ -425,7 +425,7 @@ class OnTheFlyKDLoss:
 
 def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, temperature=None,
             alpha=0.5, seed=0, teachers_dir=None, combine="arith", topk=0, train_fraction=1.0,
-            init_from=None):
+            init_from=None, cache_dir=None):
     """Train a student on soft (ensemble) and hard (alignment) targets; return its checkpoint.
 
     Exactly one of ``soft_dir`` (stored targets; ``temperature`` defaults to theirs and must
@@ -461,6 +461,8 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         if temperature <= 0:
             raise UserError(f"temperature must be positive, got {temperature}")
         ens = Ensemble(find_teachers(teachers_dir))
+        if ens.cmvn != model_config.cmvn:
+            raise UserError(f"teachers use cmvn={ens.cmvn!r}, the student {model_config.cmvn!r}")
         extra = None
         context = (model_config.left_context, model_config.right_context)
         loss_fn = OnTheFlyKDLoss(ens, temperature, alpha, combine, topk, student_context=context)
@@ -470,7 +472,7 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
     _write_json(os.path.join(exp_dir, "distill.json"), info)
     return train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed,
                        extra_targets=extra, loss_fn=loss_fn, init_from=init_from,
-                       train_fraction=train_fraction)
+                       train_fraction=train_fraction, cache_dir=cache_dir)
 
 
 def _ali_num_pdfs(ali_dir):

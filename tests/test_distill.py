@@ -274,3 +274,45 @@ def test_compute_soft_targets_matches_the_ensemble(tmp_path, combine):
     (data / "utt2num_frames").write_text("\n".join(nf) + "\n")
     with pytest.raises(UserError, match="999"):
         SoftTargetStore(tmp_path / "soft", utt2num_frames=str(data))
+
+
+def test_train_soft_targets_distill_end_to_end(tmp_path):
+    from asrkd.distill import compute_soft_targets, distill
+    from asrkd.models import ModelConfig, load_model
+    from asrkd.train import TrainConfig, frame_accuracy, train_model
+
+    torch.set_num_threads(1)
+    num_pdfs = 6
+    data, ali = make_learnable_data(tmp_path, num_spk=3, utts_per_spk=6, num_pdfs=num_pdfs)
+    tc = TrainConfig(epochs=3, min_epochs=3, batch_size=64, lr=0.01, tensorboard=False,
+                     valid_fraction=0.34)
+    teacher = ModelConfig(left_context=2, right_context=2, hidden_dims=[32, 32])
+    cache = str(tmp_path / "frames")
+    for m in (1, 2):
+        train_model(str(data), str(ali), str(tmp_path / "teachers" / f"model{m}"), teacher, tc,
+                    seed=m, cache_dir=cache)
+    meta = compute_soft_targets(str(data), str(tmp_path / "teachers"), str(tmp_path / "soft"),
+                                temperature=2.0, topk=3)
+    assert meta["num_pdfs"] == num_pdfs
+    student = ModelConfig(left_context=1, right_context=1, hidden_dims=[8])
+    final = distill(str(data), str(ali), str(tmp_path / "soft"), str(tmp_path / "student"),
+                    student, tc, alpha=0.5, seed=3, cache_dir=cache)
+    acc = frame_accuracy(final, str(data), str(ali))
+    assert acc > 0.6, acc  # chance is about 1 / num_pdfs
+    assert load_model(final).config.hidden_dims == [8]
+    with open(tmp_path / "student" / "distill.json") as f:
+        assert json.load(f)["temperature"] == 2.0
+    with pytest.raises(UserError, match="differs"):
+        distill(str(data), str(ali), str(tmp_path / "soft"), str(tmp_path / "s2"), student, tc,
+                temperature=5.0)
+    # on the fly: the teachers (context 2) cannot see enough through the student's windows
+    with pytest.raises(UserError, match="context"):
+        distill(str(data), str(ali), None, str(tmp_path / "s3"), student, tc,
+                teachers_dir=str(tmp_path / "teachers"), temperature=2.0)
+    wide = ModelConfig(left_context=3, right_context=3, hidden_dims=[8])
+    tc1 = TrainConfig(epochs=1, min_epochs=1, batch_size=64, lr=0.01, tensorboard=False,
+                      valid_fraction=0.34)
+    final = distill(str(data), str(ali), None, str(tmp_path / "s4"), wide, tc1,
+                    teachers_dir=str(tmp_path / "teachers"), temperature=2.0, train_fraction=0.5,
+                    cache_dir=cache)
+    assert frame_accuracy(final, str(data), str(ali)) > 0.4

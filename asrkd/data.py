@@ -9,10 +9,12 @@ Deviation from Kaldi: ``wav.scp`` holds plain file paths (FLAC or WAV, read with
 never shell pipelines.
 """
 
+import contextlib
+import dataclasses
 import os
 import shutil
 
-from asrkd.errors import DataDirError
+from asrkd.errors import DataDirError, UserError
 from asrkd.table import read_table, write_table
 
 # Files that describe utterances (copied by copy_data_dir); features are per-directory.
@@ -102,6 +104,351 @@ def write_data_dir(path, wav, text, utt2spk, utt2dur=None):
 def copy_data_dir(src, dst):
     """Copy a data dir's utterance metadata (not features or CMVN) to ``dst``."""
     os.makedirs(dst, exist_ok=True)
+    # Features of an earlier dst would not match the new metadata.
+    for stale in ("feats.scp", "utt2num_frames", "cmvn.scp"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(dst, stale))
     for name in META_FILES:
         if os.path.isfile(os.path.join(src, name)):
             shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+# --------------------------------------------------------------------------------------------
+# LibriSpeech -> data dir
+
+# Per-utterance rejection reasons written to DATA_DIR/log/rejected.txt (first field).
+REJECT_REASONS = {
+    "no-audio": "transcript line without an audio file",
+    "no-transcript": "audio file without a transcript line",
+    "unreadable-audio": "audio file cannot be opened as audio",
+    "empty-audio": "audio file has 0 samples",
+    "too-short": "audio shorter than one 25 ms frame",
+    "wrong-sample-rate": "sample rate differs from --sample-rate",
+    "empty-transcript": "transcript line has no words",
+    "duplicate-utt": "utterance id occurs more than once (all copies dropped)",
+    "bad-utt-id": "utterance id does not match its <spk>/<chap> directory",
+}
+
+_MIN_SAMPLES_SECONDS = 0.025  # one Kaldi frame; shorter audio yields no features at all
+
+
+@dataclasses.dataclass
+class PrepResult:
+    """What ``prepare_librispeech`` kept and rejected (rejected: utt -> (reason, detail))."""
+
+    kept: int
+    rejected: dict
+
+    def counts(self):
+        out = {}
+        for reason, _ in self.rejected.values():
+            out[reason] = out.get(reason, 0) + 1
+        return dict(sorted(out.items()))
+
+    def summary(self):
+        line = f"{self.kept} kept, {len(self.rejected)} rejected"
+        if self.rejected:
+            line += " (" + ", ".join(f"{r}: {n}" for r, n in self.counts().items()) + ")"
+        return line
+
+
+def _find_chapters(corpus_dir):
+    """Yield (spk, chap, chapter_dir) for every <spk>/<chap>/ directory of a subset."""
+    for spk in sorted(os.listdir(corpus_dir)):
+        spk_dir = os.path.join(corpus_dir, spk)
+        if not os.path.isdir(spk_dir):
+            continue
+        for chap in sorted(os.listdir(spk_dir)):
+            chap_dir = os.path.join(spk_dir, chap)
+            if os.path.isdir(chap_dir):
+                yield spk, chap, chap_dir
+
+
+def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
+    """Turn a LibriSpeech subset dir (``<spk>/<chap>/<spk>-<chap>-<utt>.flac`` plus
+    ``<spk>-<chap>.trans.txt``) into a Kaldi data dir; return a PrepResult.
+
+    Audio is only probed (soundfile.info reads the header), never decoded. Utterances that
+    cannot be used are left out and listed in ``data_dir/log/rejected.txt`` as
+    ``utt reason [detail]``. Features or CMVN left in ``data_dir`` by an earlier run are
+    removed, since they would no longer match.
+    """
+    import soundfile
+
+    corpus_dir = os.path.abspath(os.fspath(corpus_dir))
+    if not os.path.isdir(corpus_dir):
+        raise UserError(f"{corpus_dir}: no such directory")
+    chapters = list(_find_chapters(corpus_dir))
+    trans_files = [
+        (spk, chap, d, os.path.join(d, f"{spk}-{chap}.trans.txt")) for spk, chap, d in chapters
+    ]
+    if not any(os.path.isfile(t) for *_, t in trans_files):
+        hint = ""
+        subsets = [s for s in sorted(os.listdir(corpus_dir)) if "-" in s
+                   and os.path.isdir(os.path.join(corpus_dir, s))]
+        if subsets:
+            hint = f" (did you mean a subset such as {os.path.join(corpus_dir, subsets[0])}?)"
+        raise UserError(
+            f"{corpus_dir}: not a LibriSpeech subset: no <spk>/<chap>/<spk>-<chap>.trans.txt"
+            + hint
+        )
+
+    rejected = {}
+    seen = {}  # utt -> (words, audio path or None)
+    dups = set()
+
+    def reject(utt, reason, detail=""):
+        rejected.setdefault(utt, (reason, detail))
+
+    audio_seen = set()
+    for spk, chap, chap_dir, trans in trans_files:
+        prefix = f"{spk}-{chap}-"
+        lines = []
+        if os.path.isfile(trans):
+            with open(trans, encoding="utf-8", errors="replace") as f:
+                lines = [ln.split(maxsplit=1) for ln in f if ln.strip()]
+        for parts in lines:
+            utt = parts[0]
+            words = " ".join(parts[1].split()).upper() if len(parts) > 1 else ""
+            if utt in seen:
+                dups.add(utt)
+                continue
+            audio = os.path.join(chap_dir, utt + ".flac")
+            seen[utt] = (words, audio)
+            if not utt.startswith(prefix) or not utt[len(prefix):]:
+                reject(utt, "bad-utt-id", f"expected {prefix}<n> in {trans}")
+        for name in sorted(os.listdir(chap_dir)):
+            if not name.endswith(".flac"):
+                continue
+            utt = name[: -len(".flac")]
+            audio_seen.add(os.path.join(chap_dir, name))
+            if utt not in seen:
+                reject(utt, "no-transcript", os.path.join(chap_dir, name))
+
+    wav, text, utt2spk, utt2dur = {}, {}, {}, {}
+    for utt in dups:
+        rejected[utt] = ("duplicate-utt", "")
+    for utt, (words, audio) in sorted(seen.items()):
+        if utt in rejected:
+            continue
+        if audio not in audio_seen:
+            reject(utt, "no-audio", audio)
+            continue
+        if not words:
+            reject(utt, "empty-transcript")
+            continue
+        try:
+            info = soundfile.info(audio)
+        except Exception as e:  # noqa: BLE001 - libsndfile raises several types
+            reject(utt, "unreadable-audio", str(e).splitlines()[0] if str(e) else audio)
+            continue
+        if info.frames <= 0:
+            reject(utt, "empty-audio")
+            continue
+        if info.samplerate != sample_rate:
+            reject(utt, "wrong-sample-rate", f"{info.samplerate} Hz, expected {sample_rate}")
+            continue
+        if info.frames < _MIN_SAMPLES_SECONDS * sample_rate:
+            reject(utt, "too-short", f"{info.frames} samples")
+            continue
+        wav[utt] = audio
+        text[utt] = words
+        utt2spk[utt] = utt.split("-")[0]
+        utt2dur[utt] = info.frames / info.samplerate
+
+    data_dir = os.fspath(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    for stale in FEATURE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(data_dir, stale))
+    write_data_dir(data_dir, wav, text, utt2spk, utt2dur)
+    write_table(
+        os.path.join(data_dir, "log", "rejected.txt"),
+        {u: (r + (" " + d if d else "")) for u, (r, d) in rejected.items()},
+    )
+    if not wav:
+        raise UserError(f"{corpus_dir}: no usable utterances ({PrepResult(0, rejected).summary()})")
+    return PrepResult(len(wav), rejected)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+FEATURE_FILES = ("feats.scp", "utt2num_frames", "cmvn.scp")
+UTT_FILES = ("wav.scp", "text", "utt2spk", "utt2dur", "feats.scp", "utt2num_frames")
+
+
+def _check_sorted(path):
+    prev = None
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            key = line.split(maxsplit=1)[0]
+            if prev is not None and key <= prev:
+                what = "duplicate key" if key == prev else "not sorted"
+                raise DataDirError(f"{path}:{n}: {what} ({key.decode(errors='replace')!r} "
+                                   f"after {prev.decode(errors='replace')!r}); sort with LC_ALL=C")
+            prev = key
+
+
+def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt")):
+    """Check a data dir and return it as a DataDir; raise DataDirError on the first problem.
+
+    Checks: the files in ``need`` exist; every table present is sorted with unique keys; all
+    per-utterance tables cover the same utterances; spk2utt is the inverse of utt2spk; each
+    utterance id starts with its speaker id (Kaldi's sorting convention); wav.scp paths are
+    absolute files; utt2dur / utt2num_frames are positive numbers; feats.scp frame counts equal
+    utt2num_frames; cmvn.scp covers exactly the speakers, with 2 x (dim + 1) stats whose frame
+    count is the speaker's total.
+    """
+    d = DataDir(path)
+    for name in need:
+        if not d.has(name):
+            raise DataDirError(f"{d.path}: missing {name}")
+    for name in (*UTT_FILES, "spk2utt", "cmvn.scp"):
+        if d.has(name):
+            _check_sorted(d.file(name))
+    if not d.has("utt2spk"):
+        raise DataDirError(f"{d.path}: missing utt2spk")
+    utt2spk = d.utt2spk
+    if not utt2spk:
+        raise DataDirError(f"{d.path}: utt2spk is empty")
+    utts = set(utt2spk)
+    for utt, spk in utt2spk.items():
+        if not spk or len(spk.split()) != 1:
+            raise DataDirError(f"{d.file('utt2spk')}: {utt}: bad speaker {spk!r}")
+        if not utt.startswith(spk):
+            raise DataDirError(f"{d.file('utt2spk')}: utterance {utt} does not start with its "
+                               f"speaker id {spk}")
+    for name in UTT_FILES:
+        if name == "utt2spk" or not d.has(name):
+            continue
+        keys = set(d.table(name))
+        if keys != utts:
+            extra, missing = sorted(keys - utts), sorted(utts - keys)
+            msg = []
+            if missing:
+                msg.append(f"lacks {len(missing)} utterances of utt2spk (e.g. {missing[0]})")
+            if extra:
+                msg.append(f"has {len(extra)} utterances not in utt2spk (e.g. {extra[0]})")
+            raise DataDirError(f"{d.file(name)}: " + "; ".join(msg))
+    if d.has("spk2utt"):
+        expect = spk2utt_from_utt2spk(utt2spk)
+        got = d.spk2utt
+        if got != expect:
+            bad = next((s for s in sorted(set(got) | set(expect)) if got.get(s) != expect.get(s)))
+            raise DataDirError(f"{d.file('spk2utt')}: speaker {bad} disagrees with utt2spk "
+                               "(regenerate spk2utt from utt2spk)")
+    if d.has("text"):
+        for utt, words in d.text.items():
+            if not words.strip():
+                raise DataDirError(f"{d.file('text')}: {utt}: empty transcript")
+    if d.has("wav.scp"):
+        for utt, p in d.wav.items():
+            if not os.path.isabs(p) or not os.path.isfile(p):
+                raise DataDirError(f"{d.file('wav.scp')}: {utt}: {p!r} is not an absolute path "
+                                   "to an existing file")
+    for name, conv in (("utt2dur", float), ("utt2num_frames", int)):
+        if d.has(name):
+            for utt, v in d.table(name).items():
+                try:
+                    ok = conv(v) > 0
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise DataDirError(f"{d.file(name)}: {utt}: bad value {v!r}")
+    dim = None
+    if d.has("feats.scp"):
+        shapes = {u: matrix_shape(spec) for u, spec in d.table("feats.scp").items()}
+        dims = {s[1] for s in shapes.values()}
+        if len(dims) != 1:
+            raise DataDirError(f"{d.file('feats.scp')}: features have several dims {sorted(dims)}")
+        (dim,) = dims
+        if d.has("utt2num_frames"):
+            n = d.utt2num_frames
+            for utt, (t, _) in shapes.items():
+                if t != n[utt]:
+                    raise DataDirError(f"{d.file('feats.scp')}: {utt} has {t} frames, "
+                                       f"utt2num_frames says {n[utt]}")
+    if d.has("cmvn.scp"):
+        spks = set(spk2utt_from_utt2spk(utt2spk))
+        cmvn = d.table("cmvn.scp")
+        if set(cmvn) != spks:
+            raise DataDirError(f"{d.file('cmvn.scp')}: speakers differ from utt2spk "
+                               f"({len(cmvn)} vs {len(spks)}); rerun compute-cmvn")
+        frames = d.utt2num_frames if d.has("utt2num_frames") else None
+        import kaldiio
+
+        per_spk = {}
+        if frames is not None:
+            for utt, spk in utt2spk.items():
+                per_spk[spk] = per_spk.get(spk, 0) + frames[utt]
+        for spk, spec in cmvn.items():
+            stats = kaldiio.load_mat(spec)
+            if stats.ndim != 2 or stats.shape[0] != 2 or (dim and stats.shape[1] != dim + 1):
+                raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: stats shape {stats.shape}, "
+                                   f"expected (2, {dim + 1 if dim else 'dim+1'})")
+            if frames is not None and round(stats[0, -1]) != per_spk[spk]:
+                raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: frame count {stats[0, -1]:g} "
+                                   f"!= {per_spk[spk]} frames in feats; rerun compute-cmvn")
+    return d
+
+
+def matrix_shape(spec):
+    """(rows, cols) of a Kaldi binary matrix ``ark_path:offset`` read from its header only."""
+    path, _, off = spec.rpartition(":")
+    if not path or not off.isdigit():
+        raise DataDirError(f"bad scp entry {spec!r} (expected ark_path:offset)")
+    try:
+        with open(path, "rb") as f:
+            f.seek(int(off))
+            head = f.read(15)
+    except OSError as e:
+        raise DataDirError(f"cannot read {spec}: {e.strerror}") from None
+    # "\0B" then "FM " / "DM ", then two (size byte 4, int32) pairs.
+    if len(head) != 15 or head[:2] != b"\0B" or head[2:5] not in (b"FM ", b"DM "):
+        import kaldiio
+
+        return kaldiio.load_mat(spec).shape
+    rows = int.from_bytes(head[6:10], "little", signed=True)
+    cols = int.from_bytes(head[11:15], "little", signed=True)
+    return rows, cols
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting
+
+def subset_data_dir(src, out1, out2, num_speakers=None, fraction=None):
+    """Split ``src`` by speaker: the first ``num_speakers`` speakers (or ``fraction`` of them,
+    rounded, at least one and at most all but one) in sorted order go to ``out1``, the rest to
+    ``out2``. Deterministic; metadata only. Returns (speakers in out1, speakers in out2).
+    """
+    d = validate_data_dir(src, need=("wav.scp", "text", "utt2spk", "spk2utt"))
+    spks = sorted(d.spk2utt)
+    if (num_speakers is None) == (fraction is None):
+        raise UserError("give exactly one of --num-speakers or --fraction")
+    if num_speakers is not None:
+        n = int(num_speakers)
+    else:
+        if not 0.0 < fraction < 1.0:
+            raise UserError(f"--fraction must be in (0, 1), got {fraction}")
+        n = min(max(1, round(fraction * len(spks))), len(spks) - 1)
+    if not 0 < n < len(spks):
+        raise UserError(f"{d.path} has {len(spks)} speakers; cannot put {n} in the first "
+                        "subset and leave some for the second")
+    groups = (set(spks[:n]), set(spks[n:]))
+    for out, group in zip((out1, out2), groups):
+        keep = {u for u, s in d.utt2spk.items() if s in group}
+        tables = {}
+        for name in ("wav.scp", "text", "utt2spk", "utt2dur"):
+            if d.has(name):
+                tables[name] = {u: v for u, v in d.table(name).items() if u in keep}
+        os.makedirs(out, exist_ok=True)
+        for stale in FEATURE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out, stale))
+        for name, t in tables.items():
+            write_table(os.path.join(out, name), t)
+        write_table(os.path.join(out, "spk2utt"), spk2utt_from_utt2spk(tables["utt2spk"]))
+    return sorted(groups[0]), sorted(groups[1])

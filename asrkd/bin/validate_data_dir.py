@@ -1,0 +1,17 @@
+"""asrkd validate-data-dir DATA_DIR"""
+
+from asrkd.data import validate_data_dir
+
+
+def add_arguments(parser):
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="Kaldi data dir to check")
+    parser.add_argument("--need", nargs="*", default=["wav.scp", "text", "utt2spk", "spk2utt"],
+                        help="files that must exist (others are checked when present)")
+
+
+def main(args):
+    d = validate_data_dir(args.data_dir, need=tuple(args.need))
+    present = [n for n in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur", "feats.scp",
+                           "utt2num_frames", "cmvn.scp") if d.has(n)]
+    print(f"{d.path}: OK, {len(d)} utterances, {len(d.spk2utt) if d.has('spk2utt') else '?'} "
+          f"speakers ({' '.join(present)})")

@@ -191,21 +191,32 @@ def plan_utterances(cfg, speakers, sentences):
     return items
 
 
-def make_babble_bank(cfg, variants, sentences, clips=8, sentences_per_clip=4):
-    """Clips of other voices (16 kHz) that babble noise is cut from; empty for ``clean``."""
+def plan_babble_bank(cfg, variants, sentences, clips=6, sentences_per_clip=3):
+    """Requests for the clips of other voices that babble noise is cut from (``other`` only)."""
     if cfg.condition != "other":
         return []
     rng = np.random.default_rng([cfg.seed, 4])
     pool = sentences["train"]
-    bank = []
+    plan = []
     for _ in range(clips):
         idx = rng.choice(len(pool), sentences_per_clip, replace=False)
-        spoken = " ".join(pool[i][0] for i in idx)
-        voice = f"{ACCENTS[int(rng.integers(len(ACCENTS)))]}+{variants[int(rng.integers(len(variants)))]}"
-        wav = espeak.synthesize(spoken, voice, int(rng.integers(20, 80)), 50,
-                                int(rng.integers(140, 200)), int(rng.integers(1, 2 ** 31)))
-        bank.append(resample(wav, espeak.ESPEAK_RATE, SAMPLE_RATE))
-    return bank
+        accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
+        plan.append({
+            "spoken": " ".join(pool[i][0] for i in idx),
+            "voice": f"{accent}+{variants[int(rng.integers(len(variants)))]}",
+            "pitch": int(rng.integers(20, 80)),
+            "pitch_range": 50,
+            "rate": int(rng.integers(140, 200)),
+            "espeak_seed": int(rng.integers(1, 2 ** 31)),
+        })
+    return plan
+
+
+def babble_clip(item):
+    """One babble-bank clip at 16 kHz (float64)."""
+    wav = espeak.synthesize(item["spoken"], item["voice"], item["pitch"], item["pitch_range"],
+                            item["rate"], item["espeak_seed"])
+    return resample(wav, espeak.ESPEAK_RATE, SAMPLE_RATE)
 
 
 def render(item, condition, bank):
@@ -226,9 +237,14 @@ def write_flac(path, y):
     sf.write(path, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
 
 
-def synth_items(out_dir, items, condition, bank, progress=False):
+_fork_bank = None  # the babble bank, set in the parent just before forking workers
+
+
+def synth_items(out_dir, items, condition, bank=None, progress=False):
     """Render and write a list of planned utterances; returns their durations in seconds."""
     from tqdm import tqdm
+
+    bank = _fork_bank if bank is None else bank
 
     durs = []
     for item in tqdm(items, desc="synth", unit="utt", disable=not progress or None):
@@ -288,19 +304,29 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
     sentences = text.split_sentences(cfg.min_words, cfg.max_words)
     speakers = plan_speakers(cfg, variants)
     items = plan_utterances(cfg, speakers, sentences)
-    bank = make_babble_bank(cfg, variants, sentences)
+    bank_plan = plan_babble_bank(cfg, variants, sentences)
 
     os.makedirs(out_dir, exist_ok=True)
     for subset in SUBSETS:
         shutil.rmtree(os.path.join(out_dir, subset), ignore_errors=True)
     log_dir = log_dir or os.path.join(out_dir, "log")
+    if nj == 1 or not bank_plan:
+        bank = [babble_clip(item) for item in bank_plan]
+    else:
+        bank = run_jobs(babble_clip, [(item,) for item in bank_plan], nj, log_dir, "babble",
+                        desc="babble")
     if nj == 1:
         durs = synth_items(out_dir, items, cfg.condition, bank, progress=True)
     else:
-        # many small jobs so the progress bar moves and the cores stay busy to the end
-        chunks = [c for c in split_evenly(items, nj * 8) if c]
-        parts = run_jobs(synth_items, [(out_dir, c, cfg.condition, bank) for c in chunks],
-                         nj, log_dir, "synth", desc="synth")
+        global _fork_bank
+        _fork_bank = bank  # forked workers inherit it; passing it would pickle MBs per job
+        try:
+            # many small jobs so the progress bar moves and the cores stay busy to the end
+            chunks = [c for c in split_evenly(items, nj * 8) if c]
+            parts = run_jobs(synth_items, [(out_dir, c, cfg.condition) for c in chunks],
+                             nj, log_dir, "synth", desc="synth")
+        finally:
+            _fork_bank = None
         durs = [d for part in parts for d in part]
     _write_text_files(out_dir, items)
 

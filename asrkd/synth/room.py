@@ -51,8 +51,9 @@ def fft_convolve(x, h):
 
 def pink_noise(n, rng):
     """Unit-variance 1/f-power noise."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(len(spec), dtype=np.float64)
+    m = n // 2 + 1
+    spec = rng.standard_normal(m) + 1j * rng.standard_normal(m)  # white, drawn as a spectrum
+    f = np.arange(m, dtype=np.float64)
     f[0] = 1.0
     y = np.fft.irfft(spec / np.sqrt(f), n)
     return y / (np.std(y) + 1e-12)

@@ -316,3 +316,19 @@ def test_train_soft_targets_distill_end_to_end(tmp_path):
                     teachers_dir=str(tmp_path / "teachers"), temperature=2.0, train_fraction=0.5,
                     cache_dir=cache)
     assert frame_accuracy(final, str(data), str(ali)) > 0.4
+
+
+@pytest.mark.parametrize("num_pdfs", [200, 2000, 20000])
+def test_small_student_is_at_least_4x_smaller_than_the_teacher(num_pdfs):
+    import dataclasses
+
+    from asrkd.models import build_model
+    from asrkd.train import load_conf
+
+    conf = os.path.join(os.path.dirname(__file__), "..", "conf")
+    sizes = []
+    for name in ("dnn.yaml", "student_small.yaml"):
+        mc, _ = load_conf(os.path.join(conf, name))
+        mc = dataclasses.replace(mc, feat_dim=40, num_pdfs=num_pdfs)
+        sizes.append(sum(p.numel() for p in build_model(mc).parameters()))
+    assert sizes[0] >= 4 * sizes[1], sizes

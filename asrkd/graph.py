@@ -1,0 +1,157 @@
+"""Decoding graphs: G.fst from ARPA (kaldilm) and HCLG.fst as Kaldi's utils/mkgraph.sh builds it.
+
+    LG    = minimize_encoded(determinize_star_log(L_disambig o G))
+    CLG   = compose_context(LG, N, P)                    (ilabels = context windows)
+    Ha    = get_h_transducer(ilabels, tree, model)       (transition scale 1.0, no self-loops)
+    HCLGa = minimize_encoded(rmsymbols(determinize_star_log(Ha o CLG), disambig tids))
+    HCLG  = add_self_loops(HCLGa, self_loop_scale=0.1, reorder=True)
+
+Deviations from mkgraph.sh: no fstpushspecial after LG and no fstrmepslocal after removing the
+disambiguation symbols (neither changes the paths or their weights, only sizes); the
+disambiguation symbols are removed by composing with a one-state relabelling transducer,
+because the Python bindings have no mutable arc iterator. No stochasticity check is made.
+
+kaldilm is run in a subprocess: importing it before kaldifst/kaldi_hmm_gmm in one process hangs.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from asrkd.errors import UserError
+from asrkd.table import atomic_path
+
+ARPA2FST_TIMEOUT = 3600
+
+
+def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
+    """G.fst from an ARPA LM with kaldilm (as Kaldi's arpa2fst --disambig-symbol=#0).
+
+    Backoff arcs carry #0 on the input, <s>/</s> become epsilons; the word ids are those of
+    ``words_txt``. Runs kaldilm in a fresh interpreter (see the module docstring).
+    """
+    if not os.path.isfile(arpa_path):
+        raise UserError(f"no such ARPA file: {arpa_path}")
+    code = ("import sys, kaldilm; kaldilm.arpa2fst(input_arpa=sys.argv[1], output_fst=sys.argv[2], "
+            "disambig_symbol='#0', read_symbol_table=sys.argv[3], max_arpa_warnings=0)")
+    with atomic_path(G_path) as tmp:
+        try:
+            r = subprocess.run([sys.executable, "-c", code, os.fspath(arpa_path), tmp,
+                                os.fspath(words_txt)], capture_output=True, text=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"kaldilm.arpa2fst on {arpa_path} did not finish in {timeout} s")
+        if r.returncode != 0 or not os.path.getsize(tmp):
+            raise UserError(f"kaldilm.arpa2fst failed on {arpa_path}: {r.stderr.strip()[-500:]}")
+    import kaldifst
+
+    G = kaldifst.StdVectorFst.read(os.fspath(G_path))
+    kaldifst.arcsort(G, sort_type="ilabel")
+    return G
+
+
+def _relabel_to_epsilon(fst, labels, num_labels):
+    """fstrmsymbols: input labels in ``labels`` become epsilon (``num_labels``: largest label)."""
+    import kaldifst
+
+    drop = set(labels)
+    x = kaldifst.StdVectorFst()
+    s = x.add_state()
+    x.start = s
+    x.set_final(s, 0.0)
+    for lab in range(1, num_labels + 1):
+        x.add_arc(s, kaldifst.StdArc(0 if lab in drop else lab, lab, 0.0, s))
+    kaldifst.arcsort(x, sort_type="olabel")
+    return kaldifst.compose(x, fst)
+
+
+def compose_LG(lang, G):
+    """det(L_disambig o G), minimized: depends only on lang and LM, not on the model."""
+    import kaldifst
+
+    L = lang.L_disambig_fst()
+    kaldifst.arcsort(L, sort_type="olabel")
+    kaldifst.arcsort(G, sort_type="ilabel")
+    LG = kaldifst.compose(L, G)
+    if LG.num_states == 0:
+        raise UserError("L o G is empty: does the LM use the lang dir's words.txt?")
+    kaldifst.determinize_star(LG, use_log=True)
+    kaldifst.minimize_encoded(LG)
+    return LG
+
+
+def compile_hclg(lang, ctx_dep, trans_model, G, self_loop_scale=0.1, transition_scale=1.0,
+                 LG=None):
+    """HCLG (input: transition-ids, output: word ids) for a model, as Kaldi's mkgraph.sh.
+
+    ``LG`` may be given (from ``compose_LG``) to skip that step when several models share it.
+    """
+    import kaldi_hmm_gmm
+    import kaldifst
+
+    if LG is None:
+        LG = compose_LG(lang, G)
+    N, P = ctx_dep.context_width, ctx_dep.central_position
+    CLG, ilabels = kaldifst.compose_context(lang.disambig_phones, N, P, LG)
+    kaldifst.arcsort(CLG, sort_type="ilabel")
+    Ha, disambig_tids = kaldi_hmm_gmm.get_h_transducer(
+        ilabels, ctx_dep, trans_model, kaldi_hmm_gmm.HTransducerConfig(transition_scale=transition_scale))
+    kaldifst.arcsort(Ha, sort_type="olabel")
+    HCLG = kaldifst.compose(Ha, CLG)
+    kaldifst.determinize_star(HCLG, use_log=True)
+    if disambig_tids:
+        HCLG = _relabel_to_epsilon(HCLG, disambig_tids, max(disambig_tids))
+        HCLG = kaldifst.StdVectorFst(HCLG) if not isinstance(HCLG, kaldifst.StdVectorFst) else HCLG
+    kaldifst.minimize_encoded(HCLG)
+    HCLG = kaldi_hmm_gmm.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[],
+                                        reorder=True, trans_model=trans_model, ifst=HCLG)
+    kaldifst.arcsort(HCLG, sort_type="ilabel")
+    return HCLG
+
+
+def _newer(path, *inputs):
+    return os.path.isfile(path) and all(os.path.getmtime(path) >= os.path.getmtime(i) for i in inputs)
+
+
+def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
+    """Build graph_dir/{G.fst, HCLG.fst, words.txt, final.mdl, tree, phones.txt}.
+
+    Skips work whose output is newer than its inputs (G.fst, HCLG.fst). Returns graph_dir.
+    """
+    import kaldifst
+
+    from asrkd.gmm import load_model
+    from asrkd.lang import Lang
+
+    lang = Lang(lang_dir)
+    for f in ("final.mdl", "tree"):
+        if not os.path.isfile(os.path.join(model_dir, f)):
+            raise UserError(f"{model_dir} has no {f}: not a model dir")
+    os.makedirs(graph_dir, exist_ok=True)
+    words_txt = os.path.join(lang.dir, "words.txt")
+    G_path = os.path.join(graph_dir, "G.fst")
+    HCLG_path = os.path.join(graph_dir, "HCLG.fst")
+    mdl, tree = os.path.join(model_dir, "final.mdl"), os.path.join(model_dir, "tree")
+    t0 = time.time()
+    if _newer(G_path, arpa_path, words_txt):
+        G = kaldifst.StdVectorFst.read(G_path)
+    else:
+        G = arpa_to_G(arpa_path, words_txt, G_path)
+    tG = time.time() - t0
+    if not _newer(HCLG_path, G_path, mdl, tree, os.path.join(lang.dir, "L_disambig.fst")):
+        model = load_model(model_dir)
+        HCLG = compile_hclg(lang, model.ctx, model.tm, G, self_loop_scale=self_loop_scale)
+        with atomic_path(HCLG_path) as tmp:
+            HCLG.write(tmp)
+        print(f"make-graph: G {G.num_states} states ({tG:.1f} s), HCLG {HCLG.num_states} states, "
+              f"{_num_arcs(HCLG)} arcs ({time.time() - t0:.1f} s total) -> {HCLG_path}")
+    for src, name in ((words_txt, "words.txt"), (os.path.join(lang.dir, "phones.txt"), "phones.txt"),
+                      (mdl, "final.mdl"), (tree, "tree")):
+        shutil.copyfile(src, os.path.join(graph_dir, name))
+    return graph_dir
+
+
+def _num_arcs(fst):
+    return sum(fst.num_arcs(s) for s in range(fst.num_states))

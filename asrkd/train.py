@@ -176,10 +176,7 @@ class FrameCache:
         lo, hi = self.offsets[u], self.offsets[u + 1] - 1
         win = idx[:, None] + np.arange(-left, right + 1)
         np.clip(win, lo[:, None], hi[:, None], out=win)
-        # Reading the memmap in sorted order keeps page access sequential-ish.
-        flat = win.ravel()
-        uniq, inv = np.unique(flat, return_inverse=True)
-        return np.asarray(self.feats[uniq])[inv].reshape(len(idx), win.shape[1], -1)
+        return self.feats[win]
 
 
 def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar"):
@@ -463,6 +460,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                 tot_n += n
                 bar.update(n)
             bar.close()
+            train_seconds = time.time() - t0
             valid_loss, valid_acc = _evaluate(model, cache, valid_frames,
                                               train_config.batch_size)
             # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
@@ -481,7 +479,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             row = {"epoch": epoch, "lr": state["lr"], "train_loss": tot_loss / max(tot_n, 1),
                    "train_acc": tot_correct / max(tot_n, 1), "valid_loss": valid_loss,
                    "valid_acc": valid_acc, "seconds": time.time() - t0, "accepted": accepted,
-                   "frames_per_second": tot_n / max(time.time() - t0, 1e-9)}
+                   "train_frames_per_second": tot_n / max(train_seconds, 1e-9)}
             history.append(row)
             print(f"epoch {epoch}: lr {state['lr']:.3g} train loss {row['train_loss']:.4f} "
                   f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "

@@ -1,0 +1,196 @@
+"""The synthetic corpus: layout, determinism, split hygiene, the `other` condition, errors."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asrkd.errors import UserError
+from asrkd.synth import SynthConfig, synth_corpus
+from asrkd.synth.corpus import SUBSETS, plan_speakers, plan_utterances, usable_variants
+from asrkd.synth.resample import resample
+from asrkd.synth.text import cmudict_words, split_sentences
+
+HOURS = 0.01
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    return out, synth_corpus(out, hours=HOURS, condition="clean", seed=3, nj=1)
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory):
+    out = tmp_path_factory.mktemp("other")
+    return out, synth_corpus(out, hours=HOURS, condition="other", seed=3, nj=1)
+
+
+def _files(root):
+    """relative path -> bytes of every corpus file (job logs excluded)."""
+    out = {}
+    for d, _, names in os.walk(root):
+        rel = os.path.relpath(d, root)
+        if rel.split(os.sep)[0] == "log":
+            continue
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.normpath(os.path.join(rel, n))] = f.read()
+    return out
+
+
+def _transcripts(root, subset):
+    text = {}
+    for d, _, names in os.walk(os.path.join(root, subset)):
+        for n in names:
+            if n.endswith(".trans.txt"):
+                with open(os.path.join(d, n)) as f:
+                    for line in f:
+                        utt, words = line.rstrip("\n").split(" ", 1)
+                        text[utt] = words
+    return text
+
+
+def _speakers_txt(root):
+    rows = {}
+    with open(os.path.join(root, "SPEAKERS.TXT")) as f:
+        for line in f:
+            if line.startswith(";"):
+                continue
+            spk, sex, subset, minutes, name = [x.strip() for x in line.split("|")]
+            rows[int(spk)] = (sex, subset, float(minutes), name)
+    return rows
+
+
+def test_librispeech_layout(clean):
+    root, summary = clean
+    vocab = cmudict_words()
+    speakers = _speakers_txt(root)
+    for subset in SUBSETS:
+        text = _transcripts(root, subset)
+        assert len(text) == summary["subsets"][subset]["utterances"] > 0
+        flacs = set()
+        for spk in os.listdir(root / subset):
+            assert spk.isdigit() and speakers[int(spk)][1] == subset
+            for chap in os.listdir(root / subset / spk):
+                assert chap.isdigit()
+                names = sorted(os.listdir(root / subset / spk / chap))
+                assert f"{spk}-{chap}.trans.txt" in names
+                lines = open(root / subset / spk / chap / f"{spk}-{chap}.trans.txt").read()
+                keys = [ln.split(" ", 1)[0] for ln in lines.splitlines()]
+                assert keys == sorted(keys)
+                for n in names:
+                    if n.endswith(".flac"):
+                        assert re.fullmatch(rf"{spk}-{chap}-\d{{4}}\.flac", n)
+                        flacs.add(n[:-5])
+                        info = sf.info(str(root / subset / spk / chap / n))
+                        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+                        assert 0.5 < info.duration < 15
+        assert flacs == set(text)
+        for words in text.values():
+            assert re.fullmatch(r"[A-Z']+( [A-Z']+)*", words)
+            assert all(w.lower() in vocab for w in words.split())
+            assert 4 <= len(words.split()) <= 20
+    # the training hours asked for, give or take the duration estimate
+    assert 0.7 * HOURS < summary["subsets"]["train"]["hours"] < 1.5 * HOURS
+    lm = open(root / "train-text.txt").read().splitlines()
+    assert len(lm) > 20000 and all(re.fullmatch(r"[A-Z']+( [A-Z']+)*", s) for s in lm[:1000])
+
+
+def test_speakers_disjoint_and_test_text_unseen(clean):
+    root, _ = clean
+    spk = {s: {u.split("-")[0] for u in _transcripts(root, s)} for s in SUBSETS}
+    assert len(spk["train"]) >= 4 and len(spk["dev"]) >= 2 and len(spk["test"]) >= 2
+    assert not spk["train"] & spk["dev"] and not spk["train"] & spk["test"]
+    assert not spk["dev"] & spk["test"]
+    names = {r[3] for r in _speakers_txt(root).values()}
+    assert len(names) == len(_speakers_txt(root))  # distinct voice settings
+    train_text = set(_transcripts(root, "train").values())
+    lm_text = set(open(root / "train-text.txt").read().splitlines())
+    assert train_text <= lm_text
+    for subset in ("dev", "test"):
+        held = set(_transcripts(root, subset).values())
+        assert not held & train_text and not held & lm_text
+
+
+def test_same_arguments_same_bytes_whatever_nj(other, tmp_path):
+    root, _ = other
+    synth_corpus(tmp_path / "again", hours=HOURS, condition="other", seed=3, nj=2)
+    a, b = _files(root), _files(tmp_path / "again")
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+    synth_corpus(tmp_path / "seed4", hours=HOURS, condition="other", seed=4, nj=1)
+    c = _files(tmp_path / "seed4")
+    assert a["SPEAKERS.TXT"] != c["SPEAKERS.TXT"]
+
+
+def _floor_db(x, frame=400):
+    """Quiet-frame level relative to loud-frame level: near silence clean, noise floor other."""
+    n = len(x) // frame
+    rms = np.sqrt((x[: n * frame].reshape(n, frame) ** 2).mean(1) + 1e-12)
+    return 20 * np.log10(np.percentile(rms, 5) / np.percentile(rms, 95))
+
+
+def test_other_is_reverberant_and_noisy(clean, other):
+    (croot, _), (oroot, _) = clean, other
+    assert _transcripts(croot, "train") == _transcripts(oroot, "train")  # same plan
+    gaps = []
+    for d, _, names in os.walk(croot / "train"):
+        for n in names:
+            if n.endswith(".flac"):
+                a, _ = sf.read(os.path.join(d, n))
+                b, _ = sf.read(os.path.join(str(oroot), os.path.relpath(d, croot), n))
+                assert len(a) == len(b) and not np.allclose(a, b, atol=1e-3)
+                gaps.append(_floor_db(b) - _floor_db(a))
+    assert np.median(gaps) > 6.0
+
+
+def test_plan_at_one_hour():
+    cfg = SynthConfig(hours=1.0)
+    speakers = plan_speakers(cfg, usable_variants())
+    train = [s for s in speakers if s.subset == "train"]
+    assert len(train) >= 40
+    keys = {(s.accent, s.variant, s.pitch, s.pitch_range, s.rate) for s in speakers}
+    assert len(keys) == len(speakers)
+    # fewer speakers than variants: held-out speakers use unseen voice variants
+    assert not {s.variant for s in train} & {s.variant for s in speakers if s.subset != "train"}
+    from asrkd.synth.corpus import _estimate_seconds
+
+    items = plan_utterances(cfg, speakers, split_sentences())
+    rate = {f"{s.accent}+{s.variant}": s.rate for s in speakers}
+    secs = [_estimate_seconds(i["spoken"], rate[i["voice"]]) for i in items
+            if i["path"].startswith("train")]
+    assert 3300 < sum(secs) < 3900 and 3.0 < np.mean(secs) < 6.0
+    assert len({i["utt"] for i in items}) == len(items)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"condition": "noisy"}, "unknown condition"),
+    ({"hours": 0}, "hours"),
+    ({"hours": -1.0}, "hours"),
+    ({"nj": 0}, "nj"),
+    ({"num_speakers": 0}, "num-speakers"),
+])
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        synth_corpus(tmp_path, **kwargs)
+
+
+def test_cli(tmp_path, capsys):
+    from asrkd.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["synth-corpus", "--help"])
+    assert e.value.code == 0 and "--condition" in capsys.readouterr().out
+    assert main(["synth-corpus", str(tmp_path), "--condition", "loud"]) == 1
+    assert "unknown condition" in capsys.readouterr().err
+
+
+def test_resample_keeps_a_tone():
+    t = np.arange(22050) / 22050
+    y = resample(np.sin(2 * np.pi * 1000 * t), 22050, 16000)
+    assert len(y) == 16000
+    ref = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000)
+    assert np.abs(y - ref)[50:-50].max() < 1e-3

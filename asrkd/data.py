@@ -164,6 +164,23 @@ def _find_chapters(corpus_dir):
                 yield spk, chap, chap_dir
 
 
+def _count_frames(audio):
+    """Frames decodable from a file whose header gives no length (0 if none decode)."""
+    import soundfile
+
+    n = 0
+    try:
+        with soundfile.SoundFile(audio) as f:
+            while True:
+                block = len(f.read(1 << 16, dtype="int16", always_2d=True))
+                n += block
+                if block < 1 << 16:
+                    break
+    except Exception:  # noqa: BLE001 - libsndfile fails at the end of a sample-less stream
+        pass
+    return n
+
+
 def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
     """Turn a LibriSpeech subset dir (``<spk>/<chap>/<spk>-<chap>-<utt>.flac`` plus
     ``<spk>-<chap>.trans.txt``) into a Kaldi data dir; return a PrepResult.
@@ -242,19 +259,22 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
         except Exception as e:  # noqa: BLE001 - libsndfile raises several types
             reject(utt, "unreadable-audio", str(e).splitlines()[0] if str(e) else audio)
             continue
-        if info.frames <= 0:
+        n = info.frames
+        if n >= 2**62:  # header does not say (FLAC total_samples = 0): count by decoding
+            n = _count_frames(audio)
+        if n <= 0:
             reject(utt, "empty-audio")
             continue
         if info.samplerate != sample_rate:
             reject(utt, "wrong-sample-rate", f"{info.samplerate} Hz, expected {sample_rate}")
             continue
-        if info.frames < _MIN_SAMPLES_SECONDS * sample_rate:
-            reject(utt, "too-short", f"{info.frames} samples")
+        if n < _MIN_SAMPLES_SECONDS * sample_rate:
+            reject(utt, "too-short", f"{n} samples")
             continue
         wav[utt] = audio
         text[utt] = words
         utt2spk[utt] = utt.split("-")[0]
-        utt2dur[utt] = info.frames / info.samplerate
+        utt2dur[utt] = n / info.samplerate
 
     data_dir = os.fspath(data_dir)
     os.makedirs(data_dir, exist_ok=True)

@@ -21,6 +21,11 @@ Input layout (relative to EXP_DIR; the recipe follows it, see ``SYSTEMS``)::
   ``acc``.
 - A system whose decode dir is missing is listed as missing; nothing here crashes on a partial
   experiment.
+- ``fill_frame_acc`` (``asrkd report EXP_DIR --data DATA --ali-dir ALI``) writes the missing
+  ``frame_acc`` files of the DNN systems from their checkpoints: ``final.pt`` next to the decode
+  dir, or for the ensemble ``teachers/model*/final.pt``; ALI is an alignment of the test set.
+- Students' ``distill.json`` (temperature, alpha, train fraction, soft-target bytes per frame)
+  is shown under the table.
 
 Outputs: EXP_DIR/results.md, results.json (same figures), results.png (frame accuracy and WER per
 system), curves.png (validation frame accuracy per epoch).
@@ -160,6 +165,64 @@ def count_params(model_dir):
         return None
 
 
+def model_checkpoints(exp_dir, system):
+    """Checkpoint paths behind a DNN system's scores ([] for GMMs or when not trained yet)."""
+    if system.kind == "gmm":
+        return []
+    model_dir = os.path.dirname(os.path.join(exp_dir, system.decode_dir))
+    if system.kind == "ensemble":
+        return sorted(glob.glob(os.path.join(model_dir, "model*", "final.pt")))
+    path = os.path.join(model_dir, "final.pt")
+    return [path] if os.path.isfile(path) else []
+
+
+def fill_frame_acc(exp_dir, data_dir, ali_dir, recompute=False):
+    """Write decode_dir/frame_acc (a fraction) for every trained DNN system lacking one.
+
+    Returns {decode dir (relative): frame accuracy} of what was computed.
+    """
+    from asrkd.train import frame_accuracy
+
+    todo = []
+    for s in SYSTEMS:
+        if s.kind == "single":
+            model_glob = os.path.join(exp_dir, os.path.dirname(s.decode_dir), "final.pt")
+            for ckpt in sorted(glob.glob(model_glob)):
+                decode = os.path.join(os.path.dirname(ckpt), os.path.basename(s.decode_dir))
+                todo.append((os.path.relpath(decode, exp_dir), [ckpt]))
+        else:
+            todo.append((s.decode_dir, model_checkpoints(exp_dir, s)))
+    done = {}
+    for rel, ckpts in todo:
+        out = os.path.join(exp_dir, rel, "frame_acc")
+        if not ckpts or (os.path.isfile(out) and not recompute):
+            continue
+        acc = frame_accuracy(ckpts if len(ckpts) > 1 else ckpts[0], data_dir, ali_dir)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with atomic_path(out) as tmp, open(tmp, "w") as f:
+            f.write(f"{acc:.6f}\n")
+        done[rel] = acc
+        print(f"{rel}: frame accuracy {100 * acc:.2f}%")
+    return done
+
+
+def read_distill_info(model_dir):
+    """Settings of a distilled student (model_dir/distill.json); None if absent."""
+    path = os.path.join(model_dir, "distill.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        d = json.load(f)
+    meta = d.get("soft_meta") or {}
+    return {k: v for k, v in {
+        "temperature": d.get("temperature"), "alpha": d.get("alpha"),
+        "train_fraction": d.get("train_fraction"), "combine": meta.get("combine", d.get("combine")),
+        "topk": meta.get("topk", d.get("topk")), "bytes_per_frame": meta.get("bytes_per_frame"),
+        "dense_bytes_per_frame": meta.get("dense_bytes_per_frame"),
+        "on_the_fly": "teachers" in d and "soft_dir" not in d,
+    }.items() if v is not None}
+
+
 def _measure(exp_dir, rel):
     d = os.path.join(exp_dir, rel)
     model_dir = os.path.dirname(d)
@@ -226,6 +289,8 @@ def collect(exp_dir):
             continue
         m = _measure(exp_dir, s.decode_dir)
         m.pop("curve")
+        if s.kind == "student":
+            m["distill"] = read_distill_info(os.path.dirname(os.path.join(exp_dir, s.decode_dir)))
         rows.append({"key": s.key, "label": s.label, "kind": s.kind, **m})
     by_key = {r["key"]: r for r in rows}
     ens = by_key["ensemble"]
@@ -286,6 +351,23 @@ def render_markdown(res):
         if r["kind"] != "student":
             g_acc = g_wer = ""
         lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {acc} | {wer} | {g_acc} | {g_wer} |")
+    notes = []
+    for r in res["systems"]:
+        d = r.get("distill")
+        if not d:
+            continue
+        parts = [f"T = {d['temperature']:g}" if "temperature" in d else None,
+                 f"alpha = {d['alpha']:g}" if "alpha" in d else None,
+                 f"{d['combine']} combination" if "combine" in d else None,
+                 f"trained on {100 * d['train_fraction']:g}% of the data"
+                 if d.get("train_fraction", 1) < 1 else None,
+                 "teachers run on the fly" if d.get("on_the_fly") else None]
+        if "bytes_per_frame" in d:
+            parts.append(f"top-{d['topk']} soft targets, {d['bytes_per_frame']} bytes/frame "
+                         f"(dense float32: {d['dense_bytes_per_frame']})")
+        notes.append(f"- {r['label']}: " + ", ".join(p for p in parts if p))
+    if notes:
+        lines += ["", "Distillation settings:", ""] + notes
     if res["singles"]:
         lines += ["", "## Single models", "", "| model | frame acc % | WER % |", "|---|---:|---:|"]
         for m in res["singles"]:

@@ -39,6 +39,9 @@ def exp(tmp_path):
     _system(exp, "teachers/decode_test", (0, 0, 16, 200), 0.58)  # ens: 58 %, 8 %
     _system(exp, "distill/decode_test", (0, 0, 18, 200), 56.0, curve=[35.0, 50.0, 56.0])  # %
     _system(exp, "student_small_kd/decode_test", (0, 0, 21, 200), 0.53)
+    (exp / "distill" / "distill.json").write_text(json.dumps(
+        {"temperature": 2.0, "alpha": 0.5, "train_fraction": 1.0, "soft_dir": "x", "soft_meta": {
+            "combine": "arith", "topk": 20, "bytes_per_frame": 80, "dense_bytes_per_frame": 4000}}))
     # student_small_hard missing on purpose
     (exp / "timings.tsv").write_text("0\tsynth\t10.5\n1\tdata prep\t4.5\n")
     return exp
@@ -81,6 +84,8 @@ def test_report_numbers(exp):
     assert "| small DNN, hard targets only | missing |" in md
     assert "| GMM monophone | - | - | 20.00 |" in md
     assert "**15.0**" in md
+    assert ("- distilled DNN (same size): T = 2, alpha = 0.5, arith combination, top-20 soft "
+            "targets, 80 bytes/frame (dense float32: 4000)") in md
     on_disk = json.loads((exp / "results.json").read_text())
     assert _row(on_disk, "distill")["gain_wer"] == pytest.approx(200 / 3)
     for png in ("results.png", "curves.png"):
@@ -109,3 +114,38 @@ def test_gain_and_timings_helpers(tmp_path):
         read_timings(p)
     assert [s.decode_dir for s in SYSTEMS][0] == "mono/decode_test"
     assert all(not os.path.isabs(s.decode_dir) for s in SYSTEMS)
+
+
+def test_fill_frame_acc_from_checkpoints(tmp_path):
+    import torch
+
+    from asrkd.models import ModelConfig, build_model
+    from asrkd.report import fill_frame_acc
+    from asrkd.train import frame_accuracy
+    from test_distill import make_learnable_data
+
+    data, ali = make_learnable_data(tmp_path, num_spk=1, utts_per_spk=3)
+    exp = tmp_path / "exp"
+    paths = []
+    for i, rel in enumerate(["teachers/model1", "teachers/model2", "student_small_kd"]):
+        torch.manual_seed(i)
+        m = build_model(ModelConfig(feat_dim=8, num_pdfs=6, left_context=1, right_context=1,
+                                    hidden_dims=[4]))
+        m.pdf_counts.fill_(1)
+        (exp / rel).mkdir(parents=True)
+        m.save(str(exp / rel / "final.pt"))
+        paths.append(str(exp / rel / "final.pt"))
+    (exp / "student_small_kd" / "decode_test").mkdir()
+    (exp / "student_small_kd" / "decode_test" / "frame_acc").write_text("0.25\n")
+    done = fill_frame_acc(str(exp), str(data), str(ali))
+    assert sorted(done) == ["teachers/decode_test", "teachers/model1/decode_test",
+                            "teachers/model2/decode_test"]  # existing file kept
+    assert done["teachers/decode_test"] == pytest.approx(
+        frame_accuracy(paths[:2], str(data), str(ali)))
+    assert float((exp / "teachers/model2/decode_test/frame_acc").read_text()) == pytest.approx(
+        frame_accuracy(paths[1], str(data), str(ali)), abs=1e-6)
+    assert fill_frame_acc(str(exp), str(data), str(ali)) == {}
+    redone = fill_frame_acc(str(exp), str(data), str(ali), recompute=True)
+    assert "student_small_kd/decode_test" in redone
+    res = write_report(exp)
+    assert _row(res, "single_mean")["n"] == 2 and _row(res, "ensemble")["frame_acc"] is not None

@@ -219,8 +219,7 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     if acwt is None and acwt_from is not None:
         acwt = read_best_acwt(acwt_from)
     scorer = make_scorer(model, data_dir)
-    utts = list(getattr(scorer, "feats", None) or data.utts)
-    utts = [u for u in data.utts]
+    utts = data.utts
     ref = data.file("text") if data.has("text") else None
     res = decode_data_dir(graph_dir, scorer, utts, decode_dir,
                           acwt if acwt is not None else list(acwt_grid), nj=nj, beam=beam,

@@ -52,9 +52,10 @@ def score(ref_text_path, hyp_path, out_dir):
         rs, hs = [], []
         for a, b in ali:
             wdt = max(len(a), len(b))
-            rs.append(a.ljust(wdt) if a == b else a.upper().ljust(wdt))
+            rs.append(a.ljust(wdt))
             hs.append(b.ljust(wdt))
-        errors.append(f"{u} ref: {' '.join(rs)}\n{u} hyp: {' '.join(hs)}\n")
+        errors.append(f"{u} ref: {' '.join(rs)}".rstrip() + f"\n{u} hyp: {' '.join(hs)}".rstrip()
+                      + "\n")
     n_err = tot["ins"] + tot["del"] + tot["sub"]
     wer = 100.0 * n_err / max(words, 1)
     res = {"wer": wer, "ins": tot["ins"], "del": tot["del"], "sub": tot["sub"], "words": words,

@@ -1,0 +1,36 @@
+"""asrkd decode: decode a data dir over HCLG with a GMM, a DNN or a DNN ensemble, and score."""
+
+from asrkd.decode import DEFAULT_GRID, decode
+
+
+def _floats(s):
+    return [float(x) for x in s.split(",") if x]
+
+
+def add_arguments(parser):
+    parser.add_argument("graph_dir", help="graph dir from make-graph (HCLG.fst, words.txt, "
+                                          "final.mdl: the transition model)")
+    parser.add_argument("data_dir", help="data dir to decode: MFCC dir for a GMM, fbank dir for "
+                                         "DNNs; its text (if any) is the scoring reference")
+    parser.add_argument("model", nargs="+",
+                        help="GMM model dir (final.mdl), or DNN checkpoint(s), or a dir of "
+                             "model*/final.pt (an ensemble: posteriors averaged)")
+    parser.add_argument("decode_dir", help="output dir: hyp.txt, wer, best_acwt, ...")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--acwt", type=float, default=None, help="fixed acoustic scale")
+    g.add_argument("--acwt-from", default=None,
+                   help="decode dir of a dev set whose best_acwt to use (for test sets)")
+    g.add_argument("--acwt-grid", type=_floats, default=list(DEFAULT_GRID),
+                   help="comma-separated acoustic scales to try; the best on this data dir's "
+                        "text is kept (dev sets)")
+    parser.add_argument("--nj", type=int, default=1, help="parallel jobs")
+    parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
+    parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
+    parser.add_argument("--max-active", type=int, default=7000, help="max active states")
+
+
+def main(args):
+    decode(args.graph_dir, args.data_dir, args.model if len(args.model) > 1 else args.model[0],
+           args.decode_dir, acwt=args.acwt, acwt_grid=args.acwt_grid, acwt_from=args.acwt_from,
+           nj=args.nj, beam=args.beam, lattice_beam=args.lattice_beam,
+           max_active=args.max_active)

@@ -1,0 +1,99 @@
+"""Decoding: GMM mono/triphone models over a word-loop HCLG on the synthetic corpus of
+test_gmm, acoustic-scale grid on dev, and the one decoding core fed with arbitrary loglikes."""
+
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from asrkd.decode import GmmScorer, decode_data_dir, decode_loglikes, read_best_acwt
+from asrkd.errors import UserError
+from asrkd.gmm import load_model, train_mono, train_tri
+from test_gmm import make_corpus
+
+
+def _word_loop_graph(lang, model_dir, graph_dir):
+    """graph_dir for model_dir with a uniform word loop as G (no LM needed)."""
+    import kaldifst
+
+    from asrkd.graph import compile_hclg
+
+    words = [i for w, i in lang.words.items()
+             if i != 0 and not w.startswith("#") and w not in ("<s>", "</s>")]
+    cost = math.log(len(words))
+    G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in words) + "0\n")
+    kaldifst.arcsort(G, sort_type="ilabel")
+    m = load_model(model_dir)
+    hclg = compile_hclg(lang, m.ctx, m.tm, G)
+    os.makedirs(graph_dir, exist_ok=True)
+    hclg.write(os.path.join(graph_dir, "HCLG.fst"))
+    shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph_dir, "words.txt"))
+    for f in ("final.mdl", "tree"):
+        shutil.copyfile(os.path.join(model_dir, f), os.path.join(graph_dir, f))
+    return graph_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from asrkd.align import align
+
+    root = tmp_path_factory.mktemp("dec")
+    train, test, lang = make_corpus(str(root / "corpus"))
+    mono = str(root / "mono")
+    train_mono(train, lang, mono, num_iters=10, num_gauss=100)
+    align(train, lang, mono, str(root / "ali"))
+    tri = str(root / "tri")
+    train_tri(train, lang, str(root / "ali"), tri, num_leaves=60, num_gauss=200, num_iters=8,
+              min_count=20)
+    ref = str(root / "corpus" / "text_test")
+    return root, train, test, lang, mono, tri, ref
+
+
+@pytest.mark.parametrize("which", ["mono", "tri"])
+def test_gmm_decodes_well_above_chance(setup, which):
+    root, train, test, lang, mono, tri, ref = setup
+    model_dir = mono if which == "mono" else tri
+    graph = _word_loop_graph(lang, model_dir, str(root / f"graph_{which}"))
+    scorer = GmmScorer(load_model(model_dir), test.feats)
+    dec = str(root / f"decode_{which}")
+    res = decode_data_dir(graph, scorer, list(test.feats), dec, [0.05, 0.1], ref_text=ref)
+    best = res["acwt"]
+    assert best in (0.05, 0.1) and read_best_acwt(dec) == best
+    assert os.path.isfile(os.path.join(dec, "acwt_0.05", "wer"))
+    wer = res["wer"][best]
+    # chance with 10 words in a free loop is ~90% substitutions; the data are easy
+    assert wer["wer"] < 20.0, wer
+    assert wer["sents"] == len(test.feats)
+    hyp = open(os.path.join(dec, "hyp.txt")).read().splitlines()
+    assert len(hyp) == len(test.feats)
+    assert open(os.path.join(dec, "wer")).read().startswith("%WER")
+
+
+def test_decode_core_on_given_loglikes(setup):
+    """The DNN path: any (T, num_pdfs) matrix. Scores that make one word sequence's frames
+    likely decode to it, whatever produced them."""
+    root, train, test, lang, mono, tri, ref = setup
+    graph = _word_loop_graph(lang, mono, str(root / "graph_core"))
+    from asrkd.decode import load_graph
+
+    hclg, tm, words = load_graph(graph)
+    m = load_model(mono)
+    u = sorted(test.feats)[0]
+    ll = GmmScorer(m, test.feats)(u)
+    # log-softmax over pdfs minus a flat log-prior: a "posterior" scorer, as a DNN gives
+    post = ll - np.logaddexp.reduce(ll, axis=1, keepdims=True) + np.log(m.num_pdfs)
+    ids = decode_loglikes(hclg, tm, post, 0.5)
+    assert " ".join(words[i] for i in ids) == test.text[u]
+    with pytest.raises(UserError):
+        decode_loglikes(hclg, tm, ll[:, :-1], 0.1)
+    assert decode_loglikes(hclg, tm, ll[:0], 0.1) == []
+
+
+def test_grid_needs_reference(setup, tmp_path):
+    root, train, test, lang, mono, tri, ref = setup
+    scorer = GmmScorer(load_model(mono), test.feats)
+    with pytest.raises(UserError):
+        decode_data_dir(str(root / "graph_mono"), scorer, list(test.feats), str(tmp_path),
+                        [0.05, 0.1])

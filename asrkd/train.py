@@ -65,9 +65,10 @@ class TrainConfig:
     max_frames_per_epoch: int = 0  # 0: all training frames each epoch
     num_threads: int = 0  # 0: leave torch's setting
     tensorboard: bool = True
+    device: str = "cpu"  # e.g. "cuda"; bit-identical reruns are promised on CPU only
 
     # Fields that may change between a run and its resumption.
-    RESUMABLE = ("epochs", "min_epochs", "num_threads", "tensorboard")
+    RESUMABLE = ("epochs", "min_epochs", "num_threads", "tensorboard", "device")
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
@@ -292,7 +293,7 @@ def _epoch_seed(seed, epoch):
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
 
 
-def _batches(cache, frames, model, batch_size, extra=None):
+def _batches(cache, frames, model, batch_size, extra=None, device="cpu"):
     left, right = model.left_context, model.right_context
     for s in range(0, len(frames), batch_size):
         idx = frames[s:s + batch_size]
@@ -300,15 +301,15 @@ def _batches(cache, frames, model, batch_size, extra=None):
                  "y": torch.from_numpy(np.asarray(cache.pdf[idx], dtype=np.int64))}
         if extra is not None:
             batch["extra"] = torch.from_numpy(np.asarray(extra[idx]))
-        yield batch
+        yield {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def _evaluate(model, cache, frames, batch_size):
+def _evaluate(model, cache, frames, batch_size, device="cpu"):
     """(CE loss, frame accuracy) on hard targets."""
     model.eval()
     loss, correct = 0.0, 0
-    for batch in _batches(cache, frames, model, max(batch_size, 1024)):
+    for batch in _batches(cache, frames, model, max(batch_size, 1024), device=device):
         logits = model(batch["x"])
         loss += F.cross_entropy(logits, batch["y"], reduction="sum").item()
         correct += (logits.argmax(-1) == batch["y"]).sum().item()
@@ -398,6 +399,10 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     torch.manual_seed(int(seed))
     model = build_model(model_config)
     model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
+    try:  # before the optimizer exists, so its loaded state lands on the same device
+        model.to(train_config.device)
+    except (RuntimeError, AssertionError) as e:
+        raise UserError(f"device {train_config.device!r}: {e}") from None
     opt = _make_optimizer(model, train_config)
     state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": 0.0,
              "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
@@ -448,7 +453,8 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
             bar = tqdm(total=len(frames), desc=f"epoch {epoch}", unit="frame", file=sys.stderr,
                        disable=None, unit_scale=True)
-            for batch in _batches(cache, frames, model, train_config.batch_size, extra):
+            for batch in _batches(cache, frames, model, train_config.batch_size, extra,
+                                  train_config.device):
                 logits = model(batch["x"])
                 loss = loss_fn(logits, batch)
                 opt.zero_grad(set_to_none=True)
@@ -462,7 +468,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             bar.close()
             train_seconds = time.time() - t0
             valid_loss, valid_acc = _evaluate(model, cache, valid_frames,
-                                              train_config.batch_size)
+                                              train_config.batch_size, train_config.device)
             # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
             if train_config.newbob_metric == "loss":
                 score = -valid_loss
@@ -522,26 +528,25 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
 def frame_accuracy(model_or_scorer, data_dir, ali_dir):
     """Fraction of aligned frames whose argmax posterior is the aligned pdf.
 
-    Accepts a model (nn.Module), checkpoint path(s), or a scorer from ``make_scorer`` (its
-    posteriors are used, not the prior-divided scores); any other callable ``utt -> (T, P)`` is
-    taken as is.
+    Accepts a model (nn.Module), checkpoint path(s) (an ensemble: mean of posteriors), or a
+    scorer from ``make_scorer`` (its posteriors are used, not the prior-divided scores); any
+    other callable ``utt -> (T, P)`` is taken as is.
     """
+    from asrkd.data import DataDir
     from asrkd.features import FeatureReader
-    from asrkd.models import Scorer, make_scorer
+    from asrkd.models import Scorer, load_model
 
     pdf_scp, _, _ = read_alignment_info(ali_dir)
     scorer = model_or_scorer
-    if isinstance(scorer, torch.nn.Module):
-        scorer = Scorer([scorer.eval()], FeatureReader(data_dir, cmvn=scorer.config.cmvn))
-    elif isinstance(scorer, (str, os.PathLike, list, tuple)):
-        paths = [scorer] if isinstance(scorer, (str, os.PathLike)) else list(scorer)
-        from asrkd.models import load_model
-
-        cmvn = load_model(paths[0]).config.cmvn
-        scorer = make_scorer(paths, FeatureReader(data_dir, cmvn=cmvn))
+    if isinstance(scorer, (str, os.PathLike)):
+        scorer = [scorer]
+    if isinstance(scorer, (list, tuple)):
+        scorer = [load_model(p) for p in scorer]
+    elif isinstance(scorer, torch.nn.Module):
+        scorer = [scorer.cpu().eval()]
+    if isinstance(scorer, list):
+        scorer = Scorer(scorer, FeatureReader(data_dir, cmvn=scorer[0].config.cmvn))
     score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
-    from asrkd.data import DataDir
-
     correct = total = 0
     for utt in DataDir(data_dir).utts:
         if utt not in pdf_scp:

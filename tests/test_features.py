@@ -1,0 +1,201 @@
+"""Features, CMVN, deltas and FeatureReader on generated audio.
+
+Backend agreement (dither 0, same waveform): fbank log-mel within 2e-4 absolute, MFCC within
+1e-3 absolute (measured: ~7e-5 and ~4e-4; MFCC C0 is a sum over all bins, so it collects the
+most float32 rounding). The torchaudio fast path matches torchaudio.compliance.kaldi itself
+within 2e-4.
+"""
+
+import glob
+import os
+
+import kaldi_native_fbank as knf
+import numpy as np
+import pytest
+import soundfile
+
+from asrkd import cli
+from asrkd.data import prepare_librispeech, validate_data_dir
+from asrkd.errors import DataDirError, UserError
+from asrkd.features import (FbankConfig, FeatureReader, MfccConfig, _TorchaudioExtractor,
+                            add_deltas, compute_cmvn, compute_feats, compute_features,
+                            load_feature_config, num_frames)
+
+SR = 16000
+CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
+
+
+def speechlike(seconds, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = rng.uniform(100, 250)
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
+    x = x * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 0.1 + 0.003 * rng.standard_normal(len(t))
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ls") / "train"
+    lens = {("1", "10"): [0.8, 1.3, 0.5], ("2", "20"): [1.1, 0.6], ("33", "30"): [0.9]}
+    seed = 0
+    for (spk, chap), secs in lens.items():
+        d = root / spk / chap
+        d.mkdir(parents=True)
+        lines = []
+        for i, s in enumerate(secs):
+            utt = f"{spk}-{chap}-{i:04d}"
+            soundfile.write(d / f"{utt}.flac", speechlike(s, seed), SR)
+            seed += 1
+            lines.append(f"{utt} SOME WORDS\n")
+        (d / f"{spk}-{chap}.trans.txt").write_text("".join(lines))
+    return str(root)
+
+
+@pytest.fixture
+def data_dir(corpus, tmp_path):
+    out = str(tmp_path / "data" / "train")
+    prepare_librispeech(corpus, out)
+    return out
+
+
+def test_backends_agree_and_dims():
+    x = speechlike(2.0, 7) * 32768
+    for cfg, dim, tol in ((FbankConfig(), 40, 2e-4), (MfccConfig(), 13, 1e-3),
+                          (load_feature_config(os.path.join(CONF, "mfcc.yaml")), 13, 1e-3)):
+        a = compute_features(x, cfg, backend="torchaudio")
+        b = compute_features(x, cfg, backend="kaldi-native-fbank")
+        exact = _TorchaudioExtractor(cfg, exact=True)(x)
+        assert a.shape == b.shape == (num_frames(len(x), cfg), dim)
+        assert np.abs(a - b).max() < tol, cfg
+        assert np.abs(a - exact).max() < 2e-4, cfg
+    assert load_feature_config(os.path.join(CONF, "fbank.yaml")) == FbankConfig()
+    assert load_feature_config(os.path.join(CONF, "mfcc.yaml")).use_energy is False
+
+
+def test_frame_count_is_kaldis_formula():
+    cfg = FbankConfig()
+    for n, expect in ((399, 0), (400, 1), (559, 1), (560, 2), (16000, 98), (16001, 98)):
+        assert num_frames(n, cfg) == expect == (1 + (n - 400) // 160 if n >= 400 else 0)
+        x = speechlike(1.0, 1)[:n] * 32768
+        if n >= 400:
+            assert compute_features(x, cfg).shape[0] == expect
+            assert compute_features(x, cfg, backend="kaldi-native-fbank").shape[0] == expect
+
+
+def test_bad_config_is_user_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("type: fbank\nnum_mel_bin: 40\n")
+    with pytest.raises(UserError, match="num_mel_bin"):
+        load_feature_config(p)
+    p.write_text("type: plp\n")
+    with pytest.raises(UserError, match="plp"):
+        load_feature_config(p)
+
+
+def read_all(data_dir):
+    r = FeatureReader(data_dir, cmvn=None)
+    return {u: r[u] for u in r}
+
+
+def test_compute_feats_nj_and_cli(data_dir, tmp_path):
+    feat_dir = str(tmp_path / "fbank")
+    compute_feats(data_dir, feat_dir, FbankConfig(), nj=1)
+    one = read_all(data_dir)
+    d = validate_data_dir(data_dir)
+    assert sorted(one) == d.utts
+    assert all(one[u].shape == (num_frames(round(d.utt2dur[u] * SR), FbankConfig()), 40)
+               for u in one)
+    assert d.utt2num_frames == {u: len(v) for u, v in one.items()}
+    compute_feats(data_dir, feat_dir, FbankConfig(), nj=2)
+    assert len(glob.glob(os.path.join(feat_dir, "fbank_train.*.ark"))) == 2
+    assert os.path.isfile(os.path.join(feat_dir, "log", "make_fbank_train.2.log"))
+    two = read_all(data_dir)
+    assert all(np.array_equal(one[u], two[u]) for u in one)
+    validate_data_dir(data_dir)
+    # through the CLI, MFCC
+    assert cli.main(["compute-feats", data_dir, str(tmp_path / "mfcc"), "--conf",
+                     os.path.join(CONF, "mfcc.yaml"), "--backend", "kaldi-native-fbank"]) == 0
+    assert FeatureReader(data_dir, cmvn=None).dim == 13
+
+
+def test_failed_job_leaves_nothing_trusted(data_dir, tmp_path):
+    feat_dir = str(tmp_path / "fbank")
+    compute_feats(data_dir, feat_dir, FbankConfig(), nj=2)
+    before = {p: open(p, "rb").read() for p in glob.glob(os.path.join(feat_dir, "*.ark"))}
+    # corrupt the last utterance's audio: job 2 fails after writing some utterances
+    wav = validate_data_dir(data_dir).wav
+    with open(wav[sorted(wav)[-1]], "r+b") as f:
+        f.truncate(0)
+        f.write(b"garbage" * 100)
+    try:
+        with pytest.raises(UserError, match="1 of 2"):
+            compute_feats(data_dir, feat_dir, FbankConfig(), nj=2)
+        assert not os.path.exists(os.path.join(data_dir, "feats.scp"))
+        assert not os.path.exists(os.path.join(data_dir, "utt2num_frames"))
+        # the failed job's archive was never replaced by a partial one, and no temp is left
+        ark2 = os.path.join(feat_dir, "fbank_train.2.ark")
+        assert open(ark2, "rb").read() == before[ark2]
+        assert not glob.glob(os.path.join(feat_dir, ".*tmp"))
+        with pytest.raises(DataDirError, match="feats.scp"):
+            FeatureReader(data_dir)
+    finally:
+        soundfile.write(wav[sorted(wav)[-1]], speechlike(0.9, 5), SR)
+
+
+def test_cmvn_stats_and_reader(data_dir, tmp_path):
+    compute_feats(data_dir, str(tmp_path / "fbank"), FbankConfig(), nj=1)
+    assert cli.main(["compute-cmvn", data_dir]) == 0
+    d = validate_data_dir(data_dir)
+    raw = read_all(data_dir)
+    import kaldiio
+
+    cmvn = {k: kaldiio.load_mat(v) for k, v in d.table("cmvn.scp").items()}
+    assert sorted(cmvn) == ["1", "2", "33"]
+    for spk, utts in d.spk2utt.items():
+        x = np.concatenate([raw[u] for u in utts]).astype(np.float64)
+        s = cmvn[spk]
+        assert s.shape == (2, 41) and s.dtype == np.float64
+        assert s[0, -1] == len(x)
+        np.testing.assert_allclose(s[0, :-1], x.sum(0), rtol=1e-9)
+        np.testing.assert_allclose(s[1, :-1], (x * x).sum(0), rtol=1e-9)
+        assert s[1, -1] == 0
+
+        mean_r, mv_r = FeatureReader(data_dir, "mean"), FeatureReader(data_dir, "meanvar", 2)
+        y = np.concatenate([mean_r[u] for u in utts])
+        assert np.abs(y.mean(0)).max() < 1e-3
+        np.testing.assert_allclose(y, x - x.mean(0), atol=1e-3)
+        z = np.concatenate([mv_r[u] for u in utts])
+        assert z.shape == (len(x), 120) and mv_r.dim == 120
+        assert np.abs(z[:, :40].mean(0)).max() < 1e-3
+        np.testing.assert_allclose(z[:, :40].std(0), 1.0, rtol=1e-3)
+        assert z.dtype == np.float32
+    # frame counts are checked against utt2num_frames
+    with open(d.file("utt2num_frames")) as f:
+        lines = f.readlines()
+    u, n = lines[0].split()
+    lines[0] = f"{u} {int(n) + 1}\n"
+    with open(d.file("utt2num_frames"), "w") as f:
+        f.writelines(lines)
+    with pytest.raises(DataDirError, match="frames"):
+        FeatureReader(data_dir)[u]
+    with pytest.raises(DataDirError, match="frames"):
+        validate_data_dir(data_dir)
+
+
+def test_add_deltas_hand_and_kaldi():
+    x = np.array([[1.0], [2.0], [4.0], [8.0]], dtype=np.float32)
+    # window 1: d[t] = (x[t+1] - x[t-1]) / 2; dd = [.25, 0, -.5, 0, .25] taps, edges clamped
+    d1 = [0.5, 1.5, 3.0, 2.0]
+    d2 = [0.25 * 1 - 0.5 * 1 + 0.25 * 4, 0.25 * 1 - 0.5 * 2 + 0.25 * 8,
+          0.25 * 1 - 0.5 * 4 + 0.25 * 8, 0.25 * 2 - 0.5 * 8 + 0.25 * 8]
+    np.testing.assert_allclose(add_deltas(x, 2, 1), np.c_[x, d1, d2], atol=1e-6)
+    # window 2, order 1, t = 2: (-2*1 - 1*2 + 1*8 + 2*8) / 10 = 2.0
+    assert add_deltas(x, 1, 2)[2, 1] == pytest.approx(2.0)
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((37, 5)).astype(np.float32)
+    for order, window in ((2, 2), (1, 3), (3, 2)):
+        ref = knf.compute_deltas(knf.DeltaOptions(order=order, window=window), m)
+        np.testing.assert_allclose(add_deltas(m, order, window), ref, atol=1e-5)
+    one = rng.standard_normal((1, 3)).astype(np.float32)
+    np.testing.assert_allclose(add_deltas(one)[:, 3:], 0.0, atol=1e-6)

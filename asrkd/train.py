@@ -388,10 +388,6 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     if len(valid_frames) == 0:
         raise UserError(f"{data_dir}: too few speakers for a validation split "
                         f"(valid_fraction {train_config.valid_fraction})")
-    extra = None
-    if extra_targets is not None:
-        extra = _extra_memmap(cache, train_utts, extra_targets,
-                              os.path.join(exp_dir, "extra_targets.npy"))
     print(f"train: {len(train_utts)} utts / {len(train_frames)} frames, valid: "
           f"{len(valid_utts)} utts / {len(valid_frames)} frames, skipped (no alignment): "
           f"{cache.meta['skipped_unaligned']}", file=sys.stderr)
@@ -428,6 +424,10 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
         if not os.path.isfile(final):
             raise UserError(f"{exp_dir}: training finished but final.pt is missing")
         return final
+    extra = None
+    if extra_targets is not None:
+        extra = _extra_memmap(cache, train_utts, extra_targets,
+                              os.path.join(exp_dir, "extra_targets.npy"))
 
     writer = None
     if train_config.tensorboard:

@@ -218,3 +218,18 @@ def test_load_conf(tmp_path):
     p.write_text("model:\n  hiden_dims: [64]\n")
     with pytest.raises(UserError):
         load_conf(str(p))
+
+
+def test_cli_train_and_user_error(tmp_path, capsys):
+    from asrkd.cli import main
+
+    data, ali = make_corpus(str(tmp_path / "c"), num_spk=3, utts_per_spk=2)
+    conf = tmp_path / "dnn.yaml"
+    conf.write_text("# tiny\nmodel:\n  hidden_dims: [16]\ntrain:\n  epochs: 1\n"
+                    "  tensorboard: false\n  valid_fraction: 0.34\n")
+    exp = str(tmp_path / "exp")
+    assert main(["train", data, ali, exp, "--conf", str(conf), "--seed", "2",
+                 "--num-threads", "1"]) == 0
+    assert os.path.isfile(os.path.join(exp, "final.pt"))
+    assert main(["train", data, str(tmp_path / "nope"), exp, "--conf", str(conf)]) == 1
+    assert "missing pdf.scp" in capsys.readouterr().err

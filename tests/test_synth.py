@@ -92,7 +92,7 @@ def test_librispeech_layout(clean):
         for words in text.values():
             assert re.fullmatch(r"[A-Z']+( [A-Z']+)*", words)
             assert all(w.lower() in vocab for w in words.split())
-            assert 4 <= len(words.split()) <= 20
+            assert SynthConfig.min_words <= len(words.split()) <= SynthConfig.max_words
     # the training hours asked for, give or take the duration estimate
     assert 0.7 * HOURS < summary["subsets"]["train"]["hours"] < 1.5 * HOURS
     lm = open(root / "train-text.txt").read().splitlines()

@@ -7,6 +7,9 @@
     out_dir/{train,dev,test}/<spk>/<chap>/<spk>-<chap>.trans.txt    "<utt-id> UPPER WORDS"
     out_dir/train-text.txt                            LM training text (see below)
     out_dir/summary.json                              arguments, counts and hours per subset
+    out_dir/log/{babble,synth}.N.log                  job logs (only when nj > 1)
+
+Existing ``train``/``dev``/``test`` dirs under ``out_dir`` are replaced.
 
 A speaker is a distinct combination of espeak-ng accent, voice variant, pitch, pitch range and
 speaking rate. Variants are dealt round-robin from a shuffled list, so as long as there are fewer
@@ -67,12 +70,12 @@ class SynthConfig:
     num_speakers: int = None  # training speakers; default max(4, 40 per hour)
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
-    min_words: int = 4
+    min_words: int = 5
     max_words: int = 20
     chapter_utts: int = 40  # utterances per chapter before a speaker starts a new one
     pitch: tuple = (25, 75)  # espeak 0..100 scale
     pitch_range: tuple = (20, 90)
-    rate: tuple = (140, 200)  # words per minute
+    rate: tuple = (120, 180)  # espeak words per minute (its speech is faster than nominal)
     level: tuple = (0.3, 0.8)  # peak amplitude of the written audio
 
 
@@ -322,7 +325,8 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
         _fork_bank = bank  # forked workers inherit it; passing it would pickle MBs per job
         try:
             # many small jobs so the progress bar moves and the cores stay busy to the end
-            chunks = [c for c in split_evenly(items, nj * 8) if c]
+            n_jobs = max(nj * 8, min(len(items) // 50, nj * 50))
+            chunks = [c for c in split_evenly(items, n_jobs) if c]
             parts = run_jobs(synth_items, [(out_dir, c, cfg.condition) for c in chunks],
                              nj, log_dir, "synth", desc="synth")
         finally:

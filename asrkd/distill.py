@@ -79,8 +79,8 @@ def combine_teachers(logits, temperature, combine="arith"):
     Args:
         logits: (M, T, P) logits of M teachers.
     Returns:
-        (T, P) probabilities: ``arith`` = mean_m softmax(z_m / T); ``geo`` = softmax(mean_m z_m / T),
-        the normalized geometric mean of the tempered distributions.
+        (T, P) probabilities: ``arith`` = mean_m softmax(z_m / T); ``geo`` =
+        softmax(mean_m z_m / T), the normalized geometric mean of the tempered distributions.
     """
     if combine == "arith":
         return F.softmax(logits / temperature, dim=-1).mean(dim=0)
@@ -249,7 +249,8 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
     ckpts = find_teachers(teachers_dir)
     pdfs = {int(load_model(p).config.num_pdfs) for p in ckpts}
     if len(pdfs) != 1:
-        raise UserError(f"teachers in {teachers_dir} disagree on the number of pdfs: {sorted(pdfs)}")
+        raise UserError(f"teachers in {teachers_dir} disagree on the number of pdfs: "
+                        f"{sorted(pdfs)}")
     num_pdfs = pdfs.pop()
     utts = data.utts
     os.makedirs(out_dir, exist_ok=True)
@@ -307,7 +308,7 @@ class SoftTargetStore(Mapping):
         return self.meta["num_pdfs"]
 
     def check_frames(self, utt2num_frames, utts=None):
-        """UserError unless every utt (default: all of utt2num_frames) is stored with that length."""
+        """UserError unless each utt (default: all of utt2num_frames) is stored with its length."""
         if isinstance(utt2num_frames, (str, os.PathLike)):
             from asrkd.data import DataDir
 

@@ -299,7 +299,8 @@ def collect(exp_dir):
     mean = by_key["single_mean"]
     for r in rows:
         if r["kind"] == "student":
-            r["gain_frame_acc"] = gain_recovered(r["frame_acc"], mean["frame_acc"], ens["frame_acc"])
+            r["gain_frame_acc"] = gain_recovered(r["frame_acc"], mean["frame_acc"],
+                                                 ens["frame_acc"])
             r["gain_wer"] = gain_recovered(r["wer"], mean["wer"], ens["wer"])
     timings = read_timings(os.path.join(exp_dir, "timings.tsv"))
     curves = {m["name"]: m["curve"] for m in singles if m["curve"]}
@@ -324,6 +325,10 @@ def _fmt(v, std=None, digits=2):
     return f"{v:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{v:.{digits}f}"
 
 
+def _fmt_pct(v):
+    return "-" if v is None else f"{v:.1f}%"
+
+
 def _fmt_params(n):
     if not n:
         return "-"
@@ -346,11 +351,10 @@ def render_markdown(res):
             continue
         acc = _fmt(r["frame_acc"], r.get("frame_acc_std"))
         wer = _fmt(r["wer"], r.get("wer_std"))
-        g_acc = _fmt(r.get("gain_frame_acc"), digits=1) + ("%" if r.get("gain_frame_acc") is not None else "")
-        g_wer = _fmt(r.get("gain_wer"), digits=1) + ("%" if r.get("gain_wer") is not None else "")
-        if r["kind"] != "student":
-            g_acc = g_wer = ""
-        lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {acc} | {wer} | {g_acc} | {g_wer} |")
+        g_acc, g_wer = (_fmt_pct(r.get("gain_frame_acc")), _fmt_pct(r.get("gain_wer"))) \
+            if r["kind"] == "student" else ("", "")
+        lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {acc} | {wer} "
+                     f"| {g_acc} | {g_wer} |")
     notes = []
     for r in res["systems"]:
         d = r.get("distill")
@@ -379,7 +383,8 @@ def render_markdown(res):
         lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]
         for t in res["timings"]:
             lines.append(f"| {t['stage']} | {t['seconds']:.1f} |")
-        lines.append(f"| **total** | **{res['total_seconds']:.1f}** ({res['total_seconds'] / 60:.1f} min) |")
+        total = res["total_seconds"]
+        lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) |")
     return "\n".join(lines) + "\n"
 
 

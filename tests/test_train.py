@@ -233,3 +233,13 @@ def test_cli_train_and_user_error(tmp_path, capsys):
     assert os.path.isfile(os.path.join(exp, "final.pt"))
     assert main(["train", data, str(tmp_path / "nope"), exp, "--conf", str(conf)]) == 1
     assert "missing pdf.scp" in capsys.readouterr().err
+
+
+def test_repo_confs_parse():
+    root = os.path.join(os.path.dirname(__file__), "..", "conf")
+    mc, tc = load_conf(os.path.join(root, "dnn.yaml"))
+    assert mc.family == "dnn" and mc.context == 11
+    mc, _ = load_conf(os.path.join(root, "dnn_paper.yaml"))
+    assert mc.context == 26 and mc.left_context == 20 and mc.hidden_dims == [2560] * 8
+    mc, _ = load_conf(os.path.join(root, "tdnn.yaml"))
+    assert mc.family == "tdnn" and mc.left_context == mc.right_context == 10

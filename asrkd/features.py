@@ -313,6 +313,19 @@ def compute_features(samples, config, backend="torchaudio", device="cpu"):
 
 def _feats_job(items, ark, scp, config_dict, backend, device):
     """One job: features for ``items`` [(utt, audio path)] into ark/scp; returns utt -> frames."""
+    import torch
+
+    # One thread per job: the per-utterance ops are too small to gain from more, and idle
+    # OpenMP threads spin, which on a shared machine made one job 3-8x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _feats_job_body(items, ark, scp, config_dict, backend, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _feats_job_body(items, ark, scp, config_dict, backend, device):
     config = config_from_dict(config_dict)
     extract = make_extractor(config, backend, device)
     frames = {}
@@ -358,7 +371,7 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torchaudio", device
         jobs.append(([(u, wav[u]) for u in chunk], ark, ark[:-4] + ".scp",
                      config.to_dict(), backend, device))
     results = run_jobs(_feats_job, jobs, nj, os.path.join(feat_dir, "log"), f"make_{name}",
-                       desc=f"compute-feats {name}", threads_per_job=1 if nj > 1 else None)
+                       desc=f"compute-feats {name}")
     # Archives of an earlier run with more jobs are no longer referenced: remove them.
     current = {j[1] for j in jobs} | {j[2] for j in jobs}
     for old in glob.glob(os.path.join(feat_dir, f"{name}.*.ark")) + glob.glob(

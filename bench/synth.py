@@ -3,18 +3,30 @@
 Times the whole ``synth_corpus`` call (text selection, babble bank, synthesis, resampling,
 room simulation, FLAC writing) and reports seconds of audio written per wall-clock second. The
 machine is shared, so each condition is repeated and the best (least disturbed) run is shown
-beside the median.
+beside the median. A last nj=1 run per condition also reports audio seconds per CPU second
+(this process plus its espeak server and the server's speaker children), which other jobs on
+the machine do not disturb: about what one free core gives.
 
     .venv/bin/python bench/synth.py [--minutes 3] [--nj 2] [--repeats 3]
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 
-from asrkd.synth import synth_corpus
+from asrkd.synth import espeak, synth_corpus
 from asrkd.synth.text import split_sentences
+
+
+def _server_cpu():
+    """CPU seconds of this process's espeak server and its reaped children (Linux /proc)."""
+    if espeak._server is None or espeak._server[0] != os.getpid():
+        return 0.0
+    with open(f"/proc/{espeak._server[1].pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # u, s, cu, cs
 
 
 def main():
@@ -36,6 +48,11 @@ def main():
         print(f"{condition:5s}: {audio:6.1f} s audio, nj={args.nj}: "
               f"{audio / min(walls):6.1f}x real time (best), "
               f"{audio / statistics.median(walls):6.1f}x (median) of {args.repeats} runs")
+        with tempfile.TemporaryDirectory() as d:
+            c0, s0 = time.process_time(), _server_cpu()
+            synth_corpus(d, hours=hours, condition=condition, seed=0, nj=1)
+            cpu = time.process_time() - c0 + _server_cpu() - s0
+        print(f"{condition:5s}: {audio / cpu:6.1f}x real time per CPU second (nj=1)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,18 @@ A data dir holds one utterance per line in each of: ``wav.scp`` (utt -> audio fi
 the feature stage ``feats.scp``, ``utt2num_frames`` and ``cmvn.scp`` (per speaker). All files
 are sorted by key (byte order, as Kaldi's ``LC_ALL=C sort``).
 
-Deviation from Kaldi: ``wav.scp`` holds plain file paths (FLAC or WAV, read with soundfile),
-never shell pipelines.
+``prepare_librispeech`` builds a data dir from a LibriSpeech subset, ``validate_data_dir``
+checks one (other stages call it before they trust a dir), ``subset_data_dir`` splits by
+speaker and ``copy_data_dir`` copies metadata.
+
+Deviations from Kaldi:
+- ``wav.scp`` holds plain absolute file paths (FLAC or WAV, read with soundfile), never shell
+  pipelines.
+- Preparation does not stop at the first bad utterance (Kaldi's scripts die or, worse,
+  silently drop lines in ``fix_data_dir.sh``): each unusable utterance is left out and listed
+  with its reason in ``DATA_DIR/log/rejected.txt``; see REJECT_REASONS.
+- The validator also requires every utterance id to start with its speaker id (Kaldi only
+  warns), because sorting by utterance must keep speakers contiguous.
 """
 
 import contextlib

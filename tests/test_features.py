@@ -18,7 +18,7 @@ from asrkd import cli
 from asrkd.data import prepare_librispeech, validate_data_dir
 from asrkd.errors import DataDirError, UserError
 from asrkd.features import (FbankConfig, FeatureReader, MfccConfig, _TorchaudioExtractor,
-                            add_deltas, compute_cmvn, compute_feats, compute_features,
+                            add_deltas, compute_feats, compute_features,
                             load_feature_config, num_frames)
 
 SR = 16000
@@ -151,6 +151,7 @@ def test_cmvn_stats_and_reader(data_dir, tmp_path):
     import kaldiio
 
     cmvn = {k: kaldiio.load_mat(v) for k, v in d.table("cmvn.scp").items()}
+    mean_r, mv_r = FeatureReader(data_dir, "mean"), FeatureReader(data_dir, "meanvar", 2)
     assert sorted(cmvn) == ["1", "2", "33"]
     for spk, utts in d.spk2utt.items():
         x = np.concatenate([raw[u] for u in utts]).astype(np.float64)
@@ -161,7 +162,6 @@ def test_cmvn_stats_and_reader(data_dir, tmp_path):
         np.testing.assert_allclose(s[1, :-1], (x * x).sum(0), rtol=1e-9)
         assert s[1, -1] == 0
 
-        mean_r, mv_r = FeatureReader(data_dir, "mean"), FeatureReader(data_dir, "meanvar", 2)
         y = np.concatenate([mean_r[u] for u in utts])
         assert np.abs(y.mean(0)).max() < 1e-3
         np.testing.assert_allclose(y, x - x.mean(0), atol=1e-3)

@@ -11,6 +11,9 @@ Input layout (relative to EXP_DIR; the recipe follows it, see ``SYSTEMS``)::
     student_small_hard/decode_test/   small, hard targets    score.json, frame_acc
     timings.tsv                       optional: `stage seconds` or `n<TAB>name<TAB>seconds`
 
+Other test sets follow the same layout with ``decode_<name>`` (e.g. decode_test_clean); every
+``decode_*`` name found except ``dev*`` gets its own table (``test`` first), or pass the names.
+
 - ``score.json`` is what ``asrkd.score.score()`` writes: WER is recomputed from its counts as
   100 * (ins + del + sub) / words when they are present, else its ``wer`` (a percentage) is
   used; without score.json the ``%WER x`` line of the Kaldi-style ``wer`` summary is read.
@@ -176,7 +179,7 @@ def model_checkpoints(exp_dir, system):
     return [path] if os.path.isfile(path) else []
 
 
-def fill_frame_acc(exp_dir, data_dir, ali_dir, recompute=False):
+def fill_frame_acc(exp_dir, data_dir, ali_dir, test_set="test", recompute=False):
     """Write decode_dir/frame_acc (a fraction) for every trained DNN system lacking one.
 
     Returns {decode dir (relative): frame accuracy} of what was computed.
@@ -188,10 +191,10 @@ def fill_frame_acc(exp_dir, data_dir, ali_dir, recompute=False):
         if s.kind == "single":
             model_glob = os.path.join(exp_dir, os.path.dirname(s.decode_dir), "final.pt")
             for ckpt in sorted(glob.glob(model_glob)):
-                decode = os.path.join(os.path.dirname(ckpt), os.path.basename(s.decode_dir))
+                decode = os.path.join(os.path.dirname(ckpt), "decode_" + test_set)
                 todo.append((os.path.relpath(decode, exp_dir), [ckpt]))
         else:
-            todo.append((s.decode_dir, model_checkpoints(exp_dir, s)))
+            todo.append((decode_dir(s, test_set), model_checkpoints(exp_dir, s)))
     done = {}
     for rel, ckpts in todo:
         out = os.path.join(exp_dir, rel, "frame_acc")
@@ -258,14 +261,30 @@ def gain_recovered(value, single_mean, ensemble):
     return 100.0 * (value - single_mean) / (ensemble - single_mean)
 
 
-def collect(exp_dir):
-    """All figures of the report as a dict (what results.json holds)."""
+def decode_dir(system, test_set="test"):
+    """A system's decode dir (relative to EXP_DIR) for a test set: ``.../decode_<test_set>``."""
+    return os.path.join(os.path.dirname(system.decode_dir), "decode_" + test_set)
+
+
+def find_test_sets(exp_dir):
+    """Test sets decoded anywhere in the layout (decode_* dirs, dev* excluded); ["test"] if none."""
+    names = set()
+    for s in SYSTEMS:
+        for d in glob.glob(os.path.join(exp_dir, decode_dir(s, "*"))):
+            name = os.path.basename(d)[len("decode_"):]
+            if os.path.isdir(d) and not name.startswith("dev"):
+                names.add(name)
+    return sorted(names, key=lambda n: (n != "test", n)) or ["test"]
+
+
+def collect(exp_dir, test_set="test"):
+    """All figures of the report for one test set as a dict (what results.json holds)."""
     if not os.path.isdir(exp_dir):
         raise UserError(f"{exp_dir}: not a directory")
     rows, singles = [], []
     for s in SYSTEMS:
         if s.kind == "single":
-            dirs = sorted(glob.glob(os.path.join(exp_dir, s.decode_dir)))
+            dirs = sorted(glob.glob(os.path.join(exp_dir, decode_dir(s, test_set))))
             for d in dirs:
                 m = _measure(exp_dir, os.path.relpath(d, exp_dir))
                 m["name"] = os.path.basename(os.path.dirname(d))
@@ -287,7 +306,7 @@ def collect(exp_dir):
                 "params": rows[-1]["params"],
             })
             continue
-        m = _measure(exp_dir, s.decode_dir)
+        m = _measure(exp_dir, decode_dir(s, test_set))
         m.pop("curve")
         if s.kind == "student":
             m["distill"] = read_distill_info(os.path.dirname(os.path.join(exp_dir, s.decode_dir)))
@@ -311,6 +330,7 @@ def collect(exp_dir):
                 curves[s.key] = c
     return {
         "exp_dir": os.path.abspath(exp_dir),
+        "test_set": test_set,
         "systems": rows,
         "singles": [{k: v for k, v in m.items() if k != "curve"} for m in singles],
         "curves": {k: {"epoch": e, "valid_frame_acc": a} for k, (e, a) in curves.items()},
@@ -335,26 +355,17 @@ def _fmt_params(n):
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
-def render_markdown(res):
+def render_markdown(results, charts):
+    """results: one collect() dict per test set; charts: {test set: PNG file name}."""
+    res = results[0]
     lines = [
         "# Results: knowledge distillation of a DNN-HMM ensemble",
         "",
-        f"Experiment: `{res['exp_dir']}`. Test set. Frame accuracy is on the forced-alignment "
-        "pdf targets. Gain recovered = (system - mean single) / (ensemble - mean single).",
-        "",
-        "| system | params | frame acc % | WER % | gain recovered (acc) | gain recovered (WER) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"Experiment: `{res['exp_dir']}`. Frame accuracy is on the forced-alignment pdf targets "
+        "of the test set. Gain recovered = (system - mean single) / (ensemble - mean single).",
     ]
-    for r in res["systems"]:
-        if not r["present"]:
-            lines.append(f"| {r['label']} | missing | - | - | - | - |")
-            continue
-        acc = _fmt(r["frame_acc"], r.get("frame_acc_std"))
-        wer = _fmt(r["wer"], r.get("wer_std"))
-        g_acc, g_wer = (_fmt_pct(r.get("gain_frame_acc")), _fmt_pct(r.get("gain_wer"))) \
-            if r["kind"] == "student" else ("", "")
-        lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {acc} | {wer} "
-                     f"| {g_acc} | {g_wer} |")
+    for r in results:
+        lines += _render_test_set(r, charts[r["test_set"]])
     notes = []
     for r in res["systems"]:
         d = r.get("distill")
@@ -372,11 +383,6 @@ def render_markdown(res):
         notes.append(f"- {r['label']}: " + ", ".join(p for p in parts if p))
     if notes:
         lines += ["", "Distillation settings:", ""] + notes
-    if res["singles"]:
-        lines += ["", "## Single models", "", "| model | frame acc % | WER % |", "|---|---:|---:|"]
-        for m in res["singles"]:
-            lines.append(f"| {m['name']} | {_fmt(m['frame_acc'])} | {_fmt(m['wer'])} |")
-    lines += ["", "![frame accuracy and WER per system](results.png)"]
     if res["curves"]:
         lines += ["", "![validation frame accuracy per epoch](curves.png)"]
     if res["timings"]:
@@ -388,6 +394,32 @@ def render_markdown(res):
     return "\n".join(lines) + "\n"
 
 
+def _render_test_set(res, chart):
+    lines = [
+        "",
+        f"## Test set `{res['test_set']}`",
+        "",
+        "| system | params | frame acc % | WER % | gain recovered (acc) | gain recovered (WER) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["systems"]:
+        if not r["present"]:
+            lines.append(f"| {r['label']} | missing | - | - | - | - |")
+            continue
+        acc = _fmt(r["frame_acc"], r.get("frame_acc_std"))
+        wer = _fmt(r["wer"], r.get("wer_std"))
+        g_acc, g_wer = (_fmt_pct(r.get("gain_frame_acc")), _fmt_pct(r.get("gain_wer"))) \
+            if r["kind"] == "student" else ("", "")
+        lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {acc} | {wer} "
+                     f"| {g_acc} | {g_wer} |")
+    if res["singles"]:
+        lines += ["", "Single models:", "", "| model | frame acc % | WER % |", "|---|---:|---:|"]
+        for m in res["singles"]:
+            lines.append(f"| {m['name']} | {_fmt(m['frame_acc'])} | {_fmt(m['wer'])} |")
+    lines += ["", f"![frame accuracy and WER per system]({chart})"]
+    return lines
+
+
 def plot_systems(res, path):
     import matplotlib
 
@@ -396,8 +428,8 @@ def plot_systems(res, path):
 
     rows = [r for r in res["systems"] if r["present"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, title in ((axes[0], "frame_acc", "test frame accuracy (%)"),
-                           (axes[1], "wer", "test WER (%)")):
+    for ax, key, title in ((axes[0], "frame_acc", f"{res['test_set']}: frame accuracy (%)"),
+                           (axes[1], "wer", f"{res['test_set']}: WER (%)")):
         sel = [r for r in rows if r[key] is not None]
         labels = [r["label"] for r in sel]
         vals = [r[key] for r in sel]
@@ -451,16 +483,27 @@ def _savefig(fig, path):
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def write_report(exp_dir):
-    """Write EXP_DIR/results.{md,json,png} (+ curves.png); return the collected figures."""
-    res = collect(exp_dir)
-    plot_systems(res, os.path.join(exp_dir, "results.png"))
+def write_report(exp_dir, test_sets=None):
+    """Write EXP_DIR/results.{md,json,png} (+ curves.png); return the collected figures.
+
+    ``test_sets``: names of the decode_<name> dirs to report (default: all found, ``test``
+    first). The first one's figures are the top level of results.json and results.png; every
+    set's figures are under ``by_test_set`` (charts ``results_<name>.png`` for the others).
+    """
+    sets = list(test_sets) if test_sets else find_test_sets(exp_dir)
+    results = [collect(exp_dir, t) for t in sets]
+    charts = {t: "results.png" if i == 0 else f"results_{t}.png" for i, t in enumerate(sets)}
+    for r in results:
+        plot_systems(r, os.path.join(exp_dir, charts[r["test_set"]]))
+    res = dict(results[0])
     if res["curves"]:
         plot_curves(res, os.path.join(exp_dir, "curves.png"))
+    res["by_test_set"] = {r["test_set"]: {"systems": r["systems"], "singles": r["singles"]}
+                          for r in results}
     with atomic_path(os.path.join(exp_dir, "results.json")) as tmp, open(tmp, "w") as f:
         json.dump(res, f, indent=2)
         f.write("\n")
-    md = render_markdown(res)
+    md = render_markdown(results, charts)
     with atomic_path(os.path.join(exp_dir, "results.md")) as tmp, open(tmp, "w") as f:
         f.write(md)
     return res

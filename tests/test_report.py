@@ -93,6 +93,23 @@ def test_report_numbers(exp):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_report_several_test_sets(exp):
+    _system(exp, "tri/decode_test_other", (0, 0, 50, 200))
+    _system(exp, "teachers/model1/decode_test_other", (0, 0, 30, 200), 0.4)
+    _system(exp, "tri/decode_dev", (0, 0, 1, 200))  # dev sets are not reported
+    res = write_report(exp)
+    assert list(res["by_test_set"]) == ["test", "test_other"] and res["test_set"] == "test"
+    other = {r["key"]: r for r in res["by_test_set"]["test_other"]["systems"]}
+    assert other["tri"]["wer"] == pytest.approx(25.0)
+    assert other["single_mean"]["n"] == 1 and other["single_mean"]["frame_acc"] == 40.0
+    assert not other["mono"]["present"]
+    md = (exp / "results.md").read_text()
+    assert "## Test set `test_other`" in md and "(results_test_other.png)" in md
+    assert (exp / "results_test_other.png").is_file()
+    res = write_report(exp, test_sets=["test_other"])
+    assert res["test_set"] == "test_other" and list(res["by_test_set"]) == ["test_other"]
+
+
 def test_report_on_empty_exp_dir(tmp_path):
     res = write_report(tmp_path)
     assert not any(r["present"] for r in res["systems"])

@@ -128,7 +128,10 @@ def _spawn_speaker(engine):
             os.close(req_w)
             os.close(out_r)
             with os.fdopen(req_r, "rb") as f:
-                req = json.loads(f.read())
+                line = f.read()
+            if not line:  # the server went away before asking
+                os._exit(0)
+            req = json.loads(line)
             pcm = _speak(engine, req)
             _write_all(out_w, _HEADER.pack(len(pcm)) + pcm)
         except BaseException as e:  # noqa: BLE001 - reported as a failed reply
@@ -201,14 +204,20 @@ def synthesize(text, voice="en", pitch=50, pitch_range=50, rate=175, seed=0):
     """
     import numpy as np
 
+    global _server
     proc = _get_server()
     req = {"text": text, "voice": voice, "pitch": int(pitch), "pitch_range": int(pitch_range),
            "rate": int(rate), "seed": int(seed)}
-    proc.stdin.write(json.dumps(req).encode() + b"\n")
-    (n,) = _HEADER.unpack(_read_exact(proc.stdout, _HEADER.size))
+    try:
+        proc.stdin.write(json.dumps(req).encode() + b"\n")
+        (n,) = _HEADER.unpack(_read_exact(proc.stdout, _HEADER.size))
+        pcm = _read_exact(proc.stdout, max(n, 0))
+    except (OSError, RuntimeError):
+        _server = None  # a dead server: the next call starts a new one
+        raise
     if n < 0:
         raise RuntimeError(f"espeak-ng failed for voice {voice!r} and text {text!r}")
-    pcm = np.frombuffer(_read_exact(proc.stdout, n), dtype="<i2")
+    pcm = np.frombuffer(pcm, dtype="<i2")
     return pcm.astype(np.float32) / 32768.0
 
 

@@ -147,6 +147,8 @@ def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
             HCLG.write(tmp)
         print(f"make-graph: G {G.num_states} states ({tG:.1f} s), HCLG {HCLG.num_states} states, "
               f"{_num_arcs(HCLG)} arcs ({time.time() - t0:.1f} s total) -> {HCLG_path}")
+    else:
+        print(f"make-graph: {HCLG_path} is newer than its inputs, kept")
     for src, name in ((words_txt, "words.txt"), (os.path.join(lang.dir, "phones.txt"), "phones.txt"),
                       (mdl, "final.mdl"), (tree, "tree")):
         shutil.copyfile(src, os.path.join(graph_dir, name))

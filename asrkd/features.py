@@ -362,6 +362,9 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torchaudio", device
     feat_dir = os.path.abspath(os.fspath(feat_dir))
     os.makedirs(feat_dir, exist_ok=True)
     name = f"{config.kind}_{os.path.basename(os.path.normpath(d.path))}"
+    # Temp files of a killed earlier run (never renamed into place, so never trusted).
+    for tmp in glob.glob(os.path.join(feat_dir, f".{name}.*.tmp")):
+        os.unlink(tmp)
     wav = d.wav
     # Sorted contiguous chunks keep each job's scp sorted, so concatenation stays sorted.
     chunks = [c for c in split_evenly(sorted(wav), max(1, nj)) if c]
@@ -462,25 +465,23 @@ def delta_scales(order, window):
 
 def add_deltas(feats, order=2, window=2):
     """Kaldi ``add-deltas``: (T, D) -> (T, D * (order + 1)), frames clamped at the edges."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
     feats = np.asarray(feats, dtype=np.float32)
     if order == 0:
         return feats
     t, dim = feats.shape
-    scales = delta_scales(order, window)
-    half = (len(scales[-1]) - 1) // 2
+    if t == 0:
+        return np.zeros((0, dim * (order + 1)), dtype=np.float32)
+    half = order * window
+    taps = np.zeros((2 * half + 1, order + 1), dtype=np.float32)  # (K, order + 1)
+    for i, s in enumerate(delta_scales(order, window)):
+        h = (len(s) - 1) // 2
+        taps[half - h: half + h + 1, i] = s
     idx = np.clip(np.arange(-half, t + half), 0, max(t - 1, 0))
-    padded = feats[idx].astype(np.float64)  # (T + 2*half, D)
-    out = np.empty((t, dim * (order + 1)), dtype=np.float32)
-    out[:, :dim] = feats
-    for i in range(1, order + 1):
-        taps = scales[i]
-        h = (len(taps) - 1) // 2
-        acc = np.zeros((t, dim), dtype=np.float64)
-        for k, c in enumerate(taps):
-            if c != 0.0:
-                start = half - h + k
-                acc += c * padded[start: start + t]
-        out[:, i * dim: (i + 1) * dim] = acc
+    win = sliding_window_view(feats[idx], 2 * half + 1, axis=0)  # (T, D, K) view
+    out = np.ascontiguousarray((win @ taps).transpose(0, 2, 1)).reshape(t, -1)
+    out[:, :dim] = feats  # exact copy of the statics
     return out
 
 

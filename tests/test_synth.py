@@ -86,7 +86,8 @@ def test_librispeech_layout(clean):
                         assert re.fullmatch(rf"{spk}-{chap}-\d{{4}}\.flac", n)
                         flacs.add(n[:-5])
                         info = sf.info(str(root / subset / spk / chap / n))
-                        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+                        got = (info.samplerate, info.channels, info.subtype)
+                        assert got == (16000, 1, "PCM_16")
                         assert 0.5 < info.duration < 15
         assert flacs == set(text)
         for words in text.values():

@@ -12,7 +12,8 @@ def add_arguments(parser):
                         help="clean (dry speech) or other (reverberation + 5-20 dB noise)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; the same arguments give byte-identical files")
-    parser.add_argument("--nj", type=int, default=1, help="parallel jobs (output does not depend on it)")
+    parser.add_argument("--nj", type=int, default=1,
+                        help="parallel jobs (output does not depend on it)")
     parser.add_argument("--num-speakers", type=int, default=None,
                         help="training speakers (default max(4, 40 per hour)); "
                         "dev and test get max(2, 20%%) each")

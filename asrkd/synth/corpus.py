@@ -265,7 +265,8 @@ def _write_text_files(out_dir, items):
         by_chapter.setdefault(os.path.dirname(it["path"]), []).append(it)
     for chap_dir, its in by_chapter.items():
         spk, chap = its[0]["utt"].split("-")[:2]
-        lines = "".join(f"{it['utt']} {it['words']}\n" for it in sorted(its, key=lambda i: i["utt"]))
+        its = sorted(its, key=lambda i: i["utt"])
+        lines = "".join(f"{it['utt']} {it['words']}\n" for it in its)
         with open(os.path.join(out_dir, chap_dir, f"{spk}-{chap}.trans.txt"), "w") as f:
             f.write(lines)
 

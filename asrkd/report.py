@@ -2,21 +2,23 @@
 
 Input layout (relative to EXP_DIR; the recipe follows it, see ``SYSTEMS``)::
 
-    mono/decode_test/                 GMM monophone          score.json (frame_acc optional)
-    tri/decode_test/                  GMM triphone           score.json (frame_acc optional)
-    teachers/model*/decode_test/      each single DNN        score.json, frame_acc
-    teachers/decode_test/             the ensemble           score.json, frame_acc
-    distill/decode_test/              distilled, same size   score.json, frame_acc
-    student_small_kd/decode_test/     small, distilled       score.json, frame_acc
-    student_small_hard/decode_test/   small, hard targets    score.json, frame_acc
+    mono/decode_test/                 GMM monophone          wer (frame_acc optional)
+    tri/decode_test/                  GMM triphone           wer (frame_acc optional)
+    teachers/model*/decode_test/      each single DNN        wer, frame_acc
+    teachers/decode_test/             the ensemble           wer, frame_acc
+    distill/decode_test/              distilled, same size   wer, frame_acc
+    student_small_kd/decode_test/     small, distilled       wer, frame_acc
+    student_small_hard/decode_test/   small, hard targets    wer, frame_acc
+    frac_hard/decode_test/            optional (paper's table 5): trained on a fraction of the
+    frac_kd/decode_test/              data (--train-fraction) on hard / soft targets
     timings.tsv                       optional: `stage seconds` or `n<TAB>name<TAB>seconds`
 
 Other test sets follow the same layout with ``decode_<name>`` (e.g. decode_test_clean); every
 ``decode_*`` name found except ``dev*`` gets its own table (``test`` first), or pass the names.
 
-- ``score.json`` is what ``asrkd.score.score()`` writes: WER is recomputed from its counts as
-  100 * (ins + del + sub) / words when they are present, else its ``wer`` (a percentage) is
-  used; without score.json the ``%WER x`` line of the Kaldi-style ``wer`` summary is read.
+- WER: the ``%WER x`` line of the Kaldi-style ``wer`` summary that ``asrkd.score.score()``
+  writes into the decode dir. If a ``score.json`` (the dict score() returns) is there, it wins:
+  100 * (ins + del + sub) / words from its counts, else its ``wer`` (a percentage).
 - ``frame_acc`` holds one float: a fraction in [0, 1] (as ``asrkd.train.frame_accuracy``
   returns); values above 1 are read as percentages.
 - Training curves come from ``train_log.csv`` in each decode dir's parent (the model's exp dir):
@@ -56,7 +58,8 @@ class System:
     key: str
     label: str
     decode_dir: str  # relative to EXP_DIR
-    kind: str  # "gmm" | "single" | "ensemble" | "student"
+    kind: str  # "gmm" | "single" | "ensemble" | "student" | "fraction"
+    optional: bool = False  # left out of the table (not shown as missing) when absent
 
 
 SINGLES_GLOB = "teachers/model*/decode_test"
@@ -70,6 +73,10 @@ SYSTEMS = (
     System("student_small_kd", "small DNN, distilled", "student_small_kd/decode_test", "student"),
     System("student_small_hard", "small DNN, hard targets only",
            "student_small_hard/decode_test", "student"),
+    System("frac_hard", "DNN on a data fraction, hard targets", "frac_hard/decode_test",
+           "fraction", optional=True),
+    System("frac_kd", "DNN on a data fraction, soft targets", "frac_kd/decode_test", "fraction",
+           optional=True),
 )
 
 
@@ -308,7 +315,9 @@ def collect(exp_dir, test_set="test"):
             continue
         m = _measure(exp_dir, decode_dir(s, test_set))
         m.pop("curve")
-        if s.kind == "student":
+        if s.optional and not m["present"]:
+            continue
+        if s.kind in ("student", "fraction"):
             m["distill"] = read_distill_info(os.path.dirname(os.path.join(exp_dir, s.decode_dir)))
         rows.append({"key": s.key, "label": s.label, "kind": s.kind, **m})
     by_key = {r["key"]: r for r in rows}
@@ -324,7 +333,7 @@ def collect(exp_dir, test_set="test"):
     timings = read_timings(os.path.join(exp_dir, "timings.tsv"))
     curves = {m["name"]: m["curve"] for m in singles if m["curve"]}
     for s in SYSTEMS:
-        if s.kind == "student":
+        if s.kind in ("student", "fraction"):
             c = read_curve(os.path.dirname(os.path.join(exp_dir, s.decode_dir)))
             if c:
                 curves[s.key] = c
@@ -435,7 +444,7 @@ def plot_systems(res, path):
         vals = [r[key] for r in sel]
         errs = [r.get(key + "_std") or 0.0 for r in sel]
         colors = [{"gmm": "0.6", "single": "tab:blue", "ensemble": "tab:green",
-                   "student": "tab:orange"}[r["kind"]] for r in sel]
+                   "student": "tab:orange", "fraction": "tab:purple"}[r["kind"]] for r in sel]
         ax.barh(range(len(sel)), vals, xerr=errs, color=colors)
         ax.set_yticks(range(len(sel)), labels)
         ax.invert_yaxis()

@@ -53,6 +53,7 @@ def _row(res, key):
 
 def test_report_numbers(exp):
     res = write_report(exp)
+    assert [r["key"] for r in res["systems"]][-1] == "student_small_hard"  # optional rows absent
     mean = _row(res, "single_mean")
     assert mean["n"] == 3
     assert mean["frame_acc"] == pytest.approx(52.0)
@@ -91,6 +92,18 @@ def test_report_numbers(exp):
     for png in ("results.png", "curves.png"):
         data = (exp / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_report_optional_fraction_rows(exp):
+    _system(exp, "frac_hard/decode_test", (0, 0, 40, 200), 0.40)
+    _system(exp, "frac_kd/decode_test", (0, 0, 30, 200), 0.50, curve=[0.3, 0.5])
+    (exp / "frac_kd" / "distill.json").write_text(json.dumps(
+        {"temperature": 2.0, "alpha": 0.5, "train_fraction": 0.03, "soft_dir": "x"}))
+    res = write_report(exp)
+    assert _row(res, "frac_hard")["frame_acc"] == pytest.approx(40.0)
+    assert _row(res, "frac_kd")["wer"] == pytest.approx(15.0)
+    assert "frac_kd" in res["curves"]
+    assert "trained on 3% of the data" in (exp / "results.md").read_text()
 
 
 def test_report_several_test_sets(exp):

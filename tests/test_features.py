@@ -107,7 +107,10 @@ def test_compute_feats_nj_and_cli(data_dir, tmp_path):
     assert all(one[u].shape == (num_frames(round(d.utt2dur[u] * SR), FbankConfig()), 40)
                for u in one)
     assert d.utt2num_frames == {u: len(v) for u, v in one.items()}
+    killed = os.path.join(feat_dir, ".fbank_train.2.ark.x1y2.tmp")  # as a SIGKILL leaves it
+    open(killed, "wb").write(b"half an archive")
     compute_feats(data_dir, feat_dir, FbankConfig(), nj=2)
+    assert not os.path.exists(killed)
     assert len(glob.glob(os.path.join(feat_dir, "fbank_train.*.ark"))) == 2
     assert os.path.isfile(os.path.join(feat_dir, "log", "make_fbank_train.2.log"))
     two = read_all(data_dir)

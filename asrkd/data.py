@@ -322,13 +322,14 @@ def _check_sorted(path):
             prev = key
 
 
-def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt")):
+def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True):
     """Check a data dir and return it as a DataDir; raise DataDirError on the first problem.
 
     Checks: the files in ``need`` exist; every table present is sorted with unique keys; all
     per-utterance tables cover the same utterances; spk2utt is the inverse of utt2spk; each
     utterance id starts with its speaker id (Kaldi's sorting convention); wav.scp paths are
-    absolute files; utt2dur / utt2num_frames are positive numbers; feats.scp frame counts equal
+    absolute paths of existing files (unless ``check_audio=False``, for stages that only read
+    features); utt2dur / utt2num_frames are positive numbers; feats.scp frame counts equal
     utt2num_frames; cmvn.scp covers exactly the speakers, with 2 x (dim + 1) stats whose frame
     count is the speaker's total.
     """
@@ -374,7 +375,7 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt")):
         for utt, words in d.text.items():
             if not words.strip():
                 raise DataDirError(f"{d.file('text')}: {utt}: empty transcript")
-    if d.has("wav.scp"):
+    if d.has("wav.scp") and check_audio:
         for utt, p in d.wav.items():
             if not os.path.isabs(p) or not os.path.isfile(p):
                 raise DataDirError(f"{d.file('wav.scp')}: {utt}: {p!r} is not an absolute path "

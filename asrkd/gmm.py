@@ -184,6 +184,8 @@ class PackedGmm:
             np.float64)
         self.num_pdfs = len(w)
         self.dim = self.inv_vars.shape[1]
+        self.w2 = np.concatenate([self.means_invvars, -0.5 * self.inv_vars], axis=1)  # (G, 2D)
+        self.w2_32 = self.w2.astype(np.float32)
         self._w32 = None
 
     @property
@@ -245,37 +247,58 @@ class GmmStats:
 def accumulate(packed, feats, pdfs, stats=None):
     """Add Viterbi statistics of frames ``feats`` (N, D) aligned to ``pdfs`` (N,) to ``stats``.
 
-    Frames are grouped by pdf; per pdf one matrix product gives all its Gaussians'
-    log-likelihoods, their softmax the posteriors, and two more products the first- and
-    second-order statistics. Equals Kaldi's AccumAmDiagGmm::AccumulateForGmm summed over frames.
+    Frames are sorted by pdf; per pdf, one product of [x, x^2] (n, 2D) with the pdf's
+    [mean*ivar, -ivar/2] (k, 2D) gives all its Gaussians' log-likelihoods, their softmax the
+    posteriors, and one more product the first- and second-order statistics together. Equals
+    Kaldi's AccumAmDiagGmm::AccumulateForGmm summed over frames. Pass many utterances' frames
+    at once: the cost per pdf present is a few numpy calls.
     """
     if stats is None:
         stats = GmmStats.zeros(len(packed.gauss2pdf), packed.dim)
-    feats = np.asarray(feats, dtype=np.float64)
     pdfs = np.asarray(pdfs, dtype=np.int64)
     if len(feats) != len(pdfs):
         raise ValueError(f"{len(feats)} frames but {len(pdfs)} alignment entries")
-    order = np.argsort(pdfs, kind="stable")
+    if len(pdfs) == 0:
+        return stats
+    dim = packed.dim
+    feats = np.asarray(feats, dtype=np.float32)
+    # radix sort on 16-bit keys when they fit (much faster than sorting int64)
+    keys = pdfs.astype(np.int16) if packed.num_pdfs < 2 ** 15 else pdfs
+    order = np.argsort(keys, kind="stable")
     sp = pdfs[order]
-    bounds = np.flatnonzero(np.diff(sp)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(sp)]])
-    for s, e in zip(starts, ends):
-        if s == e:
+    # float32 products (as Kaldi's BaseFloat likelihoods), float64 accumulators; each pdf's
+    # frames are gathered inside the loop so the working set stays in cache, and Gaussians
+    # are rows (k, n) so that reductions over them run along contiguous memory
+    w2, gconsts = packed.w2_32, packed.gconsts
+    gc32 = gconsts.astype(np.float32)[:, None]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(sp)) + 1])
+    ends = np.concatenate([starts[1:], [len(sp)]])
+    offsets = packed.offsets
+    occ, sx, loglike = stats.occ, np.zeros((len(gconsts), 2 * dim)), 0.0
+    for s, e, p in zip(starts.tolist(), ends.tolist(), sp[starts].tolist()):
+        g0, g1 = offsets[p], offsets[p + 1]
+        xs = np.empty((e - s, 2 * dim), dtype=np.float32)  # (n, 2D) = [x, x^2]
+        np.take(feats, order[s:e], axis=0, out=xs[:, :dim])
+        np.multiply(xs[:, :dim], xs[:, :dim], out=xs[:, dim:])
+        if g1 - g0 == 1:
+            loglike += float((w2[g0] @ xs.T).sum(dtype=np.float64)) + (e - s) * gconsts[g0]
+            occ[g0] += e - s
+            sx[g0] += xs.sum(axis=0, dtype=np.float64)
             continue
-        p = sp[s]
-        x = feats[order[s:e]]
-        g = slice(packed.offsets[p], packed.offsets[p + 1])
-        ll = packed.gauss_loglikes(x, g)  # (n, k)
-        m = ll.max(axis=1, keepdims=True)
-        post = np.exp(ll - m)
-        tot = post.sum(axis=1, keepdims=True)
+        ll = w2[g0:g1] @ xs.T
+        ll += gc32[g0:g1]  # (k, n)
+        m = ll.max(axis=0)
+        ll -= m
+        post = np.exp(ll, out=ll)
+        tot = post.sum(axis=0)
         post /= tot
-        stats.loglike += float((m + np.log(tot)).sum())
-        stats.occ[g] += post.sum(axis=0)
-        stats.x[g] += post.T @ x
-        stats.xx[g] += post.T @ (x * x)
-    stats.frames += len(feats)
+        loglike += m.sum(dtype=np.float64) + np.log(tot).sum(dtype=np.float64)
+        occ[g0:g1] += post.sum(axis=1, dtype=np.float64)
+        sx[g0:g1] += post @ xs  # (k, 2D)
+    stats.x += sx[:, :dim]
+    stats.xx += sx[:, dim:]
+    stats.loglike += float(loglike)
+    stats.frames += len(pdfs)
     return stats
 
 
@@ -450,6 +473,7 @@ def em_iteration(model, data, lang, utts, alis, realign, beam, retry_beam, confi
     tid2pdf = np.asarray(model.tm.transition_id_to_pdf_array(), dtype=np.int64)
     stats = GmmStats.zeros(len(packed.gauss2pdf), packed.dim)
     new_alis, failed = {}, {}
+    buf, nbuf = [], 0
     need = [u for u in utts if u not in graphs] if realign else []
     if need:
         g, bad = compile_graphs(model, lang, {u: data.text[u] for u in need})
@@ -474,9 +498,24 @@ def em_iteration(model, data, lang, utts, alis, realign, beam, retry_beam, confi
             if ali is None:
                 continue
         new_alis[u] = np.asarray(ali, dtype=np.int32)
-        accumulate(packed, x, tid2pdf[new_alis[u]], stats)
+        buf.append((x, tid2pdf[new_alis[u]]))
+        nbuf += len(x)
+        if nbuf >= ACC_BATCH_FRAMES:
+            _flush(packed, buf, stats)
+            nbuf = 0
+    _flush(packed, buf, stats)
     tstats = transition_stats(model.tm, new_alis.values())
     return stats, tstats, new_alis, failed
+
+
+ACC_BATCH_FRAMES = 100000  # frames per accumulate() call: amortizes its per-pdf loop
+
+
+def _flush(packed, buf, stats):
+    if buf:
+        accumulate(packed, np.concatenate([b[0] for b in buf]),
+                   np.concatenate([b[1] for b in buf]), stats)
+        buf.clear()
 
 
 def _em_job(model_dir, data, lang, utts, alis, realign, beam, retry_beam, config):

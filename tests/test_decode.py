@@ -97,3 +97,50 @@ def test_grid_needs_reference(setup, tmp_path):
     with pytest.raises(UserError):
         decode_data_dir(str(root / "graph_mono"), scorer, list(test.feats), str(tmp_path),
                         [0.05, 0.1])
+
+
+def _data_dir(path, data, text_path):
+    """A Kaldi data dir holding ``data``'s features as feats.scp (+ cmvn.scp, utt2num_frames)."""
+    from asrkd.data import write_data_dir
+    from asrkd.features import compute_cmvn
+    from asrkd.table import ArkWriter, write_table
+
+    utts = sorted(data.feats)
+    os.makedirs(path, exist_ok=True)
+    wav = os.path.join(path, "dummy.wav")  # never read: features are given
+    open(wav, "wb").close()
+    write_data_dir(path, {u: wav for u in utts}, {u: data.text[u] for u in utts},
+                   {u: u.split("-")[0] for u in utts})
+    with ArkWriter(os.path.join(path, "feats.ark"), os.path.join(path, "feats.scp")) as w:
+        for u in utts:
+            w[u] = data.feats[u]
+    write_table(os.path.join(path, "utt2num_frames"), {u: len(data.feats[u]) for u in utts})
+    compute_cmvn(path)
+    return path
+
+
+def test_cli_pipeline_parallel(setup):
+    """The verbs on real data dirs (MFCC-like feats + deltas + CMVN read from disk), nj=2."""
+    from asrkd.cli import main
+
+    root, train, test, lang, mono, tri, ref = setup
+    dtrain = _data_dir(str(root / "data_train"), train, None)
+    dtest = _data_dir(str(root / "data_test"), test, None)
+    exp = str(root / "cli_mono")
+    assert main(["train-mono", dtrain, lang.dir, exp, "--num-iters", "6", "--num-gauss", "80",
+                 "--nj", "2"]) == 0
+    assert os.path.isfile(os.path.join(exp, "log", "acc.1.2.log"))
+    ali = str(root / "cli_ali")
+    assert main(["align", dtest, lang.dir, exp, ali, "--nj", "2"]) == 0
+    assert open(os.path.join(ali, "failed")).read() == ""
+    graph = _word_loop_graph(lang, exp, str(root / "cli_graph"))
+    dev = str(root / "cli_dev")
+    assert main(["decode", graph, dtest, exp, dev, "--acwt-grid", "0.05,0.1", "--nj", "2"]) == 0
+    wer = float(open(os.path.join(dev, "wer")).read().split()[1])
+    assert wer < 25.0
+    tst = str(root / "cli_test")
+    assert main(["decode", graph, dtest, exp, tst, "--acwt-from", dev]) == 0
+    assert open(os.path.join(tst, "acwt")).read() == open(os.path.join(dev, "best_acwt")).read()
+    assert main(["score", os.path.join(dtest, "text"), os.path.join(tst, "hyp.txt"),
+                 str(root / "cli_score")]) == 0
+    assert main(["decode", graph, dtest, str(root / "nope"), str(root / "x")]) == 1

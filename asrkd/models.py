@@ -140,6 +140,13 @@ class _AcousticModel(nn.Module):
         """padded (T + left + right, D) -> (T, P)."""
         return self(self.splice(padded)[self.left_context: padded.shape[0] - self.right_context])
 
+    def chunk_logits(self, x):
+        """x (B, c + left + right, D) runs of frames with their context -> logits (B, c, P)."""
+        b, c = x.shape[0], x.shape[1] - self.left_context - self.right_context
+        offsets = torch.arange(self.config.context, device=x.device)
+        win = x[:, torch.arange(c, device=x.device)[:, None] + offsets]  # (B, c, C, D)
+        return self(win.reshape(b * c, self.config.context, -1)).reshape(b, c, -1)
+
     def checkpoint(self, **extra):
         """A weights_only-loadable dict holding everything needed to rebuild the model."""
         return {"format": CHECKPOINT_FORMAT, "model_config": self.config.to_dict(),
@@ -214,8 +221,12 @@ class TDNNAcousticModel(_AcousticModel):
         return self.output(h[:, :, -1])  # (N, P)
 
     def _sequence_logits(self, padded):
-        h = self.hidden(padded.t()[None])  # (1, H, T)
-        return self.output(h[0].t())  # (T, P)
+        return self.chunk_logits(padded[None])[0]
+
+    def chunk_logits(self, x):
+        """x (B, c + left + right, D) -> logits (B, c, P), convolutions shared along the run."""
+        h = self.hidden(x.transpose(1, 2))  # (B, H, c)
+        return self.output(h.transpose(1, 2))  # (B, c, P)
 
 
 FAMILIES = {"dnn": DNNAcousticModel, "tdnn": TDNNAcousticModel}

@@ -63,6 +63,9 @@ class TrainConfig:
     reject_worse: bool = True
     valid_fraction: float = 0.1  # of speakers
     max_frames_per_epoch: int = 0  # 0: all training frames each epoch
+    # > 1: minibatches of runs of consecutive frames (a TDNN shares its convolutions within a
+    # run, as Kaldi's chunk training); batch["x"] is then (B, chunk + left + right, D).
+    chunk_size: int = 1
     num_threads: int = 0  # 0: leave torch's setting
     tensorboard: bool = True
     device: str = "cpu"  # e.g. "cuda"; bit-identical reruns are promised on CPU only
@@ -75,6 +78,8 @@ class TrainConfig:
             raise UserError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.batch_size < 1 or self.lr <= 0 or self.epochs < 1:
             raise UserError("batch_size, lr and epochs must be positive")
+        if self.chunk_size < 1:
+            raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.newbob_metric not in ("loss", "acc"):
             raise UserError(f"newbob_metric must be 'loss' or 'acc', got {self.newbob_metric!r}")
         if not 0 <= self.valid_fraction < 1:
@@ -293,28 +298,68 @@ def _epoch_seed(seed, epoch):
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
 
 
-def _batches(cache, frames, model, batch_size, extra=None, device="cpu"):
+def _chunk_starts(cache, frames, chunk):
+    """Start frames of ``chunk``-frame pieces covering the utterances of ``frames``.
+
+    A last piece that would overrun its utterance is moved back to end with it (a few frames are
+    then seen twice per epoch), so every piece stays inside one utterance.
+    """
+    starts = frames[(frames - cache.offsets[cache.utt_index[frames]]) % chunk == 0]
+    ends = cache.offsets[cache.utt_index[starts] + 1]
+    lo = cache.offsets[cache.utt_index[starts]]
+    return np.maximum(np.minimum(starts, ends - chunk), lo)
+
+
+def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1):
+    """Minibatches of the frames in the given order (chunk > 1: ``frames`` are chunk starts).
+
+    chunk == 1: x (N, C, D) one window per frame. chunk > 1: x (B, chunk + left + right, D), the
+    frames of B pieces in order (N = B * chunk rows of y/extra), and batch["chunk"] = chunk.
+    """
     left, right = model.left_context, model.right_context
-    for s in range(0, len(frames), batch_size):
-        idx = frames[s:s + batch_size]
-        batch = {"x": torch.from_numpy(cache.windows(idx, left, right)),
+    step = batch_size if chunk == 1 else max(1, batch_size // chunk)
+    for s in range(0, len(frames), step):
+        if chunk == 1:
+            idx = frames[s:s + step]
+            x = cache.windows(idx, left, right)
+        else:
+            starts = frames[s:s + step]
+            u = cache.utt_index[starts]
+            lo, hi = cache.offsets[u][:, None], cache.offsets[u + 1][:, None] - 1
+            idx = np.clip(starts[:, None] + np.arange(chunk), lo, hi).ravel()
+            win = np.clip(starts[:, None] + np.arange(-left, chunk + right), lo, hi)
+            x = cache.feats[win]
+        batch = {"x": torch.from_numpy(x),
                  "y": torch.from_numpy(np.asarray(cache.pdf[idx], dtype=np.int64))}
         if extra is not None:
             batch["extra"] = torch.from_numpy(np.asarray(extra[idx]))
-        yield {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if chunk > 1:
+            batch["chunk"] = chunk
+        yield batch
+
+
+def _forward(model, batch):
+    """Logits (N, P) for a batch from ``_batches``."""
+    if "chunk" in batch:
+        return model.chunk_logits(batch["x"]).reshape(-1, model.config.num_pdfs)
+    return model(batch["x"])
 
 
 @torch.no_grad()
-def _evaluate(model, cache, frames, batch_size, device="cpu"):
-    """(CE loss, frame accuracy) on hard targets."""
+def _evaluate(model, cache, utt_ids, device="cpu"):
+    """(CE loss, frame accuracy) on hard targets, whole utterances as in decoding."""
     model.eval()
-    loss, correct = 0.0, 0
-    for batch in _batches(cache, frames, model, max(batch_size, 1024), device=device):
-        logits = model(batch["x"])
-        loss += F.cross_entropy(logits, batch["y"], reduction="sum").item()
-        correct += (logits.argmax(-1) == batch["y"]).sum().item()
-    n = max(len(frames), 1)
-    return loss / n, correct / n
+    loss, correct, n = 0.0, 0, 0
+    for u in utt_ids:
+        a, b = cache.offsets[u], cache.offsets[u + 1]
+        logits = model.utterance_logits(torch.from_numpy(np.array(cache.feats[a:b])).to(device))
+        y = torch.from_numpy(np.asarray(cache.pdf[a:b], dtype=np.int64)).to(device)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        n += int(b - a)
+    n = max(n, 1)
+    return float(loss / n), float(correct / n)
 
 
 def _last_epoch_checkpoint(exp_dir):
@@ -445,17 +490,19 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             t0 = time.time()
             es = _epoch_seed(seed, epoch)
             torch.manual_seed(es)
-            frames = np.random.default_rng(es).permutation(train_frames)
+            chunk = train_config.chunk_size
+            units = train_frames if chunk == 1 else _chunk_starts(cache, train_frames, chunk)
+            frames = np.random.default_rng(es).permutation(units)
             if train_config.max_frames_per_epoch > 0:
-                frames = frames[:train_config.max_frames_per_epoch]
+                frames = frames[:max(1, train_config.max_frames_per_epoch // chunk)]
             _set_lr(opt, state["lr"])
             model.train()
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
-            bar = tqdm(total=len(frames), desc=f"epoch {epoch}", unit="frame", file=sys.stderr,
+            bar = tqdm(total=len(frames) * chunk, desc=f"epoch {epoch}", unit="frame", file=sys.stderr,
                        disable=None, unit_scale=True)
             for batch in _batches(cache, frames, model, train_config.batch_size, extra,
-                                  train_config.device):
-                logits = model(batch["x"])
+                                  train_config.device, chunk):
+                logits = _forward(model, batch)
                 loss = loss_fn(logits, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -467,8 +514,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                 bar.update(n)
             bar.close()
             train_seconds = time.time() - t0
-            valid_loss, valid_acc = _evaluate(model, cache, valid_frames,
-                                              train_config.batch_size, train_config.device)
+            valid_loss, valid_acc = _evaluate(model, cache, valid_utts, train_config.device)
             # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
             if train_config.newbob_metric == "loss":
                 score = -valid_loss

@@ -31,6 +31,12 @@ def test_shapes_and_utterance_logits_match_windows(family, cls):
     for t in (0, 1, 11, 22):
         idx = np.clip(np.arange(t - model.left_context, t + model.right_context + 1), 0, 22)
         assert torch.allclose(out[t], model(feats[idx][None])[0], atol=1e-5)
+    # Runs of frames (chunk training) give the same logits as independent windows.
+    runs = torch.randn(3, 4 + model.left_context + model.right_context, D)
+    chunked = model.chunk_logits(runs)
+    assert chunked.shape == (3, 4, P)
+    for j in range(4):
+        assert torch.allclose(chunked[:, j], model(runs[:, j:j + c]), atol=1e-5)
 
 
 def test_tdnn_context_from_offsets():

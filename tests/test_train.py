@@ -134,7 +134,9 @@ def test_resume_after_interruption_gives_same_model(tmp_path, family):
     data, ali = make_corpus(str(tmp_path / "c"))
     mc = MC if family == "dnn" else ModelConfig(family="tdnn", hidden_dims=[24, 24],
                                                 tdnn_offsets=[[-1, 0, 1], [-2, 0, 2]])
-    full = train_model(data, ali, str(tmp_path / "full"), mc, TC, seed=5)
+    tc = TC if family == "dnn" else TrainConfig(**{**TC.to_dict(), "chunk_size": 5})
+    full = train_model(data, ali, str(tmp_path / "full"), mc, tc, seed=5)
+    assert frame_accuracy(full, data, ali) > 0.7
 
     class Killed(Exception):
         pass
@@ -145,16 +147,16 @@ def test_resume_after_interruption_gives_same_model(tmp_path, family):
 
     exp = str(tmp_path / "resumed")
     with pytest.raises(Killed):
-        train_model(data, ali, exp, mc, TC, seed=5, on_epoch_end=kill_after_2)
+        train_model(data, ali, exp, mc, tc, seed=5, on_epoch_end=kill_after_2)
     assert not os.path.exists(os.path.join(exp, "epoch3.pt"))
-    resumed = train_model(data, ali, exp, mc, TC, seed=5)
+    resumed = train_model(data, ali, exp, mc, tc, seed=5)
     assert _same(_weights(full), _weights(resumed))
     with open(os.path.join(exp, "train_log.csv")) as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
     # A finished run is not redone; a different config in the same dir is refused.
-    assert train_model(data, ali, exp, mc, TC, seed=5) == resumed
+    assert train_model(data, ali, exp, mc, tc, seed=5) == resumed
     with pytest.raises(UserError):
-        train_model(data, ali, exp, mc, TrainConfig(**{**TC.to_dict(), "lr": 0.1}), seed=5)
+        train_model(data, ali, exp, mc, TrainConfig(**{**tc.to_dict(), "lr": 0.1}), seed=5)
 
 
 def test_frame_count_mismatch_is_an_error(tmp_path):
@@ -186,6 +188,19 @@ def test_extra_targets_loss_fn_and_train_fraction(tmp_path):
     train_utts, _ = split_by_speaker(cache.spk, tc.valid_fraction)
     n_train = sum(cache.offsets[u + 1] - cache.offsets[u] for u in train_utts)
     assert 0 < sum(seen) < 0.5 * n_train  # a quarter of the utterances
+
+
+def test_chunk_starts_cover_each_utterance(tmp_path):
+    from asrkd.train import _chunk_starts
+
+    data, ali = make_corpus(str(tmp_path / "c"), num_spk=2, utts_per_spk=3)
+    cache = build_frame_cache(data, ali, str(tmp_path / "frames"))
+    frames = cache.frames_of(range(len(cache.utts)))
+    starts = _chunk_starts(cache, frames, 7)
+    covered = np.unique((starts[:, None] + np.arange(7)).ravel())
+    np.testing.assert_array_equal(covered, frames)  # every frame, none outside its utterance
+    u = cache.utt_index[starts]
+    assert np.all(starts + 7 <= cache.offsets[u + 1])
 
 
 def test_train_ensemble_skips_finished_models(tmp_path):

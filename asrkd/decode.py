@@ -134,7 +134,7 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     try:
         chunks = [c for c in split_evenly(utts, max(1, min(nj, len(utts)))) if c]
         res = run_jobs(_decode_job, [(graph_dir, key, c, grid, opts) for c in chunks],
-                       nj, os.path.join(decode_dir, "log"), "decode")
+                       nj, os.path.join(decode_dir, "log"), "decode", threads_per_job=1)
     finally:
         _SCORERS.pop(key, None)
     hyps = {a: {} for a in grid}
@@ -203,16 +203,19 @@ def make_scorer(model, data_dir, feats=None):
             raise UserError(f"{m}: no such model file or directory")
     from asrkd import models as dnn
 
-    return dnn.make_scorer(ckpts, feats if feats is not None else
-                           FeatureReader(data_dir, cmvn="meanvar"))
+    if feats is None:
+        # the checkpoints know their features' CMVN mode (the paper's: mean and variance)
+        feats = FeatureReader(data_dir, cmvn=dnn.load_model(ckpts[0]).config.cmvn)
+    return dnn.make_scorer(ckpts, feats)
 
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
-           acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000):
+           acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None):
     """`asrkd decode`: decode data_dir and score against data_dir/text.
 
     Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode, else the
-    best of ``acwt_grid`` on this data dir."""
+    best of ``acwt_grid`` on this data dir. With ``ali_dir`` (alignments of data_dir) also
+    writes decode_dir/frame_acc (asrkd.train.frame_accuracy of the scorer)."""
     from asrkd.data import DataDir
 
     data = DataDir(data_dir)
@@ -228,4 +231,12 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
         w = res["wer"][res["acwt"]]
         print(f"decode: {decode_dir}: %WER {w['wer']:.2f} ({w['words']} words, acwt "
               f"{_fmt(res['acwt'])})", file=sys.stderr)
+    if ali_dir is not None:
+        from asrkd.train import frame_accuracy
+
+        res["frame_acc"] = frame_accuracy(scorer, data_dir, ali_dir)
+        with atomic_path(os.path.join(decode_dir, "frame_acc")) as tmp, open(tmp, "w") as f:
+            f.write(f"{res['frame_acc']:.6f}\n")
+        print(f"decode: {decode_dir}: frame accuracy {100 * res['frame_acc']:.2f}% "
+              f"against {ali_dir}", file=sys.stderr)
     return res

@@ -4,6 +4,7 @@ Deviation from Kaldi's score.sh: no LM-weight sweep (there are no lattices), and
 the reference without a hypothesis is scored as all deletions and listed, instead of failing.
 """
 
+import json
 import os
 import sys
 
@@ -24,7 +25,7 @@ def _read(path, what):
 
 def score(ref_text_path, hyp_path, out_dir):
     """Score hypotheses (``utt WORDS``) against reference text; write out_dir/{wer, errors,
-    per_utt, missing?}; return {"wer", "ins", "del", "sub", "words", "sents", "sent_errors",
+    per_utt, hyp.txt, score.json, missing?}; return {"wer", "ins", "del", "sub", "words", "sents", "sent_errors",
     "missing"} (wer in percent)."""
     import kaldialign
 
@@ -67,6 +68,7 @@ def score(ref_text_path, hyp_path, out_dir):
                f"Scored {len(ref)} sentences, {len(missing)} without hypothesis "
                f"(counted as deletions).\n")
     _write(os.path.join(out_dir, "wer"), summary)
+    _write(os.path.join(out_dir, "score.json"), json.dumps(res, indent=1) + "\n")
     _write(os.path.join(out_dir, "errors"), "".join(errors))
     _write(os.path.join(out_dir, "per_utt"), "# utt words sub del ins\n" + "\n".join(per_utt) + "\n")
     _write(os.path.join(out_dir, "hyp.txt"), "".join(f"{u} {hyp.get(u, '')}".rstrip() + "\n"

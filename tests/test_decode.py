@@ -139,8 +139,9 @@ def test_cli_pipeline_parallel(setup):
     wer = float(open(os.path.join(dev, "wer")).read().split()[1])
     assert wer < 25.0
     tst = str(root / "cli_test")
-    assert main(["decode", graph, dtest, exp, tst, "--acwt-from", dev]) == 0
+    assert main(["decode", graph, dtest, exp, tst, "--acwt-from", dev, "--ali-dir", ali]) == 0
     assert open(os.path.join(tst, "acwt")).read() == open(os.path.join(dev, "best_acwt")).read()
+    assert 0.5 < float(open(os.path.join(tst, "frame_acc")).read()) <= 1.0
     assert main(["score", os.path.join(dtest, "text"), os.path.join(tst, "hyp.txt"),
                  str(root / "cli_score")]) == 0
     assert main(["decode", graph, dtest, str(root / "nope"), str(root / "x")]) == 1

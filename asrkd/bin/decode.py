@@ -23,6 +23,9 @@ def add_arguments(parser):
     g.add_argument("--acwt-grid", type=_floats, default=list(DEFAULT_GRID),
                    help="comma-separated acoustic scales to try; the best on this data dir's "
                         "text is kept (dev sets)")
+    parser.add_argument("--ali-dir", default=None,
+                        help="alignments of DATA_DIR (asrkd align): also write frame_acc, the "
+                             "frame accuracy of the model's posteriors against them")
     parser.add_argument("--nj", type=int, default=1, help="parallel jobs")
     parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
@@ -33,4 +36,4 @@ def main(args):
     decode(args.graph_dir, args.data_dir, args.model if len(args.model) > 1 else args.model[0],
            args.decode_dir, acwt=args.acwt, acwt_grid=args.acwt_grid, acwt_from=args.acwt_from,
            nj=args.nj, beam=args.beam, lattice_beam=args.lattice_beam,
-           max_active=args.max_active)
+           max_active=args.max_active, ali_dir=args.ali_dir)

@@ -12,7 +12,9 @@ epoch that does not improve is rejected (weights and optimizer state go back to 
 the learning rate is halved from the first epoch whose gain is below ``start_halving_impr``;
 training stops once halving and the gain is below ``end_halving_impr`` (after ``min_epochs``), or
 at ``epochs``. ``final.pt`` is the best epoch. Frame accuracy is logged either way. Validation: a deterministic 10% of speakers (the same
-for every seed, so ensemble members are comparable).
+for every seed, so ensemble members are comparable), scored on whole utterances as in decoding.
+``chunk_size > 1`` trains on shuffled runs of consecutive frames instead of single frames, so a
+TDNN computes its convolutions once per run (Kaldi's chunk training).
 
 Resume: every epoch writes ``epoch{N}.pt`` (model, optimizer, schedule, history) atomically; a
 rerun continues after the last one. Each epoch's shuffling and dropout are seeded from

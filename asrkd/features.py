@@ -152,6 +152,19 @@ def read_audio(path):
     return x, sr
 
 
+def check_device(device):
+    """torch.device(device), or a UserError if it is malformed or absent here."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"bad torch device {device!r} (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device}: CUDA is not available on this machine")
+    return dev
+
+
 class _TorchaudioExtractor:
     """torchaudio.compliance.kaldi, with the per-utterance constants (window, mel banks, DCT)
     built once, the frame mean / pre-emphasis / window folded into three whole-utterance ops,
@@ -164,7 +177,8 @@ class _TorchaudioExtractor:
         import torch
         import torchaudio.compliance.kaldi as tak
 
-        self.torch, self.tak, self.device, self.c = torch, tak, torch.device(device), config
+        dev = check_device(device)
+        self.torch, self.tak, self.device, self.c = torch, tak, dev, config
         c = config
         common = dict(
             sample_frequency=c.sample_rate, frame_length=c.frame_length_ms,
@@ -358,6 +372,10 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torchaudio", device
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown feature backend {backend!r}; use one of {list(BACKENDS)}")
+    if backend == "kaldi-native-fbank" and device != "cpu":
+        raise UserError("the kaldi-native-fbank backend runs on CPU only (--device cpu)")
+    if device != "cpu":
+        check_device(device)
     d = validate_data_dir(data_dir, need=("wav.scp", "utt2spk", "spk2utt"))
     for stale in ("feats.scp", "utt2num_frames", "cmvn.scp"):
         if d.has(stale):

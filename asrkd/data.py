@@ -483,3 +483,40 @@ def subset_data_dir(src, out1, out2, num_speakers=None, fraction=None):
             write_table(os.path.join(out, name), t)
         write_table(os.path.join(out, "spk2utt"), spk2utt_from_utt2spk(tables["utt2spk"]))
     return sorted(groups[0]), sorted(groups[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Combining
+
+def combine_data_dirs(out, srcs):
+    """Merge the metadata of several data dirs (e.g. LibriSpeech train-clean-100 and -360) into
+    ``out``, as Kaldi's ``utils/combine_data.sh``. An utterance id in two sources is an error
+    (not a silent overwrite). Features are not combined: compute them on ``out``. Returns the
+    number of utterances.
+    """
+    if not srcs:
+        raise UserError("combine-data-dirs needs at least one source dir")
+    tables = {name: {} for name in META_FILES if name != "spk2utt"}
+    for src in srcs:
+        d = validate_data_dir(src, need=("wav.scp", "text", "utt2spk", "spk2utt"),
+                              check_audio=False)
+        for name, merged in tables.items():
+            if name == "utt2dur" and not d.has(name):
+                continue
+            for utt, value in d.table(name).items():
+                if name == "wav.scp" and utt in merged:
+                    raise UserError(f"utterance {utt} is in more than one source ({src})")
+                merged[utt] = value
+    if os.path.abspath(out) in {os.path.abspath(s) for s in srcs}:
+        raise UserError(f"{out}: the output must not be one of the sources")
+    utt2dur = tables["utt2dur"]
+    if len(utt2dur) != len(tables["wav.scp"]):
+        utt2dur = None  # only some sources had durations: write none rather than a partial table
+    else:
+        utt2dur = {k: float(v) for k, v in utt2dur.items()}
+    if os.path.isdir(out):
+        for stale in ("feats.scp", "utt2num_frames", "cmvn.scp", "utt2dur"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out, stale))
+    write_data_dir(out, tables["wav.scp"], tables["text"], tables["utt2spk"], utt2dur)
+    return len(tables["wav.scp"])

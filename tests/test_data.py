@@ -189,3 +189,19 @@ def test_copy_data_dir_metadata_only(good_corpus, tmp_path):
     assert not os.path.exists(os.path.join(dst, "feats.scp"))
     assert not os.path.exists(os.path.join(dst, "cmvn.scp"))
     assert validate_data_dir(dst).text == DataDir(src).text
+
+
+def test_combine_data_dirs_round_trips_a_split(good_corpus, tmp_path):
+    src = str(tmp_path / "data")
+    prepare_librispeech(good_corpus, src)
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    subset_data_dir(src, a, b, num_speakers=1)
+    assert cli.main(["combine-data-dirs", c, a, b]) == 0
+    dc, ds = validate_data_dir(c), DataDir(src)
+    for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur"):
+        assert dc.table(name) == ds.table(name), name
+    # the same utterance in two sources is an error, not a silent overwrite
+    with pytest.raises(UserError, match="more than one source"):
+        from asrkd.data import combine_data_dirs
+
+        combine_data_dirs(str(tmp_path / "d"), [a, src])

@@ -206,16 +206,24 @@ class PackedGmm:
         """(T, D) frames -> (T, num_pdfs) float32 per-pdf log-likelihoods (log-sum over mix)."""
         if self._w32 is None:
             # float32 products: 2x faster and plenty for decoding/alignment
-            self._w32 = (self.means_invvars.T.astype(np.float32),
-                         (-0.5 * self.inv_vars.T).astype(np.float32),
-                         self.gconsts.astype(np.float32))
-        mi, niv, gc = self._w32
+            self._w32 = (self.w2.astype(np.float32), self.gconsts.astype(np.float32)[:, None])
+        w2, gc = self._w32
         x = np.asarray(x, dtype=np.float32)
-        ll = gc + x @ mi + (x * x) @ niv  # (T, G)
+        dim = self.dim
+        xs = np.empty((len(x), 2 * dim), dtype=np.float32)
+        xs[:, :dim] = x
+        np.multiply(x, x, out=xs[:, dim:])
+        # Gaussians as rows (G, T): the per-pdf reductions run over contiguous rows
+        ll = w2 @ xs.T
+        ll += gc
         starts = self.offsets[:-1]
-        m = np.maximum.reduceat(ll, starts, axis=1)  # (T, P)
-        s = np.add.reduceat(np.exp(ll - m[:, self.gauss2pdf]), starts, axis=1)
-        return (m + np.log(s)).astype(np.float32)
+        m = np.maximum.reduceat(ll, starts, axis=0)  # (P, T)
+        ll -= m[self.gauss2pdf]
+        np.exp(ll, out=ll)
+        s = np.add.reduceat(ll, starts, axis=0)
+        np.log(s, out=s)
+        s += m
+        return np.ascontiguousarray(s.T)
 
 
 @dataclasses.dataclass
@@ -327,11 +335,12 @@ def update_gmm(packed, stats, config=UpdateConfig()):
     gmean = stats.x.sum(0) / tot
     gvar = np.maximum(stats.xx.sum(0) / tot - gmean ** 2, 1e-10)
     floor = config.var_floor * gvar
+    all_means, all_vars = packed.means, packed.vars
     weights, inv_vars, means_invvars = [], [], []
     for p in range(packed.num_pdfs):
         g = np.arange(packed.offsets[p], packed.offsets[p + 1])
         occ = stats.occ[g]
-        old_mean, old_var = packed.means[g], packed.vars[g]
+        old_mean, old_var = all_means[g], all_vars[g]
         if occ.sum() <= 0:
             weights.append(packed.weights[g])
             inv_vars.append(packed.inv_vars[g])
@@ -540,9 +549,7 @@ def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0):
     utts = data.utts
     # in-process data objects cannot cross to worker processes; paths can
     data_arg = data.path if (nj > 1 and data.path) else data
-    lang_arg = getattr(lang, "path", None) if nj > 1 else lang
-    if lang_arg is None:
-        lang_arg = lang
+    lang_arg = (getattr(lang, "dir", None) or lang) if nj > 1 else lang
     cur_dir = os.path.join(exp_dir, "cur")
     num_gauss = model.am.num_gauss
     inc = max(0, (config.num_gauss - num_gauss) // max(config.max_iter_inc, 1))
@@ -554,11 +561,11 @@ def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0):
         realign = it in config.realign_iters
         beam = config.first_beam if (realign and it == min(config.realign_iters)) else config.beam
         retry = beam * config.retry_beam_factor
-        save_model(model, cur_dir)
         if nj <= 1:
             stats, tstats, alis_new, failed_it = em_iteration(
                 model, data, lang, utts, alis, realign, beam, retry, config, graphs)
         else:
+            save_model(model, cur_dir)
             chunks = split_evenly(utts, nj)
             res = run_jobs(_em_job, [(cur_dir, data_arg, lang_arg, c,
                                       {u: alis[u] for u in c if u in alis}, realign, beam,

@@ -145,3 +145,38 @@ def test_cli_pipeline_parallel(setup):
     assert main(["score", os.path.join(dtest, "text"), os.path.join(tst, "hyp.txt"),
                  str(root / "cli_score")]) == 0
     assert main(["decode", graph, dtest, str(root / "nope"), str(root / "x")]) == 1
+
+
+def test_mono_on_tiny_speech(tiny_data, tmp_path):
+    """A short monophone run on the synthetic espeak corpus: dev aligns and decodes far better
+    than chance over a word loop of the dev vocabulary."""
+    import kaldifst
+
+    from asrkd.align import align
+    from asrkd.data import DataDir
+    from asrkd.decode import make_scorer
+    from asrkd.graph import compile_hclg
+    from asrkd.lang import Lang, prepare_lang
+
+    lang = prepare_lang(str(tmp_path / "lang"), [os.path.join(tiny_data["train"], "text"),
+                                                 os.path.join(tiny_data["dev"], "text")])
+    mono = str(tmp_path / "mono")
+    train_mono(tiny_data["train_mfcc"], lang.dir, mono, num_iters=12, num_gauss=300, nj=2)
+    failed = align(tiny_data["dev_mfcc"], lang.dir, mono, str(tmp_path / "ali_dev"))
+    dev = DataDir(tiny_data["dev_mfcc"])
+    assert len(failed) < len(dev.utts)
+    # uniform loop over the dev words: small graph, chance WER ~100%
+    vocab = sorted({lang.word_id(w) for t in dev.text.values() for w in t.split()})
+    cost = math.log(len(vocab))
+    G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in vocab) + "0\n")
+    kaldifst.arcsort(G, sort_type="ilabel")
+    m = load_model(mono)
+    graph = str(tmp_path / "graph")
+    os.makedirs(graph)
+    compile_hclg(Lang(lang.dir), m.ctx, m.tm, G).write(os.path.join(graph, "HCLG.fst"))
+    shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph, "words.txt"))
+    for f in ("final.mdl", "tree"):
+        shutil.copyfile(os.path.join(mono, f), os.path.join(graph, f))
+    res = decode_data_dir(graph, make_scorer(mono, tiny_data["dev_mfcc"]), dev.utts,
+                          str(tmp_path / "decode"), [0.05, 0.1], ref_text=dev.file("text"))
+    assert res["wer"][res["acwt"]]["wer"] < 75.0, res

@@ -119,13 +119,19 @@ def _data_dir(path, data, text_path):
     return path
 
 
-def test_cli_pipeline_parallel(setup):
+@pytest.fixture(scope="module")
+def data_dirs(setup):
+    root, train, test = setup[:3]
+    return (_data_dir(str(root / "data_train"), train, None),
+            _data_dir(str(root / "data_test"), test, None))
+
+
+def test_cli_pipeline_parallel(setup, data_dirs):
     """The verbs on real data dirs (MFCC-like feats + deltas + CMVN read from disk), nj=2."""
     from asrkd.cli import main
 
     root, train, test, lang, mono, tri, ref = setup
-    dtrain = _data_dir(str(root / "data_train"), train, None)
-    dtest = _data_dir(str(root / "data_test"), test, None)
+    dtrain, dtest = data_dirs
     exp = str(root / "cli_mono")
     assert main(["train-mono", dtrain, lang.dir, exp, "--num-iters", "6", "--num-gauss", "80",
                  "--nj", "2"]) == 0
@@ -145,6 +151,32 @@ def test_cli_pipeline_parallel(setup):
     assert main(["score", os.path.join(dtest, "text"), os.path.join(tst, "hyp.txt"),
                  str(root / "cli_score")]) == 0
     assert main(["decode", graph, dtest, str(root / "nope"), str(root / "x")]) == 1
+
+
+def test_cli_decode_dnn_ensemble(setup, data_dirs):
+    """MODEL as a dir of model*/final.pt: the DNN scorer path (random weights: plumbing only)."""
+    import torch
+
+    from asrkd.cli import main
+    from asrkd.models import ModelConfig, build_model
+
+    root, train, test, lang, mono, tri, ref = setup
+    dtrain, dtest = data_dirs
+    m = load_model(mono)
+    ens = root / "ens"
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        cfg = ModelConfig(feat_dim=13, num_pdfs=m.num_pdfs, left_context=2, right_context=2,
+                          hidden_dims=[32])
+        net = build_model(cfg)
+        net.pdf_counts.fill_(10)
+        os.makedirs(ens / f"model{seed}")
+        net.save(str(ens / f"model{seed}" / "final.pt"))
+    graph = _word_loop_graph(lang, mono, str(root / "graph_dnn"))
+    out = str(root / "dec_dnn")
+    assert main(["decode", graph, dtest, str(ens), out, "--acwt", "0.1", "--nj", "2"]) == 0
+    assert len(open(os.path.join(out, "hyp.txt")).read().splitlines()) == len(test.feats)
+    assert os.path.isfile(os.path.join(out, "wer"))
 
 
 def test_mono_on_tiny_speech(tiny_data, tmp_path):

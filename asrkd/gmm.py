@@ -15,8 +15,12 @@ Where we deviate from Kaldi:
   MleDiagGmmUpdate (min occupancy, weight floor, removal of low-count Gaussians) except the
   variance floor, which is relative (``var_floor`` x the global per-dimension variance of the
   statistics) instead of Kaldi's absolute 0.001.
-- Mono training aligns every utterance with our vectorized log-likelihoods through DecodableCtc;
-  no silence boosting.
+- Alignment uses our vectorized log-likelihoods through DecodableCtc (asrkd.align); training
+  graphs are built with ``reorder=False`` (Kaldi: true); no silence boosting.
+- ``--num-iters`` below Kaldi's 40 (mono) / 35 (tri) compresses Kaldi's realignment and
+  mixing-up schedules proportionally (TrainConfig.scaled).
+- Utterances that fail to align in an iteration are left out of that iteration's statistics
+  and listed in exp_dir/failed (those of the last realignment), as Kaldi's logs count them.
 """
 
 import dataclasses
@@ -456,6 +460,15 @@ class TrainData:
     def utts(self):
         return sorted(u for u in self.text if u in self.feats)
 
+    def report_unusable(self, what):
+        """Print (never silently drop) utterances lacking features or a transcript."""
+        no_feats = sorted(u for u in self.text if u not in self.feats)
+        no_text = sorted(u for u in self.feats if u not in self.text)
+        for n, why in ((no_feats, "features"), (no_text, "a transcript")):
+            if n:
+                print(f"{what}: {len(n)} utterances have no {why} and are skipped (first: {n[0]})",
+                      file=sys.stderr)
+
 
 def as_data(data):
     return data if isinstance(data, TrainData) else TrainData.from_dir(data)
@@ -646,6 +659,7 @@ def train_mono(data_dir, lang_dir, exp_dir, num_iters=40, num_gauss=1000, nj=1, 
     phones = list(topo.phones)
     ctx = khg.monophone_context_dependency(phones, topo.get_phone_to_num_pdf_classes())
     tm = khg.TransitionModel(ctx, topo)
+    data.report_unusable("train-mono")
     utts = data.utts
     if not utts:
         raise UserError(f"{data.path}: no utterances with both features and text")
@@ -696,8 +710,12 @@ def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=1
 
     data, lang = as_data(data_dir), as_lang(lang_dir)
     config = config or tri_config(num_iters, num_gauss)
+    data.report_unusable("train-tri")
     old = load_model(ali_dir)
     alis = read_alignments(ali_dir, data.utts)
+    if len(alis) < len(data.utts):
+        print(f"train-tri: {len(data.utts) - len(alis)} utterances have no alignment in "
+              f"{ali_dir} (failed there) and start unaligned", file=sys.stderr)
     if not alis:
         raise UserError(f"{ali_dir}: no alignments for the utterances of {data.path}")
     log_dir = os.path.join(exp_dir, "log")

@@ -3,8 +3,8 @@
 Training graphs come from kaldi_hmm_gmm's TrainingGraphCompiler without transition
 probabilities (as Kaldi's compile-train-graphs); they are added at alignment time with the
 model's current probabilities, and are built with ``reorder=False`` (Kaldi: true) so that a
-phone's last frame carries its exit transition. Frame scores are our vectorized GMM log-likelihoods fed
-through DecodableCtc (columns = transition-ids), scaled by the acoustic scale ourselves.
+phone's last frame carries its exit transition. Frame scores are our vectorized GMM
+log-likelihoods fed through DecodableCtc (columns = transition-ids), scaled by the acoustic scale ourselves.
 
 Utterances that cannot be aligned (no path at beam 10 nor at the retry beam 40, an empty
 transcript, a transcript needing more frames than the audio has) are written to ``failed``
@@ -149,7 +149,9 @@ def align(data_dir, lang_dir, model_dir, ali_dir, nj=1, beam=10.0, retry_beam=40
         reasons = {}
         for r in failed.values():
             reasons[r.split(":")[0]] = reasons.get(r.split(":")[0], 0) + 1
-        msg += f"; {len(failed)} failed and excluded ({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))}), see {os.path.join(ali_dir, 'failed')}"
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+        msg += (f"; {len(failed)} failed and excluded ({why}), "
+                f"see {os.path.join(ali_dir, 'failed')}")
     print(msg, file=sys.stderr)
     if n_ok == 0:
         raise UserError(f"align: no utterance of {len(utts)} could be aligned")

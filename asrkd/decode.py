@@ -12,13 +12,12 @@ Log-likelihoods are computed once per utterance and decoded for every grid value
 """
 
 import os
-import shutil
 import sys
 
 import numpy as np
 
 from asrkd.errors import UserError
-from asrkd.table import atomic_path, read_table, write_table
+from asrkd.table import atomic_path, write_table
 
 DEFAULT_GRID = (0.05, 0.067, 0.083, 0.1, 0.125)
 

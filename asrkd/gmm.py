@@ -391,7 +391,8 @@ def flat_start_am(num_pdfs, feats_iter):
     mean = s / n
     var = np.maximum(ss / n - mean ** 2, 1e-6)
     iv = (1.0 / var)[None]
-    return am_from_arrays([np.ones(1)] * num_pdfs, [iv] * num_pdfs, [(mean * iv[0])[None]] * num_pdfs)
+    return am_from_arrays([np.ones(1)] * num_pdfs, [iv] * num_pdfs,
+                          [(mean * iv[0])[None]] * num_pdfs)
 
 
 # --------------------------------------------------------------------------------------------

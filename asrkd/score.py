@@ -24,9 +24,11 @@ def _read(path, what):
 
 
 def score(ref_text_path, hyp_path, out_dir):
-    """Score hypotheses (``utt WORDS``) against reference text; write out_dir/{wer, errors,
-    per_utt, hyp.txt, score.json, missing?}; return {"wer", "ins", "del", "sub", "words", "sents", "sent_errors",
-    "missing"} (wer in percent)."""
+    """Score hypotheses (``utt WORDS``) against reference text.
+
+    Writes out_dir/{wer, errors, per_utt, hyp.txt, score.json, missing (if any)}; returns
+    {"wer" (percent), "ins", "del", "sub", "words", "sents", "sent_errors", "missing"}.
+    """
     import kaldialign
 
     ref = _read(ref_text_path, "reference")
@@ -70,7 +72,8 @@ def score(ref_text_path, hyp_path, out_dir):
     _write(os.path.join(out_dir, "wer"), summary)
     _write(os.path.join(out_dir, "score.json"), json.dumps(res, indent=1) + "\n")
     _write(os.path.join(out_dir, "errors"), "".join(errors))
-    _write(os.path.join(out_dir, "per_utt"), "# utt words sub del ins\n" + "\n".join(per_utt) + "\n")
+    _write(os.path.join(out_dir, "per_utt"),
+           "# utt words sub del ins\n" + "\n".join(per_utt) + "\n")
     _write(os.path.join(out_dir, "hyp.txt"), "".join(f"{u} {hyp.get(u, '')}".rstrip() + "\n"
                                                     for u in sorted(ref)))
     if missing:

@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=200000, help="frames to accumulate (one job's worth)")
+    p.add_argument("--frames", type=int, default=200000,
+                   help="frames to accumulate (one job's worth)")
     p.add_argument("--pdfs", type=int, default=130, help="number of pdfs")
     p.add_argument("--gauss", type=int, default=1000, help="total Gaussians")
     p.add_argument("--dim", type=int, default=39, help="feature dimension")

@@ -155,6 +155,9 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
             f.writelines(f"{_fmt(a)} {results[a]['wer']:.2f}\n" for a in grid)
         print("acwt grid: " + ", ".join(f"{_fmt(a)}: {results[a]['wer']:.2f}%" for a in grid)
               + f" -> best {_fmt(best)}", file=sys.stderr)
+        if best in (min(grid), max(grid)) and len({results[a]["wer"] for a in grid}) > 1:
+            print(f"decode: best acoustic scale {_fmt(best)} is at the edge of the grid; "
+                  "a wider --acwt-grid may do better", file=sys.stderr)
     write_table(os.path.join(decode_dir, "hyp.txt"), hyps[best])
     with atomic_path(os.path.join(decode_dir, "acwt")) as tmp, open(tmp, "w") as f:
         f.write(f"{_fmt(best)}\n")

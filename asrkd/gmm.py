@@ -184,8 +184,10 @@ class PackedGmm:
         self.weights = np.concatenate(w).astype(np.float64)
         self.inv_vars = np.concatenate(iv).astype(np.float64)  # (G, D)
         self.means_invvars = np.concatenate(mi).astype(np.float64)  # (G, D)
-        self.gconsts = np.concatenate([am.get_pdf(p).gconsts for p in range(len(w))]).astype(
-            np.float64)
+        # Kaldi's DiagGmm::ComputeGconsts, for all Gaussians at once
+        self.gconsts = (np.log(self.weights) - 0.5 * self.inv_vars.shape[1] * np.log(2 * np.pi)
+                        + 0.5 * np.log(self.inv_vars).sum(1)
+                        - 0.5 * (self.means_invvars ** 2 / self.inv_vars).sum(1))
         self.num_pdfs = len(w)
         self.dim = self.inv_vars.shape[1]
         self.w2 = np.concatenate([self.means_invvars, -0.5 * self.inv_vars], axis=1)  # (G, 2D)
@@ -284,11 +286,13 @@ def accumulate(packed, feats, pdfs, stats=None):
     w2, gconsts = packed.w2_32, packed.gconsts
     gc32 = gconsts.astype(np.float32)[:, None]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(sp)) + 1])
-    ends = np.concatenate([starts[1:], [len(sp)]])
-    offsets = packed.offsets
+    offsets, g2p = packed.offsets, packed.gauss2pdf
     occ, sx, loglike = stats.occ, np.zeros((len(gconsts), 2 * dim)), 0.0
-    for s, e, p in zip(starts.tolist(), ends.tolist(), sp[starts].tolist()):
-        g0, g1 = offsets[p], offsets[p + 1]
+    for s, e in _blocks(starts, len(sp)):
+        # a block: consecutive pdfs (in sorted order) with few frames each, or one pdf;
+        # Gaussians of other pdfs than a frame's own are masked out
+        p0, p1 = int(sp[s]), int(sp[e - 1])
+        g0, g1 = offsets[p0], offsets[p1 + 1]
         xs = np.empty((e - s, 2 * dim), dtype=np.float32)  # (n, 2D) = [x, x^2]
         np.take(feats, order[s:e], axis=0, out=xs[:, :dim])
         np.multiply(xs[:, :dim], xs[:, :dim], out=xs[:, dim:])
@@ -299,6 +303,8 @@ def accumulate(packed, feats, pdfs, stats=None):
             continue
         ll = w2[g0:g1] @ xs.T
         ll += gc32[g0:g1]  # (k, n)
+        if p0 != p1:
+            ll[g2p[g0:g1, None] != sp[None, s:e]] = -np.inf
         m = ll.max(axis=0)
         ll -= m
         post = np.exp(ll, out=ll)
@@ -312,6 +318,26 @@ def accumulate(packed, feats, pdfs, stats=None):
     stats.loglike += float(loglike)
     stats.frames += len(pdfs)
     return stats
+
+
+ACC_BLOCK_FRAMES = 256  # pdfs with fewer frames are batched into one masked product
+
+
+def _blocks(starts, n):
+    """(start, end) frame ranges over pdf runs ``starts`` (sorted frames, n in all): runs are
+    merged until a block has ACC_BLOCK_FRAMES frames, so that pdfs with few frames (triphone
+    leaves) do not each cost a round of numpy calls."""
+    ends = np.append(starts[1:], n)
+    out, s0 = [], None
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        if s0 is None:
+            s0 = s
+        if e - s0 >= ACC_BLOCK_FRAMES:
+            out.append((s0, e))
+            s0 = None
+    if s0 is not None:
+        out.append((s0, n))
+    return out
 
 
 def transition_stats(tm, alignments):

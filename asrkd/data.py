@@ -453,7 +453,9 @@ def matrix_shape(spec):
 def subset_data_dir(src, out1, out2, num_speakers=None, fraction=None):
     """Split ``src`` by speaker: the first ``num_speakers`` speakers (or ``fraction`` of them,
     rounded, at least one and at most all but one) in sorted order go to ``out1``, the rest to
-    ``out2``. Deterministic; metadata only. Returns (speakers in out1, speakers in out2).
+    ``out2``. Deterministic. Features (feats.scp, utt2num_frames) and per-speaker CMVN are
+    subset too when present: a split by speaker leaves each speaker's CMVN stats valid, so the
+    subsets need no recomputation. Returns (speakers in out1, speakers in out2).
     """
     d = validate_data_dir(src, need=("wav.scp", "text", "utt2spk", "spk2utt"))
     spks = sorted(d.spk2utt)
@@ -472,13 +474,18 @@ def subset_data_dir(src, out1, out2, num_speakers=None, fraction=None):
     for out, group in zip((out1, out2), groups):
         keep = {u for u, s in d.utt2spk.items() if s in group}
         tables = {}
-        for name in ("wav.scp", "text", "utt2spk", "utt2dur"):
+        for name in ("wav.scp", "text", "utt2spk", "utt2dur", "utt2num_frames"):
             if d.has(name):
                 tables[name] = {u: v for u, v in d.table(name).items() if u in keep}
+        if d.has("cmvn.scp"):
+            tables["cmvn.scp"] = {k: v for k, v in d.table("cmvn.scp").items() if k in group}
         os.makedirs(out, exist_ok=True)
         for stale in FEATURE_FILES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(out, stale))
+        # feats.scp last: its presence is what later stages trust
+        if d.has("feats.scp"):
+            tables["feats.scp"] = {u: v for u, v in d.table("feats.scp").items() if u in keep}
         for name, t in tables.items():
             write_table(os.path.join(out, name), t)
         write_table(os.path.join(out, "spk2utt"), spk2utt_from_utt2spk(tables["utt2spk"]))

@@ -179,11 +179,14 @@ def build_lexicon_fst(entries, phones, words, sil_prob, disambig=False, sil_disa
     return fst
 
 
-def prepare_lang(lang_dir, texts, lexicon_path=None, vocab_texts=(), config=None):
+def prepare_lang(lang_dir, texts, lexicon_path=None, vocab_texts=(), config=None,
+                 vocab_size=None):
     """Build ``lang_dir`` from the words of ``texts`` (Kaldi ``text`` files with utterance ids).
 
     ``vocab_texts`` are plain-sentence files (e.g. LM text) whose in-lexicon words are added to
-    the vocabulary (they do not count as OOVs). Returns a ``Lang``.
+    the vocabulary (they do not count as OOVs); with ``vocab_size`` only their most frequent
+    ``vocab_size`` in-lexicon words are added (ties broken alphabetically), which bounds the size
+    of the decoding graph. Returns a ``Lang``.
     """
     config = config or LangConfig()
     if not 0.0 < config.sil_prob < 1.0:
@@ -201,6 +204,12 @@ def prepare_lang(lang_dir, texts, lexicon_path=None, vocab_texts=(), config=None
     for t in vocab_texts:
         vocab_counts.update(read_text_words(t, has_ids=False))
     specials = {OOV, "<s>", "</s>", "<eps>", "#0"}
+    if vocab_size is not None:
+        if vocab_size < 0:
+            raise UserError(f"--vocab-size must be >= 0, got {vocab_size}")
+        known = sorted(((c, w) for w, c in vocab_counts.items() if w in full and w not in specials),
+                       key=lambda cw: (-cw[0], cw[1]))
+        vocab_counts = collections.Counter({w: c for c, w in known[:vocab_size]})
     oovs = {w: c for w, c in counts.items() if w not in full and w not in specials}
     vocab = sorted({w for w in list(counts) + list(vocab_counts) if w in full} - specials)
 

@@ -88,3 +88,13 @@ def test_own_lexicon(tmp_path):
     lang = prepare_lang(str(tmp_path / "l"), [str(tmp_path / "text")], lexicon_path=str(tmp_path / "lex"))
     assert lang.lexicon["BAR"] == [["B", "AA", "R"]]
     assert len(lang.nonsilence_phones) == 5
+
+
+def test_vocab_size_keeps_most_frequent_lm_words(tmp_path):
+    (tmp_path / "text").write_text("s1-1-1 HELLO\n")
+    (tmp_path / "lm.txt").write_text("THE BOOK THE\nTHE RED BOOK SHEEP\n")
+    lang = prepare_lang(str(tmp_path / "lang"), [str(tmp_path / "text")],
+                        vocab_texts=[str(tmp_path / "lm.txt")], vocab_size=2)
+    # THE (3) and BOOK (2) kept; RED and SHEEP (1 each) cut; training-text words always kept
+    assert {"THE", "BOOK", "HELLO"} <= set(lang.words)
+    assert "RED" not in lang.words and "SHEEP" not in lang.words

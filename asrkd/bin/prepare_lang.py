@@ -12,6 +12,9 @@ def add_arguments(parser):
     parser.add_argument("--vocab-text", action="append", default=[], metavar="TEXT",
                         help="plain sentence file (e.g. LM text, no utterance ids) whose "
                              "in-lexicon words are added to the vocabulary (repeatable)")
+    parser.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                        help="add only the N most frequent in-lexicon words of the --vocab-text "
+                             "files (default: all); bounds the decoding graph's size")
     parser.add_argument("--lexicon", default=None,
                         help="own lexicon file (WORD PH1 PH2 ..., stress digits stripped) "
                              "instead of CMUdict")
@@ -21,4 +24,5 @@ def add_arguments(parser):
 
 def main(args):
     prepare_lang(args.lang_dir, args.text, lexicon_path=args.lexicon,
-                 vocab_texts=args.vocab_text, config=LangConfig(sil_prob=args.sil_prob))
+                 vocab_texts=args.vocab_text, vocab_size=args.vocab_size,
+                 config=LangConfig(sil_prob=args.sil_prob))

@@ -274,8 +274,12 @@ def write_arpa(lm, path):
 
 
 def train_lm(text_paths, arpa_path, order=3, dev_text=None, vocab_path=None, utt_ids=False,
-             unk="<UNK>"):
+             unk="<UNK>", dev_utt_ids=True):
     """Estimate an interpolated modified KN LM from text files, write ARPA, report dev ppl.
+
+    ``utt_ids``: the training texts start each line with an utterance id (dropped).
+    ``dev_text`` is by default a Kaldi ``text`` file (a data dir's, with utterance ids); pass
+    ``dev_utt_ids=False`` for plain sentences.
 
     Returns a dict of numbers (n-gram counts, discounts, and dev ppl/OOV rate if ``dev_text``).
     """
@@ -291,7 +295,7 @@ def train_lm(text_paths, arpa_path, order=3, dev_text=None, vocab_path=None, utt
           + " ".join(f"{n}:{c}" for n, c in lm.counts.items()) + f" -> {arpa_path} "
           f"({info['seconds']} s)")
     if dev_text:
-        dev = read_sentences(dev_text, utt_ids)
+        dev = read_sentences(dev_text, dev_utt_ids)
         r = perplexity(NgramLM.read_arpa(arpa_path), dev, unk=unk)
         info["dev"] = r
         print(f"train-lm: dev {dev_text}: ppl {r['ppl']:.1f}, OOV rate {100 * r['oov_rate']:.2f}% "

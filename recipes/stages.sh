@@ -1,8 +1,10 @@
 # Stages 2 onwards, shared by recipes/*/run.sh (sourced after the recipe's own data stages).
 # Expects: $data/$train, $data/$dev and $data/<each of $tests> prepared by stage 1; $lm_text,
-# $lexicon (may be empty), $nj, $conf, $exp and the model-size variables.
+# $lexicon (may be empty), $vocab_size, $nj, $conf, $exp and the model-size variables.
 
 all_sets="$train $dev $tests"
+# Decoding: narrower than Kaldi's defaults (beam 13, max-active 7000) to keep the demo fast.
+decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 4"
 
 if stage 2 "features: fbank (DNN) and MFCC (GMM) + per-speaker CMVN"; then
   for s in $all_sets; do
@@ -16,31 +18,37 @@ if stage 2 "features: fbank (DNN) and MFCC (GMM) + per-speaker CMVN"; then
 fi
 
 if stage 3 "lang: lexicon, phones, topology, L.fst"; then
-  asrkd prepare-lang ${lexicon:+--lexicon $lexicon} --text $data/$train/text $data/lang
+  asrkd prepare-lang ${lexicon:+--lexicon $lexicon} --text $data/$train/text \
+    --vocab-text $lm_text ${vocab_size:+--vocab-size $vocab_size} $data/lang
   stage_done 3
 fi
 
 if stage 4 "language model: interpolated Kneser-Ney trigram"; then
-  asrkd train-lm --order 3 --vocab $data/lang/words.txt --dev-text $data/$dev/text \
+  asrkd train-lm --order 3 --vocab $data/lang/words.txt --dev-text $data/$dev/text $lm_opts \
     $lm_text $data/lm/3gram.arpa
   stage_done 4
 fi
 
-if stage 5 "monophone GMM-HMM"; then
-  $asrkd_cmd asrkd train-mono --nj $nj --num-gauss $mono_gauss $data/${train}_mfcc $data/lang $exp/mono
+if stage 5 "monophone GMM-HMM (on $mono_fraction of the training speakers, as Kaldi)"; then
+  asrkd subset-data-dir --fraction $mono_fraction $data/${train}_mfcc \
+    $data/${train}_mfcc_mono $data/${train}_mfcc_rest
+  $asrkd_cmd asrkd train-mono --nj $nj --num-iters $mono_iters --num-gauss $mono_gauss \
+    $data/${train}_mfcc_mono $data/lang $exp/mono
   $asrkd_cmd asrkd align --nj $nj $data/${train}_mfcc $data/lang $exp/mono $exp/mono_ali
   stage_done 5
 fi
 
-if stage 6 "triphone GMM-HMM (context-dependent tree)"; then
-  $asrkd_cmd asrkd train-tri --nj $nj --num-leaves $tri_leaves --num-gauss $tri_gauss \
-    $data/${train}_mfcc $data/lang $exp/mono_ali $exp/tri
+if stage 6 "triphone GMM-HMM (context-dependent tree: the DNN targets)"; then
+  $asrkd_cmd asrkd train-tri --nj $nj --num-iters $tri_iters --num-leaves $tri_leaves \
+    --num-gauss $tri_gauss $data/${train}_mfcc $data/lang $exp/mono_ali $exp/tri
   stage_done 6
 fi
 
 if stage 7 "forced alignment of train/dev/test with the triphone system"; then
-  for s in $all_sets; do
-    $asrkd_cmd asrkd align --nj $nj $data/${s}_mfcc $data/lang $exp/tri $exp/tri_ali_$s
+  $asrkd_cmd asrkd align --nj $nj $data/${train}_mfcc $data/lang $exp/tri $exp/tri_ali_$train
+  # dev/test speakers are unseen: a wider retry beam so that the references are complete
+  for s in $dev $tests; do
+    $asrkd_cmd asrkd align --nj $nj --retry-beam 400 $data/${s}_mfcc $data/lang $exp/tri $exp/tri_ali_$s
   done
   stage_done 7
 fi
@@ -51,11 +59,12 @@ if stage 8 "decoding graphs (HCLG) for the monophone and triphone systems"; then
   stage_done 8
 fi
 
-if stage 9 "GMM decoding and scoring"; then
+if stage 9 "GMM decoding: acoustic scale chosen on dev, applied to test"; then
   for m in mono tri; do
-    asrkd decode --nj $nj $exp/$m/graph $data/${dev}_mfcc $exp/$m $exp/$m/decode_$dev
+    $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid --ali-dir $exp/tri_ali_$dev \
+      $exp/$m/graph $data/${dev}_mfcc $exp/$m $exp/$m/decode_$dev
     for t in $tests; do
-      asrkd decode --nj $nj --acwt-from $exp/$m/decode_$dev \
+      $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/$m/decode_$dev --ali-dir $exp/tri_ali_$t \
         $exp/$m/graph $data/${t}_mfcc $exp/$m $exp/$m/decode_$t
     done
   done
@@ -63,35 +72,38 @@ if stage 9 "GMM decoding and scoring"; then
 fi
 
 if stage 10 "ensemble: $num_models DNNs with different seeds"; then
-  $asrkd_cmd asrkd train-ensemble --nj $nj --num-models $num_models --conf $conf/dnn.yaml \
+  $asrkd_cmd asrkd train-ensemble --nj $nj --num-models $num_models --conf $conf/$dnn_conf \
     $data/$train $exp/tri_ali_$train $exp/teachers
   stage_done 10
 fi
 
 if stage 11 "soft targets: the ensemble's distribution at temperature $temperature"; then
-  $asrkd_cmd asrkd soft-targets --nj $nj --temperature $temperature --combine arith \
+  $asrkd_cmd asrkd soft-targets --nj $nj --temperature $temperature --combine arith --topk $topk \
     $data/$train $exp/teachers $exp/soft_T$temperature
   stage_done 11
 fi
 
 if stage 12 "distillation: same-size and small students; small student on hard targets"; then
-  $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha --conf $conf/dnn.yaml \
-    $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
-  $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha --conf $conf/student_small.yaml \
-    $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
-  $asrkd_cmd asrkd train --conf $conf/student_small.yaml --seed 1 \
+  frames=$exp/teachers/frames   # the teachers' frame cache, shared
+  $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha --conf $conf/$dnn_conf \
+    --cache-dir $frames $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
+  $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha --conf $conf/$small_conf \
+    --cache-dir $frames $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
+  $asrkd_cmd asrkd train --conf $conf/$small_conf --seed 1 --cache-dir $frames \
     $data/$train $exp/tri_ali_$train $exp/student_small_hard
   stage_done 12
 fi
 
-if stage 13 "hybrid decoding of every DNN system; frame accuracy"; then
-  dnn_systems="$(ls -d $exp/teachers/model* | sort -V) $exp/teachers $exp/distill \
-    $exp/student_small_kd $exp/student_small_hard"
-  for m in $dnn_systems; do
-    asrkd decode --nj $nj --ali-dir $exp/tri_ali_$dev $exp/tri/graph $data/$dev $m $m/decode_$dev
+if stage 13 "hybrid decoding of every DNN system: acoustic scale chosen on dev with model1"; then
+  # One acoustic scale for all DNN systems (same features, targets and priors), tuned on dev
+  # with the first ensemble member, so each test set is decoded once per system.
+  $asrkd_cmd asrkd decode $decode_opts --acwt-grid $dnn_acwt_grid --ali-dir $exp/tri_ali_$dev \
+    $exp/tri/graph $data/$dev $exp/teachers/model1 $exp/teachers/decode_acwt_$dev
+  for m in $(ls -d $exp/teachers/model* | sort -V) $exp/teachers $exp/distill \
+           $exp/student_small_kd $exp/student_small_hard; do
     for t in $tests; do
-      asrkd decode --nj $nj --ali-dir $exp/tri_ali_$t --acwt-from $m/decode_$dev \
-        $exp/tri/graph $data/$t $m $m/decode_$t
+      $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/teachers/decode_acwt_$dev \
+        --ali-dir $exp/tri_ali_$t $exp/tri/graph $data/$t $m $m/decode_$t
     done
   done
   stage_done 13
@@ -99,5 +111,6 @@ fi
 
 if stage 14 "report"; then
   asrkd report $exp
+  cat $exp/results.md
   stage_done 14
 fi

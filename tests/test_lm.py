@@ -142,5 +142,10 @@ def test_vocab_maps_to_unk(tmp_path):
     assert lm.vocab == {"<s>", "</s>", "<UNK>", "A", "B", "Z"}
     assert ("B", "<UNK>") in lm.logprob
     assert info["dev"]["oovs"] == 2 and info["dev"]["oov_rate"] == pytest.approx(2 / 6)
+    # plain training text; the dev text keeps its utterance ids (they are not counted as OOVs)
+    (tmp_path / "plain").write_text("A B C\nB A D\n")
+    info = train_lm([str(tmp_path / "plain")], str(tmp_path / "lm2.arpa"), order=3,
+                    vocab_path=str(tmp_path / "words.txt"), dev_text=str(tmp_path / "t"))
+    assert info["dev"]["oovs"] == 2 and info["dev"]["words"] == 6
     with pytest.raises(UserError):
         train_lm([str(tmp_path / "missing")], str(tmp_path / "x.arpa"))

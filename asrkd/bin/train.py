@@ -11,6 +11,9 @@ def add_arguments(parser):
     parser.add_argument("--init-from", default=None, help="checkpoint whose weights start training")
     parser.add_argument("--train-fraction", type=float, default=1.0,
                         help="train on this fraction of the training utterances (by seed)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="frame cache dir to share (e.g. an ensemble's EXP/frames); "
+                             "default EXP_DIR/frames")
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads (overrides the config)")
 
@@ -24,5 +27,6 @@ def main(args):
     if args.num_threads is not None:
         train_config = dataclasses.replace(train_config, num_threads=args.num_threads)
     path = train_model(args.data, args.ali_dir, args.exp_dir, model_config, train_config,
-                       args.seed, init_from=args.init_from, train_fraction=args.train_fraction)
+                       args.seed, init_from=args.init_from, train_fraction=args.train_fraction,
+                       cache_dir=args.cache_dir)
     print(path)

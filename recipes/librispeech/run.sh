@@ -38,7 +38,7 @@ data=data
 exp=exp
 
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n 2,10p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
   for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers lm_text \
            lexicon num_models temperature alpha mono_gauss tri_leaves tri_gauss dnn_conf; do

@@ -18,22 +18,34 @@ nj=2                   # parallel jobs (processes)
 hours=1.0              # training audio; dev and test are sized in proportion
 condition=other        # clean | other (reverberation + noise)
 seed=0
+vocab_size=3000        # LM-text words added to the vocabulary (most frequent first)
+mono_fraction=0.5      # share of training speakers the monophone system is trained on
+mono_iters=25
+mono_gauss=1000
+tri_iters=25
+tri_leaves=1000        # tied triphone states = DNN targets (the paper: ~14k)
+tri_gauss=4000
+dnn_conf=dnn.yaml      # teachers and the same-size student
+small_conf=student_small.yaml
 num_models=10          # ensemble size (the paper: 10)
 temperature=2          # distillation temperature
 alpha=0.5              # weight of the soft-target loss (the paper: hard weight 0.5)
-mono_gauss=1000
-tri_leaves=1000
-tri_gauss=4000
+topk=50                # soft targets stored per frame (top-k of the ensemble's distribution)
+beam=11
+max_active=2000
+gmm_acwt_grid=0.067,0.083,0.1,0.125
+dnn_acwt_grid=0.067,0.1,0.15
 conf=../../conf
 corpus=corpus
 data=data
 exp=exp
 
 usage() {
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n 2,7p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj hours condition seed num_models temperature alpha \
-           mono_gauss tri_leaves tri_gauss; do
+  for v in stage stop_stage force nj hours condition seed vocab_size mono_fraction mono_iters \
+           mono_gauss tri_iters tri_leaves tri_gauss dnn_conf small_conf num_models temperature \
+           alpha topk beam max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
 }
@@ -41,6 +53,7 @@ parse_options "$@"
 mkdir -p "$exp"
 train=train dev=dev tests=test
 lm_text=$corpus/train-text.txt   # LM text from the training books only (never test text)
+lm_opts=                         # plain sentences, no utterance ids
 lexicon=
 
 if stage 0 "synthesize the corpus ($hours h train, condition $condition)"; then

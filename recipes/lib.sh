@@ -56,3 +56,11 @@ stage_done() {
   printf '%s\t%s\t%s\n' "$n" "$_stage_name" "$secs" >> "$exp/timings.tsv"
   log "Stage $n done in ${secs} s"
 }
+
+# abs_path P: P made absolute against the directory the recipe was started from ($start_dir).
+abs_path() {
+  case "$1" in
+    /*|"") echo "$1" ;;
+    *) echo "$start_dir/$1" ;;
+  esac
+}

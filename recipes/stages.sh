@@ -110,7 +110,7 @@ if stage 13 "hybrid decoding of every DNN system: acoustic scale chosen on dev w
 fi
 
 if stage 14 "report"; then
-  asrkd report $exp
+  asrkd report $exp --test-sets $tests
   cat $exp/results.md
   stage_done 14
 fi

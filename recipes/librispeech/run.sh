@@ -9,6 +9,7 @@
 #     --test-sets "" --dev-speakers 25 --lm-text train-clean-100.text
 # You can safely remove data/ exp/ and rerun; finished stages are skipped.
 set -euo pipefail
+start_dir=$PWD
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 . ../lib.sh
@@ -25,14 +26,25 @@ test_sets="test-clean test-other"
 dev_speakers=0                # with empty --dev-sets: speakers moved from train to dev
 lm_text=                      # LM training text (one sentence per line, an utterance id first is
                               # stripped); never the test transcripts
+lm_utt_ids=true               # the LM text starts each line with an utterance id
+vocab_size=                   # LM-text words added to the vocabulary (empty: all)
 lexicon=                      # optional lexicon file (WORD PH1 PH2 ...); default CMUdict
+mono_fraction=0.3             # share of training speakers for the monophone system
+mono_iters=40
+mono_gauss=2000
+tri_iters=35
+tri_leaves=2500               # tied triphone states = DNN targets (the paper: ~14k)
+tri_gauss=15000
+dnn_conf=dnn_paper.yaml       # teachers / same-size student (the paper's 8 x 2560; GPU)
+small_conf=student_small.yaml
 num_models=10
 temperature=2
 alpha=0.5
-mono_gauss=2000
-tri_leaves=2500
-tri_gauss=15000
-dnn_conf=dnn_gpu.yaml         # teacher / same-size student config in conf/
+topk=50
+beam=13
+max_active=7000
+gmm_acwt_grid=0.067,0.083,0.1,0.125
+dnn_acwt_grid=0.067,0.1,0.15
 conf=../../conf
 data=data
 exp=exp
@@ -41,33 +53,43 @@ usage() {
   sed -n 2,10p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
   for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers lm_text \
-           lexicon num_models temperature alpha mono_gauss tri_leaves tri_gauss dnn_conf; do
+           lm_utt_ids vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
+           tri_leaves tri_gauss dnn_conf small_conf num_models temperature alpha topk beam \
+           max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
 }
 parse_options "$@"
+corpus=$(abs_path "$corpus") lm_text=$(abs_path "$lm_text") lexicon=$(abs_path "$lexicon")
 [ -n "$corpus" ] || { echo "$0: --corpus DIR is required (see --help)" >&2; exit 1; }
 [ -d "$corpus" ] || { echo "$0: --corpus $corpus: no such directory" >&2; exit 1; }
+[ -n "$lm_text" ] || { echo "$0: --lm-text FILE is required (never the test transcripts)" >&2; exit 1; }
+[ -f "$lm_text" ] || { echo "$0: --lm-text $lm_text: no such file" >&2; exit 1; }
+lm_opts=; [ "$lm_utt_ids" = true ] && lm_opts=--utt-ids
 mkdir -p "$exp"
 train=train dev=dev
 tests=""
 for t in $test_sets; do tests="$tests ${t//-/_}"; done
+# No test set (e.g. a slice of train-clean-100 split into train and dev): report on dev, whose
+# acoustic scale is then tuned on the same data (the report says which sets were used).
+[ -n "$tests" ] || tests=$dev
 
 if stage 1 "data preparation: Kaldi data dirs"; then
-  parts=""
-  for s in $train_sets; do
-    asrkd prepare-data $corpus/$s $data/${s//-/_}; parts="$parts $data/${s//-/_}"
-  done
-  asrkd combine-data-dirs $data/$train $parts
-  if [ -n "$dev_sets" ]; then
-    parts=""
-    for s in $dev_sets; do
-      asrkd prepare-data $corpus/$s $data/${s//-/_}; parts="$parts $data/${s//-/_}"
+  # prepare_sets OUT SUBSET...: prepare each LibriSpeech subset, then merge them into OUT
+  prepare_sets() {
+    local out=$1 parts="" s; shift
+    for s in "$@"; do
+      asrkd prepare-data $corpus/$s $data/${s//-/_}
+      parts="$parts $data/${s//-/_}"
     done
-    asrkd combine-data-dirs $data/$dev $parts
+    asrkd combine-data-dirs $out $parts
+  }
+  if [ -n "$dev_sets" ]; then
+    prepare_sets $data/$train $train_sets
+    prepare_sets $data/$dev $dev_sets
   else
     [ "$dev_speakers" -gt 0 ] || { echo "$0: empty --dev-sets needs --dev-speakers N" >&2; exit 1; }
-    mv $data/$train $data/${train}_all
+    prepare_sets $data/${train}_all $train_sets
     asrkd subset-data-dir --num-speakers $dev_speakers $data/${train}_all $data/$dev $data/$train
   fi
   for t in $test_sets; do asrkd prepare-data $corpus/$t $data/${t//-/_}; done

@@ -6,6 +6,7 @@
 # Usage: recipes/synth/run.sh [--stage N] [--stop-stage N] [--nj N] [--hours H] ...
 # You can safely remove corpus/ data/ exp/ and rerun; finished stages are skipped.
 set -euo pipefail
+start_dir=$PWD
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 . ../lib.sh

@@ -584,7 +584,7 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir):
     from asrkd.features import FeatureReader
     from asrkd.models import Scorer, load_model
 
-    pdf_scp, _, _ = read_alignment_info(ali_dir)
+    pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
     scorer = model_or_scorer
     if isinstance(scorer, (str, os.PathLike)):
         scorer = [scorer]
@@ -601,6 +601,10 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir):
             continue
         y = np.asarray(pdf_scp[utt])
         s = np.asarray(score(utt))
+        if s.shape[1] != num_pdfs:
+            # e.g. a monophone GMM against triphone alignments: different pdf sets
+            raise UserError(f"the model scores {s.shape[1]} pdfs but {ali_dir} has {num_pdfs}: "
+                            "frame accuracy needs alignments of the model's own tree")
         if s.shape[0] != y.shape[0]:
             raise UserError(f"{utt}: {s.shape[0]} scored frames but {y.shape[0]} aligned")
         correct += int((s.argmax(-1) == y).sum())

@@ -61,10 +61,12 @@ fi
 
 if stage 9 "GMM decoding: acoustic scale chosen on dev, applied to test"; then
   for m in mono tri; do
-    $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid --ali-dir $exp/tri_ali_$dev \
+    # frame accuracy only where the alignments share the model's tree (the triphone system)
+    ali() { [ $m = tri ] && echo "--ali-dir $exp/tri_ali_$1"; true; }
+    $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid $(ali $dev) \
       $exp/$m/graph $data/${dev}_mfcc $exp/$m $exp/$m/decode_$dev
     for t in $tests; do
-      $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/$m/decode_$dev --ali-dir $exp/tri_ali_$t \
+      $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/$m/decode_$dev $(ali $t) \
         $exp/$m/graph $data/${t}_mfcc $exp/$m $exp/$m/decode_$t
     done
   done

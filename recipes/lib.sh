@@ -64,3 +64,26 @@ abs_path() {
     *) echo "$start_dir/$1" ;;
   esac
 }
+
+# run_bg LOG CMD...: run CMD in the background with its output in LOG; `wait_bg` waits for all of
+# them and fails (showing the log's tail) if any failed.
+_bg_pids=() _bg_logs=()
+run_bg() {
+  local logf=$1; shift
+  mkdir -p "$(dirname "$logf")"
+  log "started in the background: $* (log: $logf)"
+  "$@" > "$logf" 2>&1 &
+  _bg_pids+=($!) _bg_logs+=("$logf")
+}
+wait_bg() {
+  local i rc=0
+  for i in "${!_bg_pids[@]}"; do
+    if ! wait "${_bg_pids[$i]}"; then
+      echo "failed; the end of ${_bg_logs[$i]}:" >&2
+      tail -n 20 "${_bg_logs[$i]}" >&2
+      rc=1
+    fi
+  done
+  _bg_pids=() _bg_logs=()
+  return $rc
+}

@@ -9,8 +9,8 @@ decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 4"
 if stage 2 "features: fbank (DNN) and MFCC (GMM) + per-speaker CMVN"; then
   for s in $all_sets; do
     asrkd copy-data-dir $data/$s $data/${s}_mfcc
-    $asrkd_cmd asrkd compute-feats --nj $nj --conf $conf/fbank.yaml $data/$s fbank/$s
-    $asrkd_cmd asrkd compute-feats --nj $nj --conf $conf/mfcc.yaml $data/${s}_mfcc mfcc/$s
+    $asrkd_cmd asrkd compute-feats --nj $nj --conf $conf/fbank.yaml $data/$s $data/fbank/$s
+    $asrkd_cmd asrkd compute-feats --nj $nj --conf $conf/mfcc.yaml $data/${s}_mfcc $data/mfcc/$s
     asrkd compute-cmvn $data/$s
     asrkd compute-cmvn $data/${s}_mfcc
   done
@@ -86,13 +86,17 @@ if stage 11 "soft targets: the ensemble's distribution at temperature $temperatu
 fi
 
 if stage 12 "distillation: same-size and small students; small student on hard targets"; then
+  # two trainings at a time, one thread each (threads competing for the cores slow torch down)
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
-  $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha --conf $conf/$dnn_conf \
-    --cache-dir $frames $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
-  $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha --conf $conf/$small_conf \
-    --cache-dir $frames $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
-  $asrkd_cmd asrkd train --conf $conf/$small_conf --seed 1 --cache-dir $frames \
-    $data/$train $exp/tri_ali_$train $exp/student_small_hard
+  kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1"
+  run_bg $exp/log/distill.log $asrkd_cmd asrkd distill $kd_opts --conf $conf/$dnn_conf \
+    $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
+  run_bg $exp/log/students_small.log bash -c "set -e
+    $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
+      $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
+    $asrkd_cmd asrkd train --conf $conf/$small_conf --seed 1 --cache-dir $frames --num-threads 1 \
+      $data/$train $exp/tri_ali_$train $exp/student_small_hard"
+  wait_bg
   stage_done 12
 fi
 

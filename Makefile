@@ -25,6 +25,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/gmm.py
+	$(BIN)/python bench/synth.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,9 +24,9 @@ Where we deviate from Kaldi:
 """
 
 import dataclasses
+import functools
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -165,6 +165,55 @@ def load_model(model_dir):
     return GmmModel(tm, ctx, am)
 
 
+def _openblas():
+    """numpy's OpenBLAS (ctypes handle, symbol suffix), or None where not found."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+            if hasattr(lib, f"{prefix}_set_num_threads{suffix}"):
+                return lib, prefix, suffix
+    return None
+
+
+class single_threaded_blas:
+    """Context manager: numpy's OpenBLAS runs 1 thread inside (restored on exit).
+
+    Our products are small (a few thousand Gaussians x one utterance); OpenBLAS threads on
+    them cost 3-5x the CPU time (spinning, worse with nj jobs already filling the cores) for
+    no wall-clock gain. Forked jobs inherit the setting."""
+
+    def __enter__(self):
+        self.handle, self.prev = _openblas(), None
+        if self.handle:
+            lib, prefix, suffix = self.handle
+            self.prev = getattr(lib, f"{prefix}_get_num_threads{suffix}")()
+            getattr(lib, f"{prefix}_set_num_threads{suffix}")(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle and self.prev:
+            lib, prefix, suffix = self.handle
+            getattr(lib, f"{prefix}_set_num_threads{suffix}")(int(self.prev))
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with single_threaded_blas():
+                return fn(*args, **kwargs)
+        return wrapped
+
+
 # --------------------------------------------------------------------------------------------
 # Vectorized likelihoods and statistics
 
@@ -208,28 +257,62 @@ class PackedGmm:
         return (self.gconsts[gauss] + x @ self.means_invvars[gauss].T
                 - 0.5 * (x * x) @ self.inv_vars[gauss].T)
 
-    def pdf_loglikes(self, x):
-        """(T, D) frames -> (T, num_pdfs) float32 per-pdf log-likelihoods (log-sum over mix)."""
+    def _layout(self, pdfs):
+        """Gaussian rows of ``pdfs`` in "rank-major" order for the log-sum over mixtures.
+
+        Pdfs are sorted by mixture size (descending), so the pdfs having a k-th Gaussian are a
+        prefix of that order; block k holds the k-th Gaussians of that prefix. The log-sum is
+        then a few contiguous numpy operations per mixture rank instead of a reduceat over
+        irregular groups (which was most of the alignment time). Returns (rows, prefix lengths
+        per rank, order): row j of the result is pdf ``pdfs[order[j]]``.
+        """
+        sizes = self.sizes[pdfs]
+        order = np.argsort(-sizes, kind="stable")
+        ss, starts = sizes[order], self.offsets[pdfs][order]
+        counts = [int(np.count_nonzero(ss > k)) for k in range(int(ss[0]) if len(ss) else 0)]
+        rows = np.concatenate([starts[:n] + k for k, n in enumerate(counts)]) if counts \
+            else np.zeros(0, dtype=np.int64)
+        return rows, counts, order
+
+    def pdf_loglikes(self, x, pdfs=None):
+        """(T, D) frames -> (T, P') float32 per-pdf log-likelihoods (log-sum over mixture
+        components) of ``pdfs`` (default all, P' = num_pdfs) in the given order."""
         if self._w32 is None:
             # float32 products: 2x faster and plenty for decoding/alignment
             self._w32 = (self.w2.astype(np.float32), self.gconsts.astype(np.float32)[:, None])
+            self._full = self._layout(np.arange(self.num_pdfs))
         w2, gc = self._w32
+        if pdfs is None:
+            rows, counts, order = self._full
+        else:
+            pdfs = np.asarray(pdfs, dtype=np.int64)
+            rows, counts, order = self._layout(pdfs)
         x = np.asarray(x, dtype=np.float32)
-        dim = self.dim
+        dim, n = self.dim, len(order)
         xs = np.empty((len(x), 2 * dim), dtype=np.float32)
         xs[:, :dim] = x
         np.multiply(x, x, out=xs[:, dim:])
-        # Gaussians as rows (G, T): the per-pdf reductions run over contiguous rows
-        ll = w2 @ xs.T
-        ll += gc
-        starts = self.offsets[:-1]
-        m = np.maximum.reduceat(ll, starts, axis=0)  # (P, T)
-        ll -= m[self.gauss2pdf]
-        np.exp(ll, out=ll)
-        s = np.add.reduceat(ll, starts, axis=0)
+        # Gaussians as rows (G', T): each rank block is a contiguous slab
+        ll = w2[rows] @ xs.T
+        ll += gc[rows]
+        m = ll[:n].copy()
+        pos = n
+        for c in counts[1:]:
+            np.maximum(m[:c], ll[pos:pos + c], out=m[:c])
+            pos += c
+        s = np.zeros_like(m)
+        pos = 0
+        for c in counts:
+            blk = ll[pos:pos + c]
+            blk -= m[:c]
+            np.exp(blk, out=blk)
+            s[:c] += blk
+            pos += c
         np.log(s, out=s)
         s += m
-        return np.ascontiguousarray(s.T)
+        out = np.empty((len(x), n), dtype=np.float32)
+        out[:, order] = s.T
+        return out
 
 
 @dataclasses.dataclass
@@ -515,30 +598,28 @@ def _log(log, msg):
 
 def em_iteration(model, data, lang, utts, alis, realign, beam, retry_beam, config, graphs):
     """One pass over ``utts``: optional realignment, then statistics. Returns (stats, tstats,
-    alis, failed). ``graphs`` caches training graphs by utterance (filled on demand)."""
-    from asrkd.align import align_utterance, compile_graphs
+    alis, failed). ``graphs`` caches training graphs (asrkd.align.UttGraph) by utterance,
+    filled on demand; they depend only on the tree, so one cache serves a whole run_em."""
+    from asrkd.align import align_utterance
 
     packed = PackedGmm(model.am)
     tid2pdf = np.asarray(model.tm.transition_id_to_pdf_array(), dtype=np.int64)
     stats = GmmStats.zeros(len(packed.gauss2pdf), packed.dim)
     new_alis, failed = {}, {}
     buf, nbuf = [], 0
-    need = [u for u in utts if u not in graphs] if realign else []
-    if need:
-        g, bad = compile_graphs(model, lang, {u: data.text[u] for u in need})
-        graphs.update(g)
-        failed.update(bad)
+    if realign:
+        failed.update(fill_graphs(graphs, model, lang, data, utts))
     for u in utts:
         if u in failed:
             continue
         x = data.feats[u]
         if realign:
-            if u not in graphs:
-                continue
-            ll = packed.pdf_loglikes(x)
-            ali, reason = align_utterance(model.tm, graphs[u], ll, u, beam, retry_beam,
+            g = graphs[u]
+            ll = packed.pdf_loglikes(x, g.pdfs)
+            ali, reason = align_utterance(model.tm, g, ll, u, beam, retry_beam,
                                           config.acwt, config.transition_scale,
-                                          config.self_loop_scale, lang.disambig_phones)
+                                          config.self_loop_scale, lang.disambig_phones,
+                                          tid2pdf=tid2pdf)
             if ali is None:
                 failed[u] = reason
                 continue
@@ -557,6 +638,21 @@ def em_iteration(model, data, lang, utts, alis, realign, beam, retry_beam, confi
     return stats, tstats, new_alis, failed
 
 
+def fill_graphs(graphs, model, lang, data, utts):
+    """Compile the training graphs of ``utts`` missing from ``graphs`` (utt -> UttGraph, or
+    a reason string for a transcript without a graph); returns {utt: reason} of ``utts``
+    without a graph."""
+    from asrkd.align import UttGraph, compile_graphs
+
+    need = [u for u in utts if u not in graphs]
+    if need:
+        tid2pdf = np.asarray(model.tm.transition_id_to_pdf_array(), dtype=np.int64)
+        g, bad = compile_graphs(model, lang, {u: data.text[u] for u in need})
+        graphs.update({u: UttGraph(f, tid2pdf) for u, f in g.items()})
+        graphs.update(bad)
+    return {u: graphs[u] for u in utts if isinstance(graphs[u], str)}
+
+
 ACC_BATCH_FRAMES = 100000  # frames per accumulate() call: amortizes its per-pdf loop
 
 
@@ -567,35 +663,65 @@ def _flush(packed, buf, stats):
         buf.clear()
 
 
-def _em_job(model_dir, data, lang, utts, alis, realign, beam, retry_beam, config):
-    model = load_model(model_dir)
-    data, lang = as_data(data), as_lang(lang)
+# State that run_em's forked jobs inherit (features in memory, compiled graphs, the model)
+# instead of re-reading and re-compiling them in every job of every iteration.
+_FORK_STATE = {}
+
+
+def _em_job(utts, alis, realign, beam, retry_beam, config):
+    model, data, lang, graphs = _FORK_STATE["em"]
     stats, tstats, alis, failed = em_iteration(model, data, lang, utts, alis, realign, beam,
-                                               retry_beam, config, {})
+                                               retry_beam, config, graphs)
     print(f"{len(alis)} utterances, {len(failed)} failed, "
           f"avg loglike {stats.loglike / max(stats.frames, 1):.4f} over {stats.frames} frames")
     return stats, tstats, alis, failed
 
 
-def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0):
+def _feats_job(utts):
+    feats = _FORK_STATE["feats"]
+    return {u: feats[u] for u in utts}
+
+
+def preload_features(data, utts, nj=1, log_dir=None):
+    """Replace ``data.feats`` by an in-memory dict over ``utts`` (read by ``nj`` jobs): EM
+    reads every utterance 25-40 times, and MFCC + deltas + CMVN once is enough."""
+    from asrkd.jobs import run_jobs, split_evenly
+
+    if isinstance(data.feats, dict):
+        return data
+    utts = [u for u in utts if u in data.feats]
+    if nj > 1 and log_dir:
+        feats = {}
+        _FORK_STATE["feats"] = data.feats
+        try:
+            for r in run_jobs(_feats_job, [(c,) for c in split_evenly(utts, nj)], nj,
+                              log_dir, "feats", desc="load features"):
+                feats.update(r)
+        finally:
+            _FORK_STATE.pop("feats", None)
+    else:
+        feats = {u: data.feats[u] for u in utts}
+    data.feats = feats
+    return data
+
+
+def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0, graphs=None):
     """Viterbi EM from ``model`` and initial alignments ``alis`` (utt -> transition-ids) on the
-    schedule ``config``; logs each iteration to exp_dir/log/train.log. With nj > 1 each
-    iteration's model goes to exp_dir/cur for the jobs. Returns (model, alis, failed)."""
+    schedule ``config``; logs each iteration to exp_dir/log/train.log. ``graphs`` is a
+    training-graph cache (see em_iteration) to reuse. With nj > 1 each iteration forks ``nj``
+    jobs that inherit the model, features and graphs. Returns (model, alis, failed)."""
     import kaldi_hmm_gmm as khg
     from asrkd.jobs import run_jobs, split_evenly
 
     log_dir = os.path.join(exp_dir, "log")
     os.makedirs(log_dir, exist_ok=True)
     utts = data.utts
-    # in-process data objects cannot cross to worker processes; paths can
-    data_arg = data.path if (nj > 1 and data.path) else data
-    lang_arg = (getattr(lang, "dir", None) or lang) if nj > 1 else lang
-    cur_dir = os.path.join(exp_dir, "cur")
+    preload_features(data, utts, nj, log_dir)
     num_gauss = model.am.num_gauss
     inc = max(0, (config.num_gauss - num_gauss) // max(config.max_iter_inc, 1))
     failed = {}
     summary = open(os.path.join(log_dir, "train.log"), "w" if start_iter == 0 else "a")
-    graphs = {}
+    graphs = {} if graphs is None else graphs
     for it in range(start_iter, config.num_iters):
         t0 = time.time()
         realign = it in config.realign_iters
@@ -605,12 +731,18 @@ def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0):
             stats, tstats, alis_new, failed_it = em_iteration(
                 model, data, lang, utts, alis, realign, beam, retry, config, graphs)
         else:
-            save_model(model, cur_dir)
+            if realign:
+                # compiled once here (the jobs' caches die with them), inherited by every
+                # later iteration's jobs
+                fill_graphs(graphs, model, lang, data, utts)
+            _FORK_STATE["em"] = (model, data, lang, graphs)
             chunks = split_evenly(utts, nj)
-            res = run_jobs(_em_job, [(cur_dir, data_arg, lang_arg, c,
-                                      {u: alis[u] for u in c if u in alis}, realign, beam,
-                                      retry, config) for c in chunks],
-                           nj, log_dir, f"acc.{it}", desc=f"iter {it}")
+            try:
+                res = run_jobs(_em_job, [(c, {u: alis[u] for u in c if u in alis}, realign,
+                                          beam, retry, config) for c in chunks],
+                               nj, log_dir, f"acc.{it}", desc=f"iter {it}")
+            finally:
+                _FORK_STATE.pop("em", None)
             stats, tstats, alis_new, failed_it = res[0]
             for r in res[1:]:
                 stats.add(r[0])
@@ -633,23 +765,22 @@ def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0):
                       f"{stats.loglike / max(stats.frames, 1):.4f} over {stats.frames} frames, "
                       f"{len(failed)} failed, {am.num_gauss} gaussians, {time.time() - t0:.1f}s")
     summary.close()
-    shutil.rmtree(cur_dir, ignore_errors=True)
     return model, alis, failed
 
 
-def equal_alignments(model, lang, data, utts, seed=0):
-    """Kaldi align-equal-compiled: a random path of the training graph with exactly T frames."""
+def equal_alignments(model, lang, data, utts, seed=0, graphs=None):
+    """Kaldi align-equal-compiled: a random path of the training graph with exactly T frames.
+    ``graphs``: a training-graph cache (see em_iteration) to fill and reuse."""
     import kaldifst
 
-    from asrkd.align import compile_graphs
-
-    graphs, failed = compile_graphs(model, lang, {u: data.text[u] for u in utts})
+    graphs = {} if graphs is None else graphs
+    failed = fill_graphs(graphs, model, lang, data, utts)
     alis = {}
     for i, u in enumerate(utts):
-        if u not in graphs:
+        if u in failed:
             continue
         n = len(data.feats[u])
-        ok, path = kaldifst.equal_align(graphs[u], n, seed + i)
+        ok, path = kaldifst.equal_align(graphs[u].fst, n, seed + i)
         if not ok:
             failed[u] = "equal-align: transcript needs more frames than the audio has"
             continue
@@ -673,6 +804,7 @@ def _report_failed(failed, n, what):
               f"(first: {sorted(failed)[0]} {failed[sorted(failed)[0]]})", file=sys.stderr)
 
 
+@single_threaded_blas()
 def train_mono(data_dir, lang_dir, exp_dir, num_iters=40, num_gauss=1000, nj=1, config=None,
                max_init_utts=1000):
     """Monophone GMM-HMM from a flat start (Kaldi steps/train_mono.sh); writes exp_dir/final.mdl,
@@ -690,12 +822,15 @@ def train_mono(data_dir, lang_dir, exp_dir, num_iters=40, num_gauss=1000, nj=1, 
     utts = data.utts
     if not utts:
         raise UserError(f"{data.path}: no utterances with both features and text")
+    preload_features(data, utts, nj, os.path.join(exp_dir, "log"))
     am = flat_start_am(tm.num_pdfs, (data.feats[u] for u in utts[:max_init_utts]))
     model = GmmModel(tm, ctx, am)
-    alis, failed = equal_alignments(model, lang, data, utts)
+    graphs = {}
+    alis, failed = equal_alignments(model, lang, data, utts, graphs=graphs)
     _report_failed(failed, len(utts), "equal alignment")
     # iteration 0 uses the equal alignments (Kaldi: gmm-acc-stats-ali on them)
-    model, alis, failed2 = run_em(model, data, lang, exp_dir, config, alis, nj=nj)
+    model, alis, failed2 = run_em(model, data, lang, exp_dir, config, alis, nj=nj,
+                                  graphs=graphs)
     failed = failed2 or failed
     save_model(model, exp_dir)
     write_failed(os.path.join(exp_dir, "failed"), failed)
@@ -723,6 +858,7 @@ def read_alignments(ali_dir, utts=None):
     return {u: np.asarray(scp[u], dtype=np.int32) for u in keys}
 
 
+@single_threaded_blas()
 def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=10000, nj=1,
               num_iters=35, config=None, min_count=100.0):
     """Triphone GMM-HMM (Kaldi steps/train_deltas.sh) from the alignments in ``ali_dir``.
@@ -738,6 +874,7 @@ def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=1
     data, lang = as_data(data_dir), as_lang(lang_dir)
     config = config or tri_config(num_iters, num_gauss)
     data.report_unusable("train-tri")
+    preload_features(data, data.utts, nj, os.path.join(exp_dir, "log"))
     old = load_model(ali_dir)
     alis = read_alignments(ali_dir, data.utts)
     if len(alis) < len(data.utts):

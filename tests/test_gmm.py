@@ -202,3 +202,56 @@ def test_stats_add():
     a.add(b).add(b)
     assert a.frames == 8 and a.loglike == 3.0 and a.occ.tolist() == [2.0, 2.0]
     assert isinstance(GmmModel(None, None).am, type(None))
+
+
+def test_pdf_subset_loglikes_equal_full():
+    rng = np.random.default_rng(3)
+    am = _random_am(rng, 12, 5, max_gauss=7)
+    packed = PackedGmm(am)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    full = packed.pdf_loglikes(x)
+    assert full.shape == (40, 12)
+    for p in range(12):
+        assert full[3, p] == pytest.approx(am.log_likelihood(p, x[3]), abs=2e-3)
+    sub = np.array([7, 2, 11, 2, 0])
+    np.testing.assert_allclose(packed.pdf_loglikes(x, sub), full[:, sub], rtol=1e-6)
+
+
+def test_graph_labels_and_subset_alignment_match_full(corpus, mono):
+    import kaldifst
+
+    from asrkd.align import UttGraph, align_utterance, compile_graphs
+
+    train, _, lang = corpus
+    m = load_model(mono)
+    packed = PackedGmm(m.am)
+    tid2pdf = np.asarray(m.tm.transition_id_to_pdf_array(), dtype=np.int64)
+    utts = train.utts[:5]
+    graphs, failed = compile_graphs(m, lang, {u: train.text[u] for u in utts})
+    assert not failed
+    for u in utts:
+        f = graphs[u]
+        labels = {a.ilabel for s in range(f.num_states) for a in kaldifst.ArcIterator(f, s)}
+        g = UttGraph(f, tid2pdf)
+        assert g.tids.tolist() == sorted(labels - {0})
+        assert len(g.pdfs) < m.num_pdfs  # a transcript uses only some of the phones
+        x = train.feats[u]
+        full, _ = align_utterance(m.tm, f, packed.pdf_loglikes(x), u,
+                                  disambig=lang.disambig_phones)
+        sub, _ = align_utterance(m.tm, g, packed.pdf_loglikes(x, g.pdfs), u,
+                                 disambig=lang.disambig_phones, tid2pdf=tid2pdf)
+        assert full is not None and np.array_equal(full, sub)
+
+
+def test_mono_parallel_jobs_match_one_job(corpus, tmp_path):
+    # nj > 1: forked jobs share the parent's features, graphs and model (statistics summed in
+    # another order: the runs drift apart a little)
+    train, _, lang = corpus
+    logs = []
+    for nj in (1, 2):
+        d = str(tmp_path / f"nj{nj}")
+        train_mono(TrainData(dict(train.feats), train.text), lang, d, num_iters=4, num_gauss=60,
+                   nj=nj)
+        logs.append([line.split("loglike/frame ")[1].split()[0]
+                     for line in open(os.path.join(d, "log", "train.log"))])
+    np.testing.assert_allclose(np.array(logs[0], float), np.array(logs[1], float), atol=0.1)

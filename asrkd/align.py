@@ -145,7 +145,7 @@ def align(data_dir, lang_dir, model_dir, ali_dir, nj=1, beam=10.0, retry_beam=40
     {ali.scp, pdf.scp (+ .N.ark), pdf_counts, num_pdfs, final.mdl, tree, failed, log/}.
     ``data_dir``/``lang_dir`` may be TrainData / Lang-like objects (then nj is 1).
     Returns the dict of failed utterances (utt -> reason)."""
-    from asrkd.gmm import single_threaded_blas
+    from asrkd.jobs import single_threaded_blas
 
     with single_threaded_blas():
         return _align(data_dir, lang_dir, model_dir, ali_dir, nj, beam, retry_beam, acwt)

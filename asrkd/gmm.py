@@ -24,7 +24,6 @@ Where we deviate from Kaldi:
 """
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ import time
 import numpy as np
 
 from asrkd.errors import UserError
+from asrkd.jobs import single_threaded_blas
 from asrkd.table import atomic_path
 
 FORMAT = "asrkd-gmm-1"
@@ -163,55 +163,6 @@ def load_model(model_dir):
         am = am_from_arrays(np.split(z["gmm_weights"], ends), np.split(z["gmm_inv_vars"], ends),
                             np.split(z["gmm_means_invvars"], ends))
     return GmmModel(tm, ctx, am)
-
-
-def _openblas():
-    """numpy's OpenBLAS (ctypes handle, symbol suffix), or None where not found."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            if hasattr(lib, f"{prefix}_set_num_threads{suffix}"):
-                return lib, prefix, suffix
-    return None
-
-
-class single_threaded_blas:
-    """Context manager: numpy's OpenBLAS runs 1 thread inside (restored on exit).
-
-    Our products are small (a few thousand Gaussians x one utterance); OpenBLAS threads on
-    them cost 3-5x the CPU time (spinning, worse with nj jobs already filling the cores) for
-    no wall-clock gain. Forked jobs inherit the setting."""
-
-    def __enter__(self):
-        self.handle, self.prev = _openblas(), None
-        if self.handle:
-            lib, prefix, suffix = self.handle
-            self.prev = getattr(lib, f"{prefix}_get_num_threads{suffix}")()
-            getattr(lib, f"{prefix}_set_num_threads{suffix}")(1)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle and self.prev:
-            lib, prefix, suffix = self.handle
-            getattr(lib, f"{prefix}_set_num_threads{suffix}")(int(self.prev))
-        return False
-
-    def __call__(self, fn):
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            with single_threaded_blas():
-                return fn(*args, **kwargs)
-        return wrapped
 
 
 # --------------------------------------------------------------------------------------------

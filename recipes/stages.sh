@@ -54,8 +54,10 @@ if stage 7 "forced alignment of train/dev/test with the triphone system"; then
 fi
 
 if stage 8 "decoding graphs (HCLG) for the monophone and triphone systems"; then
-  asrkd make-graph $data/lang $exp/mono $data/lm/3gram.arpa $exp/mono/graph
-  asrkd make-graph $data/lang $exp/tri $data/lm/3gram.arpa $exp/tri/graph
+  for m in mono tri; do
+    run_bg $exp/$m/log/make_graph.log asrkd make-graph $data/lang $exp/$m $data/lm/3gram.arpa $exp/$m/graph
+  done
+  wait_bg
   stage_done 8
 fi
 

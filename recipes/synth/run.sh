@@ -16,7 +16,8 @@ stage=0
 stop_stage=100
 force=false
 nj=2                   # parallel jobs (processes)
-hours=1.0              # training audio; dev and test are sized in proportion
+hours=0.5              # training audio; dev and test are sized in proportion (10% each)
+num_speakers=40        # training speakers (dev and test get 8 unseen speakers each)
 condition=other        # clean | other (reverberation + noise)
 seed=0
 vocab_size=3000        # LM-text words added to the vocabulary (most frequent first)
@@ -44,7 +45,7 @@ exp=exp
 usage() {
   sed -n 2,7p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj hours condition seed vocab_size mono_fraction mono_iters \
+  for v in stage stop_stage force nj hours num_speakers condition seed vocab_size mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf small_conf num_models temperature \
            alpha topk beam max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
@@ -58,7 +59,8 @@ lm_opts=                         # plain sentences, no utterance ids
 lexicon=
 
 if stage 0 "synthesize the corpus ($hours h train, condition $condition)"; then
-  $asrkd_cmd asrkd synth-corpus --hours $hours --condition $condition --seed $seed --nj $nj $corpus
+  $asrkd_cmd asrkd synth-corpus --hours $hours --num-speakers $num_speakers --condition $condition \
+    --seed $seed --nj $nj $corpus
   stage_done 0
 fi
 

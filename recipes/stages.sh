@@ -91,7 +91,7 @@ if stage 12 "distillation: same-size and small students; small student on hard t
   # two trainings at a time, one thread each (threads competing for the cores slow torch down)
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
   kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1"
-  run_bg $exp/log/distill.log $asrkd_cmd asrkd distill $kd_opts --conf $conf/$dnn_conf \
+  run_bg $exp/log/distill.log $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
     $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
   run_bg $exp/log/students_small.log bash -c "set -e
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \

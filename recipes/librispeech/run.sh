@@ -36,6 +36,7 @@ tri_iters=35
 tri_leaves=2500               # tied triphone states = DNN targets (the paper: ~14k)
 tri_gauss=15000
 dnn_conf=dnn_paper.yaml       # teachers / same-size student (the paper's 8 x 2560; GPU)
+student_conf=dnn_paper.yaml    # the same-size distilled student
 small_conf=student_small.yaml
 num_models=10
 temperature=2
@@ -54,7 +55,7 @@ usage() {
   echo "Options (default):"
   for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers lm_text \
            lm_utt_ids vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
-           tri_leaves tri_gauss dnn_conf small_conf num_models temperature alpha topk beam \
+           tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk beam \
            max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done

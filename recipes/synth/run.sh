@@ -28,6 +28,7 @@ tri_iters=25
 tri_leaves=1000        # tied triphone states = DNN targets (the paper: ~14k)
 tri_gauss=4000
 dnn_conf=dnn.yaml      # teachers and the same-size student
+student_conf=student_same.yaml   # the same-size distilled student
 small_conf=student_small.yaml
 num_models=10          # ensemble size (the paper: 10)
 temperature=2          # distillation temperature
@@ -46,7 +47,7 @@ usage() {
   sed -n 2,7p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
   for v in stage stop_stage force nj hours num_speakers condition seed vocab_size mono_fraction mono_iters \
-           mono_gauss tri_iters tri_leaves tri_gauss dnn_conf small_conf num_models temperature \
+           mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk beam max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done

@@ -291,7 +291,10 @@ def collect(exp_dir, test_set="test"):
     rows, singles = [], []
     for s in SYSTEMS:
         if s.kind == "single":
-            dirs = sorted(glob.glob(os.path.join(exp_dir, decode_dir(s, test_set))))
+            # natural order: model2 before model10
+            dirs = sorted(glob.glob(os.path.join(exp_dir, decode_dir(s, test_set))),
+                          key=lambda d: [int(t) if t.isdigit() else t
+                                         for t in re.split(r"(\d+)", d)])
             for d in dirs:
                 m = _measure(exp_dir, os.path.relpath(d, exp_dir))
                 m["name"] = os.path.basename(os.path.dirname(d))

@@ -17,7 +17,6 @@ stay within int64 for any order.
 """
 
 import dataclasses
-import math
 import os
 import time
 
@@ -220,7 +219,6 @@ def estimate(sentences, order=3, vocab=None, unk="<UNK>"):
             p = (a - dvec) / total + gamma0 / (V - 1)
             p[0] = 0.0
             probs[1] = p
-            lower_gamma = None
         else:
             o = orders[n]
             H = len(probs[n - 1])

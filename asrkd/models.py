@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asrkd.config import DictConfig
 from asrkd.errors import UserError
 
 CHECKPOINT_FORMAT = "asrkd-acoustic-model-1"
@@ -38,7 +39,7 @@ def _default_tdnn_offsets():
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(DictConfig):
     """Architecture of an acoustic model; stored (as a dict) inside every checkpoint.
 
     ``feat_dim`` and ``num_pdfs`` are 0 until training fills them from the data and alignment.
@@ -84,16 +85,16 @@ class ModelConfig:
         """Frames per input window, C = left + 1 + right."""
         return self.left_context + 1 + self.right_context
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise UserError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+
+def _nonlinearity(dim, config):
+    """ReLU, then optional batch norm and dropout: what follows every hidden layer."""
+    layers = [nn.ReLU()]
+    if config.batchnorm:
+        layers.append(nn.BatchNorm1d(dim))
+    if config.dropout > 0:
+        layers.append(nn.Dropout(config.dropout))
+    return layers
 
 
 class _AcousticModel(nn.Module):
@@ -177,11 +178,7 @@ class DNNAcousticModel(_AcousticModel):
         super().__init__(config)
         layers, dim = [], config.context * config.feat_dim
         for h in config.hidden_dims:
-            layers += [nn.Linear(dim, h), nn.ReLU()]
-            if config.batchnorm:
-                layers.append(nn.BatchNorm1d(h))
-            if config.dropout > 0:
-                layers.append(nn.Dropout(config.dropout))
+            layers += [nn.Linear(dim, h)] + _nonlinearity(h, config)
             dim = h
         self.hidden = nn.Sequential(*layers)
         self.output = nn.Linear(dim, config.num_pdfs)
@@ -205,11 +202,8 @@ class TDNNAcousticModel(_AcousticModel):
         layers, dim = [], config.feat_dim
         for offsets, h in zip(config.tdnn_offsets, config.hidden_dims):
             dilation = offsets[1] - offsets[0] if len(offsets) > 1 else 1
-            layers += [nn.Conv1d(dim, h, kernel_size=len(offsets), dilation=dilation), nn.ReLU()]
-            if config.batchnorm:
-                layers.append(nn.BatchNorm1d(h))
-            if config.dropout > 0:
-                layers.append(nn.Dropout(config.dropout))
+            layers += [nn.Conv1d(dim, h, kernel_size=len(offsets), dilation=dilation)]
+            layers += _nonlinearity(h, config)
             dim = h
         self.hidden = nn.Sequential(*layers)
         self.output = nn.Linear(dim, config.num_pdfs)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from asrkd.config import DictConfig
 from asrkd.errors import UserError
 from asrkd.models import ModelConfig, build_model, load_checkpoint
 from asrkd.table import atomic_path
@@ -48,7 +49,7 @@ CACHE_VERSION = 1
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Optimisation settings; stored in every checkpoint."""
 
     epochs: int = 8  # maximum
@@ -87,16 +88,6 @@ class TrainConfig:
         if not 0 <= self.valid_fraction < 1:
             raise UserError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise UserError(f"unknown train config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 def load_conf(path):

@@ -2,7 +2,9 @@
 # Expects: $data/$train, $data/$dev and $data/<each of $tests> prepared by stage 1; $lm_text,
 # $lexicon (may be empty), $vocab_size, $nj, $conf, $exp and the model-size variables.
 
-all_sets="$train $dev $tests"
+# each set once (a recipe with no test set evaluates on dev: tests=$dev)
+all_sets=$(printf '%s\n' $train $dev $tests | awk '!seen[$0]++' | xargs)
+eval_sets=$(printf '%s\n' $dev $tests | awk '!seen[$0]++' | xargs)
 # Decoding: narrower than Kaldi's defaults (beam 13, max-active 7000) to keep the demo fast.
 decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 4"
 
@@ -47,7 +49,7 @@ fi
 if stage 7 "forced alignment of train/dev/test with the triphone system"; then
   $asrkd_cmd asrkd align --nj $nj $data/${train}_mfcc $data/lang $exp/tri $exp/tri_ali_$train
   # dev/test speakers are unseen: a wider retry beam so that the references are complete
-  for s in $dev $tests; do
+  for s in $eval_sets; do
     $asrkd_cmd asrkd align --nj $nj --retry-beam 400 $data/${s}_mfcc $data/lang $exp/tri $exp/tri_ali_$s
   done
   stage_done 7
@@ -68,6 +70,7 @@ if stage 9 "GMM decoding: acoustic scale chosen on dev, applied to test"; then
     $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid $(ali $dev) \
       $exp/$m/graph $data/${dev}_mfcc $exp/$m $exp/$m/decode_$dev
     for t in $tests; do
+      [ $t != $dev ] || continue   # dev is already decoded (with its best scale)
       $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/$m/decode_$dev $(ali $t) \
         $exp/$m/graph $data/${t}_mfcc $exp/$m $exp/$m/decode_$t
     done

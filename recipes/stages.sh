@@ -122,6 +122,10 @@ fi
 
 if stage 14 "report"; then
   asrkd report $exp --test-sets $tests
-  cat $exp/results.md
   stage_done 14
+fi
+
+# A finished run (or a rerun of one, which skips every stage) ends by printing the report.
+if [ "$stop_stage" -ge 14 ] && [ -f $exp/results.md ]; then
+  cat $exp/results.md
 fi

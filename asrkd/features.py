@@ -38,8 +38,9 @@ BACKENDS = ("torchaudio", "kaldi-native-fbank")
 
 
 @dataclasses.dataclass
-class FbankConfig:
-    """Kaldi ``compute-fbank-feats`` options (Kaldi's defaults except dither and num_mel_bins)."""
+class _FrameOptions:
+    """Framing, window and energy options that fbank and MFCC share (Kaldi's
+    FrameExtractionOptions and MelBanksOptions' frequency range)."""
 
     sample_rate: int = 16000
     frame_length_ms: float = 25.0
@@ -50,12 +51,21 @@ class FbankConfig:
     window_type: str = "povey"
     round_to_power_of_two: bool = True
     snip_edges: bool = True
-    num_mel_bins: int = 40
     low_freq: float = 20.0
     high_freq: float = 0.0
-    use_energy: bool = False
     energy_floor: float = 0.0
     raw_energy: bool = True
+
+    def to_dict(self):
+        return {"type": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass
+class FbankConfig(_FrameOptions):
+    """Kaldi ``compute-fbank-feats`` options (Kaldi's defaults except dither and num_mel_bins)."""
+
+    num_mel_bins: int = 40
+    use_energy: bool = False
     use_log_fbank: bool = True
     use_power: bool = True
 
@@ -65,40 +75,21 @@ class FbankConfig:
     def dim(self):
         return self.num_mel_bins + (1 if self.use_energy else 0)
 
-    def to_dict(self):
-        return {"type": self.kind, **dataclasses.asdict(self)}
-
 
 @dataclasses.dataclass
-class MfccConfig:
+class MfccConfig(_FrameOptions):
     """Kaldi ``compute-mfcc-feats`` options (Kaldi's defaults except dither)."""
 
-    sample_rate: int = 16000
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    dither: float = 0.0
-    preemphasis: float = 0.97
-    remove_dc_offset: bool = True
-    window_type: str = "povey"
-    round_to_power_of_two: bool = True
-    snip_edges: bool = True
     num_mel_bins: int = 23
     num_ceps: int = 13
     cepstral_lifter: float = 22.0
-    low_freq: float = 20.0
-    high_freq: float = 0.0
     use_energy: bool = True
-    energy_floor: float = 0.0
-    raw_energy: bool = True
 
     kind = "mfcc"
 
     @property
     def dim(self):
         return self.num_ceps
-
-    def to_dict(self):
-        return {"type": self.kind, **dataclasses.asdict(self)}
 
 
 CONFIGS = {"fbank": FbankConfig, "mfcc": MfccConfig}

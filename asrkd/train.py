@@ -90,8 +90,18 @@ class TrainConfig(DictConfig):
 
 
 
-def load_conf(path):
-    """YAML with optional ``model:`` and ``train:`` sections -> (ModelConfig, TrainConfig)."""
+def load_conf(path, **train_overrides):
+    """YAML with optional ``model:`` and ``train:`` sections -> (ModelConfig, TrainConfig).
+
+    ``train_overrides`` (e.g. ``num_threads=1`` from a command line) replace TrainConfig fields;
+    ``None`` values are ignored.
+    """
+    model, train = _read_conf(path)
+    overrides = {k: v for k, v in train_overrides.items() if v is not None}
+    return model, dataclasses.replace(train, **overrides) if overrides else train
+
+
+def _read_conf(path):
     import yaml
 
     if path is None:

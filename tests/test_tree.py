@@ -7,35 +7,14 @@ import pytest
 khg = pytest.importorskip("kaldi_hmm_gmm")
 
 from asrkd import tree  # noqa: E402
+from asrkd.lang import make_topo  # noqa: E402
 
 NONSIL = [1, 2, 3, 4, 5, 6]
 SIL = [7]
 DIM = 4
 SHIFT_CONTEXT = (3, 4)  # right contexts that shift phone 2
 
-TOPO = """<Topology>
-<TopologyEntry>
-<ForPhones>
-1 2 3 4 5 6
-</ForPhones>
-<State> 0 <PdfClass> 0 <Transition> 0 0.75 <Transition> 1 0.25 </State>
-<State> 1 <PdfClass> 1 <Transition> 1 0.75 <Transition> 2 0.25 </State>
-<State> 2 <PdfClass> 2 <Transition> 2 0.75 <Transition> 3 0.25 </State>
-<State> 3 </State>
-</TopologyEntry>
-<TopologyEntry>
-<ForPhones>
-7
-</ForPhones>
-<State> 0 <PdfClass> 0 <Transition> 0 0.25 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 </State>
-<State> 1 <PdfClass> 1 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 <Transition> 4 0.25 </State>
-<State> 2 <PdfClass> 2 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 <Transition> 4 0.25 </State>
-<State> 3 <PdfClass> 3 <Transition> 1 0.25 <Transition> 2 0.25 <Transition> 3 0.25 <Transition> 4 0.25 </State>
-<State> 4 <PdfClass> 4 <Transition> 4 0.75 <Transition> 5 0.25 </State>
-<State> 5 </State>
-</TopologyEntry>
-</Topology>
-"""
+TOPO = make_topo(NONSIL, SIL)  # the lang dir's topology: 3-state phones, 5-state silence
 
 
 def _topo():

@@ -36,13 +36,9 @@ def add_arguments(parser):
 
 
 def main(args):
-    import dataclasses
-
     from asrkd.train import load_conf
 
-    model_config, train_config = load_conf(args.conf)
-    if args.num_threads is not None:
-        train_config = dataclasses.replace(train_config, num_threads=args.num_threads)
+    model_config, train_config = load_conf(args.conf, num_threads=args.num_threads)
     soft, teachers = (None, args.soft_dir) if args.on_the_fly else (args.soft_dir, None)
     final = distill(args.data, args.ali_dir, soft, args.exp_dir, model_config, train_config,
                     temperature=args.temperature, alpha=args.alpha, seed=args.seed,

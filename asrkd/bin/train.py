@@ -19,13 +19,9 @@ def add_arguments(parser):
 
 
 def main(args):
-    import dataclasses
-
     from asrkd.train import load_conf, train_model
 
-    model_config, train_config = load_conf(args.conf)
-    if args.num_threads is not None:
-        train_config = dataclasses.replace(train_config, num_threads=args.num_threads)
+    model_config, train_config = load_conf(args.conf, num_threads=args.num_threads)
     path = train_model(args.data, args.ali_dir, args.exp_dir, model_config, train_config,
                        args.seed, init_from=args.init_from, train_fraction=args.train_fraction,
                        cache_dir=args.cache_dir)

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 
 from asrkd.errors import DataDirError, UserError
 from asrkd.table import read_table, write_table
@@ -496,14 +497,17 @@ def subset_data_dir(src, out1, out2, num_speakers=None, fraction=None):
 # Combining
 
 def combine_data_dirs(out, srcs):
-    """Merge the metadata of several data dirs (e.g. LibriSpeech train-clean-100 and -360) into
-    ``out``, as Kaldi's ``utils/combine_data.sh``. An utterance id in two sources is an error
-    (not a silent overwrite). Features are not combined: compute them on ``out``. Returns the
-    number of utterances.
+    """Merge several data dirs (e.g. LibriSpeech train-clean-100 and -360) into ``out``, as
+    Kaldi's ``utils/combine_data.sh``. An utterance id in two sources is an error (not a silent
+    overwrite). Features (feats.scp, utt2num_frames) are carried when every source has them, and
+    per-speaker CMVN when every source has it and no speaker is in two sources (stats of a split
+    speaker would need summing: compute CMVN on ``out`` then). Returns the number of utterances.
     """
     if not srcs:
         raise UserError("combine-data-dirs needs at least one source dir")
     tables = {name: {} for name in META_FILES if name != "spk2utt"}
+    feats = {name: {} for name in ("feats.scp", "utt2num_frames", "cmvn.scp")}
+    spk_src = {}
     for src in srcs:
         d = validate_data_dir(src, need=("wav.scp", "text", "utt2spk", "spk2utt"),
                               check_audio=False)
@@ -514,6 +518,16 @@ def combine_data_dirs(out, srcs):
                 if name == "wav.scp" and utt in merged:
                     raise UserError(f"utterance {utt} is in more than one source ({src})")
                 merged[utt] = value
+        for name in list(feats):
+            if feats[name] is not None and d.has(name):
+                feats[name].update(d.table(name))
+            else:
+                feats[name] = None
+        for spk in d.spk2utt:
+            if spk_src.setdefault(spk, src) != src and feats["cmvn.scp"] is not None:
+                print(f"combine-data-dirs: speaker {spk} is in {spk_src[spk]} and {src}: "
+                      "CMVN not carried (run compute-cmvn on the output)", file=sys.stderr)
+                feats["cmvn.scp"] = None
     if os.path.abspath(out) in {os.path.abspath(s) for s in srcs}:
         raise UserError(f"{out}: the output must not be one of the sources")
     utt2dur = tables["utt2dur"]
@@ -522,8 +536,13 @@ def combine_data_dirs(out, srcs):
     else:
         utt2dur = {k: float(v) for k, v in utt2dur.items()}
     if os.path.isdir(out):
-        for stale in ("feats.scp", "utt2num_frames", "cmvn.scp", "utt2dur"):
+        for stale in FEATURE_FILES + ("utt2dur",):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(out, stale))
     write_data_dir(out, tables["wav.scp"], tables["text"], tables["utt2spk"], utt2dur)
+    if feats["feats.scp"] is not None and feats["utt2num_frames"] is not None:
+        # feats.scp last: its presence is what later stages trust
+        for name in ("utt2num_frames", "cmvn.scp", "feats.scp"):
+            if feats[name] is not None:
+                write_table(os.path.join(out, name), feats[name])
     return len(tables["wav.scp"])

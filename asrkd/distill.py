@@ -5,6 +5,9 @@ temperature-softened distribution over pdfs, combined either as the arithmetic m
 teachers' tempered softmaxes (``arith``, the paper's choice) or as their normalized geometric
 mean (``geo`` = softmax(mean_m z_m / T)).
 
+Transfer set (paper sec. 2): utterances of the data dir that have soft targets but no alignment
+(e.g. an unlabeled corpus combined with the training data) are trained on the soft term alone.
+
 Loss (paper sec. 2 and 4): ``alpha * T^2 * CE(soft targets at T, student softmax at T)
 + (1 - alpha) * CE(hard alignment targets, student softmax at T=1)``. The T^2 factor keeps the
 soft term's gradient magnitude independent of T. The paper weighted the hard term 0.5, hence
@@ -29,6 +32,7 @@ The arrays are memory-mapped on load.
 import glob
 import json
 import os
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -51,17 +55,20 @@ def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha):
 
     Args:
         logits: (N, P) student logits.
-        hard: (N,) int64 hard pdf targets (forced alignment).
+        hard: (N,) int64 hard pdf targets (forced alignment); -1 marks a frame with none (a
+            transfer-set frame), which gets the soft term only.
         soft_ids: (N, K) int64 pdf ids of the soft targets (K may equal P for dense targets).
         soft_probs: (N, K) float soft target probabilities (each row sums to one).
         temperature: T used both for the soft targets and the student's soft term.
         alpha: weight of the soft term; 0 gives plain cross-entropy on ``hard``.
     Returns:
-        scalar tensor: alpha * T^2 * soft CE + (1 - alpha) * hard CE (means over frames).
+        scalar tensor: the mean over frames of alpha * T^2 * soft CE + (1 - alpha) * hard CE
+        (the hard CE counted as 0 on frames without a hard target).
     """
     loss = logits.new_zeros(())
     if alpha < 1:
-        loss = loss + (1 - alpha) * F.cross_entropy(logits, hard)
+        hard_ce = F.cross_entropy(logits, hard, ignore_index=-1, reduction="sum")
+        loss = loss + (1 - alpha) * hard_ce / max(len(hard), 1)
     if alpha > 0:
         logp = F.log_softmax(logits / temperature, dim=-1)  # (N, P)
         soft_ce = -(soft_probs * logp.gather(1, soft_ids)).sum(dim=1).mean()
@@ -431,7 +438,8 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
 
     Exactly one of ``soft_dir`` (stored targets; ``temperature`` defaults to theirs and must
     match) and ``teachers_dir`` (ensemble run on the fly on each batch; ``combine``/``topk``
-    apply, topk=0 keeps the dense distribution) is given.
+    apply, topk=0 keeps the dense distribution) is given. Utterances of ``data_dir`` with no
+    alignment in ``ali_dir`` form the transfer set: soft targets only, never validated on.
     """
     from asrkd.data import DataDir
     from asrkd.train import train_model
@@ -469,11 +477,22 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         loss_fn = OnTheFlyKDLoss(ens, temperature, alpha, combine, topk, student_context=context)
         info.update(teachers=ens.paths, combine=combine, topk=topk)
     info["temperature"] = float(temperature)
+    data = DataDir(data_dir)
+    from asrkd.table import read_scp
+
+    aligned = read_scp(os.path.join(ali_dir, "pdf.scp"))
+    unlab = [u for u in data.utts if u not in aligned]
+    nf = data.utt2num_frames if data.has("utt2num_frames") else {}
+    info["transfer_utts"] = len(unlab)
+    info["transfer_frames"] = int(sum(nf.get(u, 0) for u in unlab))
+    if unlab:
+        print(f"distill: {len(unlab)} utterances of {data_dir} have no alignment: soft targets "
+              f"only ({info['transfer_frames']} frames)", file=sys.stderr)
     os.makedirs(exp_dir, exist_ok=True)
     _write_json(os.path.join(exp_dir, "distill.json"), info)
     return train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed,
                        extra_targets=extra, loss_fn=loss_fn, init_from=init_from,
-                       train_fraction=train_fraction, cache_dir=cache_dir)
+                       train_fraction=train_fraction, cache_dir=cache_dir, unlabeled=True)
 
 
 def _ali_num_pdfs(ali_dir):

@@ -29,8 +29,8 @@ Other test sets follow the same layout with ``decode_<name>`` (e.g. decode_test_
 - ``fill_frame_acc`` (``asrkd report EXP_DIR --data DATA --ali-dir ALI``) writes the missing
   ``frame_acc`` files of the DNN systems from their checkpoints: ``final.pt`` next to the decode
   dir, or for the ensemble ``teachers/model*/final.pt``; ALI is an alignment of the test set.
-- Students' ``distill.json`` (temperature, alpha, train fraction, soft-target bytes per frame)
-  is shown under the table.
+- Students' ``distill.json`` (temperature, alpha, train fraction, soft-target bytes per frame,
+  transfer set) is shown under the table.
 
 Outputs: EXP_DIR/results.md, results.json (same figures), results.png (frame accuracy and WER per
 system), curves.png (validation frame accuracy per epoch).
@@ -230,6 +230,7 @@ def read_distill_info(model_dir):
         "topk": meta.get("topk", d.get("topk")), "bytes_per_frame": meta.get("bytes_per_frame"),
         "dense_bytes_per_frame": meta.get("dense_bytes_per_frame"),
         "on_the_fly": "teachers" in d and "soft_dir" not in d,
+        "transfer_utts": d.get("transfer_utts"), "transfer_frames": d.get("transfer_frames"),
     }.items() if v is not None}
 
 
@@ -388,7 +389,10 @@ def render_markdown(results, charts):
                  f"{d['combine']} combination" if "combine" in d else None,
                  f"trained on {100 * d['train_fraction']:g}% of the data"
                  if d.get("train_fraction", 1) < 1 else None,
-                 "teachers run on the fly" if d.get("on_the_fly") else None]
+                 "teachers run on the fly" if d.get("on_the_fly") else None,
+                 f"transfer set: {d['transfer_utts']} unlabeled utterances "
+                 f"({d['transfer_frames'] / 360000:.2f} h at 10 ms frames, soft targets only)"
+                 if d.get("transfer_utts") else None]
         if "bytes_per_frame" in d:
             parts.append(f"top-{d['topk']} soft targets, {d['bytes_per_frame']} bytes/frame "
                          f"(dense float32: {d['dense_bytes_per_frame']})")

@@ -140,8 +140,10 @@ def read_alignment_info(ali_dir):
     return read_scp(os.path.join(ali_dir, "pdf.scp")), counts, num_pdfs
 
 
-def _cache_key(data_dir, ali_dir, cmvn):
+def _cache_key(data_dir, ali_dir, cmvn, unaligned="skip"):
     parts = [str(CACHE_VERSION), os.path.abspath(data_dir), os.path.abspath(ali_dir), str(cmvn)]
+    if unaligned != "skip":
+        parts.append(f"unaligned={unaligned}")
     for p in (os.path.join(data_dir, "feats.scp"), os.path.join(data_dir, "cmvn.scp"),
               os.path.join(ali_dir, "pdf.scp")):
         st = os.stat(p) if os.path.exists(p) else None
@@ -152,8 +154,9 @@ def _cache_key(data_dir, ali_dir, cmvn):
 class FrameCache:
     """Memory-mapped CMVN'd frames of all aligned utterances of a data dir, with pdf targets.
 
-    ``feats`` (F, D) float32, ``pdf`` (F,) int32, ``offsets`` (U + 1,) frame offsets of the
-    utterances in ``utts`` (sorted), ``spk`` their speakers; ``utt_index`` (F,) int32.
+    ``feats`` (F, D) float32, ``pdf`` (F,) int32 (-1: no hard target, an unaligned utterance
+    kept for soft targets), ``offsets`` (U + 1,) frame offsets of the utterances in ``utts``
+    (sorted), ``spk`` their speakers, ``labeled`` (U,) bool; ``utt_index`` (F,) int32.
     """
 
     def __init__(self, cache_dir):
@@ -165,6 +168,8 @@ class FrameCache:
         self.feats = np.load(os.path.join(cache_dir, "feats.npy"), mmap_mode="r")
         self.pdf = np.load(os.path.join(cache_dir, "pdf.npy"), mmap_mode="r")
         self.offsets = np.load(os.path.join(cache_dir, "offsets.npy"))
+        self.labeled = np.ones(len(self.utts), dtype=bool)
+        self.labeled[self.meta.get("unlabeled", [])] = False
         self.utt_index = np.repeat(np.arange(len(self.utts), dtype=np.int32),
                                    np.diff(self.offsets))
 
@@ -188,25 +193,29 @@ class FrameCache:
         return self.feats[win]
 
 
-def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar"):
+def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="skip"):
     """Write (or reuse) the frame cache of ``data_dir`` + ``ali_dir``; return a FrameCache.
 
-    Utterances without an alignment are skipped and counted; a frame-count mismatch between
-    features and alignment is a UserError (never cropped).
+    Utterances without an alignment are skipped and counted (``unaligned="skip"``), or kept with
+    pdf -1 (``"keep"``: a distillation transfer set, trained on soft targets only). A frame-count
+    mismatch between features and alignment is a UserError (never cropped).
     """
+    if unaligned not in ("skip", "keep"):
+        raise ValueError(f"unaligned must be 'skip' or 'keep', got {unaligned!r}")
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
 
-    key = _cache_key(data_dir, ali_dir, cmvn)
+    key = _cache_key(data_dir, ali_dir, cmvn, unaligned)
     cache_dir = os.path.join(cache_root, key)
     if os.path.isfile(os.path.join(cache_dir, "meta.json")):
         return FrameCache(cache_dir)
     pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
     reader = FeatureReader(data_dir, cmvn=cmvn)
     utt2spk = DataDir(data_dir).utt2spk
-    utts = [u for u in reader.utts if u in pdf_scp]
+    aligned = [u for u in reader.utts if u in pdf_scp]
+    utts = aligned if unaligned == "skip" else list(reader.utts)
     skipped = len(reader.utts) - len(utts)
-    if not utts:
+    if not aligned:
         raise UserError(f"{ali_dir}: no utterance of {data_dir} has an alignment")
     lengths = np.array([reader.num_frames(u) for u in utts], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -222,6 +231,10 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar"):
     for i, utt in enumerate(tqdm(utts, desc="frame cache", unit="utt", file=sys.stderr,
                                  disable=None)):
         x = reader[utt]
+        if utt not in pdf_scp:  # kept (unaligned="keep"): no hard targets
+            feats[offsets[i]:offsets[i + 1]] = x
+            pdf[offsets[i]:offsets[i + 1]] = -1
+            continue
         y = np.asarray(pdf_scp[utt])
         if x.shape[0] != y.shape[0] or x.shape[0] != lengths[i]:
             raise UserError(f"{utt}: {x.shape[0]} feature frames but {y.shape[0]} aligned "
@@ -236,7 +249,8 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar"):
     np.save(os.path.join(tmp, "offsets.npy"), offsets)
     meta = {"data_dir": os.path.abspath(data_dir), "ali_dir": os.path.abspath(ali_dir),
             "cmvn": cmvn, "utts": utts, "spk": [utt2spk[u] for u in utts],
-            "skipped_unaligned": skipped, "frames": int(offsets[-1]), "dim": dim}
+            "skipped_unaligned": skipped, "frames": int(offsets[-1]), "dim": dim,
+            "unlabeled": [i for i, u in enumerate(utts) if u not in pdf_scp]}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)
     try:
@@ -396,7 +410,7 @@ def _write_log(exp_dir, history):
 
 def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, extra_targets=None,
                 loss_fn=None, init_from=None, train_fraction=1.0, cache_dir=None,
-                on_epoch_end=None):
+                on_epoch_end=None, unlabeled=False):
     """Train one acoustic model; return the path of ``exp_dir/final.pt`` (the best epoch).
 
     ``model_config.feat_dim``/``num_pdfs`` are filled from the data and alignment.
@@ -406,6 +420,9 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     weights start the training. ``train_fraction``: use that fraction of the training utterances
     (chosen by ``seed``). ``cache_dir``: where the frame cache lives (default ``exp_dir/frames``).
     ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is written.
+    ``unlabeled``: utterances of ``data_dir`` without an alignment are trained on too, with
+    ``batch["y"] == -1`` (``loss_fn`` must handle it, e.g. distillation's soft-target term); they
+    are never in the validation split.
     A finished run is not redone; an interrupted one resumes after its last epoch checkpoint.
     """
     model_config = ModelConfig.from_dict(model_config.to_dict())  # a copy we may fill in
@@ -418,7 +435,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
 
     _, pdf_counts, num_pdfs = read_alignment_info(ali_dir)
     cache = build_frame_cache(data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"),
-                              cmvn=model_config.cmvn)
+                              cmvn=model_config.cmvn, unaligned="keep" if unlabeled else "skip")
     if model_config.num_pdfs not in (0, num_pdfs):
         raise UserError(f"model config says {model_config.num_pdfs} pdfs, {ali_dir} has "
                         f"{num_pdfs}")
@@ -427,7 +444,13 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                         f"{cache.dim}")
     model_config.num_pdfs, model_config.feat_dim = num_pdfs, cache.dim
 
-    train_utts, valid_utts = split_by_speaker(cache.spk, train_config.valid_fraction)
+    # validation speakers are drawn from the labeled utterances only (the same as the teachers')
+    labeled = np.flatnonzero(cache.labeled)
+    train_utts, valid_utts = split_by_speaker([cache.spk[i] for i in labeled],
+                                              train_config.valid_fraction)
+    train_utts = sorted(labeled[train_utts].tolist()
+                        + np.flatnonzero(~cache.labeled).tolist())
+    valid_utts = labeled[valid_utts].tolist()
     if train_fraction < 1:
         rng = np.random.default_rng([int(seed), 7])
         n = max(1, int(round(train_fraction * len(train_utts))))
@@ -436,9 +459,11 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     if len(valid_frames) == 0:
         raise UserError(f"{data_dir}: too few speakers for a validation split "
                         f"(valid_fraction {train_config.valid_fraction})")
-    print(f"train: {len(train_utts)} utts / {len(train_frames)} frames, valid: "
-          f"{len(valid_utts)} utts / {len(valid_frames)} frames, skipped (no alignment): "
-          f"{cache.meta['skipped_unaligned']}", file=sys.stderr)
+    n_unlab = int((~cache.labeled[train_utts]).sum())
+    print(f"train: {len(train_utts)} utts / {len(train_frames)} frames"
+          + (f" ({n_unlab} utts with no hard targets)" if n_unlab else "")
+          + f", valid: {len(valid_utts)} utts / {len(valid_frames)} frames, skipped (no "
+          f"alignment): {cache.meta['skipped_unaligned']}", file=sys.stderr)
 
     torch.manual_seed(int(seed))
     model = build_model(model_config)
@@ -483,7 +508,8 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
 
         writer = SummaryWriter(os.path.join(exp_dir, "tensorboard"),
                                purge_step=state["epoch"] + 1)
-    loss_fn = loss_fn or (lambda logits, batch: F.cross_entropy(logits, batch["y"]))
+    loss_fn = loss_fn or (lambda logits, batch: F.cross_entropy(logits, batch["y"],
+                                                                ignore_index=-1))
     common = {"pdf_counts": torch.from_numpy(pdf_counts), "train_config": train_config.to_dict(),
               "seed": int(seed), "data_dir": os.path.abspath(data_dir),
               "ali_dir": os.path.abspath(ali_dir)}
@@ -500,7 +526,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                 frames = frames[:max(1, train_config.max_frames_per_epoch // chunk)]
             _set_lr(opt, state["lr"])
             model.train()
-            tot_loss, tot_correct, tot_n = 0.0, 0, 0
+            tot_loss, tot_correct, tot_n, tot_labeled = 0.0, 0, 0, 0
             bar = tqdm(total=len(frames) * chunk, desc=f"epoch {epoch}", unit="frame", file=sys.stderr,
                        disable=None, unit_scale=True)
             for batch in _batches(cache, frames, model, train_config.batch_size, extra,
@@ -513,6 +539,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                 n = len(batch["y"])
                 tot_loss += loss.item() * n
                 tot_correct += (logits.detach().argmax(-1) == batch["y"]).sum().item()
+                tot_labeled += (batch["y"] >= 0).sum().item()
                 tot_n += n
                 bar.update(n)
             bar.close()
@@ -532,7 +559,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                 state.update(best_acc=valid_acc, best_loss=valid_loss, best_score=score,
                              best_epoch=epoch)
             row = {"epoch": epoch, "lr": state["lr"], "train_loss": tot_loss / max(tot_n, 1),
-                   "train_acc": tot_correct / max(tot_n, 1), "valid_loss": valid_loss,
+                   "train_acc": tot_correct / max(tot_labeled, 1), "valid_loss": valid_loss,
                    "valid_acc": valid_acc, "seconds": time.time() - t0, "accepted": accepted,
                    "train_frames_per_second": tot_n / max(train_seconds, 1e-9)}
             history.append(row)

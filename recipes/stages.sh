@@ -1,12 +1,17 @@
 # Stages 2 onwards, shared by recipes/*/run.sh (sourced after the recipe's own data stages).
 # Expects: $data/$train, $data/$dev and $data/<each of $tests> prepared by stage 1; $lm_text,
 # $lexicon (may be empty), $vocab_size, $nj, $conf, $exp and the model-size variables.
+# Optional: $transfer, a prepared data set without alignments (unlabeled audio) that the
+# students are distilled on besides $train (the paper's transfer set; empty: $train only).
 
 # each set once (a recipe with no test set evaluates on dev: tests=$dev)
 all_sets=$(printf '%s\n' $train $dev $tests | awk '!seen[$0]++' | xargs)
 eval_sets=$(printf '%s\n' $dev $tests | awk '!seen[$0]++' | xargs)
 # Decoding: narrower than Kaldi's defaults (beam 13, max-active 7000) to keep the demo fast.
-decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 4"
+decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 2"
+# The students' data: $train, plus the transfer set when there is one.
+transfer=${transfer:-}
+kd_train=$train; [ -z "$transfer" ] || kd_train=${train}_${transfer}
 
 if stage 2 "features: fbank (DNN) and MFCC (GMM) + per-speaker CMVN"; then
   for s in $all_sets; do
@@ -16,6 +21,10 @@ if stage 2 "features: fbank (DNN) and MFCC (GMM) + per-speaker CMVN"; then
     asrkd compute-cmvn $data/$s
     asrkd compute-cmvn $data/${s}_mfcc
   done
+  if [ -n "$transfer" ]; then  # fbank only: the transfer set feeds DNNs only
+    $asrkd_cmd asrkd compute-feats --nj $nj --conf $conf/fbank.yaml $data/$transfer $data/fbank/$transfer
+    asrkd compute-cmvn $data/$transfer
+  fi
   stage_done 2
 fi
 
@@ -84,9 +93,12 @@ if stage 10 "ensemble: $num_models DNNs with different seeds"; then
   stage_done 10
 fi
 
-if stage 11 "soft targets: the ensemble's distribution at temperature $temperature"; then
+if stage 11 "soft targets: the ensemble's distribution at temperature $temperature on $kd_train"; then
+  if [ -n "$transfer" ]; then  # features and CMVN carried over: nothing recomputed
+    asrkd combine-data-dirs $data/$kd_train $data/$train $data/$transfer
+  fi
   $asrkd_cmd asrkd soft-targets --nj $nj --temperature $temperature --combine arith --topk $topk \
-    $data/$train $exp/teachers $exp/soft_T$temperature
+    $data/$kd_train $exp/teachers $exp/soft_T$temperature
   stage_done 11
 fi
 
@@ -94,11 +106,12 @@ if stage 12 "distillation: same-size and small students; small student on hard t
   # two trainings at a time, one thread each (threads competing for the cores slow torch down)
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
   kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1"
+  # utterances of $kd_train with no alignment (the transfer set) get soft targets only
   run_bg $exp/log/distill.log $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
-    $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
+    $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
   run_bg $exp/log/students_small.log bash -c "set -e
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
-      $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
+      $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
     $asrkd_cmd asrkd train --conf $conf/$small_conf --seed 1 --cache-dir $frames --num-threads 1 \
       $data/$train $exp/tri_ali_$train $exp/student_small_hard"
   wait_bg

@@ -205,3 +205,42 @@ def test_combine_data_dirs_round_trips_a_split(good_corpus, tmp_path):
         from asrkd.data import combine_data_dirs
 
         combine_data_dirs(str(tmp_path / "d"), [a, src])
+
+
+def test_combine_data_dirs_carries_features_and_cmvn(tiny_data, tmp_path):
+    from asrkd.data import combine_data_dirs
+    from asrkd.features import FeatureReader
+
+    out = str(tmp_path / "both")
+    n = combine_data_dirs(out, [tiny_data["train"], tiny_data["dev"]])
+    d = validate_data_dir(out)
+    train, dev = DataDir(tiny_data["train"]), DataDir(tiny_data["dev"])
+    assert n == len(train.utts) + len(dev.utts)
+    assert d.table("cmvn.scp") == {**train.table("cmvn.scp"), **dev.table("cmvn.scp")}
+    reader, src = FeatureReader(out, cmvn="meanvar"), FeatureReader(tiny_data["dev"],
+                                                                     cmvn="meanvar")
+    utt = dev.utts[0]
+    np.testing.assert_array_equal(reader[utt], src[utt])
+    # a source without features: metadata only, no partial feats.scp
+    plain = str(tmp_path / "plain")
+    copy_data_dir(tiny_data["test"], plain)
+    combine_data_dirs(str(tmp_path / "mixed"), [tiny_data["train"], plain])
+    assert not os.path.exists(tmp_path / "mixed" / "feats.scp")
+    # a speaker in two sources: features carried, CMVN left to be recomputed
+    from asrkd.data import spk2utt_from_utt2spk
+    from asrkd.features import compute_cmvn
+    from asrkd.table import write_table
+
+    utts = train.utts
+    halves = []
+    for k, part in enumerate((utts[::2], utts[1::2])):
+        h = tmp_path / f"half{k}"
+        h.mkdir()
+        for name in ("wav.scp", "text", "utt2spk", "utt2num_frames", "feats.scp"):
+            write_table(h / name, {u: v for u, v in train.table(name).items() if u in part})
+        write_table(h / "spk2utt", spk2utt_from_utt2spk({u: train.utt2spk[u] for u in part}))
+        compute_cmvn(str(h))
+        halves.append(str(h))
+    combine_data_dirs(str(tmp_path / "rejoined"), halves)
+    assert os.path.exists(tmp_path / "rejoined" / "feats.scp")
+    assert not os.path.exists(tmp_path / "rejoined" / "cmvn.scp")

@@ -57,6 +57,25 @@ def test_kd_loss_alpha0_is_plain_ce_and_alpha1_is_soft_only():
     assert a == pytest.approx(b)
 
 
+def test_kd_loss_frames_without_hard_targets_get_the_soft_term_only():
+    torch.manual_seed(1)
+    logits = torch.randn(4, 5)
+    hard = torch.tensor([1, -1, 3, -1])
+    ids = torch.randint(0, 5, (4, 2))
+    probs = torch.softmax(torch.randn(4, 2), -1)
+    T, alpha = 2.0, 0.3
+    logq = torch.log_softmax(logits / T, -1)
+    soft = -(probs * logq.gather(1, ids)).sum(1)  # per frame
+    hard_ce = torch.nn.functional.cross_entropy(logits, hard.clamp(min=0), reduction="none")
+    per_frame = alpha * T * T * soft + (1 - alpha) * hard_ce * (hard >= 0)
+    got = kd_loss(logits, hard, ids, probs, T, alpha).item()
+    assert got == pytest.approx(per_frame.mean().item(), rel=1e-6)
+    # no frame with a hard target: finite, soft term only
+    none = torch.full((4,), -1)
+    assert kd_loss(logits, none, ids, probs, T, alpha).item() == \
+        pytest.approx((alpha * T * T * soft).mean().item(), rel=1e-6)
+
+
 def test_kd_loss_dense_equals_kl_plus_entropy_times_T2():
     torch.manual_seed(1)
     P, T = 6, 3.0
@@ -316,6 +335,53 @@ def test_train_soft_targets_distill_end_to_end(tmp_path):
                     teachers_dir=str(tmp_path / "teachers"), temperature=2.0, train_fraction=0.5,
                     cache_dir=cache)
     assert frame_accuracy(final, str(data), str(ali)) > 0.4
+
+
+def test_distill_trains_on_a_transfer_set_without_alignments(tmp_path):
+    """Utterances with soft targets but no alignment are learned from the teachers alone."""
+    from asrkd.distill import compute_soft_targets, distill
+    from asrkd.models import ModelConfig
+    from asrkd.table import ArkWriter, read_scp
+    from asrkd.train import TrainConfig, frame_accuracy, train_model
+
+    torch.set_num_threads(1)
+    data, ali = make_learnable_data(tmp_path, num_spk=4, utts_per_spk=6, num_pdfs=6)
+    tc = TrainConfig(epochs=3, min_epochs=3, batch_size=64, lr=0.01, tensorboard=False,
+                     valid_fraction=0.34)
+    teacher = ModelConfig(left_context=1, right_context=1, hidden_dims=[32])
+    for m in (1, 2):
+        train_model(str(data), str(ali), str(tmp_path / "teachers" / f"model{m}"), teacher, tc,
+                    seed=m, cache_dir=str(tmp_path / "frames"))
+    compute_soft_targets(str(data), str(tmp_path / "teachers"), str(tmp_path / "soft"),
+                         temperature=2.0, topk=6)
+    # the student's alignments lack speaker 103: it becomes the transfer set
+    part = tmp_path / "ali_part"
+    part.mkdir()
+    pdfs = read_scp(ali / "pdf.scp")
+    with ArkWriter(part / "pdf.ark", part / "pdf.scp") as w:
+        for utt in sorted(pdfs):
+            if not utt.startswith("103-"):
+                w[utt] = np.asarray(pdfs[utt])
+    for name in ("pdf_counts", "num_pdfs"):
+        (part / name).write_text((ali / name).read_text())
+    student = ModelConfig(left_context=1, right_context=1, hidden_dims=[16])
+    final = distill(str(data), str(part), str(tmp_path / "soft"), str(tmp_path / "student"),
+                    student, tc, alpha=0.5, seed=3, cache_dir=str(tmp_path / "frames2"))
+    with open(tmp_path / "student" / "distill.json") as f:
+        info = json.load(f)
+    assert info["transfer_utts"] == 6 and info["transfer_frames"] > 0
+    rows = (tmp_path / "student" / "train_log.csv").read_text().splitlines()[1:]
+    assert all(0 <= float(r.split(",")[3]) <= 1 for r in rows)  # train acc on labeled frames
+    # judged against the true labels of the transfer speaker, never shown to the student
+    only = tmp_path / "only103"
+    only.mkdir()
+    with ArkWriter(only / "pdf.ark", only / "pdf.scp") as w:
+        for utt in sorted(pdfs):
+            if utt.startswith("103-"):
+                w[utt] = np.asarray(pdfs[utt])
+    for name in ("pdf_counts", "num_pdfs"):
+        (only / name).write_text((ali / name).read_text())
+    assert frame_accuracy(final, str(data), str(only)) > 0.6
 
 
 @pytest.mark.parametrize("num_pdfs", [200, 2000, 20000])

@@ -167,12 +167,32 @@ def test_plan_at_one_hour():
     assert len({i["utt"] for i in items}) == len(items)
 
 
+def test_unlabeled_subset_changes_nothing_else_and_uses_no_held_out_voice():
+    base = SynthConfig(hours=1.0)
+    more = SynthConfig(hours=1.0, unlabeled_hours=0.5)
+    variants, sentences = usable_variants(), split_sentences()
+    s0, s1 = plan_speakers(base, variants), plan_speakers(more, variants)
+    assert s1[:len(s0)] == s0  # train/dev/test speakers unchanged
+    unl = [s for s in s1 if s.subset == "unlabeled"]
+    assert len(unl) == round(0.5 * sum(s.subset == "train" for s in s0))
+    held = {s.variant for s in s0 if s.subset in ("dev", "test")}
+    assert unl and not {s.variant for s in unl} & held
+    assert len({s.id for s in s1}) == len(s1)
+    i0, i1 = plan_utterances(base, s0, sentences), plan_utterances(more, s1, sentences)
+    assert i1[:len(i0)] == i0  # and so are their utterances
+    extra = i1[len(i0):]
+    assert extra and all(i["path"].startswith("unlabeled" + os.sep) for i in extra)
+    train_text = {" ".join(w) for _, w in sentences["train"]}
+    assert all(i["words"] in train_text for i in extra)  # training books only
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"condition": "noisy"}, "unknown condition"),
     ({"hours": 0}, "hours"),
     ({"hours": -1.0}, "hours"),
     ({"nj": 0}, "nj"),
     ({"num_speakers": 0}, "num-speakers"),
+    ({"unlabeled_hours": -0.5}, "unlabeled-hours"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):

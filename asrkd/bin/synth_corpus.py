@@ -17,11 +17,15 @@ def add_arguments(parser):
     parser.add_argument("--num-speakers", type=int, default=None,
                         help="training speakers (default max(4, 40 per hour)); "
                         "dev and test get max(2, 20%%) each")
+    parser.add_argument("--unlabeled-hours", type=float, default=0.0,
+                        help="also write an unlabeled/ subset of this many hours from further "
+                        "speakers (no dev/test voice): a transfer set for distillation")
 
 
 def main(args):
     from asrkd.synth import synth_corpus
 
     summary = synth_corpus(args.out_dir, hours=args.hours, condition=args.condition,
-                           seed=args.seed, nj=args.nj, num_speakers=args.num_speakers)
+                           seed=args.seed, nj=args.nj, num_speakers=args.num_speakers,
+                           unlabeled_hours=args.unlabeled_hours)
     print(json.dumps(summary["subsets"], sort_keys=True))

@@ -5,6 +5,7 @@
     out_dir/SPEAKERS.TXT                              ID|SEX|SUBSET|MINUTES|NAME (';' header)
     out_dir/{train,dev,test}/<spk>/<chap>/<spk>-<chap>-<utt>.flac   16 kHz mono PCM_16
     out_dir/{train,dev,test}/<spk>/<chap>/<spk>-<chap>.trans.txt    "<utt-id> UPPER WORDS"
+    out_dir/unlabeled/...                             only with unlabeled_hours > 0 (see below)
     out_dir/train-text.txt                            LM training text (see below)
     out_dir/summary.json                              arguments, counts and hours per subset
     out_dir/log/{babble,synth}.N.log                  job logs (only when nj > 1)
@@ -20,6 +21,12 @@ and test read disjoint held-out books. ``train-text.txt`` holds every usable sen
 training books (about 31k, one upper-case normalised sentence a line, in Bible order), far more
 than the audio speaks, because the n-gram LM needs more text than the transcripts give; it never
 contains dev or test text.
+
+``unlabeled_hours > 0`` adds an ``unlabeled`` subset: more training-book speech from speakers of
+its own, the transfer set that distillation can use without its transcripts (Hinton et al. 2015,
+sec. 2: "the transfer set ... could consist entirely of unlabeled data"). Its speakers never use a
+dev or test speaker's voice variant, so a student distilled on it has heard no test voice. Its
+``trans.txt`` files are written only to keep the LibriSpeech layout; the recipes never read them.
 
 Everything random is planned up front in this process from ``seed``: speakers from
 ``(seed, 1)``, sentence order from ``(seed, 2, subset)``, and each utterance's espeak seed, level
@@ -47,6 +54,7 @@ from asrkd.synth.resample import resample
 
 SAMPLE_RATE = 16000
 SUBSETS = ("train", "dev", "test")
+UNLABELED = "unlabeled"  # optional fourth subset (planned after the others: they do not change)
 CONDITIONS = ("clean", "other")
 ACCENTS = (
     "en-us", "en-US-nyc", "en", "en-GB-x-rp", "en-GB-scotland", "en-GB-x-gbclan",
@@ -77,6 +85,7 @@ class SynthConfig:
     pitch_range: tuple = (20, 90)
     rate: tuple = (120, 180)  # espeak words per minute (its speech is faster than nominal)
     level: tuple = (0.3, 0.8)  # peak amplitude of the written audio
+    unlabeled_hours: float = 0.0  # transfer-set audio from further speakers (0: no such subset)
 
 
 @dataclass
@@ -113,6 +122,8 @@ def _check(cfg, nj):
         raise UserError(f"--hours must be a positive number, got {cfg.hours}")
     if cfg.num_speakers is not None and cfg.num_speakers < 1:
         raise UserError(f"--num-speakers must be >= 1, got {cfg.num_speakers}")
+    if not (cfg.unlabeled_hours >= 0 and math.isfinite(cfg.unlabeled_hours)):
+        raise UserError(f"--unlabeled-hours must be >= 0, got {cfg.unlabeled_hours}")
     if not (0 < cfg.dev_fraction and 0 < cfg.test_fraction):
         raise UserError("dev and test fractions must be positive")
     if nj < 1:
@@ -121,18 +132,36 @@ def _check(cfg, nj):
         raise UserError("need 1 <= min_words <= max_words")
 
 
+def subsets(cfg):
+    """The subsets the corpus has: train, dev, test and, with unlabeled_hours, unlabeled."""
+    return SUBSETS + ((UNLABELED,) if cfg.unlabeled_hours > 0 else ())
+
+
 def plan_speakers(cfg, variants):
-    """Training, dev and test speakers (disjoint) with distinct voice settings."""
+    """Training, dev, test (and unlabeled) speakers, disjoint, with distinct voice settings.
+
+    Unlabeled speakers take their voice variants round-robin from those no dev or test speaker
+    has (variants no one has first).
+    """
     n_train = cfg.num_speakers or max(4, round(40 * cfg.hours))
     n_held = max(2, round(0.2 * n_train))
-    counts = {"train": n_train, "dev": n_held, "test": n_held}
+    counts = {"train": n_train, "dev": n_held, "test": n_held,
+              UNLABELED: max(1, round(n_train * cfg.unlabeled_hours / cfg.hours))}
     rng = np.random.default_rng([cfg.seed, 1])
     order = [variants[i] for i in rng.permutation(len(variants))]
     seen, speakers, k = set(), [], 0
-    for subset in SUBSETS:
-        for _ in range(counts[subset]):
+    for subset in subsets(cfg):
+        if subset == UNLABELED:
+            held = {s.variant for s in speakers if s.subset in ("dev", "test")}
+            # unused variants first, then the training speakers'
+            pool = [v for v in order[k % len(order):] + order[:k % len(order)] if v not in held]
+            if not pool:
+                raise UserError("every voice variant is taken by a dev or test speaker: "
+                                "too many speakers for an unlabeled subset")
+        for j in range(counts[subset]):
             while True:
-                variant = order[k % len(order)]
+                variant = (pool[j % len(pool)] if subset == UNLABELED
+                           else order[k % len(order)])
                 accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
                 pitch = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1))
                 prange = int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1))
@@ -156,10 +185,12 @@ def _estimate_seconds(spoken, rate):
 
 def plan_utterances(cfg, speakers, sentences):
     """One dict per utterance, everything a worker needs to write it; sorted by utterance id."""
-    fractions = {"train": 1.0, "dev": cfg.dev_fraction, "test": cfg.test_fraction}
+    fractions = {"train": 1.0, "dev": cfg.dev_fraction, "test": cfg.test_fraction,
+                 UNLABELED: cfg.unlabeled_hours / cfg.hours}
     items, chap = [], 10000
-    for si, subset in enumerate(SUBSETS):
-        pool = [s for s in sentences[subset] if cfg.min_words <= len(s[1]) <= cfg.max_words]
+    for si, subset in enumerate(subsets(cfg)):
+        books = "train" if subset == UNLABELED else subset  # unlabeled: training-book text
+        pool = [s for s in sentences[books] if cfg.min_words <= len(s[1]) <= cfg.max_words]
         if not pool:
             raise UserError(f"no sentences of {cfg.min_words}-{cfg.max_words} words for {subset}")
         pool = [pool[i] for i in np.random.default_rng([cfg.seed, 2, si]).permutation(len(pool))]
@@ -283,7 +314,7 @@ def _write_speakers(out_dir, speakers, minutes):
 
 
 def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speakers=None,
-                 config=None, log_dir=None):
+                 unlabeled_hours=0.0, config=None, log_dir=None):
     """Generate the corpus into ``out_dir`` (replacing its subsets); return a summary dict.
 
     Args:
@@ -294,8 +325,10 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
         nj: parallel jobs (does not change the output).
         num_speakers: training speakers (default: max(4, 40 per hour)); dev and test get
             max(2, 20%) each.
-        config: a SynthConfig for the remaining knobs (its hours/condition/seed/num_speakers
-            are overridden by the arguments).
+        unlabeled_hours: audio of the ``unlabeled`` subset (0: none), from
+            ``num_speakers * unlabeled_hours / hours`` further speakers.
+        config: a SynthConfig for the remaining knobs (its hours/condition/seed/num_speakers/
+            unlabeled_hours are overridden by the arguments).
     Returns:
         dict with the arguments, per-subset speakers / utterances / hours, and out_dir.
     """
@@ -303,6 +336,7 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
 
     cfg = SynthConfig(**asdict(config)) if config is not None else SynthConfig()
     cfg.hours, cfg.condition, cfg.seed, cfg.num_speakers = hours, condition, seed, num_speakers
+    cfg.unlabeled_hours = unlabeled_hours
     _check(cfg, nj)
     variants = usable_variants()
     sentences = text.split_sentences(cfg.min_words, cfg.max_words)
@@ -311,7 +345,7 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
     bank_plan = plan_babble_bank(cfg, variants, sentences)
 
     os.makedirs(out_dir, exist_ok=True)
-    for subset in SUBSETS:
+    for subset in SUBSETS + (UNLABELED,):
         shutil.rmtree(os.path.join(out_dir, subset), ignore_errors=True)
     log_dir = log_dir or os.path.join(out_dir, "log")
     if nj == 1 or not bank_plan:
@@ -339,7 +373,7 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
     summary = {"out_dir": os.path.abspath(out_dir), "config": asdict(cfg), "subsets": {}}
     for it, d in zip(items, durs):
         minutes[int(it["utt"].split("-")[0])] += d / 60
-    for subset in SUBSETS:
+    for subset in subsets(cfg):
         sub = [(it, d) for it, d in zip(items, durs) if it["path"].startswith(subset + os.sep)]
         summary["subsets"][subset] = {
             "speakers": sum(s.subset == subset for s in speakers),

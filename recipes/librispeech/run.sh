@@ -24,6 +24,8 @@ train_sets=train-clean-100    # space-separated subsets, combined into data/trai
 dev_sets=dev-clean            # combined into data/dev; empty: split --dev-speakers off train
 test_sets="test-clean test-other"
 dev_speakers=0                # with empty --dev-sets: speakers moved from train to dev
+transfer_sets=                # subsets used without transcripts as the students' transfer set
+                              # (e.g. train-other-500), combined into data/unlabeled
 lm_text=                      # LM training text (one sentence per line, an utterance id first is
                               # stripped); never the test transcripts
 lm_utt_ids=true               # the LM text starts each line with an utterance id
@@ -53,7 +55,7 @@ exp=exp
 usage() {
   sed -n 2,10p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers lm_text \
+  for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers transfer_sets lm_text \
            lm_utt_ids vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
            tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk beam \
            max_active gmm_acwt_grid dnn_acwt_grid; do
@@ -69,6 +71,7 @@ corpus=$(abs_path "$corpus") lm_text=$(abs_path "$lm_text") lexicon=$(abs_path "
 lm_opts=; [ "$lm_utt_ids" = true ] && lm_opts=--utt-ids
 mkdir -p "$exp"
 train=train dev=dev
+transfer=; [ -z "$transfer_sets" ] || transfer=unlabeled
 tests=""
 for t in $test_sets; do tests="$tests ${t//-/_}"; done
 # No test set (e.g. a slice of train-clean-100 split into train and dev): report on dev, whose
@@ -94,6 +97,7 @@ if stage 1 "data preparation: Kaldi data dirs"; then
     asrkd subset-data-dir --num-speakers $dev_speakers $data/${train}_all $data/$dev $data/$train
   fi
   for t in $test_sets; do asrkd prepare-data $corpus/$t $data/${t//-/_}; done
+  [ -z "$transfer" ] || prepare_sets $data/$transfer $transfer_sets
   stage_done 1
 fi
 

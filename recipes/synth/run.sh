@@ -18,6 +18,7 @@ force=false
 nj=2                   # parallel jobs (processes)
 hours=0.5              # training audio; dev and test are sized in proportion (10% each)
 num_speakers=40        # training speakers (dev and test get 8 unseen speakers each)
+transfer_hours=0.5     # unlabeled audio (further speakers) the students are also distilled on
 condition=other        # clean | other (reverberation + noise)
 seed=0
 vocab_size=3000        # LM-text words added to the vocabulary (most frequent first)
@@ -35,7 +36,7 @@ temperature=2          # distillation temperature
 alpha=0.5              # weight of the soft-target loss (the paper: hard weight 0.5)
 topk=50                # soft targets stored per frame (top-k of the ensemble's distribution)
 beam=11
-max_active=2000
+max_active=1000
 gmm_acwt_grid=0.067,0.1,0.125
 dnn_acwt_grid=0.067,0.1,0.15
 conf=../../conf
@@ -46,7 +47,7 @@ exp=exp
 usage() {
   sed -n 2,7p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj hours num_speakers condition seed vocab_size mono_fraction mono_iters \
+  for v in stage stop_stage force nj hours num_speakers transfer_hours condition seed vocab_size mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk beam max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
@@ -55,18 +56,19 @@ usage() {
 parse_options "$@"
 mkdir -p "$exp"
 train=train dev=dev tests=test
+transfer=; [ "$transfer_hours" = 0 ] || transfer=unlabeled   # the corpus's unlabeled/ subset
 lm_text=$corpus/train-text.txt   # LM text from the training books only (never test text)
 lm_opts=                         # plain sentences, no utterance ids
 lexicon=
 
-if stage 0 "synthesize the corpus ($hours h train, condition $condition)"; then
+if stage 0 "synthesize the corpus ($hours h train + $transfer_hours h unlabeled, condition $condition)"; then
   $asrkd_cmd asrkd synth-corpus --hours $hours --num-speakers $num_speakers --condition $condition \
-    --seed $seed --nj $nj $corpus
+    --unlabeled-hours $transfer_hours --seed $seed --nj $nj $corpus
   stage_done 0
 fi
 
 if stage 1 "data preparation: Kaldi data dirs"; then
-  for s in $train $dev $tests; do
+  for s in $train $dev $tests $transfer; do
     asrkd prepare-data $corpus/$s $data/$s
   done
   stage_done 1

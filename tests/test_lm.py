@@ -1,6 +1,4 @@
 import collections
-import itertools
-import math
 import random
 
 import numpy as np

@@ -16,7 +16,7 @@ VERBS = {
     "validate-data-dir": "check a Kaldi data dir for consistency",
     "copy-data-dir": "copy a data dir's metadata (not its features) to a new dir",
     "subset-data-dir": "split a data dir by speaker into two dirs",
-    "combine-data-dirs": "merge several data dirs' metadata into one",
+    "combine-data-dirs": "merge several data dirs into one (features and CMVN carried)",
     "compute-feats": "compute fbank or MFCC features into ark/scp",
     "compute-cmvn": "compute per-speaker CMVN statistics (cmvn.scp)",
     "prepare-lang": "build the lang dir: lexicon, phones, topology, L.fst",

@@ -4,7 +4,9 @@ from asrkd.distill import COMBINES, distill
 
 
 def add_arguments(parser):
-    parser.add_argument("data", help="training data dir (fbank feats.scp, cmvn.scp)")
+    parser.add_argument("data", help="training data dir (fbank feats.scp, cmvn.scp); its "
+                        "utterances without an alignment in ALI_DIR (a transfer set of "
+                        "unlabeled audio) are trained on the soft targets alone")
     parser.add_argument("ali_dir", help="alignment dir of DATA (pdf.scp: the hard targets)")
     parser.add_argument("soft_dir", help="soft-target dir from `asrkd soft-targets`; with "
                         "--on-the-fly, the teachers dir (model*/final.pt) instead")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The default asrkd recipe: synthesize a corpus with espeak-ng, build GMM-HMM targets, train a
-# ten-model DNN ensemble, distill it into one model and a small student, and write the Table-1
-# style report to exp/results.md. Runs on a 2-core CPU machine in about 15 minutes.
+# ten-model DNN ensemble, distill it into one model and a small student (on the training set and
+# an unlabeled transfer set), and write the Table-1 style report to exp/results.md. Runs on a
+# 2-core CPU machine in about 15 minutes.
 #
 # Usage: recipes/synth/run.sh [--stage N] [--stop-stage N] [--nj N] [--hours H] ...
 # You can safely remove corpus/ data/ exp/ and rerun; finished stages are skipped.
@@ -45,7 +46,7 @@ data=data
 exp=exp
 
 usage() {
-  sed -n 2,7p "$here/run.sh" | sed 's/^# \{0,1\}//'
+  sed -n 2,8p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
   for v in stage stop_stage force nj hours num_speakers transfer_hours condition seed vocab_size mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \

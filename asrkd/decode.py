@@ -84,10 +84,22 @@ def load_graph(graph_dir):
 
 
 _SCORERS = {}  # inherited by forked jobs: scorers (torch models) need not pickle
+_GRAPHS = {}  # graph dir -> (mtime, load_graph result): read once per process, inherited by jobs
+
+
+def cached_graph(graph_dir):
+    """load_graph(graph_dir), read again only when HCLG.fst changes (several models decoded in
+    one process share one copy)."""
+    key = os.path.abspath(graph_dir)
+    path = os.path.join(graph_dir, "HCLG.fst")
+    mtime = os.stat(path).st_mtime_ns if os.path.isfile(path) else None
+    if key not in _GRAPHS or _GRAPHS[key][0] != mtime:
+        _GRAPHS[key] = (mtime, load_graph(graph_dir))
+    return _GRAPHS[key][1]
 
 
 def _decode_job(graph_dir, scorer_key, utts, acwts, opts):
-    hclg, tm, words = load_graph(graph_dir)
+    hclg, tm, words = cached_graph(graph_dir)
     scorer = _SCORERS[scorer_key]
     decoder = make_decoder(hclg, **opts)
     out = {a: {} for a in acwts}
@@ -127,6 +139,7 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     if not utts:
         raise UserError("nothing to decode: no utterances")
     os.makedirs(os.path.join(decode_dir, "log"), exist_ok=True)
+    cached_graph(graph_dir)  # loaded here once; the forked jobs inherit it
     key = id(scorer)
     _SCORERS[key] = scorer
     opts = {"beam": beam, "lattice_beam": lattice_beam, "max_active": max_active}

@@ -123,12 +123,16 @@ if stage 13 "hybrid decoding of every DNN system: acoustic scale chosen on dev w
   # with the first ensemble member, so each test set is decoded once per system.
   $asrkd_cmd asrkd decode $decode_opts --acwt-grid $dnn_acwt_grid --ali-dir $exp/tri_ali_$dev \
     $exp/tri/graph $data/$dev $exp/teachers/model1 $exp/teachers/decode_acwt_$dev
-  for m in $(ls -d $exp/teachers/model* | sort -V) $exp/teachers $exp/distill \
-           $exp/student_small_kd $exp/student_small_hard; do
-    for t in $tests; do
-      $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/teachers/decode_acwt_$dev \
-        --ali-dir $exp/tri_ali_$t $exp/tri/graph $data/$t $m $m/decode_$t
+  # every system in one process per test set: the graph is read once, not once per system
+  for t in $tests; do
+    also=""
+    for m in $(ls -d $exp/teachers/model* | sort -V | tail -n +2) $exp/teachers $exp/distill \
+             $exp/student_small_kd $exp/student_small_hard; do
+      also="$also --also $m $m/decode_$t"
     done
+    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/teachers/decode_acwt_$dev \
+      --ali-dir $exp/tri_ali_$t $exp/tri/graph $data/$t $exp/teachers/model1 \
+      $exp/teachers/model1/decode_$t $also
   done
   stage_done 13
 fi

@@ -177,6 +177,17 @@ def test_cli_decode_dnn_ensemble(setup, data_dirs):
     assert main(["decode", graph, dtest, str(ens), out, "--acwt", "0.1", "--nj", "2"]) == 0
     assert len(open(os.path.join(out, "hyp.txt")).read().splitlines()) == len(test.feats)
     assert os.path.isfile(os.path.join(out, "wer"))
+    # several models in one run (--also): each gets what a run of its own would give
+    one, two = str(root / "dec_m1"), str(root / "dec_m2")
+    assert main(["decode", graph, dtest, str(ens / "model1"), one, "--acwt", "0.1",
+                 "--also", str(ens / "model2"), two]) == 0
+    alone = str(root / "dec_m2_alone")
+    assert main(["decode", graph, dtest, str(ens / "model2"), alone, "--acwt", "0.1"]) == 0
+    assert open(os.path.join(two, "hyp.txt")).read() == \
+        open(os.path.join(alone, "hyp.txt")).read()
+    assert os.path.isfile(os.path.join(one, "wer"))
+    assert main(["decode", graph, dtest, str(ens / "model1"), one, "--acwt", "0.1",
+                 "--also", str(ens / "model2"), one]) == 1  # one dir for two models
 
 
 def test_mono_on_tiny_speech(tiny_data, tmp_path):

@@ -26,6 +26,11 @@ def add_arguments(parser):
     parser.add_argument("--ali-dir", default=None,
                         help="alignments of DATA_DIR (asrkd align): also write frame_acc, the "
                              "frame accuracy of the model's posteriors against them")
+    parser.add_argument("--also", nargs=2, action="append", default=[],
+                        metavar=("MODEL2", "DECODE_DIR2"),
+                        help="also decode DATA_DIR with MODEL2 into DECODE_DIR2, with the same "
+                             "graph and options (repeatable; the graph and the libraries are "
+                             "loaded once for all models)")
     parser.add_argument("--nj", type=int, default=1, help="parallel jobs")
     parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
@@ -33,7 +38,14 @@ def add_arguments(parser):
 
 
 def main(args):
-    decode(args.graph_dir, args.data_dir, args.model if len(args.model) > 1 else args.model[0],
-           args.decode_dir, acwt=args.acwt, acwt_grid=args.acwt_grid, acwt_from=args.acwt_from,
-           nj=args.nj, beam=args.beam, lattice_beam=args.lattice_beam,
-           max_active=args.max_active, ali_dir=args.ali_dir)
+    jobs = [(args.model if len(args.model) > 1 else args.model[0], args.decode_dir)]
+    jobs += [tuple(pair) for pair in args.also]
+    dirs = [d for _, d in jobs]
+    if len(set(dirs)) != len(dirs):
+        from asrkd.errors import UserError
+
+        raise UserError("each model needs its own decode dir")
+    for model, decode_dir in jobs:
+        decode(args.graph_dir, args.data_dir, model, decode_dir, acwt=args.acwt,
+               acwt_grid=args.acwt_grid, acwt_from=args.acwt_from, nj=args.nj, beam=args.beam,
+               lattice_beam=args.lattice_beam, max_active=args.max_active, ali_dir=args.ali_dir)

@@ -73,16 +73,18 @@ if stage 8 "decoding graphs (HCLG) for the monophone and triphone systems"; then
 fi
 
 if stage 9 "GMM decoding: acoustic scale chosen on dev, applied to test"; then
-  for m in mono tri; do
-    # frame accuracy only where the alignments share the model's tree (the triphone system)
-    ali() { [ $m = tri ] && echo "--ali-dir $exp/tri_ali_$1"; true; }
-    $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid $(ali $dev) \
-      $exp/$m/graph $data/${dev}_mfcc $exp/$m $exp/$m/decode_$dev
-    for t in $tests; do
-      [ $t != $dev ] || continue   # dev is already decoded (with its best scale)
-      $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/$m/decode_$dev $(ali $t) \
-        $exp/$m/graph $data/${t}_mfcc $exp/$m $exp/$m/decode_$t
-    done
+  # the triphone system: scale tuned on dev (frame accuracy too: its tree is the alignments')
+  $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid --ali-dir $exp/tri_ali_$dev \
+    $exp/tri/graph $data/${dev}_mfcc $exp/tri $exp/tri/decode_$dev
+  for t in $tests; do
+    [ $t != $dev ] || continue   # dev is already decoded (with its best scale)
+    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/tri/decode_$dev --ali-dir $exp/tri_ali_$t \
+      $exp/tri/graph $data/${t}_mfcc $exp/tri $exp/tri/decode_$t
+  done
+  # the monophone reference row reuses the triphone's scale (dev is not decoded again)
+  for t in $tests; do
+    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/tri/decode_$dev \
+      $exp/mono/graph $data/${t}_mfcc $exp/mono $exp/mono/decode_$t
   done
   stage_done 9
 fi

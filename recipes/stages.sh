@@ -104,38 +104,54 @@ if stage 11 "soft targets: the ensemble's distribution at temperature $temperatu
   stage_done 11
 fi
 
-if stage 12 "distillation: same-size and small students; small student on hard targets"; then
-  # two trainings at a time, one thread each (threads competing for the cores slow torch down)
+# DNN decoding. The acoustic scale is tuned on dev with the first ensemble member and used for
+# every DNN system (same features, targets and priors), so each test set is decoded once per
+# system; all systems of a test set are decoded in one process (the graph is read once).
+teacher_systems() { echo $(ls -d $exp/teachers/model* | sort -V) $exp/teachers; }
+tune_dnn_acwt() {  # NJ
+  $asrkd_cmd asrkd decode $decode_opts --nj $1 --acwt-grid $dnn_acwt_grid \
+    --ali-dir $exp/tri_ali_$dev $exp/tri/graph $data/$dev $exp/teachers/model1 \
+    $exp/teachers/decode_acwt_$dev
+}
+decode_dnn() {  # NJ SYSTEM...
+  local nj=$1 t m also first; shift
+  [ $# -gt 0 ] || return 0
+  first=$1; shift
+  for t in $tests; do
+    also=""
+    for m in "$@"; do also="$also --also $m $m/decode_$t"; done
+    $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-from $exp/teachers/decode_acwt_$dev \
+      --ali-dir $exp/tri_ali_$t $exp/tri/graph $data/$t $first $first/decode_$t $also
+  done
+}
+
+if stage 12 "distillation: same-size and small students, small student on hard targets; the ensemble decoded alongside"; then
+  # two processes at a time, one thread each (threads competing for the cores slow torch down)
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
   kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1"
   # utterances of $kd_train with no alignment (the transfer set) get soft targets only
   run_bg $exp/log/distill.log $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
     $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
-  run_bg $exp/log/students_small.log bash -c "set -e
+  small_students_then_decode() {  # the other core: the small students, then the teachers' decoding
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
       $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
     $asrkd_cmd asrkd train --conf $conf/$small_conf --seed 1 --cache-dir $frames --num-threads 1 \
-      $data/$train $exp/tri_ali_$train $exp/student_small_hard"
+      $data/$train $exp/tri_ali_$train $exp/student_small_hard
+    tune_dnn_acwt 1
+    decode_dnn 1 $(teacher_systems)
+  }
+  run_bg $exp/log/students_small.log small_students_then_decode
   wait_bg
   stage_done 12
 fi
 
-if stage 13 "hybrid decoding of every DNN system: acoustic scale chosen on dev with model1"; then
-  # One acoustic scale for all DNN systems (same features, targets and priors), tuned on dev
-  # with the first ensemble member, so each test set is decoded once per system.
-  $asrkd_cmd asrkd decode $decode_opts --acwt-grid $dnn_acwt_grid --ali-dir $exp/tri_ali_$dev \
-    $exp/tri/graph $data/$dev $exp/teachers/model1 $exp/teachers/decode_acwt_$dev
-  # every system in one process per test set: the graph is read once, not once per system
-  for t in $tests; do
-    also=""
-    for m in $(ls -d $exp/teachers/model* | sort -V | tail -n +2) $exp/teachers $exp/distill \
-             $exp/student_small_kd $exp/student_small_hard; do
-      also="$also --also $m $m/decode_$t"
-    done
-    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/teachers/decode_acwt_$dev \
-      --ali-dir $exp/tri_ali_$t $exp/tri/graph $data/$t $exp/teachers/model1 \
-      $exp/teachers/model1/decode_$t $also
+if stage 13 "hybrid decoding of the students (the ensemble's systems: stage 12), frame accuracy"; then
+  [ -f $exp/teachers/decode_acwt_$dev/best_acwt ] || tune_dnn_acwt $nj
+  todo=""  # teacher systems stage 12 left undecoded (e.g. an experiment from an older recipe)
+  for m in $(teacher_systems); do
+    for t in $tests; do [ -f $m/decode_$t/wer ] || { todo="$todo $m"; break; }; done
   done
+  decode_dnn $nj $todo $exp/distill $exp/student_small_kd $exp/student_small_hard
   stage_done 13
 fi
 

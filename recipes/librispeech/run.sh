@@ -41,7 +41,7 @@ dnn_conf=dnn_paper.yaml       # teachers / same-size student (the paper's 8 x 25
 student_conf=dnn_paper.yaml    # the same-size distilled student
 small_conf=student_small.yaml
 num_models=10
-temperature=2
+temperature=1                 # T=1 recovered the most of the ensemble gain in the synthetic demo
 alpha=0.5
 topk=50
 beam=13

@@ -430,12 +430,32 @@ def update_gmm(packed, stats, config=UpdateConfig()):
     return am_from_arrays(weights, inv_vars, means_invvars)
 
 
-def mixup(am, pdf_occs, target, power=0.2, perturb=0.01, min_count=20.0):
-    """Split Gaussians (Kaldi gmm-est --mix-up) up to ``target`` in total, by occupancy^power."""
-    if target > am.num_gauss:
-        am.split_by_count(np.asarray(pdf_occs, dtype=np.float32), int(target), perturb, power,
-                          min_count)
-    return am
+def mixup(am, pdf_occs, target, power=0.2, perturb=0.01, min_count=20.0, seed=0):
+    """Split Gaussians (Kaldi gmm-est --mix-up) up to ``target`` in total, by occupancy^power;
+    returns the new AmDiagGmm.
+
+    Kaldi's split chooses how many Gaussians each pdf gets and which ones to split; it is called
+    with no perturbation, and each copy of a split Gaussian is then moved by ``perturb`` standard
+    deviations in a random direction drawn here from ``seed`` and the Gaussian counts (Kaldi's own
+    draw cannot be seeded from Python, so reruns would differ).
+    """
+    if target <= am.num_gauss:
+        return am
+    before = am.num_gauss
+    am.split_by_count(np.asarray(pdf_occs, dtype=np.float32), int(target), 0.0, power, min_count)
+    weights, inv_vars, means_invvars = am_to_arrays(am)
+    rng = np.random.default_rng([int(seed), before, int(target)])
+    for iv, mi in zip(inv_vars, means_invvars):
+        # copies of a split Gaussian are identical; all but the first of each group move
+        _, first, group = np.unique(np.concatenate([iv, mi], axis=1), axis=0,
+                                    return_index=True, return_inverse=True)
+        group = np.asarray(group).ravel()
+        move = np.array([first[g] != k for k, g in enumerate(group)])
+        if move.any():
+            std = iv[move] ** -0.5
+            mi[move] = (mi[move] / iv[move] + perturb * std * rng.standard_normal(std.shape)) \
+                * iv[move]
+    return am_from_arrays(weights, inv_vars, means_invvars)
 
 
 def flat_start_am(num_pdfs, feats_iter):
@@ -710,7 +730,7 @@ def run_em(model, data, lang, exp_dir, config, alis, nj=1, start_iter=0, graphs=
         if it <= config.max_iter_inc:
             num_gauss = min(config.num_gauss, num_gauss + inc) if it < config.max_iter_inc \
                 else config.num_gauss
-            mixup(am, stats.pdf_occs(packed), num_gauss, power=config.power)
+            am = mixup(am, stats.pdf_occs(packed), num_gauss, power=config.power, seed=it)
         model.am = am
         _log(summary, f"iter {it}: {'realign ' if realign else ''}avg loglike/frame "
                       f"{stats.loglike / max(stats.frames, 1):.4f} over {stats.frames} frames, "

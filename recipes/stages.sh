@@ -125,7 +125,7 @@ decode_dnn() {  # NJ SYSTEM...
   done
 }
 
-if stage 12 "distillation: same-size and small students, small student on hard targets; the ensemble decoded alongside"; then
+if stage 12 "distillation: same-size and small students, small student on hard targets; half the ensemble's members decoded alongside"; then
   # two processes at a time, one thread each (threads competing for the cores slow torch down)
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
   kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1"
@@ -138,16 +138,18 @@ if stage 12 "distillation: same-size and small students, small student on hard t
     $asrkd_cmd asrkd train --conf $conf/$small_conf --seed 1 --cache-dir $frames --num-threads 1 \
       $data/$train $exp/tri_ali_$train $exp/student_small_hard
     tune_dnn_acwt 1
-    decode_dnn 1 $(teacher_systems)
+    # half of the members: about what fits beside the same-size student; stage 13 does the rest
+    local systems=($(teacher_systems))
+    decode_dnn 1 ${systems[@]:0:$(( ${#systems[@]} / 2 ))}
   }
   run_bg $exp/log/students_small.log small_students_then_decode
   wait_bg
   stage_done 12
 fi
 
-if stage 13 "hybrid decoding of the students (the ensemble's systems: stage 12), frame accuracy"; then
+if stage 13 "hybrid decoding of the students and the rest of the ensemble's systems, frame accuracy"; then
   [ -f $exp/teachers/decode_acwt_$dev/best_acwt ] || tune_dnn_acwt $nj
-  todo=""  # teacher systems stage 12 left undecoded (e.g. an experiment from an older recipe)
+  todo=""  # the teacher systems stage 12 left undecoded
   for m in $(teacher_systems); do
     for t in $tests; do [ -f $m/decode_$t/wer ] || { todo="$todo $m"; break; }; done
   done

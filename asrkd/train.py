@@ -205,12 +205,14 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
 
+    pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
+    reader = FeatureReader(data_dir, cmvn=cmvn)
+    if unaligned == "keep" and all(u in pdf_scp for u in reader.utts):
+        unaligned = "skip"  # the same cache: reuse the one plain training built
     key = _cache_key(data_dir, ali_dir, cmvn, unaligned)
     cache_dir = os.path.join(cache_root, key)
     if os.path.isfile(os.path.join(cache_dir, "meta.json")):
         return FrameCache(cache_dir)
-    pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
-    reader = FeatureReader(data_dir, cmvn=cmvn)
     utt2spk = DataDir(data_dir).utt2spk
     aligned = [u for u in reader.utts if u in pdf_scp]
     utts = aligned if unaligned == "skip" else list(reader.utts)

@@ -318,6 +318,8 @@ def test_train_soft_targets_distill_end_to_end(tmp_path):
                     student, tc, alpha=0.5, seed=3, cache_dir=cache)
     acc = frame_accuracy(final, str(data), str(ali))
     assert acc > 0.6, acc  # chance is about 1 / num_pdfs
+    # every utterance aligned: the student reuses the teachers' frame cache
+    assert len([d for d in os.listdir(cache) if not d.startswith(".")]) == 1
     assert load_model(final).config.hidden_dims == [8]
     with open(tmp_path / "student" / "distill.json") as f:
         assert json.load(f)["temperature"] == 2.0

@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The torch build, installed before the package. 2.13.0 is a CPU build here (1 GB); on a GPU
+# machine use e.g. TORCH='torch==2.14.1 torchaudio==2.11.0' (CUDA, 5.5 GB, with torchaudio).
+TORCH ?= torch==2.13.0
 
 .PHONY: install test demo bench clean
 
@@ -11,6 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python setup.cfg
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

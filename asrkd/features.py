@@ -6,11 +6,12 @@ Kaldi's format (``cmvn.scp``: 2 x (D+1) float64; row 0 = sums and frame count, r
 squares), and ``FeatureReader`` gives utt -> float32 (T, D) with CMVN (Kaldi ``apply-cmvn``)
 and deltas (Kaldi ``add-deltas``) applied, in that order, as Kaldi's recipes do.
 
-Two backends compute the same features: ``torchaudio`` (torchaudio.compliance.kaldi,
-vectorized over frames, runs on GPU tensors too; the default, 4-8x faster on one core) and
+Two backends compute the same features: ``torch`` (Kaldi's algorithm in torch, vectorized over
+frames, runs on GPU tensors too; the default, 4-8x faster on one core) and
 ``kaldi-native-fbank`` (Kaldi's C++ code, but a per-frame Python API). With dither off they
 agree to float32 rounding: measured max abs difference ~7e-5 on 40 log-mels and ~4e-4 on 13
-MFCCs (C0 sums all bins); tests assert 2e-4 and 1e-3.
+MFCCs (C0 sums all bins); tests assert 2e-4 and 1e-3. A third, ``torchaudio``
+(torchaudio.compliance.kaldi), is used where torchaudio is installed.
 
 Where we deviate from Kaldi:
 - ``dither`` defaults to 0.0 (Kaldi: 1.0) so features are reproducible bit for bit across runs
@@ -34,7 +35,7 @@ from asrkd.errors import DataDirError, UserError
 from asrkd.jobs import run_jobs, split_evenly
 from asrkd.table import ArkWriter, atomic_path
 
-BACKENDS = ("torchaudio", "kaldi-native-fbank")
+BACKENDS = ("torch", "kaldi-native-fbank", "torchaudio")
 
 
 @dataclasses.dataclass
@@ -156,66 +157,123 @@ def check_device(device):
     return dev
 
 
-class _TorchaudioExtractor:
-    """torchaudio.compliance.kaldi, with the per-utterance constants (window, mel banks, DCT)
-    built once, the frame mean / pre-emphasis / window folded into three whole-utterance ops,
-    and the power spectrum summed inside the mel matmul. That is 1.3-2.5x faster than calling
-    ``torchaudio.compliance.kaldi.fbank`` per utterance (bench/features.py) with the same
-    numbers to float32 rounding. ``exact=True``, dither or snip_edges=False call torchaudio's
-    function itself."""
+def _mel(f):
+    return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
 
-    def __init__(self, config, device="cpu", exact=False):
+
+def feature_window(window_type, size, blackman_coeff=0.42):
+    """Kaldi's FeatureWindowFunction: float64 (size,)."""
+    n = np.arange(size, dtype=np.float64)
+    a = 2 * np.pi / (size - 1)
+    if window_type == "hanning":
+        return 0.5 - 0.5 * np.cos(a * n)
+    if window_type == "sine":
+        return np.sin(0.5 * a * n)
+    if window_type == "hamming":
+        return 0.54 - 0.46 * np.cos(a * n)
+    if window_type == "povey":
+        return (0.5 - 0.5 * np.cos(a * n)) ** 0.85
+    if window_type == "rectangular":
+        return np.ones(size)
+    if window_type == "blackman":
+        return blackman_coeff - 0.5 * np.cos(a * n) + (0.5 - blackman_coeff) * np.cos(2 * a * n)
+    raise UserError(f"unknown window_type {window_type!r}; use one of hanning, sine, hamming, "
+                    "povey, rectangular, blackman")
+
+
+def mel_banks(num_bins, padded_window_size, sample_rate, low_freq, high_freq):
+    """Kaldi's MelBanks (no VTLN warping): float64 (num_bins, padded_window_size // 2), the
+    triangular weight of each FFT bin below Nyquist in each mel bin."""
+    nyquist = 0.5 * sample_rate
+    if high_freq <= 0.0:
+        high_freq += nyquist
+    if not 0.0 <= low_freq < high_freq <= nyquist:
+        raise UserError(f"bad mel frequency range low_freq={low_freq}, high_freq={high_freq} "
+                        f"(Nyquist {nyquist})")
+    mel_low, mel_high = _mel(low_freq), _mel(high_freq)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    mel = _mel(np.arange(padded_window_size // 2) * (sample_rate / padded_window_size))
+    left = mel_low + np.arange(num_bins)[:, None] * delta
+    center, right = left + delta, left + 2 * delta
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    w = np.where(mel <= center, up, down)
+    return np.where((mel > left) & (mel < right), w, 0.0)
+
+
+def dct_matrix(num_ceps, num_mel_bins):
+    """Kaldi's ComputeDctMatrix, transposed and cut to num_ceps: float64 (num_mel_bins,
+    num_ceps), so that log-mels @ it gives the cepstra."""
+    n = np.arange(num_mel_bins)[:, None] + 0.5
+    k = np.arange(num_ceps)[None, :]
+    m = np.sqrt(2.0 / num_mel_bins) * np.cos(np.pi / num_mel_bins * n * k)
+    m[:, 0] = np.sqrt(1.0 / num_mel_bins)
+    return m
+
+
+def lifter_coeffs(num_ceps, cepstral_lifter):
+    """Kaldi's ComputeLifterCoeffs: float64 (num_ceps,)."""
+    q = cepstral_lifter
+    return 1.0 + 0.5 * q * np.sin(np.pi * np.arange(num_ceps) / q)
+
+
+class _TorchExtractor:
+    """Kaldi's fbank / MFCC in torch, vectorised over an utterance's frames (runs on GPU
+    tensors too). The per-utterance constants (window, mel banks, DCT) are built once, the
+    frame mean / pre-emphasis / window are folded into three whole-utterance ops, and the power
+    spectrum is summed inside the mel matmul. Dither (random per frame in Kaldi) and
+    snip_edges=False (reflected edge frames) are not vectorised: those configs run Kaldi's own
+    code (kaldi-native-fbank) per utterance."""
+
+    def __init__(self, config, device="cpu"):
         import torch
-        import torchaudio.compliance.kaldi as tak
 
         dev = check_device(device)
-        self.torch, self.tak, self.device, self.c = torch, tak, dev, config
+        self.torch, self.device, self.c = torch, dev, config
         c = config
-        common = dict(
-            sample_frequency=c.sample_rate, frame_length=c.frame_length_ms,
-            frame_shift=c.frame_shift_ms, dither=c.dither,
-            preemphasis_coefficient=c.preemphasis, remove_dc_offset=c.remove_dc_offset,
-            window_type=c.window_type, round_to_power_of_two=c.round_to_power_of_two,
-            snip_edges=c.snip_edges, num_mel_bins=c.num_mel_bins, low_freq=c.low_freq,
-            high_freq=c.high_freq, use_energy=c.use_energy, energy_floor=c.energy_floor,
-            raw_energy=c.raw_energy,
-        )
-        if c.kind == "fbank":
-            self.fn, self.kw = tak.fbank, dict(
-                common, use_log_fbank=c.use_log_fbank, use_power=c.use_power)
-        else:
-            self.fn, self.kw = tak.mfcc, dict(
-                common, num_ceps=c.num_ceps, cepstral_lifter=c.cepstral_lifter)
-        self.exact = exact
+        self.fallback = None
+        if c.dither != 0.0 or not c.snip_edges:
+            if dev.type != "cpu":
+                raise UserError("dither or snip_edges: false run on CPU only (--device cpu)")
+            self.fallback = _KnfExtractor(config)
         self._buf = None
         self.shift = int(c.sample_rate * c.frame_shift_ms / 1000)
         self.size = int(c.sample_rate * c.frame_length_ms / 1000)
         self.padded = 1 << (self.size - 1).bit_length() if c.round_to_power_of_two else self.size
-        dev, f32 = self.device, torch.float32
-        self.window = tak._feature_window_function(c.window_type, self.size, 0.42, dev, f32)
-        banks, _ = tak.get_mel_banks(c.num_mel_bins, self.padded, float(c.sample_rate),
-                                     c.low_freq, c.high_freq, 100.0, -500.0, 1.0)
+        f32 = torch.float32
+        self.window = torch.tensor(feature_window(c.window_type, self.size), dtype=f32,
+                                   device=dev)
+        banks = mel_banks(c.num_mel_bins, self.padded, float(c.sample_rate), c.low_freq,
+                          c.high_freq)
         # Kaldi's banks ignore the Nyquist bin. Each bin's row is repeated for the real and the
         # imaginary part, so (re, im interleaved)^2 @ banks2 sums re^2 + im^2 inside the matmul.
-        self.banks2 = banks.to(dev, f32).T.repeat_interleave(2, dim=0).contiguous()
-        self.eps = tak._get_epsilon(dev, f32)
+        self.banks2 = torch.tensor(banks.T, dtype=f32, device=dev).repeat_interleave(
+            2, dim=0).contiguous()
+        self.eps = torch.tensor(torch.finfo(f32).eps, dtype=f32, device=dev)
         if c.kind == "mfcc":
-            self.dct = tak._get_dct_matrix(c.num_ceps, c.num_mel_bins).to(dev, f32)
-            self.lifter = (tak._get_lifter_coeffs(c.num_ceps, c.cepstral_lifter).to(dev, f32)
+            self.dct = torch.tensor(dct_matrix(c.num_ceps, c.num_mel_bins), dtype=f32,
+                                    device=dev)
+            self.lifter = (torch.tensor(lifter_coeffs(c.num_ceps, c.cepstral_lifter),
+                                        dtype=f32, device=dev)
                            if c.cepstral_lifter != 0.0 else None)
 
     def __call__(self, samples):
+        if self.fallback is not None:
+            return self.fallback(samples)
         torch = self.torch
         with torch.inference_mode():
             w = torch.from_numpy(samples).to(self.device)
-            if self.exact:
-                return self.fn(w.unsqueeze(0), **self.kw).cpu().numpy()
             return self._features(w).cpu().numpy()
 
+    def _log_energy(self, frames):
+        torch, c = self.torch, self.c
+        e = torch.maximum(frames.square().sum(1), self.eps).log()
+        if c.energy_floor > 0.0:
+            e = torch.clamp(e, min=float(np.log(c.energy_floor)))
+        return e
+
     def _features(self, w):
-        torch, tak, c = self.torch, self.tak, self.c
-        if c.dither != 0.0 or not c.snip_edges:
-            return self.fn(w.unsqueeze(0), **self.kw)
+        torch, c = self.torch, self.c
         n_frames = 0 if len(w) < self.size else 1 + (len(w) - self.size) // self.shift
         if n_frames == 0:
             return torch.empty((0, c.dim))
@@ -240,13 +298,15 @@ class _TorchaudioExtractor:
             cs = torch.zeros(len(w) + 1, dtype=torch.float64, device=w.device)
             torch.cumsum(w, 0, dtype=torch.float64, out=cs[1:])
             mean = ((cs[starts + size] - cs[starts]) / size).float()
+            if c.use_energy:
+                # raw energy: after the mean removal, before pre-emphasis and window
+                if c.raw_energy:
+                    raw = frames - mean.unsqueeze(1) if c.remove_dc_offset else frames
+                    energy = self._log_energy(raw)
             if c.remove_dc_offset:
                 buf[:, :size].addr_(mean, self.window, alpha=-(1.0 - pre))
-            if c.use_energy:
-                raw = frames - mean.unsqueeze(1) if c.remove_dc_offset else frames
-                if not c.raw_energy:
-                    raw = buf
-                energy = tak._get_log_energy(raw, self.eps, c.energy_floor)
+            if c.use_energy and not c.raw_energy:
+                energy = self._log_energy(buf)
         spec = torch.view_as_real(torch.fft.rfft(buf))[:, : self.padded // 2]
         if c.kind == "fbank" and not c.use_power:
             mel = spec.square().sum(-1).sqrt() @ self.banks2[::2]
@@ -266,6 +326,44 @@ class _TorchaudioExtractor:
         elif energy is not None:
             out = torch.cat((energy.unsqueeze(1), out), dim=1)
         return out
+
+
+class _TorchaudioExtractor:
+    """``torchaudio.compliance.kaldi.fbank`` / ``mfcc`` called per utterance: a third
+    implementation to check the others against (torchaudio is not a dependency; install it
+    beside a matching torch build)."""
+
+    def __init__(self, config, device="cpu"):
+        import torch
+
+        try:
+            import torchaudio.compliance.kaldi as tak
+        except (ImportError, OSError) as e:
+            raise UserError(f"the torchaudio backend needs a torchaudio that imports beside "
+                            f"torch {torch.__version__}: {e}") from None
+        self.torch, self.device = torch, check_device(device)
+        c = config
+        common = dict(
+            sample_frequency=c.sample_rate, frame_length=c.frame_length_ms,
+            frame_shift=c.frame_shift_ms, dither=c.dither,
+            preemphasis_coefficient=c.preemphasis, remove_dc_offset=c.remove_dc_offset,
+            window_type=c.window_type, round_to_power_of_two=c.round_to_power_of_two,
+            snip_edges=c.snip_edges, num_mel_bins=c.num_mel_bins, low_freq=c.low_freq,
+            high_freq=c.high_freq, use_energy=c.use_energy, energy_floor=c.energy_floor,
+            raw_energy=c.raw_energy,
+        )
+        if c.kind == "fbank":
+            self.fn, self.kw = tak.fbank, dict(
+                common, use_log_fbank=c.use_log_fbank, use_power=c.use_power)
+        else:
+            self.fn, self.kw = tak.mfcc, dict(
+                common, num_ceps=c.num_ceps, cepstral_lifter=c.cepstral_lifter)
+
+    def __call__(self, samples):
+        torch = self.torch
+        with torch.inference_mode():
+            w = torch.from_numpy(samples).to(self.device).unsqueeze(0)
+            return self.fn(w, **self.kw).cpu().numpy()
 
 
 class _KnfExtractor:
@@ -305,8 +403,10 @@ class _KnfExtractor:
         return out
 
 
-def make_extractor(config, backend="torchaudio", device="cpu"):
+def make_extractor(config, backend="torch", device="cpu"):
     """A callable: float32 samples (int16 range) -> float32 (T, D) features."""
+    if backend == "torch":
+        return _TorchExtractor(config, device)
     if backend == "torchaudio":
         return _TorchaudioExtractor(config, device)
     if backend == "kaldi-native-fbank":
@@ -314,7 +414,7 @@ def make_extractor(config, backend="torchaudio", device="cpu"):
     raise UserError(f"unknown feature backend {backend!r}; use one of {list(BACKENDS)}")
 
 
-def compute_features(samples, config, backend="torchaudio", device="cpu"):
+def compute_features(samples, config, backend="torch", device="cpu"):
     """Features of one waveform (float samples in int16 range): float32 (T, D)."""
     return make_extractor(config, backend, device)(np.asarray(samples, dtype=np.float32))
 
@@ -352,7 +452,7 @@ def _feats_job_body(items, ark, scp, config_dict, backend, device):
     return frames
 
 
-def compute_feats(data_dir, feat_dir, config, nj=1, backend="torchaudio", device="cpu"):
+def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu"):
     """Compute features for every utterance of ``data_dir`` in ``nj`` jobs.
 
     Writes ``feat_dir/<kind>_<set>.<job>.ark/.scp`` (each atomically), then

@@ -14,10 +14,12 @@ def add_arguments(parser):
     parser.add_argument("--conf", default="conf/fbank.yaml",
                         help="feature config YAML (type: fbank|mfcc plus non-default options)")
     parser.add_argument("--nj", type=int, default=1, help="number of parallel jobs")
-    parser.add_argument("--backend", choices=BACKENDS, default="torchaudio",
-                        help="feature implementation (both are Kaldi-compatible)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="feature implementation, all Kaldi-compatible: torch (default, "
+                             "vectorised), kaldi-native-fbank (Kaldi's C++), torchaudio "
+                             "(torchaudio.compliance.kaldi; needs torchaudio installed)")
     parser.add_argument("--device", default="cpu",
-                        help="torch device for the torchaudio backend (e.g. cuda)")
+                        help="torch device for the torch and torchaudio backends (e.g. cuda)")
 
 
 def main(args):

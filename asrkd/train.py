@@ -11,7 +11,8 @@ validation cross-entropy (``newbob_metric="acc"``: absolute gain in validation f
 epoch that does not improve is rejected (weights and optimizer state go back to the best epoch);
 the learning rate is halved from the first epoch whose gain is below ``start_halving_impr``;
 training stops once halving and the gain is below ``end_halving_impr`` (after ``min_epochs``), or
-at ``epochs``. ``final.pt`` is the best epoch. Frame accuracy is logged either way. Validation: a deterministic 10% of speakers (the same
+at ``epochs``. ``halving_from_epoch`` replaces this with a fixed schedule (full rate, then halving
+every epoch). ``final.pt`` is the best epoch. Frame accuracy is logged either way. Validation: a deterministic 10% of speakers (the same
 for every seed, so ensemble members are comparable), scored on whole utterances as in decoding.
 ``chunk_size > 1`` trains on shuffled runs of consecutive frames instead of single frames, so a
 TDNN computes its convolutions once per run (Kaldi's chunk training).
@@ -64,6 +65,9 @@ class TrainConfig(DictConfig):
     end_halving_impr: float = 0.001
     halving_factor: float = 0.5
     reject_worse: bool = True
+    # > 0: a fixed schedule instead of newbob's: the learning rate halves (halving_factor) after
+    # each epoch from this one on, whatever the validation says, and training runs all epochs.
+    halving_from_epoch: int = 0
     valid_fraction: float = 0.1  # of speakers
     max_frames_per_epoch: int = 0  # 0: all training frames each epoch
     # > 1: minibatches of runs of consecutive frames (a TDNN shares its convolutions within a
@@ -575,12 +579,14 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                 best = load_checkpoint(os.path.join(exp_dir, f"epoch{state['best_epoch']}.pt"))
                 model.load_state_dict(best["state_dict"])
                 opt.load_state_dict(best["optimizer"])
-            # newbob
-            if state["halving"] and impr < train_config.end_halving_impr \
-                    and epoch >= train_config.min_epochs:
-                state["stop"] = True
-            if impr < train_config.start_halving_impr:
-                state["halving"] = True
+            if train_config.halving_from_epoch > 0:
+                state["halving"] = epoch >= train_config.halving_from_epoch
+            else:  # newbob
+                if state["halving"] and impr < train_config.end_halving_impr \
+                        and epoch >= train_config.min_epochs:
+                    state["stop"] = True
+                if impr < train_config.start_halving_impr:
+                    state["halving"] = True
             if state["halving"]:
                 state["lr"] *= train_config.halving_factor
             state["epoch"] = epoch

@@ -104,6 +104,25 @@ def test_trains_beyond_chance_and_logs(tmp_path):
     assert cache.meta["skipped_unaligned"] == 1 and "100-1-0001" not in cache.utts
 
 
+def test_fixed_schedule_halves_from_its_epoch_and_keeps_every_epoch(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    # newbob would halve at once and stop: every epoch's gain is below these thresholds
+    tc = TrainConfig(**{**TC.to_dict(), "epochs": 5, "min_epochs": 1, "halving_from_epoch": 3,
+                        "reject_worse": False, "start_halving_impr": 10.0,
+                        "end_halving_impr": 10.0})
+    final = train_model(data, ali, str(tmp_path / "exp"), MC, tc, seed=1)
+    with open(os.path.join(str(tmp_path / "exp"), "train_log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["lr"]) for r in rows] == [0.01, 0.01, 0.01, 0.005, 0.0025]
+    assert all(r["accepted"] == "1" for r in rows)
+    assert _same(_weights(final), _weights(os.path.join(str(tmp_path / "exp"), "epoch5.pt")))
+    newbob = TrainConfig(**{**tc.to_dict(), "halving_from_epoch": 0})
+    train_model(data, ali, str(tmp_path / "nb"), MC, newbob, seed=1)
+    with open(os.path.join(str(tmp_path / "nb"), "train_log.csv")) as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert lrs == [0.01, 0.005]
+
+
 def test_window_gather_clamps_at_utterance_edges(tmp_path):
     data, ali = make_corpus(str(tmp_path / "c"), num_spk=2, utts_per_spk=2)
     cache = build_frame_cache(data, ali, str(tmp_path / "frames"))

@@ -298,11 +298,10 @@ class _TorchExtractor:
             cs = torch.zeros(len(w) + 1, dtype=torch.float64, device=w.device)
             torch.cumsum(w, 0, dtype=torch.float64, out=cs[1:])
             mean = ((cs[starts + size] - cs[starts]) / size).float()
-            if c.use_energy:
+            if c.use_energy and c.raw_energy:
                 # raw energy: after the mean removal, before pre-emphasis and window
-                if c.raw_energy:
-                    raw = frames - mean.unsqueeze(1) if c.remove_dc_offset else frames
-                    energy = self._log_energy(raw)
+                raw = frames - mean.unsqueeze(1) if c.remove_dc_offset else frames
+                energy = self._log_energy(raw)
             if c.remove_dc_offset:
                 buf[:, :size].addr_(mean, self.window, alpha=-(1.0 - pre))
             if c.use_energy and not c.raw_energy:

@@ -12,7 +12,7 @@ epoch that does not improve is rejected (weights and optimizer state go back to 
 the learning rate is halved from the first epoch whose gain is below ``start_halving_impr``;
 training stops once halving and the gain is below ``end_halving_impr`` (after ``min_epochs``), or
 at ``epochs``. ``halving_from_epoch`` replaces this with a fixed schedule (full rate, then halving
-every epoch). ``final.pt`` is the best epoch. Frame accuracy is logged either way. Validation: a deterministic 10% of speakers (the same
+every epoch). ``final.pt`` is the best epoch (the last one with ``reject_worse=False``). Frame accuracy is logged either way. Validation: a deterministic 10% of speakers (the same
 for every seed, so ensemble members are comparable), scored on whole utterances as in decoding.
 ``chunk_size > 1`` trains on shuffled runs of consecutive frames instead of single frames, so a
 TDNN computes its convolutions once per run (Kaldi's chunk training).
@@ -87,6 +87,8 @@ class TrainConfig(DictConfig):
             raise UserError("batch_size, lr and epochs must be positive")
         if self.chunk_size < 1:
             raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.halving_from_epoch < 0:
+            raise UserError(f"halving_from_epoch must be >= 0, got {self.halving_from_epoch}")
         if self.newbob_metric not in ("loss", "acc"):
             raise UserError(f"newbob_metric must be 'loss' or 'acc', got {self.newbob_metric!r}")
         if not 0 <= self.valid_fraction < 1:

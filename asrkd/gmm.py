@@ -450,7 +450,7 @@ def mixup(am, pdf_occs, target, power=0.2, perturb=0.01, min_count=20.0, seed=0)
         _, first, group = np.unique(np.concatenate([iv, mi], axis=1), axis=0,
                                     return_index=True, return_inverse=True)
         group = np.asarray(group).ravel()
-        move = np.array([first[g] != k for k, g in enumerate(group)])
+        move = first[group] != np.arange(len(group))
         if move.any():
             std = iv[move] ** -0.5
             mi[move] = (mi[move] / iv[move] + perturb * std * rng.standard_normal(std.shape)) \

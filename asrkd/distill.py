@@ -11,22 +11,31 @@ Transfer set (paper sec. 2): utterances of the data dir that have soft targets b
 Loss (paper sec. 2 and 4): ``alpha * T^2 * CE(soft targets at T, student softmax at T)
 + (1 - alpha) * CE(hard alignment targets, student softmax at T=1)``. The T^2 factor keeps the
 soft term's gradient magnitude independent of T. The paper weighted the hard term 0.5, hence
-``alpha=0.5`` by default.
+``alpha=0.5`` by default. Each term is a mean over the frames that have it: the soft CE over
+every frame, the hard CE over the labelled frames only, so that a batch with transfer-set frames
+keeps the weights alpha and 1 - alpha (a hard CE divided by all frames would shrink the hard
+weight in proportion to the unlabelled share).
 
 Where we deviate from the paper:
-- Soft targets are stored sparsely: per frame the top-k probabilities, renormalized to sum to
-  one (float16), and their pdf ids (uint16 below 65536 pdfs). The paper kept dense targets; with
-  thousands of pdfs almost all mass sits in a few of them, and dense float32 costs
-  ``num_pdfs * 4`` bytes per frame. ``meta.json`` records the bytes per frame of both.
-  With top-k targets the soft CE is ``-sum_k p_k log softmax(z/T)[id_k]``.
+- Soft targets are stored sparsely: per frame the top-k probabilities (float16, not
+  renormalized), their pdf ids (uint16 below 65536 pdfs) and the *rest*, the mass of the other
+  pdfs (float32). The paper kept dense targets; with thousands of pdfs almost all mass sits in a
+  few of them, and dense float32 costs ``num_pdfs * 4`` bytes per frame. ``meta.json`` records
+  the bytes per frame of both and the mean kept (top-k) mass. The soft CE is
+  ``-sum_k p_k log q[id_k] - rest * log(1 - sum_k q[id_k])`` with q = softmax(z/T): the exact
+  cross-entropy of the teachers' distribution with the other pdfs merged into one class, so the
+  student is never told that the tail has probability 0 (renormalizing the top k would).
 - The soft term uses the stored (already tempered) ensemble distribution; the temperature the
   student is trained at must equal the one the targets were made at (checked).
 
 Store layout (``OUT_DIR``): ``meta.json`` (temperature, combine, topk, num_pdfs, teachers,
-bytes_per_frame, dense_bytes_per_frame, num_frames, num_utts), ``index`` (lines
-``utt shard offset num_frames``, sorted by utt), and per shard ``ids.<shard>.npy`` (F, K) and
-``probs.<shard>.npy`` (F, K) float16 with the frames of the shard's utterances concatenated.
-The arrays are memory-mapped on load.
+bytes_per_frame, dense_bytes_per_frame, num_frames, num_utts, kept_mass: mean/min of the top-k
+mass per frame), ``index`` (lines ``utt shard offset num_frames``, sorted by utt), and per shard
+``ids.<shard>.npy`` (F, K), ``probs.<shard>.npy`` (F, K) float16 and ``rest.<shard>.npy`` (F,)
+float32 with the frames of the shard's utterances concatenated. The arrays are memory-mapped on
+load; each shard is checked once when first read (finite, non-negative, ids in range, kept +
+rest mass within ``SUM_TOL`` of one). A store without ``rest`` files (older asrkd) reads as rest
+0.
 """
 
 import glob
@@ -50,7 +59,7 @@ COMBINES = ("arith", "geo")
 # Loss
 
 
-def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha):
+def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha, soft_rest=None):
     """Distillation loss over a batch of frames.
 
     Args:
@@ -58,21 +67,31 @@ def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha):
         hard: (N,) int64 hard pdf targets (forced alignment); -1 marks a frame with none (a
             transfer-set frame), which gets the soft term only.
         soft_ids: (N, K) int64 pdf ids of the soft targets (K may equal P for dense targets).
-        soft_probs: (N, K) float soft target probabilities (each row sums to one).
+        soft_probs: (N, K) float soft target probabilities of those pdfs.
         temperature: T used both for the soft targets and the student's soft term.
         alpha: weight of the soft term; 0 gives plain cross-entropy on ``hard``.
+        soft_rest: (N,) float mass of the pdfs outside ``soft_ids`` (None: 0, i.e. each row of
+            ``soft_probs`` sums to one).
     Returns:
-        scalar tensor: the mean over frames of alpha * T^2 * soft CE + (1 - alpha) * hard CE
-        (the hard CE counted as 0 on frames without a hard target).
+        scalar tensor: alpha * T^2 * (soft CE averaged over all N frames) + (1 - alpha) *
+        (hard CE averaged over the frames with a hard target; 0 if there are none).
     """
     loss = logits.new_zeros(())
     if alpha < 1:
-        hard_ce = F.cross_entropy(logits, hard, ignore_index=-1, reduction="sum")
-        loss = loss + (1 - alpha) * hard_ce / max(len(hard), 1)
+        labelled = int((hard >= 0).sum())
+        if labelled:
+            hard_ce = F.cross_entropy(logits, hard, ignore_index=-1, reduction="sum")
+            loss = loss + (1 - alpha) * hard_ce / labelled
     if alpha > 0:
         logp = F.log_softmax(logits / temperature, dim=-1)  # (N, P)
-        soft_ce = -(soft_probs * logp.gather(1, soft_ids)).sum(dim=1).mean()
-        loss = loss + alpha * temperature**2 * soft_ce
+        soft_ce = -(soft_probs * logp.gather(1, soft_ids)).sum(dim=1)  # (N,)
+        if soft_rest is not None:
+            # log of the student's mass outside soft_ids: logsumexp over the other pdfs
+            outside = logp.scatter(1, soft_ids, float("-inf"))
+            log_rest = torch.logsumexp(outside, dim=1)  # (N,), -inf if K == P
+            rest = soft_rest.to(logp.dtype)
+            soft_ce = soft_ce - torch.where(rest > 0, rest * log_rest, torch.zeros_like(rest))
+        loss = loss + alpha * temperature**2 * soft_ce.mean()
     return loss
 
 
@@ -97,11 +116,16 @@ def combine_teachers(logits, temperature, combine="arith"):
 
 
 def sparsify(probs, topk):
-    """Keep each row's ``topk`` largest probabilities, renormalized. Returns (ids, probs)."""
+    """Each row's ``topk`` largest probabilities (0: all) and the mass of the others.
+
+    Returns (ids (N, K), probs (N, K), rest (N,)); the kept probabilities are not renormalized,
+    so ``probs.sum(-1) + rest`` is the row's total (one).
+    """
     k = min(topk, probs.shape[-1]) if topk and topk > 0 else probs.shape[-1]
     vals, ids = probs.topk(k, dim=-1)
-    vals = vals / vals.sum(dim=-1, keepdim=True)
-    return ids, vals
+    # summed directly (not 1 - kept): a tail of 1e-6 survives float32
+    rest = probs.scatter(-1, ids, 0.0).sum(dim=-1)
+    return ids, vals, rest
 
 
 def find_teachers(teachers_dir):
@@ -167,38 +191,75 @@ def _soft_targets_job(data_dir, ckpts, out_dir, shard, utts, temperature, combin
                 f"{utt}: features have {feats.shape[0]} frames, utt2num_frames says {expected[utt]}"
             )
         logits = ens.utterance_logits(torch.from_numpy(feats))  # (M, T, P)
-        ids, probs = sparsify(combine_teachers(logits, temperature, combine), topk)
-        items.append((utt, ids.numpy(), probs.numpy()))
+        ids, probs, rest = sparsify(combine_teachers(logits, temperature, combine), topk)
+        items.append((utt, ids.numpy(), probs.numpy(), rest.numpy()))
         print(f"{utt} {feats.shape[0]}", flush=True)
     return _write_shard(out_dir, shard, items, num_pdfs)
 
 
+SUM_TOL = 0.01  # kept + rest mass of a stored frame must be within this of one (float16 probs)
+
+
+def check_soft_targets(ids, probs, rest, num_pdfs, where):
+    """UserError naming ``where`` unless the targets are a valid distribution per frame.
+
+    ids (F, K) in [0, num_pdfs), probs (F, K) and rest (F,) finite and non-negative, and
+    ``probs.sum(1) + rest`` within SUM_TOL of one.
+    """
+    ids, probs, rest = np.asarray(ids), np.asarray(probs), np.asarray(rest)
+    if ids.shape != probs.shape or ids.ndim != 2 or rest.shape != ids.shape[:1]:
+        raise UserError(f"{where}: ids {ids.shape}, probs {probs.shape} and rest {rest.shape} "
+                        "do not match")
+    if not ids.size:
+        return
+    if ids.min() < 0 or ids.max() >= num_pdfs:
+        raise UserError(f"{where}: pdf ids outside [0, {num_pdfs}) (min {int(ids.min())}, "
+                        f"max {int(ids.max())})")
+    p32 = probs.astype(np.float32)
+    for name, arr in (("probabilities", p32), ("rest masses", rest)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            frame = int(np.argwhere(bad)[0][0])
+            raise UserError(f"{where}: {int(bad.sum())} non-finite {name} (first at frame {frame})")
+        if (arr < 0).any():
+            frame = int(np.argwhere(arr < 0)[0][0])
+            raise UserError(f"{where}: negative {name} (first at frame {frame})")
+    total = p32.sum(axis=1) + rest
+    off = np.abs(total - 1.0) > SUM_TOL
+    if off.any():
+        frame = int(np.argmax(off))
+        raise UserError(f"{where}: {int(off.sum())} frames whose probabilities sum to "
+                        f"{total[frame]:.4f}, not 1 (first at frame {frame})")
+
+
 def _write_shard(out_dir, shard, items, num_pdfs):
-    """Write [(utt, ids (T, K), probs (T, K))] as one shard; return its index entries."""
+    """Write [(utt, ids (T, K), probs (T, K), rest (T,))] as one shard; return its index
+    entries [(utt, shard, offset, frames)] and the shard's kept mass (sum, min, frames)."""
     index, offset = [], 0
-    for utt, ids, probs in items:
-        if ids.shape != probs.shape:
-            raise UserError(f"{utt}: ids {ids.shape} and probs {probs.shape} differ")
-        if ids.size and (ids.min() < 0 or ids.max() >= num_pdfs):
-            raise UserError(f"{utt}: pdf ids outside [0, {num_pdfs})")
+    for utt, ids, probs, rest in items:
+        check_soft_targets(ids, probs, rest, num_pdfs, f"soft targets of {utt}")
         index.append((utt, shard, offset, ids.shape[0]))
         offset += ids.shape[0]
     if not items:
-        return index
+        return index, (0.0, 1.0, 0)
     arrays = {
-        "ids": np.concatenate([i for _, i, _ in items]).astype(_id_dtype(num_pdfs)),
-        "probs": np.concatenate([p for _, _, p in items]).astype(np.float16),
+        "ids": np.concatenate([i for _, i, _, _ in items]).astype(_id_dtype(num_pdfs)),
+        "probs": np.concatenate([p for _, _, p, _ in items]).astype(np.float16),
+        "rest": np.concatenate([r for _, _, _, r in items]).astype(np.float32),
     }
     for name, arr in arrays.items():
         with atomic_path(os.path.join(out_dir, f"{name}.{shard}.npy")) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, arr)
-    return index
+    kept = np.concatenate([p.astype(np.float64).sum(axis=1) for _, _, p, _ in items])
+    return index, (float(kept.sum()), float(kept.min()) if kept.size else 1.0, int(kept.size))
 
 
-def _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, teachers, data_dir=None):
-    """Write index + meta.json for shards written by _write_shard; return the meta."""
-    index = {utt: [shard, off, n] for idx in indexes for utt, shard, off, n in idx}
+def _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, teachers, data_dir=None):
+    """Write index + meta.json for the _write_shard results ``shards``; return the meta."""
+    index = {utt: [shard, off, n] for idx, _ in shards for utt, shard, off, n in idx}
+    kept_sum = sum(k[0] for _, k in shards)
+    kept_frames = sum(k[2] for _, k in shards)
     write_table(os.path.join(out_dir, "index"), index)
     k = min(topk, num_pdfs) if topk and topk > 0 else num_pdfs
     bpf, dense = bytes_per_frame(topk, num_pdfs)
@@ -212,6 +273,9 @@ def _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, teache
         "dense_bytes_per_frame": int(dense),
         "num_utts": len(index),
         "num_frames": int(sum(v[2] for v in index.values())),
+        # the share of the teachers' mass in the stored top k (the rest is stored as one number)
+        "kept_mass": {"mean": kept_sum / kept_frames if kept_frames else 1.0,
+                      "min": min((k[1] for _, k in shards if k[2]), default=1.0)},
         "data_dir": os.path.abspath(data_dir) if data_dir else None,
     }
     _write_json(os.path.join(out_dir, "meta.json"), meta)
@@ -219,7 +283,7 @@ def _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, teache
 
 
 def save_soft_targets(out_dir, probs_by_utt, temperature, combine="arith", topk=20, teachers=()):
-    """Store dense (T, P) distributions per utterance (top-k, renormalized); return the meta.
+    """Store dense (T, P) distributions per utterance (top-k + rest); return the meta.
 
     For callers that already have the distributions (and tests); the ensemble path is
     compute_soft_targets.
@@ -229,12 +293,12 @@ def save_soft_targets(out_dir, probs_by_utt, temperature, combine="arith", topk=
     for utt in sorted(probs_by_utt):
         probs = torch.as_tensor(np.asarray(probs_by_utt[utt], dtype=np.float32))
         num_pdfs = probs.shape[-1]
-        ids, vals = sparsify(probs, topk)
-        items.append((utt, ids.numpy(), vals.numpy()))
+        ids, vals, rest = sparsify(probs, topk)
+        items.append((utt, ids.numpy(), vals.numpy(), rest.numpy()))
     if num_pdfs is None:
         raise UserError("no soft targets to store")
-    indexes = [_write_shard(out_dir, 1, items, num_pdfs)]
-    return _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, teachers)
+    shards = [_write_shard(out_dir, 1, items, num_pdfs)]
+    return _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, teachers)
 
 
 def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combine="arith",
@@ -268,10 +332,14 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
         for i, chunk in enumerate(split_evenly(utts, nshards))
         if chunk
     ]
-    indexes = run_jobs(_soft_targets_job, job_args, nj, os.path.join(out_dir, "log"),
-                       "soft_targets", desc="soft targets", threads_per_job=1)
-    return _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, ckpts,
+    shards = run_jobs(_soft_targets_job, job_args, nj, os.path.join(out_dir, "log"),
+                      "soft_targets", desc="soft targets", threads_per_job=1)
+    meta = _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, ckpts,
                          data_dir=data_dir)
+    print(f"soft targets: {meta['num_frames']} frames, top-{meta['topk']} keeps "
+          f"{100 * meta['kept_mass']['mean']:.2f}% of the mass on average (min "
+          f"{100 * meta['kept_mass']['min']:.2f}%); the rest is stored per frame", file=sys.stderr)
+    return meta
 
 
 def _write_json(path, obj):
@@ -281,7 +349,8 @@ def _write_json(path, obj):
 
 
 class SoftTargetStore(Mapping):
-    """Read a soft-target dir: ``store[utt] -> (ids (T, K) int64, probs (T, K) float32)``.
+    """Read a soft-target dir: ``store[utt] -> (ids (T, K) int64, probs (T, K) float32)``;
+    ``store.rest(utt)`` -> (T,) float32, the mass outside the top k.
 
     With ``utt2num_frames`` (a dict, or a data dir path), every utterance's frame count is
     checked against it up front and a mismatch or a missing utterance is a UserError.
@@ -330,21 +399,48 @@ class SoftTargetStore(Mapping):
                     f"utt2num_frames says {utt2num_frames[utt]}"
                 )
 
+    @property
+    def kept_mass(self):
+        """Mean share of the teachers' mass in the stored top k (None for older stores)."""
+        return (self.meta.get("kept_mass") or {}).get("mean")
+
     def _shard(self, shard):
+        """(ids, probs, rest) of a shard, memory-mapped, checked in full on first use."""
         if shard not in self._shards:
-            self._shards[shard] = tuple(
-                np.load(os.path.join(self.dir, f"{name}.{shard}.npy"), mmap_mode="r")
-                for name in ("ids", "probs")
-            )
+            arrays = []
+            for name in ("ids", "probs", "rest"):
+                path = os.path.join(self.dir, f"{name}.{shard}.npy")
+                if name == "rest" and not os.path.isfile(path):
+                    arrays.append(None)  # written before the rest term existed: renormalized
+                    continue
+                try:
+                    arrays.append(np.load(path, mmap_mode="r"))
+                except FileNotFoundError:
+                    raise UserError(f"{path}: missing (soft-target shard {shard})") from None
+                except ValueError as e:
+                    raise UserError(f"{path}: not a readable .npy array ({e})") from None
+            ids, probs, rest = arrays
+            if rest is None:
+                rest = np.zeros(len(ids), dtype=np.float32)
+            check_soft_targets(ids, probs, rest, self.num_pdfs,
+                               f"{self.dir}: shard {shard}")
+            self._shards[shard] = (ids, probs, rest)
         return self._shards[shard]
 
-    def __getitem__(self, utt):
+    def _slice(self, utt):
         shard, off, n = self.index[utt]
-        ids, probs = self._shard(shard)
-        ids, probs = ids[off:off + n], probs[off:off + n]
-        if ids.shape[0] != n or probs.shape[0] != n:
+        arrays = [a[off:off + n] for a in self._shard(shard)]
+        if any(a.shape[0] != n for a in arrays):
             raise UserError(f"{self.dir}: shard {shard} is truncated at {utt}")
+        return arrays
+
+    def __getitem__(self, utt):
+        ids, probs, _ = self._slice(utt)
         return ids.astype(np.int64), probs.astype(np.float32)
+
+    def rest(self, utt):
+        """(T,) float32 mass of the pdfs outside ``store[utt]``'s ids."""
+        return np.array(self._slice(utt)[2], dtype=np.float32)  # a copy: writable
 
     def __iter__(self):
         return iter(self.index)
@@ -358,7 +454,8 @@ class SoftTargetStore(Mapping):
 
 
 class PackedTargets(Mapping):
-    """``store[utt]`` packed as one float32 (T, 2K) array [ids | probs] for train_model's batching.
+    """``store[utt]`` packed as one float32 (T, 2K + 1) array [ids | probs | rest] for
+    train_model's batching.
 
     Pdf ids are exact in float32 up to 2^24.
     """
@@ -368,7 +465,8 @@ class PackedTargets(Mapping):
 
     def __getitem__(self, utt):
         ids, probs = self.store[utt]
-        return np.concatenate([ids.astype(np.float32), probs], axis=1)
+        rest = self.store.rest(utt)[:, None]
+        return np.concatenate([ids.astype(np.float32), probs, rest], axis=1)
 
     def __iter__(self):
         return iter(self.store)
@@ -384,10 +482,12 @@ class StoredKDLoss:
         self.temperature, self.alpha, self.topk = temperature, alpha, topk
 
     def __call__(self, logits, batch):
-        extra = batch["extra"]  # (N, 2K)
-        ids = extra[:, :self.topk].long()
-        probs = extra[:, self.topk:].to(logits.dtype)
-        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha)
+        extra = batch["extra"]  # (N, 2K + 1)
+        k = self.topk
+        ids = extra[:, :k].long()
+        probs = extra[:, k:2 * k].to(logits.dtype)
+        rest = extra[:, 2 * k].to(logits.dtype)
+        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha, rest)
 
 
 class OnTheFlyKDLoss:
@@ -427,8 +527,8 @@ class OnTheFlyKDLoss:
     def __call__(self, logits, batch):
         teacher = self.teacher_logits(batch["x"])
         probs = combine_teachers(teacher, self.temperature, self.combine)
-        ids, probs = sparsify(probs, self.topk)
-        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha)
+        ids, probs, rest = sparsify(probs, self.topk)
+        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha, rest)
 
 
 def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, temperature=None,

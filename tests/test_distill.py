@@ -67,9 +67,10 @@ def test_kd_loss_frames_without_hard_targets_get_the_soft_term_only():
     logq = torch.log_softmax(logits / T, -1)
     soft = -(probs * logq.gather(1, ids)).sum(1)  # per frame
     hard_ce = torch.nn.functional.cross_entropy(logits, hard.clamp(min=0), reduction="none")
-    per_frame = alpha * T * T * soft + (1 - alpha) * hard_ce * (hard >= 0)
+    # soft CE averaged over all 4 frames, hard CE over the 2 labelled ones: alpha stays alpha
+    want = alpha * T * T * soft.mean() + (1 - alpha) * (hard_ce * (hard >= 0)).sum() / 2
     got = kd_loss(logits, hard, ids, probs, T, alpha).item()
-    assert got == pytest.approx(per_frame.mean().item(), rel=1e-6)
+    assert got == pytest.approx(want.item(), rel=1e-6)
     # no frame with a hard target: finite, soft term only
     none = torch.full((4,), -1)
     assert kd_loss(logits, none, ids, probs, T, alpha).item() == \
@@ -137,13 +138,60 @@ def test_arith_vs_geo_hand_case():
         combine_teachers(z, 1.0, "median")
 
 
-def test_sparsify_renormalizes():
-    p = torch.tensor([[0.5, 0.1, 0.3, 0.1]])
-    ids, vals = sparsify(p, 2)
-    assert ids.tolist() == [[0, 2]]
-    assert torch.allclose(vals, torch.tensor([[0.625, 0.375]]))
-    ids, vals = sparsify(p, 0)  # 0 keeps all
-    assert ids.shape == (1, 4)
+def test_sparsify_keeps_the_rest_mass():
+    p = torch.tensor([[0.5, 0.1, 0.3, 0.1], [0.0, 0.0, 1.0, 0.0]])
+    ids, vals, rest = sparsify(p, 2)
+    assert ids[0].tolist() == [0, 2] and ids[1, 0] == 2
+    assert torch.allclose(vals[0], torch.tensor([0.5, 0.3]))  # not renormalized
+    assert torch.allclose(rest, torch.tensor([0.2, 0.0]))
+    ids, vals, rest = sparsify(p, 0)  # 0 keeps all
+    assert ids.shape == (2, 4) and torch.all(rest == 0)
+
+
+def test_kd_loss_rest_term_hand_case():
+    # 4 pdfs, top-2 targets (0.5 on pdf 0, 0.3 on pdf 2) and 0.2 on the other two
+    z = [1.0, -0.5, 0.25, 2.0]
+    T = 2.0
+    q = _softmax([v / T for v in z])
+    q_rest = q[1] + q[3]
+    soft = -(0.5 * math.log(q[0]) + 0.3 * math.log(q[2]) + 0.2 * math.log(q_rest))
+    got = kd_loss(torch.tensor([z]), torch.tensor([-1]), torch.tensor([[0, 2]]),
+                  torch.tensor([[0.5, 0.3]]), T, 1.0, torch.tensor([0.2])).item()
+    assert got == pytest.approx(T * T * soft, rel=1e-6)
+    # against dense targets whose tail is spread like the student's own tail, the dense CE is
+    # the merged-tail CE plus rest * (entropy of the student's normalized tail)
+    tail = [q[1] / q_rest, q[3] / q_rest]
+    dense = torch.tensor([[0.5, 0.2 * tail[0], 0.3, 0.2 * tail[1]]])
+    want = kd_loss(torch.tensor([z]), torch.tensor([-1]), torch.arange(4)[None], dense, T, 1.0)
+    h_tail = -sum(t * math.log(t) for t in tail)
+    assert want.item() == pytest.approx(got + T * T * 0.2 * h_tail, rel=1e-5)
+    # with the rest term the student is pushed to keep 0.2 outside the top 2; without it, to 0
+    x = torch.tensor([z], requires_grad=True)
+    opt = torch.optim.SGD([x], lr=1.0)
+    for _ in range(500):
+        opt.zero_grad()
+        kd_loss(x, torch.tensor([-1]), torch.tensor([[0, 2]]), torch.tensor([[0.5, 0.3]]), 1.0,
+                1.0, torch.tensor([0.2])).backward()
+        opt.step()
+    qx = torch.softmax(x.detach(), -1)[0]
+    assert qx[0].item() == pytest.approx(0.5, abs=1e-3) and qx[2].item() == pytest.approx(0.3, abs=1e-3)
+    assert (qx[1] + qx[3]).item() == pytest.approx(0.2, abs=1e-3)
+    # a dense row (K == P) with rest 0 stays finite
+    v = kd_loss(torch.tensor([z]), torch.tensor([0]), torch.arange(4)[None],
+                torch.tensor([[0.25] * 4]), T, 0.5, torch.tensor([0.0]))
+    assert torch.isfinite(v)
+
+
+def test_kd_loss_alpha_is_the_papers_alpha_with_unlabelled_frames():
+    # one labelled and three unlabelled frames: the hard CE is that one frame's CE, weighted 1-a
+    z = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
+    hard = torch.tensor([1, -1, -1, -1])
+    ids = torch.tensor([[0], [0], [1], [1]])
+    probs = torch.ones(4, 1)
+    hard_ce = -math.log(_softmax([2.0, 0.0])[1])
+    soft = [-math.log(_softmax(r)[i]) for r, i in zip(z.tolist(), (0, 0, 1, 1))]
+    got = kd_loss(z, hard, ids, probs, 1.0, 0.5).item()
+    assert got == pytest.approx(0.5 * sum(soft) / 4 + 0.5 * hard_ce, rel=1e-6)
 
 
 # --- store ------------------------------------------------------------------------------------
@@ -169,24 +217,63 @@ def test_store_round_trip(tmp_path):
 
     store = SoftTargetStore(tmp_path / "soft", utt2num_frames={"1-1-0000": 3, "1-1-0001": 7})
     assert sorted(store) == ["1-1-0000", "1-1-0001"] and store.temperature == 2.0
+    kept = []
     for utt, p in dense.items():
         ids, probs = store[utt]
         assert ids.shape == (p.shape[0], K) and probs.dtype == np.float32
         want_ids = np.argsort(-p, axis=1)[:, :K]
         assert (np.sort(ids, 1) == np.sort(want_ids, 1)).all()
         want = np.take_along_axis(p, ids, 1)
-        want /= want.sum(1, keepdims=True)
-        np.testing.assert_allclose(probs, want, atol=2e-3)  # float16 storage
-        np.testing.assert_allclose(probs.sum(1), 1.0, atol=3e-3)
+        np.testing.assert_allclose(probs, want, atol=2e-3)  # float16 storage, not renormalized
+        np.testing.assert_allclose(store.rest(utt), 1.0 - want.sum(1), atol=1e-5)
+        np.testing.assert_allclose(probs.sum(1) + store.rest(utt), 1.0, atol=3e-3)
+        kept += list(want.sum(1))
+    assert on_disk["kept_mass"]["mean"] == pytest.approx(np.mean(kept), abs=1e-6)
+    assert on_disk["kept_mass"]["min"] == pytest.approx(np.min(kept), abs=1e-6)
+    assert store.kept_mass < 1.0
 
     packed = PackedTargets(store)["1-1-0001"]
-    assert packed.shape == (7, 2 * K) and packed.dtype == np.float32
+    assert packed.shape == (7, 2 * K + 1) and packed.dtype == np.float32
     loss = StoredKDLoss(2.0, 0.5, K)
     batch = {"y": torch.zeros(7, dtype=torch.long), "extra": torch.from_numpy(packed)}
     ids, probs = store["1-1-0001"]
     want = kd_loss(torch.zeros(7, P), batch["y"], torch.from_numpy(ids), torch.from_numpy(probs),
-                   2.0, 0.5)
+                   2.0, 0.5, torch.from_numpy(store.rest("1-1-0001")))
     assert loss(torch.zeros(7, P), batch).item() == pytest.approx(want.item())
+
+
+@pytest.mark.parametrize("damage", ["nan", "negative", "sum", "id", "truncated"])
+def test_store_rejects_damaged_shards(tmp_path, damage):
+    rng = np.random.default_rng(3)
+    save_soft_targets(tmp_path / "soft", {"a": _random_probs(rng, 6, 10)}, 1.0, topk=3)
+    d = tmp_path / "soft"
+    probs = np.load(d / "probs.1.npy")
+    if damage == "nan":
+        probs[2, 1] = np.nan
+    elif damage == "negative":
+        probs[3, 0] = -0.5
+    elif damage == "sum":
+        probs[1] *= 3
+    if damage in ("nan", "negative", "sum"):
+        np.save(d / "probs.1.npy", probs)
+    elif damage == "id":
+        ids = np.load(d / "ids.1.npy")
+        ids[0, 0] = 10
+        np.save(d / "ids.1.npy", ids)
+    else:
+        raw = (d / "probs.1.npy").read_bytes()
+        (d / "probs.1.npy").write_bytes(raw[:len(raw) - 7])
+    want = {"nan": "non-finite", "negative": "negative", "sum": "sum to", "id": "outside",
+            "truncated": "probs.1.npy"}[damage]
+    with pytest.raises(UserError, match=want):
+        SoftTargetStore(d, utt2num_frames={"a": 6})["a"]
+
+
+def test_writing_bad_soft_targets_is_refused(tmp_path):
+    p = np.full((2, 4), 0.25, dtype=np.float32)
+    p[1, 2] = np.nan
+    with pytest.raises(UserError, match="non-finite"):
+        save_soft_targets(tmp_path / "soft", {"a": p}, 1.0, topk=2)
 
 
 def test_store_frame_mismatch_is_an_error(tmp_path):
@@ -283,10 +370,12 @@ def test_compute_soft_targets_matches_the_ensemble(tmp_path, combine):
     models = [load_model(str(tmp_path / "teachers" / f"model{i}" / "final.pt")) for i in (1, 2, 3)]
     utt = reader.utts[4]
     z = torch.stack([m.utterance_logits(torch.from_numpy(reader[utt])) for m in models])
-    want_ids, want_p = sparsify(combine_teachers(z, 2.0, combine), 3)
+    want_ids, want_p, want_rest = sparsify(combine_teachers(z, 2.0, combine), 3)
     ids, probs = store[utt]
     assert (ids == want_ids.numpy()).all()
     np.testing.assert_allclose(probs, want_p.numpy(), atol=1e-3)
+    np.testing.assert_allclose(store.rest(utt), want_rest.numpy(), atol=1e-6)
+    assert 0 < meta["kept_mass"]["min"] <= meta["kept_mass"]["mean"] < 1
     # a data dir whose frame counts disagree with the stored targets is refused
     nf = (data / "utt2num_frames").read_text().splitlines()
     nf[0] = nf[0].split()[0] + " 999"

@@ -225,16 +225,26 @@ def make_scorer(model, data_dir, feats=None):
 
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
-           acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None):
+           acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None,
+           frame_acc_data=None):
     """`asrkd decode`: decode data_dir and score against data_dir/text.
 
-    Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode, else the
-    best of ``acwt_grid`` on this data dir. With ``ali_dir`` (alignments of data_dir) also
-    writes decode_dir/frame_acc (asrkd.train.frame_accuracy of the scorer)."""
+    Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode (a
+    ``{model}`` in it is replaced by ``model``: each system its own dev-tuned scale), else the
+    best of ``acwt_grid`` on this data dir. With ``ali_dir`` also writes decode_dir/frame_acc
+    and frame_acc_per_utt (asrkd.train.frame_accuracy of the scorer) on ``frame_acc_data``
+    (default data_dir; ali_dir aligns it): frame accuracy needs only a forward pass, so it can
+    be measured on a larger set than the one decoded for WER."""
     from asrkd.data import DataDir
 
     data = DataDir(data_dir)
+    if frame_acc_data is not None and ali_dir is None:
+        raise UserError("--frame-acc-data needs --ali-dir (the alignments of that data dir)")
     if acwt is None and acwt_from is not None:
+        if "{model}" in acwt_from:
+            if not isinstance(model, (str, os.PathLike)):
+                raise UserError("--acwt-from with {model} needs one model per decode")
+            acwt_from = acwt_from.replace("{model}", os.fspath(model).rstrip("/"))
         acwt = read_best_acwt(acwt_from)
     scorer = make_scorer(model, data_dir)
     utts = data.utts
@@ -247,11 +257,12 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
         print(f"decode: {decode_dir}: %WER {w['wer']:.2f} ({w['words']} words, acwt "
               f"{_fmt(res['acwt'])})", file=sys.stderr)
     if ali_dir is not None:
-        from asrkd.train import frame_accuracy
+        from asrkd.train import frame_accuracy, write_frame_accuracy
 
-        res["frame_acc"] = frame_accuracy(scorer, data_dir, ali_dir)
-        with atomic_path(os.path.join(decode_dir, "frame_acc")) as tmp, open(tmp, "w") as f:
-            f.write(f"{res['frame_acc']:.6f}\n")
+        fa_data = data_dir if frame_acc_data is None else frame_acc_data
+        fa_scorer = scorer if frame_acc_data is None else make_scorer(model, fa_data)
+        res["frame_acc"], counts = frame_accuracy(fa_scorer, fa_data, ali_dir, per_utt=True)
+        write_frame_accuracy(decode_dir, res["frame_acc"], counts)
         print(f"decode: {decode_dir}: frame accuracy {100 * res['frame_acc']:.2f}% "
-              f"against {ali_dir}", file=sys.stderr)
+              f"against {ali_dir} ({len(counts)} utterances)", file=sys.stderr)
     return res

@@ -1,87 +1,114 @@
 """The Table-1 report (Hinton, Vinyals & Dean 2015, table 1) for an experiment dir.
 
-Input layout (relative to EXP_DIR; the recipe follows it, see ``SYSTEMS``)::
+The report is told what it reports: a *systems manifest* (``EXP_DIR/systems.tsv``, written by the
+recipe) lists one system per line, tab-separated::
 
-    mono/decode_test/                 GMM monophone          wer (frame_acc optional)
-    tri/decode_test/                  GMM triphone           wer (frame_acc optional)
-    teachers/model*/decode_test/      each single DNN        wer, frame_acc
-    teachers/decode_test/             the ensemble           wer, frame_acc
-    distill/decode_test/              distilled, same size   wer, frame_acc
-    student_small_kd/decode_test/     small, distilled       wer, frame_acc
-    student_small_hard/decode_test/   small, hard targets    wer, frame_acc
-    frac_hard/decode_test/            optional (paper's table 5): trained on a fraction of the
-    frac_kd/decode_test/              data (--train-fraction) on hard / soft targets
-    timings.tsv                       optional: `stage seconds` or `n<TAB>name<TAB>seconds`
+    # key      kind      model               compare          label
+    mono       gmm       mono                -                GMM monophone
+    model1     single    teachers/model1     -                single DNN 1
+    ensemble   ensemble  teachers            single           DNN ensemble
+    control    control   control             single           same-size DNN, hard targets ...
+    distill    student   distill             single,control   distilled DNN (same size)
 
-Other test sets follow the same layout with ``decode_<name>`` (e.g. decode_test_clean); every
-``decode_*`` name found except ``dev*`` gets its own table (``test`` first), or pass the names.
+- ``kind``: gmm | single | ensemble | student (distilled) | control (hard targets) | other.
+  Rows of kind ``single`` are aggregated into "mean ± std" and "best" rows; ``single`` is also
+  the key of their mean in ``compare``.
+- ``model``: the system's dir (relative to EXP_DIR, or absolute); its scores are read from
+  ``MODEL/decode_<test set>/``.
+- ``compare``: keys this system is compared with (paired differences); for a ``student`` the
+  first one is its own-size baseline, against which its share of the ensemble's gain is computed.
 
-- WER: the ``%WER x`` line of the Kaldi-style ``wer`` summary that ``asrkd.score.score()``
-  writes into the decode dir. If a ``score.json`` (the dict score() returns) is there, it wins:
-  100 * (ins + del + sub) / words from its counts, else its ``wer`` (a percentage).
-- ``frame_acc`` holds one float: a fraction in [0, 1] (as ``asrkd.train.frame_accuracy``
-  returns); values above 1 are read as percentages.
-- Training curves come from ``train_log.csv`` in each decode dir's parent (the model's exp dir):
-  column ``epoch`` (else the row number) and the first column whose name contains ``valid`` and
-  ``acc``.
-- A system whose decode dir is missing is listed as missing; nothing here crashes on a partial
-  experiment.
-- ``fill_frame_acc`` (``asrkd report EXP_DIR --data DATA --ali-dir ALI``) writes the missing
-  ``frame_acc`` files of the DNN systems from their checkpoints: ``final.pt`` next to the decode
-  dir, or for the ensemble ``teachers/model*/final.pt``; ALI is an alignment of the test set.
-- Students' ``distill.json`` (temperature, alpha, train fraction, soft-target bytes per frame,
-  transfer set) is shown under the table.
+Per decode dir (``asrkd decode`` writes them): ``score.json`` / ``wer`` (WER), ``per_utt``
+(per-utterance errors), ``frame_acc`` and ``frame_acc_per_utt`` (per-utterance correct frames),
+``acwt`` (the acoustic scale used). Speakers come from ``DATA/<test set>/utt2spk`` (``--data``),
+else from the utterance id's prefix up to the first ``-`` (the LibriSpeech convention).
 
-Outputs: EXP_DIR/results.md, results.json (same figures), results.png (frame accuracy and WER per
-system), curves.png (validation frame accuracy per epoch).
+Intervals (asrkd.bootstrap): per-speaker bootstrap, 95 % percentile intervals from a fixed
+seed, the same draws for every system (paired). The mean single model is the mean of the singles
+on each draw. "Gain recovered" = (system - its own-size baseline) / (ensemble - mean single), per
+draw; for frame accuracy on every student row, for WER only where the ensemble's WER gain over
+the mean single is itself significant (its interval excludes zero), and never for other rows.
 
-Where we deviate from the paper's table: we add GMM rows and the small student rows, report the
-single models as mean ± sample std over seeds plus the best one (best frame accuracy and best
-WER are taken separately, so they may come from different seeds), and add "% of ensemble gain
-recovered" = (system - mean single) / (ensemble - mean single), computed per column.
+Outputs: EXP_DIR/results.md, results.json (same figures), results.png (frame accuracy and WER
+per system with intervals), curves.png (validation frame accuracy per epoch).
+
+Where we deviate from the paper's table: we add GMM rows, a control row and small students, and
+report the single models as mean ± sample std over seeds plus the best one (best frame accuracy
+and best WER are taken separately, so they may come from different seeds).
 """
 
 import csv
-import glob
 import json
 import math
 import os
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
+from asrkd.bootstrap import DEFAULT_RESAMPLES, SpeakerBootstrap, excludes_zero, interval
 from asrkd.errors import UserError
-from asrkd.table import atomic_path
+from asrkd.table import atomic_path, read_table
+
+KINDS = ("gmm", "single", "ensemble", "student", "control", "other")
+MANIFEST = "systems.tsv"
+METRICS = ("frame_acc", "wer")  # higher is better for frame_acc, lower for wer
 
 
 @dataclass(frozen=True)
 class System:
     key: str
-    label: str
-    decode_dir: str  # relative to EXP_DIR
-    kind: str  # "gmm" | "single" | "ensemble" | "student" | "fraction"
-    optional: bool = False  # left out of the table (not shown as missing) when absent
-
-
-SINGLES_GLOB = "teachers/model*/decode_test"
-
-SYSTEMS = (
-    System("mono", "GMM monophone", "mono/decode_test", "gmm"),
-    System("tri", "GMM triphone", "tri/decode_test", "gmm"),
-    System("single", "single DNN", SINGLES_GLOB, "single"),
-    System("ensemble", "DNN ensemble", "teachers/decode_test", "ensemble"),
-    System("distill", "distilled DNN (same size)", "distill/decode_test", "student"),
-    System("student_small_kd", "small DNN, distilled", "student_small_kd/decode_test", "student"),
-    System("student_small_hard", "small DNN, hard targets only",
-           "student_small_hard/decode_test", "student"),
-    System("frac_hard", "DNN on a data fraction, hard targets", "frac_hard/decode_test",
-           "fraction", optional=True),
-    System("frac_kd", "DNN on a data fraction, soft targets", "frac_kd/decode_test", "fraction",
-           optional=True),
-)
+    kind: str
+    model: str  # relative to EXP_DIR or absolute
+    compare: tuple = ()
+    label: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading
+# Manifest
+
+
+def read_manifest(path):
+    """[System] from a systems.tsv (see the module docstring); UserError on a malformed line."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no systems manifest (the recipe writes one; see asrkd.report)")
+    systems, keys = [], set()
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) < 4:
+                raise UserError(f"{path}:{n}: want `key<TAB>kind<TAB>model<TAB>compare"
+                                f"[<TAB>label]`, got {line!r}")
+            key, kind, model, compare = (x.strip() for x in fields[:4])
+            label = fields[4].strip() if len(fields) > 4 else key
+            if kind not in KINDS:
+                raise UserError(f"{path}:{n}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
+            if key in keys or key == "single":
+                raise UserError(f"{path}:{n}: key {key!r} is used twice (or reserved)")
+            keys.add(key)
+            comp = tuple(c for c in compare.split(",") if c and c != "-")
+            systems.append(System(key, kind, model, comp, label))
+    for s in systems:
+        for c in s.compare:
+            if c != "single" and c not in keys:
+                raise UserError(f"{path}: {s.key} is compared with unknown system {c!r}")
+    return systems
+
+
+def write_manifest(path, systems):
+    """Write [System] as a systems.tsv."""
+    lines = ["# key\tkind\tmodel\tcompare\tlabel"]
+    lines += [f"{s.key}\t{s.kind}\t{s.model}\t{','.join(s.compare) or '-'}\t{s.label}"
+              for s in systems]
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a decode dir
 
 
 def read_wer(decode_dir):
@@ -117,6 +144,42 @@ def read_frame_acc(decode_dir):
     except (IndexError, ValueError):
         raise UserError(f"{path}: expected one number") from None
     return 100.0 * v if v <= 1.0 else v
+
+
+def _read_counts(path, cols):
+    """{utt: (num, den)} from a per-utterance file; None if absent."""
+    if not os.path.isfile(path):
+        return None
+    out = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.startswith("#") or not line.strip():
+                continue
+            fields = line.split()
+            try:
+                out[fields[0]] = cols(fields)
+            except (IndexError, ValueError):
+                raise UserError(f"{path}:{n}: malformed line {line.strip()!r}") from None
+    return out
+
+
+def read_per_utt(decode_dir, metric):
+    """Per-utterance (num, den) of a metric: frame_acc (correct, frames) from
+    frame_acc_per_utt, wer (sub + del + ins, words) from per_utt; None if absent."""
+    if metric == "frame_acc":
+        return _read_counts(os.path.join(decode_dir, "frame_acc_per_utt"),
+                            lambda f: (int(f[1]), int(f[2])))
+    return _read_counts(os.path.join(decode_dir, "per_utt"),
+                        lambda f: (int(f[2]) + int(f[3]) + int(f[4]), int(f[1])))
+
+
+def read_acwt(decode_dir):
+    """The acoustic scale a decode dir was decoded with (its ``acwt`` file); None if absent."""
+    path = os.path.join(decode_dir, "acwt")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return float(f.read().split()[0])
 
 
 def read_curve(model_dir):
@@ -162,58 +225,21 @@ def read_timings(path):
     return out
 
 
-def count_params(model_dir):
-    """Number of parameters of model_dir/final.pt (via asrkd.models.load_model); None if absent."""
-    path = os.path.join(model_dir, "final.pt")
-    if not os.path.isfile(path):
+def count_params(model_dir, kind):
+    """Parameters of model_dir/final.pt (an ensemble: of all model*/final.pt); None if none."""
+    import glob
+
+    paths = (sorted(glob.glob(os.path.join(model_dir, "model*", "final.pt")))
+             if kind == "ensemble" else [os.path.join(model_dir, "final.pt")])
+    paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:
         return None
     try:
         from asrkd.models import load_model
 
-        return sum(p.numel() for p in load_model(path).parameters())
+        return sum(sum(p.numel() for p in load_model(path).parameters()) for path in paths)
     except Exception:  # noqa: BLE001 - the report must not fail on an odd checkpoint
         return None
-
-
-def model_checkpoints(exp_dir, system):
-    """Checkpoint paths behind a DNN system's scores ([] for GMMs or when not trained yet)."""
-    if system.kind == "gmm":
-        return []
-    model_dir = os.path.dirname(os.path.join(exp_dir, system.decode_dir))
-    if system.kind == "ensemble":
-        return sorted(glob.glob(os.path.join(model_dir, "model*", "final.pt")))
-    path = os.path.join(model_dir, "final.pt")
-    return [path] if os.path.isfile(path) else []
-
-
-def fill_frame_acc(exp_dir, data_dir, ali_dir, test_set="test", recompute=False):
-    """Write decode_dir/frame_acc (a fraction) for every trained DNN system lacking one.
-
-    Returns {decode dir (relative): frame accuracy} of what was computed.
-    """
-    from asrkd.train import frame_accuracy
-
-    todo = []
-    for s in SYSTEMS:
-        if s.kind == "single":
-            model_glob = os.path.join(exp_dir, os.path.dirname(s.decode_dir), "final.pt")
-            for ckpt in sorted(glob.glob(model_glob)):
-                decode = os.path.join(os.path.dirname(ckpt), "decode_" + test_set)
-                todo.append((os.path.relpath(decode, exp_dir), [ckpt]))
-        else:
-            todo.append((decode_dir(s, test_set), model_checkpoints(exp_dir, s)))
-    done = {}
-    for rel, ckpts in todo:
-        out = os.path.join(exp_dir, rel, "frame_acc")
-        if not ckpts or (os.path.isfile(out) and not recompute):
-            continue
-        acc = frame_accuracy(ckpts if len(ckpts) > 1 else ckpts[0], data_dir, ali_dir)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with atomic_path(out) as tmp, open(tmp, "w") as f:
-            f.write(f"{acc:.6f}\n")
-        done[rel] = acc
-        print(f"{rel}: frame accuracy {100 * acc:.2f}%")
-    return done
 
 
 def read_distill_info(model_dir):
@@ -229,26 +255,27 @@ def read_distill_info(model_dir):
         "train_fraction": d.get("train_fraction"), "combine": meta.get("combine", d.get("combine")),
         "topk": meta.get("topk", d.get("topk")), "bytes_per_frame": meta.get("bytes_per_frame"),
         "dense_bytes_per_frame": meta.get("dense_bytes_per_frame"),
+        "kept_mass": (meta.get("kept_mass") or {}).get("mean"),
         "on_the_fly": "teachers" in d and "soft_dir" not in d,
         "transfer_utts": d.get("transfer_utts"), "transfer_frames": d.get("transfer_frames"),
     }.items() if v is not None}
 
 
-def _measure(exp_dir, rel):
-    d = os.path.join(exp_dir, rel)
-    model_dir = os.path.dirname(d)
-    return {
-        "decode_dir": rel,
-        "present": os.path.isdir(d),
-        "frame_acc": read_frame_acc(d),
-        "wer": read_wer(d),
-        "params": count_params(model_dir),
-        "curve": read_curve(model_dir),
-    }
+def read_utt2spk(data_root, test_set, utts):
+    """{utt: speaker}: DATA_ROOT/<test_set>/utt2spk when there is one, else the id's prefix."""
+    if data_root:
+        path = os.path.join(data_root, test_set, "utt2spk")
+        if os.path.isfile(path):
+            return read_table(path)
+    return {u: u.split("-")[0] for u in utts}
 
 
 # ---------------------------------------------------------------------------------------------
-# Table
+# Collecting one test set
+
+
+def _model_dir(exp_dir, system):
+    return system.model if os.path.isabs(system.model) else os.path.join(exp_dir, system.model)
 
 
 def _mean_std(xs):
@@ -260,96 +287,164 @@ def _mean_std(xs):
     return m, s
 
 
-def gain_recovered(value, single_mean, ensemble):
-    """Percent of the ensemble's gain over the mean single model that ``value`` recovers."""
-    if value is None or single_mean is None or ensemble is None:
-        return None
-    if abs(ensemble - single_mean) < 1e-9:
-        return None
-    return 100.0 * (value - single_mean) / (ensemble - single_mean)
+def _ci(samples):
+    return list(interval(samples)) if samples is not None else None
 
 
-def decode_dir(system, test_set="test"):
-    """A system's decode dir (relative to EXP_DIR) for a test set: ``.../decode_<test_set>``."""
-    return os.path.join(os.path.dirname(system.decode_dir), "decode_" + test_set)
-
-
-def find_test_sets(exp_dir):
-    """Test sets decoded anywhere in the layout (decode_* dirs, dev* excluded); ["test"] if none."""
-    names = set()
-    for s in SYSTEMS:
-        for d in glob.glob(os.path.join(exp_dir, decode_dir(s, "*"))):
-            name = os.path.basename(d)[len("decode_"):]
-            if os.path.isdir(d) and not name.startswith("dev"):
-                names.add(name)
-    return sorted(names, key=lambda n: (n != "test", n)) or ["test"]
-
-
-def collect(exp_dir, test_set="test"):
+def collect(exp_dir, systems, test_set="test", data_root=None, resamples=DEFAULT_RESAMPLES):
     """All figures of the report for one test set as a dict (what results.json holds)."""
     if not os.path.isdir(exp_dir):
         raise UserError(f"{exp_dir}: not a directory")
-    rows, singles = [], []
-    for s in SYSTEMS:
-        if s.kind == "single":
-            # natural order: model2 before model10
-            dirs = sorted(glob.glob(os.path.join(exp_dir, decode_dir(s, test_set))),
-                          key=lambda d: [int(t) if t.isdigit() else t
-                                         for t in re.split(r"(\d+)", d)])
-            for d in dirs:
-                m = _measure(exp_dir, os.path.relpath(d, exp_dir))
-                m["name"] = os.path.basename(os.path.dirname(d))
-                singles.append(m)
-            acc_m, acc_s = _mean_std([m["frame_acc"] for m in singles])
-            wer_m, wer_s = _mean_std([m["wer"] for m in singles])
-            accs = [m["frame_acc"] for m in singles if m["frame_acc"] is not None]
-            wers = [m["wer"] for m in singles if m["wer"] is not None]
-            rows.append({
-                "key": "single_mean", "label": f"{s.label}, mean ± std", "kind": "single",
-                "n": len(singles), "present": bool(singles),
-                "frame_acc": acc_m, "frame_acc_std": acc_s, "wer": wer_m, "wer_std": wer_s,
-                "params": next((m["params"] for m in singles if m["params"]), None),
-            })
-            rows.append({
-                "key": "single_best", "label": f"{s.label}, best", "kind": "single",
-                "n": len(singles), "present": bool(singles),
-                "frame_acc": max(accs) if accs else None, "wer": min(wers) if wers else None,
-                "params": rows[-1]["params"],
-            })
+    measured = []
+    for s in systems:
+        mdir = _model_dir(exp_dir, s)
+        d = os.path.join(mdir, "decode_" + test_set)
+        m = {"key": s.key, "label": s.label, "kind": s.kind, "model_dir": s.model,
+             "compare": list(s.compare), "decode_dir": os.path.relpath(d, exp_dir),
+             "present": os.path.isdir(d), "frame_acc": read_frame_acc(d), "wer": read_wer(d),
+             "acwt": read_acwt(d), "params": count_params(mdir, s.kind)}
+        if s.kind in ("student", "control", "other"):
+            m["distill"] = read_distill_info(mdir)
+        m["_per_utt"] = {k: read_per_utt(d, k) for k in METRICS}
+        m["_curve"] = read_curve(mdir) if s.kind != "gmm" else None
+        measured.append(m)
+
+    # one bootstrap per metric, over the speakers of that metric's scored utterances
+    boots, notes = {}, []
+    for metric in METRICS:
+        utts = set()
+        for m in measured:
+            if m["_per_utt"][metric]:
+                utts |= set(m["_per_utt"][metric])
+        if not utts:
             continue
-        m = _measure(exp_dir, decode_dir(s, test_set))
-        m.pop("curve")
-        if s.optional and not m["present"]:
+        u2s = read_utt2spk(data_root, test_set, utts)
+        boot = SpeakerBootstrap({u2s.get(u, u.split("-")[0]) for u in utts}, resamples)
+        boots[metric] = (boot, u2s)
+        for m in measured:
+            pu = m["_per_utt"][metric]
+            m.setdefault("_samples", {})[metric] = None
+            if not pu:
+                continue
+            try:
+                num, den = boot.per_speaker(pu, u2s, what=m["key"])
+            except UserError as e:
+                notes.append(f"{metric}: {e}; no interval")
+                continue
+            point, samples = boot.ratio(num, den)
+            m[metric] = point
+            m["_samples"][metric] = samples
+            m[metric + "_ci"] = _ci(samples)
+
+    singles = [m for m in measured if m["kind"] == "single"]
+    rows = []
+    single_samples = {}
+    for m in measured:
+        if m["kind"] == "single":
             continue
-        if s.kind in ("student", "fraction"):
-            m["distill"] = read_distill_info(os.path.dirname(os.path.join(exp_dir, s.decode_dir)))
-        rows.append({"key": s.key, "label": s.label, "kind": s.kind, **m})
+        rows.append(m)
+    if singles:
+        # singles not decoded on this test set are left out of the mean (n counts the rest)
+        singles = [m for m in singles if m["present"]] or singles
+        agg = {"key": "single", "label": "single DNN, mean ± std", "kind": "single",
+               "n": sum(m["present"] for m in singles),
+               "present": any(m["present"] for m in singles),
+               "params": next((m["params"] for m in singles if m["params"]), None),
+               "compare": [], "_samples": {}}
+        best = {"key": "single_best", "label": "single DNN, best", "kind": "single",
+                "n": agg["n"], "present": agg["present"], "params": agg["params"],
+                "compare": []}
+        acwts = sorted({m["acwt"] for m in singles if m["acwt"] is not None})
+        agg["acwt"] = acwts[0] if len(acwts) == 1 else None
+        agg["acwt_range"] = [acwts[0], acwts[-1]] if acwts else None
+        for metric in METRICS:
+            vals = [m[metric] for m in singles]
+            agg[metric], agg[metric + "_std"] = _mean_std(vals)
+            ok = [v for v in vals if v is not None]
+            best[metric] = (max(ok) if metric == "frame_acc" else min(ok)) if ok else None
+            samp = [m.get("_samples", {}).get(metric) for m in singles]
+            if samp and all(x is not None for x in samp):
+                single_samples[metric] = np.mean(samp, axis=0)
+                agg["_samples"][metric] = single_samples[metric]
+                agg[metric + "_ci"] = _ci(single_samples[metric])
+        gmm = [r for r in rows if r["kind"] == "gmm"]
+        rows = gmm + [agg, best] + [r for r in rows if r["kind"] != "gmm"]
     by_key = {r["key"]: r for r in rows}
-    ens = by_key["ensemble"]
-    if singles and ens["present"]:
-        ens["label"] = f"{len(singles)}x {ens['label']}"
-    mean = by_key["single_mean"]
+
+    # paired differences (system - other) and the recovered share
+    ens = next((r for r in rows if r["kind"] == "ensemble"), None)
+    if ens is not None and singles:
+        ens["label"] = f"{len(singles)}x {ens['label']}" if not ens["label"][0].isdigit() \
+            else ens["label"]
     for r in rows:
-        if r["kind"] == "student":
-            r["gain_frame_acc"] = gain_recovered(r["frame_acc"], mean["frame_acc"],
-                                                 ens["frame_acc"])
-            r["gain_wer"] = gain_recovered(r["wer"], mean["wer"], ens["wer"])
-    timings = read_timings(os.path.join(exp_dir, "timings.tsv"))
-    curves = {m["name"]: m["curve"] for m in singles if m["curve"]}
-    for s in SYSTEMS:
-        if s.kind in ("student", "fraction"):
-            c = read_curve(os.path.dirname(os.path.join(exp_dir, s.decode_dir)))
-            if c:
-                curves[s.key] = c
+        r["vs"] = {}
+        for other in r.get("compare", []):
+            o = by_key.get(other)
+            if o is None:
+                continue
+            r["vs"][other] = {metric: _difference(r, o, metric) for metric in METRICS}
+    denom = {}
+    if ens is not None and "single" in by_key:
+        for metric in METRICS:
+            denom[metric] = _difference(ens, by_key["single"], metric)
+    for r in rows:
+        if r["kind"] != "student" or not r.get("compare") or not denom:
+            continue
+        base = by_key.get(r["compare"][0])
+        if base is None:
+            continue
+        r["baseline"] = base["key"]
+        for metric in METRICS:
+            d = denom.get(metric)
+            if metric == "wer" and not (d and d["significant"]):
+                r["gain_wer"] = None
+                r["gain_wer_note"] = "ensemble's WER gain not significant"
+                continue
+            r["gain_" + metric], r["gain_" + metric + "_ci"] = _share(r, base, ens, by_key,
+                                                                     metric)
+    curves = {m["key"]: m["_curve"] for m in measured if m.get("_curve")}
+    out_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    out_singles = [{k: v for k, v in m.items() if not k.startswith("_")} for m in singles]
     return {
         "exp_dir": os.path.abspath(exp_dir),
         "test_set": test_set,
-        "systems": rows,
-        "singles": [{k: v for k, v in m.items() if k != "curve"} for m in singles],
+        "bootstrap": {metric: {"speakers": len(b.speakers), "resamples": len(b.weights),
+                               "utterances": len({u for m in measured
+                                                  for u in (m["_per_utt"][metric] or {})})}
+                      for metric, (b, _) in boots.items()},
+        "notes": notes,
+        "systems": out_rows,
+        "singles": out_singles,
         "curves": {k: {"epoch": e, "valid_frame_acc": a} for k, (e, a) in curves.items()},
-        "timings": [{"stage": n, "seconds": t} for n, t in timings],
-        "total_seconds": sum(t for _, t in timings) if timings else None,
     }
+
+
+def _difference(a, b, metric):
+    """Paired difference a - b of a metric: {"diff", "ci", "significant"}; None if unscored."""
+    if a.get(metric) is None or b.get(metric) is None:
+        return None
+    sa, sb = a.get("_samples", {}).get(metric), b.get("_samples", {}).get(metric)
+    ci = _ci(sa - sb) if sa is not None and sb is not None else None
+    return {"diff": a[metric] - b[metric], "ci": ci, "significant": excludes_zero(ci)}
+
+
+def _share(row, base, ens, by_key, metric):
+    """100 * (row - base) / (ensemble - mean single) and its interval (per draw)."""
+    single = by_key["single"]
+    vals = [row.get(metric), base.get(metric), ens.get(metric), single.get(metric)]
+    if any(v is None for v in vals) or abs(vals[2] - vals[3]) < 1e-9:
+        return None, None
+    point = 100.0 * (vals[0] - vals[1]) / (vals[2] - vals[3])
+    s = [x.get("_samples", {}).get(metric) for x in (row, base, ens, single)]
+    if any(x is None for x in s):
+        return point, None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = 100.0 * (s[0] - s[1]) / (s[2] - s[3])
+    return point, _ci(draws)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
 
 
 def _fmt(v, std=None, digits=2):
@@ -358,8 +453,11 @@ def _fmt(v, std=None, digits=2):
     return f"{v:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{v:.{digits}f}"
 
 
-def _fmt_pct(v):
-    return "-" if v is None else f"{v:.1f}%"
+def _fmt_ci(ci, digits=2, signed=False):
+    if not ci:
+        return ""
+    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    return f" [{f.format(ci[0])}, {f.format(ci[1])}]"
 
 
 def _fmt_params(n):
@@ -368,14 +466,30 @@ def _fmt_params(n):
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
-def render_markdown(results, charts):
+def _fmt_acwt(r):
+    if r.get("acwt") is not None:
+        return f"{r['acwt']:g}"
+    rng = r.get("acwt_range")
+    return f"{rng[0]:g}-{rng[1]:g}" if rng else "-"
+
+
+def _fmt_diff(d, digits=2):
+    if not d:
+        return "-"
+    star = " *" if d["significant"] else ""
+    return f"{d['diff']:+.{digits}f}{_fmt_ci(d['ci'], digits, signed=True)}{star}"
+
+
+def render_markdown(results, charts, timings):
     """results: one collect() dict per test set; charts: {test set: PNG file name}."""
     res = results[0]
     lines = [
         "# Results: knowledge distillation of a DNN-HMM ensemble",
         "",
         f"Experiment: `{res['exp_dir']}`. Frame accuracy is on the forced-alignment pdf targets "
-        "of the test set. Gain recovered = (system - mean single) / (ensemble - mean single).",
+        "of the test set. Brackets: 95% intervals from a per-speaker bootstrap (paired across "
+        "systems). Gain recovered = (system - its own-size baseline) / (ensemble - mean "
+        "single); for WER only where the ensemble's WER gain is significant.",
     ]
     for r in results:
         lines += _render_test_set(r, charts[r["test_set"]])
@@ -394,46 +508,105 @@ def render_markdown(results, charts):
                  f"({d['transfer_frames'] / 360000:.2f} h at 10 ms frames, soft targets only)"
                  if d.get("transfer_utts") else None]
         if "bytes_per_frame" in d:
-            parts.append(f"top-{d['topk']} soft targets, {d['bytes_per_frame']} bytes/frame "
-                         f"(dense float32: {d['dense_bytes_per_frame']})")
+            kept = (f", keeping {100 * d['kept_mass']:.2f}% of the mass on average (the rest "
+                    "is a term of its own)" if "kept_mass" in d else "")
+            parts.append(f"top-{d['topk']} soft targets{kept}, {d['bytes_per_frame']} "
+                         f"bytes/frame (dense float32: {d['dense_bytes_per_frame']})")
         notes.append(f"- {r['label']}: " + ", ".join(p for p in parts if p))
     if notes:
         lines += ["", "Distillation settings:", ""] + notes
     if res["curves"]:
         lines += ["", "![validation frame accuracy per epoch](curves.png)"]
-    if res["timings"]:
+    if timings:
         lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---:|"]
-        for t in res["timings"]:
-            lines.append(f"| {t['stage']} | {t['seconds']:.1f} |")
-        total = res["total_seconds"]
+        for name, secs in timings:
+            lines.append(f"| {name} | {secs:.1f} |")
+        total = sum(t for _, t in timings)
         lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) |")
     return "\n".join(lines) + "\n"
 
 
 def _render_test_set(res, chart):
+    b = res["bootstrap"]
+    sizes = "; ".join(f"{'frame accuracy' if k == 'frame_acc' else 'WER'}: {v['utterances']} "
+                      f"utterances of {v['speakers']} speakers" for k, v in b.items())
     lines = [
         "",
         f"## Test set `{res['test_set']}`",
         "",
-        "| system | params | frame acc % | WER % | gain recovered (acc) | gain recovered (WER) |",
-        "|---|---:|---:|---:|---:|---:|",
+        (f"Scored on {sizes}; {next(iter(b.values()))['resamples']} bootstrap resamples."
+         if b else "No per-utterance scores: no intervals."),
+        "",
+        "| system | params | acwt | frame acc % | WER % | gain recovered (acc) "
+        "| gain recovered (WER) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["systems"]:
         if not r["present"]:
-            lines.append(f"| {r['label']} | missing | - | - | - | - |")
+            lines.append(f"| {r['label']} | missing | - | - | - | | |")
             continue
-        acc = _fmt(r["frame_acc"], r.get("frame_acc_std"))
-        wer = _fmt(r["wer"], r.get("wer_std"))
-        g_acc, g_wer = (_fmt_pct(r.get("gain_frame_acc")), _fmt_pct(r.get("gain_wer"))) \
-            if r["kind"] == "student" else ("", "")
-        lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {acc} | {wer} "
-                     f"| {g_acc} | {g_wer} |")
+        acc = _fmt(r["frame_acc"], r.get("frame_acc_std")) + _fmt_ci(r.get("frame_acc_ci"))
+        wer = _fmt(r["wer"], r.get("wer_std")) + _fmt_ci(r.get("wer_ci"))
+        g_acc = g_wer = ""
+        if r["kind"] == "student" and "baseline" in r:
+            if r.get("gain_frame_acc") is not None:
+                g_acc = f"{r['gain_frame_acc']:.1f}%" + _fmt_ci(r.get("gain_frame_acc_ci"), 1)
+            g_wer = (f"{r['gain_wer']:.1f}%" + _fmt_ci(r.get("gain_wer_ci"), 1)
+                     if r.get("gain_wer") is not None else "n.s.")
+        lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {_fmt_acwt(r)} | {acc} "
+                     f"| {wer} | {g_acc} | {g_wer} |")
+    by_key = {r["key"]: r for r in res["systems"]}
+    diffs = [(r, o, d) for r in res["systems"] for o, d in r.get("vs", {}).items()]
+    if diffs:
+        lines += ["", "Paired differences (row minus the system it is compared with; * : the "
+                  "interval excludes zero):", "",
+                  "| comparison | frame acc (points) | WER (points) |", "|---|---:|---:|"]
+        for r, o, d in diffs:
+            lines.append(f"| {r['label']} - {by_key[o]['label']} | {_fmt_diff(d['frame_acc'])} "
+                         f"| {_fmt_diff(d['wer'])} |")
+    summary = _control_summary(res["systems"], by_key)
+    if summary:
+        lines += ["", summary]
+    for n in res.get("notes", []):
+        lines.append(f"\nNote: {n}")
     if res["singles"]:
-        lines += ["", "Single models:", "", "| model | frame acc % | WER % |", "|---|---:|---:|"]
+        lines += ["", "Single models:", "", "| model | acwt | frame acc % | WER % |",
+                  "|---|---:|---:|---:|"]
         for m in res["singles"]:
-            lines.append(f"| {m['name']} | {_fmt(m['frame_acc'])} | {_fmt(m['wer'])} |")
+            lines.append(f"| {m['label']} | {_fmt_acwt(m)} | {_fmt(m['frame_acc'])} "
+                         f"| {_fmt(m['wer'])} |")
     lines += ["", f"![frame accuracy and WER per system]({chart})"]
     return lines
+
+
+def _control_summary(rows, by_key):
+    """One line: how much of a student's frame-accuracy gain over the singles its soft targets
+    account for (student - control), for each student compared with a control."""
+    out = []
+    for r in rows:
+        if r["kind"] != "student":
+            continue
+        ctrl = next((o for o in r.get("compare", []) if by_key.get(o, {}).get("kind") ==
+                     "control"), None)
+        vs = r.get("vs", {})
+        if ctrl is None or "single" not in vs or not vs[ctrl]["frame_acc"] \
+                or not vs["single"]["frame_acc"]:
+            continue
+        total, soft = vs["single"]["frame_acc"], vs[ctrl]["frame_acc"]
+        c = by_key[ctrl]
+        rest = c.get("vs", {}).get("single", {}).get("frame_acc")
+        out.append(
+            f"{r['label']}: {total['diff']:+.2f}{_fmt_ci(total['ci'], signed=True)} frame-accuracy "
+            f"points over the mean single model, of which the soft targets (student - control: "
+            f"same model, schedule and regularisation on hard targets) account for "
+            f"{soft['diff']:+.2f}{_fmt_ci(soft['ci'], signed=True)}"
+            + (f" and the student's training recipe (control - mean single) for "
+               f"{rest['diff']:+.2f}{_fmt_ci(rest['ci'], signed=True)}" if rest else "") + ".")
+    return "\n\n".join(out)
+
+
+COLORS = {"gmm": "0.6", "single": "tab:blue", "ensemble": "tab:green", "student": "tab:orange",
+          "control": "tab:purple", "other": "tab:brown"}
 
 
 def plot_systems(res, path):
@@ -443,26 +616,26 @@ def plot_systems(res, path):
     import matplotlib.pyplot as plt
 
     rows = [r for r in res["systems"] if r["present"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 2))
     for ax, key, title in ((axes[0], "frame_acc", f"{res['test_set']}: frame accuracy (%)"),
                            (axes[1], "wer", f"{res['test_set']}: WER (%)")):
-        sel = [r for r in rows if r[key] is not None]
+        sel = [r for r in rows if r.get(key) is not None]
         labels = [r["label"] for r in sel]
         vals = [r[key] for r in sel]
-        errs = [r.get(key + "_std") or 0.0 for r in sel]
-        colors = [{"gmm": "0.6", "single": "tab:blue", "ensemble": "tab:green",
-                   "student": "tab:orange", "fraction": "tab:purple"}[r["kind"]] for r in sel]
-        ax.barh(range(len(sel)), vals, xerr=errs, color=colors)
+        lo_err = [v - r[key + "_ci"][0] if r.get(key + "_ci") else 0.0 for v, r in zip(vals, sel)]
+        hi_err = [r[key + "_ci"][1] - v if r.get(key + "_ci") else 0.0 for v, r in zip(vals, sel)]
+        ax.barh(range(len(sel)), vals, xerr=[lo_err, hi_err], capsize=3,
+                color=[COLORS[r["kind"]] for r in sel])
         ax.set_yticks(range(len(sel)), labels)
         ax.invert_yaxis()
-        ax.set_title(title)
+        ax.set_title(title + " with 95% intervals")
         if vals:
-            lo = min(v - e for v, e in zip(vals, errs))
-            hi = max(v + e for v, e in zip(vals, errs))
+            lo = min(v - e for v, e in zip(vals, lo_err))
+            hi = max(v + e for v, e in zip(vals, hi_err))
             pad = max(0.5, 0.15 * (hi - lo))
             ax.set_xlim(max(0.0, lo - pad), hi + pad)
-            for i, v in enumerate(vals):
-                ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+            for i, (v, e) in enumerate(zip(vals, hi_err)):
+                ax.text(v + e, i, f" {v:.2f}", va="center", fontsize=8)
     fig.tight_layout()
     _savefig(fig, path)
     plt.close(fig)
@@ -475,16 +648,18 @@ def plot_curves(res, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    single_keys = {m["key"] for m in res["singles"]}
     teacher_labelled = False
-    student_colors = iter(["tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:olive"] * 4)
+    other_colors = iter(["tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:olive",
+                         "tab:cyan", "tab:pink"] * 4)
     for name, c in sorted(res["curves"].items()):
-        if name.startswith("model"):
+        if name in single_keys:
             ax.plot(c["epoch"], c["valid_frame_acc"], color="tab:blue", alpha=0.4, lw=1,
                     label=None if teacher_labelled else "single DNNs (teachers)")
             teacher_labelled = True
         else:
             ax.plot(c["epoch"], c["valid_frame_acc"], lw=2, marker="o", ms=3, label=name,
-                    color=next(student_colors))
+                    color=next(other_colors))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation frame accuracy (%)")
     ax.grid(alpha=0.3)
@@ -499,27 +674,50 @@ def _savefig(fig, path):
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def write_report(exp_dir, test_sets=None):
+def find_test_sets(exp_dir, systems):
+    """Test sets decoded by any system (decode_* dirs, dev* excluded); ["test"] if none."""
+    names = set()
+    for s in systems:
+        mdir = _model_dir(exp_dir, s)
+        if not os.path.isdir(mdir):
+            continue
+        for d in os.listdir(mdir):
+            if d.startswith("decode_") and os.path.isdir(os.path.join(mdir, d)):
+                name = d[len("decode_"):]
+                if not name.startswith("dev") and not name.startswith("acwt"):
+                    names.add(name)
+    return sorted(names, key=lambda n: (n != "test", n)) or ["test"]
+
+
+def write_report(exp_dir, test_sets=None, manifest=None, data_root=None,
+                 resamples=DEFAULT_RESAMPLES):
     """Write EXP_DIR/results.{md,json,png} (+ curves.png); return the collected figures.
 
-    ``test_sets``: names of the decode_<name> dirs to report (default: all found, ``test``
-    first). The first one's figures are the top level of results.json and results.png; every
-    set's figures are under ``by_test_set`` (charts ``results_<name>.png`` for the others).
+    ``manifest``: the systems.tsv (default EXP_DIR/systems.tsv). ``test_sets``: names of the
+    decode_<name> dirs to report (default: all found, ``test`` first). The first one's figures
+    are the top level of results.json and results.png; every set's figures are under
+    ``by_test_set`` (charts ``results_<name>.png`` for the others).
     """
-    sets = list(test_sets) if test_sets else find_test_sets(exp_dir)
-    results = [collect(exp_dir, t) for t in sets]
+    if not os.path.isdir(exp_dir):
+        raise UserError(f"{exp_dir}: not a directory")
+    systems = read_manifest(manifest or os.path.join(exp_dir, MANIFEST))
+    sets = list(test_sets) if test_sets else find_test_sets(exp_dir, systems)
+    results = [collect(exp_dir, systems, t, data_root, resamples) for t in sets]
     charts = {t: "results.png" if i == 0 else f"results_{t}.png" for i, t in enumerate(sets)}
     for r in results:
         plot_systems(r, os.path.join(exp_dir, charts[r["test_set"]]))
     res = dict(results[0])
     if res["curves"]:
         plot_curves(res, os.path.join(exp_dir, "curves.png"))
-    res["by_test_set"] = {r["test_set"]: {"systems": r["systems"], "singles": r["singles"]}
-                          for r in results}
+    timings = read_timings(os.path.join(exp_dir, "timings.tsv"))
+    res["timings"] = [{"stage": n, "seconds": t} for n, t in timings]
+    res["total_seconds"] = sum(t for _, t in timings) if timings else None
+    res["by_test_set"] = {r["test_set"]: {k: r[k] for k in ("systems", "singles", "bootstrap",
+                                                           "notes")} for r in results}
     with atomic_path(os.path.join(exp_dir, "results.json")) as tmp, open(tmp, "w") as f:
         json.dump(res, f, indent=2)
         f.write("\n")
-    md = render_markdown(results, charts)
+    md = render_markdown(results, charts, timings)
     with atomic_path(os.path.join(exp_dir, "results.md")) as tmp, open(tmp, "w") as f:
         f.write(md)
     return res

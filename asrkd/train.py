@@ -611,12 +611,13 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
 # Evaluation
 
 
-def frame_accuracy(model_or_scorer, data_dir, ali_dir):
+def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False):
     """Fraction of aligned frames whose argmax posterior is the aligned pdf.
 
     Accepts a model (nn.Module), checkpoint path(s) (an ensemble: mean of posteriors), or a
     scorer from ``make_scorer`` (its posteriors are used, not the prior-divided scores); any
-    other callable ``utt -> (T, P)`` is taken as is.
+    other callable ``utt -> (T, P)`` is taken as is. With ``per_utt`` returns
+    ``(fraction, {utt: (correct, frames)})``, what a speaker bootstrap resamples.
     """
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
@@ -634,6 +635,7 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir):
         scorer = Scorer(scorer, FeatureReader(data_dir, cmvn=scorer[0].config.cmvn))
     score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
     correct = total = 0
+    counts = {}
     for utt in DataDir(data_dir).utts:
         if utt not in pdf_scp:
             continue
@@ -645,11 +647,22 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir):
                             "frame accuracy needs alignments of the model's own tree")
         if s.shape[0] != y.shape[0]:
             raise UserError(f"{utt}: {s.shape[0]} scored frames but {y.shape[0]} aligned")
-        correct += int((s.argmax(-1) == y).sum())
+        counts[utt] = (int((s.argmax(-1) == y).sum()), len(y))
+        correct += counts[utt][0]
         total += len(y)
     if total == 0:
         raise UserError(f"{ali_dir}: no aligned utterance of {data_dir}")
-    return correct / total
+    return (correct / total, counts) if per_utt else correct / total
+
+
+def write_frame_accuracy(out_dir, acc, counts):
+    """out_dir/frame_acc (the fraction) and frame_acc_per_utt (``utt correct frames`` lines)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_path(os.path.join(out_dir, "frame_acc_per_utt")) as tmp, open(tmp, "w") as f:
+        f.write("# utt correct frames\n")
+        f.writelines(f"{u} {c} {n}\n" for u, (c, n) in sorted(counts.items()))
+    with atomic_path(os.path.join(out_dir, "frame_acc")) as tmp, open(tmp, "w") as f:
+        f.write(f"{acc:.6f}\n")
 
 
 # --------------------------------------------------------------------------------------------

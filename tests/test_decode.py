@@ -148,6 +148,19 @@ def test_cli_pipeline_parallel(setup, data_dirs):
     assert main(["decode", graph, dtest, exp, tst, "--acwt-from", dev, "--ali-dir", ali]) == 0
     assert open(os.path.join(tst, "acwt")).read() == open(os.path.join(dev, "best_acwt")).read()
     assert 0.5 < float(open(os.path.join(tst, "frame_acc")).read()) <= 1.0
+    per_utt = open(os.path.join(tst, "frame_acc_per_utt")).read().splitlines()[1:]
+    assert len(per_utt) == len(test.feats)
+    # WER on one speaker's utterances, frame accuracy on the whole (larger) test set
+    sub, rest = str(root / "cli_sub"), str(root / "cli_rest")
+    assert main(["subset-data-dir", "--num-speakers", "1", dtest, sub, rest]) == 0
+    part = str(root / "cli_part")
+    assert main(["decode", graph, sub, exp, part, "--acwt-from", dev, "--ali-dir", ali,
+                 "--frame-acc-data", dtest]) == 0
+    n_sub = len(open(os.path.join(sub, "utt2spk")).read().splitlines())
+    assert n_sub < len(test.feats)
+    assert len(open(os.path.join(part, "per_utt")).read().splitlines()) == n_sub + 1
+    assert open(os.path.join(part, "frame_acc_per_utt")).read().splitlines()[1:] == per_utt
+    assert open(os.path.join(part, "frame_acc")).read() == open(os.path.join(tst, "frame_acc")).read()
     assert main(["score", os.path.join(dtest, "text"), os.path.join(tst, "hyp.txt"),
                  str(root / "cli_score")]) == 0
     assert main(["decode", graph, dtest, str(root / "nope"), str(root / "x")]) == 1
@@ -188,6 +201,14 @@ def test_cli_decode_dnn_ensemble(setup, data_dirs):
     assert os.path.isfile(os.path.join(one, "wer"))
     assert main(["decode", graph, dtest, str(ens / "model1"), one, "--acwt", "0.1",
                  "--also", str(ens / "model2"), one]) == 1  # one dir for two models
+    # each system at its own dev-tuned scale: '{model}' in --acwt-from
+    for name, a in (("model1", "0.05"), ("model2", "0.2")):
+        os.makedirs(ens / name / "decode_dev")
+        (ens / name / "decode_dev" / "best_acwt").write_text(a + "\n")
+    assert main(["decode", graph, dtest, str(ens / "model1"), one, "--acwt-from",
+                 "{model}/decode_dev", "--also", str(ens / "model2"), two]) == 0
+    assert open(os.path.join(one, "acwt")).read() == "0.05\n"
+    assert open(os.path.join(two, "acwt")).read() == "0.2\n"
 
 
 def test_mono_on_tiny_speech(tiny_data, tmp_path):

@@ -186,6 +186,31 @@ def test_unlabeled_subset_changes_nothing_else_and_uses_no_held_out_voice():
     assert all(i["words"] in train_text for i in extra)  # training books only
 
 
+def test_more_test_speakers_keep_the_default_test_set():
+    base = SynthConfig(hours=0.5, num_speakers=40, unlabeled_hours=0.5)
+    more = SynthConfig(hours=0.5, num_speakers=40, unlabeled_hours=0.5, test_speakers=32)
+    variants, sentences = usable_variants(), split_sentences()
+    s0, s1 = plan_speakers(base, variants), plan_speakers(more, variants)
+    test0 = [s for s in s0 if s.subset == "test"]
+    test1 = [s for s in s1 if s.subset == "test"]
+    assert len(test0) == 8 and len(test1) == 32 and test1[:8] == test0
+    assert [s for s in s1 if s.subset in ("train", "dev")] == \
+        [s for s in s0 if s.subset in ("train", "dev")]
+    # still no training voice among the test speakers (88 variants for 80 speakers)
+    train_variants = {s.variant for s in s1 if s.subset == "train"}
+    assert not train_variants & {s.variant for s in test1}
+    i0, i1 = plan_utterances(base, s0, sentences), plan_utterances(more, s1, sentences)
+    first = {str(s.id) for s in test0}
+    t0 = [i for i in i0 if i["path"].startswith("test")]
+    t1 = [i for i in i1 if i["path"].startswith("test") and i["utt"].split("-")[0] in first]
+    assert [(i["utt"], i["words"], i["espeak_seed"]) for i in t0] == \
+        [(i["utt"], i["words"], i["espeak_seed"]) for i in t1]
+    # four times the speakers, about four times the audio
+    n0 = sum(i["path"].startswith("test") for i in i0)
+    n1 = sum(i["path"].startswith("test") for i in i1)
+    assert 3.3 < n1 / n0 < 4.7
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"condition": "noisy"}, "unknown condition"),
     ({"hours": 0}, "hours"),

@@ -19,13 +19,19 @@ def add_arguments(parser):
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--acwt", type=float, default=None, help="fixed acoustic scale")
     g.add_argument("--acwt-from", default=None,
-                   help="decode dir of a dev set whose best_acwt to use (for test sets)")
+                   help="decode dir of a dev set whose best_acwt to use (for test sets); "
+                        "'{model}' in it stands for each MODEL (e.g. '{model}/decode_dev': "
+                        "every system at its own dev-tuned scale, also with --also)")
     g.add_argument("--acwt-grid", type=_floats, default=list(DEFAULT_GRID),
                    help="comma-separated acoustic scales to try; the best on this data dir's "
                         "text is kept (dev sets)")
     parser.add_argument("--ali-dir", default=None,
                         help="alignments of DATA_DIR (asrkd align): also write frame_acc, the "
                              "frame accuracy of the model's posteriors against them")
+    parser.add_argument("--frame-acc-data", default=None, metavar="DIR",
+                        help="measure frame accuracy on this data dir (aligned by --ali-dir) "
+                             "instead of DATA_DIR: a forward pass is cheap, so it can be a larger "
+                             "set than the one decoded for WER")
     parser.add_argument("--also", nargs=2, action="append", default=[],
                         metavar=("MODEL2", "DECODE_DIR2"),
                         help="also decode DATA_DIR with MODEL2 into DECODE_DIR2, with the same "
@@ -48,4 +54,5 @@ def main(args):
     for model, decode_dir in jobs:
         decode(args.graph_dir, args.data_dir, model, decode_dir, acwt=args.acwt,
                acwt_grid=args.acwt_grid, acwt_from=args.acwt_from, nj=args.nj, beam=args.beam,
-               lattice_beam=args.lattice_beam, max_active=args.max_active, ali_dir=args.ali_dir)
+               lattice_beam=args.lattice_beam, max_active=args.max_active, ali_dir=args.ali_dir,
+               frame_acc_data=args.frame_acc_data)

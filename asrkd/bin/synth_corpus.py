@@ -17,6 +17,10 @@ def add_arguments(parser):
     parser.add_argument("--num-speakers", type=int, default=None,
                         help="training speakers (default max(4, 40 per hour)); "
                         "dev and test get max(2, 20%%) each")
+    parser.add_argument("--test-speakers", type=int, default=None,
+                        help="test speakers (default: as many as dev), each with as much audio "
+                        "as a dev speaker: more speakers narrow the bootstrap intervals; the "
+                        "first ones are the default test set's")
     parser.add_argument("--unlabeled-hours", type=float, default=0.0,
                         help="also write an unlabeled/ subset of this many hours from further "
                         "speakers (no dev/test voice): a transfer set for distillation")
@@ -27,5 +31,6 @@ def main(args):
 
     summary = synth_corpus(args.out_dir, hours=args.hours, condition=args.condition,
                            seed=args.seed, nj=args.nj, num_speakers=args.num_speakers,
-                           unlabeled_hours=args.unlabeled_hours)
+                           unlabeled_hours=args.unlabeled_hours,
+                           test_speakers=args.test_speakers)
     print(json.dumps(summary["subsets"], sort_keys=True))

@@ -78,6 +78,9 @@ class SynthConfig:
     num_speakers: int = None  # training speakers; default max(4, 40 per hour)
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
+    # test speakers (None: as many as dev); each speaks test_fraction * hours / (dev speakers),
+    # so a larger test set adds speakers, not audio per speaker (the first ones are unchanged)
+    test_speakers: int = None
     min_words: int = 5
     max_words: int = 20
     chapter_utts: int = 40  # utterances per chapter before a speaker starts a new one
@@ -122,6 +125,8 @@ def _check(cfg, nj):
         raise UserError(f"--hours must be a positive number, got {cfg.hours}")
     if cfg.num_speakers is not None and cfg.num_speakers < 1:
         raise UserError(f"--num-speakers must be >= 1, got {cfg.num_speakers}")
+    if cfg.test_speakers is not None and cfg.test_speakers < 1:
+        raise UserError(f"--test-speakers must be >= 1, got {cfg.test_speakers}")
     if not (cfg.unlabeled_hours >= 0 and math.isfinite(cfg.unlabeled_hours)):
         raise UserError(f"--unlabeled-hours must be >= 0, got {cfg.unlabeled_hours}")
     if not (0 < cfg.dev_fraction and 0 < cfg.test_fraction):
@@ -145,7 +150,7 @@ def plan_speakers(cfg, variants):
     """
     n_train = cfg.num_speakers or max(4, round(40 * cfg.hours))
     n_held = max(2, round(0.2 * n_train))
-    counts = {"train": n_train, "dev": n_held, "test": n_held,
+    counts = {"train": n_train, "dev": n_held, "test": cfg.test_speakers or n_held,
               UNLABELED: max(1, round(n_train * cfg.unlabeled_hours / cfg.hours))}
     rng = np.random.default_rng([cfg.seed, 1])
     order = [variants[i] for i in rng.permutation(len(variants))]
@@ -185,7 +190,10 @@ def _estimate_seconds(spoken, rate):
 
 def plan_utterances(cfg, speakers, sentences):
     """One dict per utterance, everything a worker needs to write it; sorted by utterance id."""
-    fractions = {"train": 1.0, "dev": cfg.dev_fraction, "test": cfg.test_fraction,
+    n_dev = sum(s.subset == "dev" for s in speakers)
+    n_test = sum(s.subset == "test" for s in speakers)
+    fractions = {"train": 1.0, "dev": cfg.dev_fraction,
+                 "test": cfg.test_fraction * n_test / n_dev,
                  UNLABELED: cfg.unlabeled_hours / cfg.hours}
     items, chap = [], 10000
     for si, subset in enumerate(subsets(cfg)):
@@ -314,7 +322,7 @@ def _write_speakers(out_dir, speakers, minutes):
 
 
 def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speakers=None,
-                 unlabeled_hours=0.0, config=None, log_dir=None):
+                 unlabeled_hours=0.0, config=None, log_dir=None, test_speakers=None):
     """Generate the corpus into ``out_dir`` (replacing its subsets); return a summary dict.
 
     Args:
@@ -327,6 +335,8 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
             max(2, 20%) each.
         unlabeled_hours: audio of the ``unlabeled`` subset (0: none), from
             ``num_speakers * unlabeled_hours / hours`` further speakers.
+        test_speakers: test speakers (None: as many as dev), each with a dev speaker's amount of
+            audio; the first max(2, 20%) are those of the default test set.
         config: a SynthConfig for the remaining knobs (its hours/condition/seed/num_speakers/
             unlabeled_hours are overridden by the arguments).
     Returns:
@@ -337,6 +347,8 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
     cfg = SynthConfig(**asdict(config)) if config is not None else SynthConfig()
     cfg.hours, cfg.condition, cfg.seed, cfg.num_speakers = hours, condition, seed, num_speakers
     cfg.unlabeled_hours = unlabeled_hours
+    if test_speakers is not None:
+        cfg.test_speakers = test_speakers
     _check(cfg, nj)
     variants = usable_variants()
     sentences = text.split_sentences(cfg.min_words, cfg.max_words)

@@ -2,7 +2,9 @@
 # Expects: $data/$train, $data/$dev and $data/<each of $tests> prepared by stage 1; $lm_text,
 # $lexicon (may be empty), $vocab_size, $nj, $conf, $exp and the model-size variables.
 # Optional: $transfer, a prepared data set without alignments (unlabeled audio) that the
-# students are distilled on besides $train (the paper's transfer set; empty: $train only).
+# students are distilled on besides $train (the paper's transfer set; empty: $train only);
+# $wer_speakers (> 0: only the first N speakers of each test set are decoded for WER, frame
+# accuracy is measured on all of them: a forward pass is cheap, decoding is not).
 
 # each set once (a recipe with no test set evaluates on dev: tests=$dev)
 all_sets=$(printf '%s\n' $train $dev $tests | awk '!seen[$0]++' | xargs)
@@ -12,6 +14,9 @@ decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 2"
 # The students' data: $train, plus the transfer set when there is one.
 transfer=${transfer:-}
 kd_train=$train; [ -z "$transfer" ] || kd_train=${train}_${transfer}
+wer_speakers=${wer_speakers:-0}
+# wer_set T: the data dir name decoded for WER on test set T (T itself, or its first speakers)
+wer_set() { if [ "$wer_speakers" -gt 0 ] && [ "$1" != "$dev" ]; then echo ${1}_wer; else echo $1; fi; }
 
 if stage 2 "features: fbank (DNN) and MFCC (GMM) + per-speaker CMVN"; then
   for s in $all_sets; do
@@ -25,6 +30,12 @@ if stage 2 "features: fbank (DNN) and MFCC (GMM) + per-speaker CMVN"; then
     $asrkd_cmd asrkd compute-feats --nj $nj --conf $conf/fbank.yaml $data/$transfer $data/fbank/$transfer
     asrkd compute-cmvn $data/$transfer
   fi
+  for t in $tests; do  # the WER subsets carry their features and CMVN
+    [ $(wer_set $t) != $t ] || continue
+    asrkd subset-data-dir --num-speakers $wer_speakers $data/$t $data/${t}_wer $data/${t}_wer_rest
+    asrkd subset-data-dir --num-speakers $wer_speakers $data/${t}_mfcc $data/${t}_wer_mfcc \
+      $data/${t}_wer_rest_mfcc
+  done
   stage_done 2
 fi
 
@@ -72,19 +83,18 @@ if stage 8 "decoding graphs (HCLG) for the monophone and triphone systems"; then
   stage_done 8
 fi
 
-if stage 9 "GMM decoding: acoustic scale chosen on dev, applied to test"; then
-  # the triphone system: scale tuned on dev (frame accuracy too: its tree is the alignments')
+if stage 9 "GMM decoding: each system's acoustic scale chosen on dev, applied to test"; then
+  # frame accuracy only for the triphone system: its tree is the alignments'
   $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid --ali-dir $exp/tri_ali_$dev \
     $exp/tri/graph $data/${dev}_mfcc $exp/tri $exp/tri/decode_$dev
+  $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid \
+    $exp/mono/graph $data/${dev}_mfcc $exp/mono $exp/mono/decode_$dev
   for t in $tests; do
     [ $t != $dev ] || continue   # dev is already decoded (with its best scale)
     $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/tri/decode_$dev --ali-dir $exp/tri_ali_$t \
-      $exp/tri/graph $data/${t}_mfcc $exp/tri $exp/tri/decode_$t
-  done
-  # the monophone reference row reuses the triphone's scale (dev is not decoded again)
-  for t in $tests; do
-    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/tri/decode_$dev \
-      $exp/mono/graph $data/${t}_mfcc $exp/mono $exp/mono/decode_$t
+      --frame-acc-data $data/${t}_mfcc $exp/tri/graph $data/$(wer_set $t)_mfcc $exp/tri $exp/tri/decode_$t
+    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/mono/decode_$dev \
+      $exp/mono/graph $data/$(wer_set $t)_mfcc $exp/mono $exp/mono/decode_$t
   done
   stage_done 9
 fi
@@ -104,61 +114,95 @@ if stage 11 "soft targets: the ensemble's distribution at temperature $temperatu
   stage_done 11
 fi
 
-# DNN decoding. The acoustic scale is tuned on dev with the first ensemble member and used for
-# every DNN system (same features, targets and priors), so each test set is decoded once per
-# system; all systems of a test set are decoded in one process (the graph is read once).
+# DNN decoding. Every system is decoded on dev over the acoustic-scale grid and then on each
+# test set at its own best scale ('{model}/decode_dev'); all systems of a run share one process
+# (the graph is read once).
 teacher_systems() { echo $(ls -d $exp/teachers/model* | sort -V) $exp/teachers; }
-tune_dnn_acwt() {  # NJ
-  $asrkd_cmd asrkd decode $decode_opts --nj $1 --acwt-grid $dnn_acwt_grid \
-    --ali-dir $exp/tri_ali_$dev $exp/tri/graph $data/$dev $exp/teachers/model1 \
-    $exp/teachers/decode_acwt_$dev
-}
+# The control: the same-size student's model, schedule and regularisation on hard targets only,
+# so that distilled - control isolates the soft targets. Not needed when the student's recipe is
+# the teachers' (then the single models are the control).
+control=; [ "$student_conf" = "$dnn_conf" ] || control=$exp/control
+student_seed=1   # the students' and the control's initialisation
 decode_dnn() {  # NJ SYSTEM...
   local nj=$1 t m also first; shift
   [ $# -gt 0 ] || return 0
   first=$1; shift
+  also=""
+  for m in "$@"; do also="$also --also $m $m/decode_$dev"; done
+  $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-grid $dnn_acwt_grid \
+    --ali-dir $exp/tri_ali_$dev $exp/tri/graph $data/$dev $first $first/decode_$dev $also
   for t in $tests; do
+    [ $t != $dev ] || continue
     also=""
     for m in "$@"; do also="$also --also $m $m/decode_$t"; done
-    $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-from $exp/teachers/decode_acwt_$dev \
-      --ali-dir $exp/tri_ali_$t $exp/tri/graph $data/$t $first $first/decode_$t $also
+    $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-from "{model}/decode_$dev" \
+      --ali-dir $exp/tri_ali_$t --frame-acc-data $data/$t $exp/tri/graph $data/$(wer_set $t) \
+      $first $first/decode_$t $also
+  done
+}
+undecoded() {  # SYSTEM...: those without a scored decode of dev and of every test set
+  local m t
+  for m in "$@"; do
+    for t in $dev $tests; do [ -f $m/decode_$t/wer ] || { echo $m; break; }; done
   done
 }
 
-if stage 12 "distillation: same-size and small students, small student on hard targets; half the ensemble's members decoded alongside"; then
+if stage 12 "distillation: same-size and small students, the control and the small student on hard targets; the ensemble's members decoded alongside"; then
   # two processes at a time, one thread each (threads competing for the cores slow torch down)
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
-  kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1"
+  kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1 --seed $student_seed"
   # utterances of $kd_train with no alignment (the transfer set) get soft targets only
   run_bg $exp/log/distill.log $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
     $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
-  small_students_then_decode() {  # the other core: the small students, then the teachers' decoding
+  other_core() {  # the small students, the control, then the teachers' decoding
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
       $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
-    $asrkd_cmd asrkd train --conf $conf/$small_conf --seed 1 --cache-dir $frames --num-threads 1 \
-      $data/$train $exp/tri_ali_$train $exp/student_small_hard
-    tune_dnn_acwt 1
-    # half of the members: about what fits beside the same-size student; stage 13 does the rest
+    $asrkd_cmd asrkd train --conf $conf/$small_conf --seed $student_seed --cache-dir $frames \
+      --num-threads 1 $data/$train $exp/tri_ali_$train $exp/student_small_hard
+    if [ -n "$control" ]; then
+      $asrkd_cmd asrkd train --conf $conf/$student_conf --seed $student_seed --cache-dir $frames \
+        --num-threads 1 $data/$train $exp/tri_ali_$train $control
+    fi
+    # about what fits beside the same-size student; stage 13 decodes the rest
     local systems=($(teacher_systems))
-    decode_dnn 1 ${systems[@]:0:$(( ${#systems[@]} / 2 ))}
+    decode_dnn 1 ${systems[@]:0:$(( ${#systems[@]} / 4 ))}
   }
-  run_bg $exp/log/students_small.log small_students_then_decode
+  run_bg $exp/log/other_core.log other_core
   wait_bg
   stage_done 12
 fi
 
-if stage 13 "hybrid decoding of the students and the rest of the ensemble's systems, frame accuracy"; then
-  [ -f $exp/teachers/decode_acwt_$dev/best_acwt ] || tune_dnn_acwt $nj
-  todo=""  # the teacher systems stage 12 left undecoded
-  for m in $(teacher_systems); do
-    for t in $tests; do [ -f $m/decode_$t/wer ] || { todo="$todo $m"; break; }; done
-  done
-  decode_dnn $nj $todo $exp/distill $exp/student_small_kd $exp/student_small_hard
+if stage 13 "hybrid decoding of the students, the control and the rest of the ensemble's systems, frame accuracy"; then
+  todo=$(undecoded $(teacher_systems) $exp/distill $control $exp/student_small_kd $exp/student_small_hard)
+  # two processes of one job each: both cores busy whatever the number of systems
+  todo=($todo)
+  half=$(( (${#todo[@]} + 1) / 2 ))
+  run_bg $exp/log/decode_a.log decode_dnn 1 ${todo[@]:0:$half}
+  run_bg $exp/log/decode_b.log decode_dnn 1 ${todo[@]:$half}
+  wait_bg
   stage_done 13
 fi
 
 if stage 14 "report"; then
-  asrkd report $exp --test-sets $tests
+  # the systems manifest: what the report reports (key, kind, model dir, compared with, label)
+  {
+    printf '# key\tkind\tmodel\tcompare\tlabel\n'
+    printf 'mono\tgmm\tmono\t-\tGMM monophone\n'
+    printf 'tri\tgmm\ttri\t-\tGMM triphone\n'
+    for m in $(ls -d $exp/teachers/model* | sort -V); do
+      printf '%s\tsingle\tteachers/%s\t-\tsingle DNN %s\n' ${m##*/} ${m##*/} ${m##*model}
+    done
+    printf 'ensemble\tensemble\tteachers\tsingle\tDNN ensemble\n'
+    if [ -n "$control" ]; then
+      printf 'control\tcontrol\tcontrol\tsingle\tsame-size DNN, hard targets, student recipe (control)\n'
+      printf 'distill\tstudent\tdistill\tsingle,control\tdistilled DNN (same size)\n'
+    else
+      printf 'distill\tstudent\tdistill\tsingle\tdistilled DNN (same size)\n'
+    fi
+    printf 'student_small_hard\tcontrol\tstudent_small_hard\t-\tsmall DNN, hard targets only\n'
+    printf 'student_small_kd\tstudent\tstudent_small_kd\tstudent_small_hard\tsmall DNN, distilled\n'
+  } > $exp/systems.tsv
+  asrkd report $exp --test-sets $tests --data $data
   stage_done 14
 fi
 

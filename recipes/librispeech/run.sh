@@ -24,6 +24,8 @@ train_sets=train-clean-100    # space-separated subsets, combined into data/trai
 dev_sets=dev-clean            # combined into data/dev; empty: split --dev-speakers off train
 test_sets="test-clean test-other"
 dev_speakers=0                # with empty --dev-sets: speakers moved from train to dev
+wer_speakers=0                # >0: decode only the first N speakers of each test set for WER
+                              # (frame accuracy, a forward pass, is measured on all of them)
 transfer_sets=                # subsets used without transcripts as the students' transfer set
                               # (e.g. train-other-500), combined into data/unlabeled
 lm_text=                      # LM training text (one sentence per line, an utterance id first is
@@ -41,7 +43,7 @@ dnn_conf=dnn_paper.yaml       # teachers / same-size student (the paper's 8 x 25
 student_conf=dnn_paper.yaml    # the same-size distilled student
 small_conf=student_small.yaml
 num_models=10
-temperature=1                 # T=1 recovered the most of the ensemble gain in the synthetic demo
+temperature=1                 # distillation temperature
 alpha=0.5
 topk=50
 beam=13
@@ -55,7 +57,7 @@ exp=exp
 usage() {
   sed -n 2,10p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers transfer_sets lm_text \
+  for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers wer_speakers transfer_sets lm_text \
            lm_utt_ids vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
            tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk beam \
            max_active gmm_acwt_grid dnn_acwt_grid; do

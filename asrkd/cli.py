@@ -92,7 +92,8 @@ def main(argv=None):
         if e.errno not in DISK_FULL:
             raise
         where = f" writing {e.filename}" if e.filename else ""
-        print(f"asrkd {args.verb}: error: {os.strerror(e.errno)}{where}; free space (or raise "
+        print(f"asrkd {args.verb}: error: {e.strerror or os.strerror(e.errno)}{where}; free "
+              "space (or raise "
               "the file size limit) and rerun", file=sys.stderr)
         return 1
     return 0 if rc is None else rc

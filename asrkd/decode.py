@@ -266,6 +266,7 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     writes decode_dir/frame_acc (asrkd.train.frame_accuracy of the scorer)."""
     from asrkd.data import DataDir
 
+    check_decoder_options(beam, lattice_beam, max_active)
     data = DataDir(data_dir)
     if acwt is None and acwt_from is not None:
         acwt = read_best_acwt(acwt_from)

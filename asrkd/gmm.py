@@ -268,6 +268,9 @@ class PackedGmm:
             rows, counts, order = self._layout(pdfs)
         x = np.asarray(x, dtype=np.float32)
         dim, n = self.dim, len(order)
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise UserError(f"features of shape {x.shape} but the GMMs take {dim} dims "
+                            "(MFCC + deltas: the *_mfcc data dir)")
         xs = np.empty((len(x), 2 * dim), dtype=np.float32)
         xs[:, :dim] = x
         np.multiply(x, x, out=xs[:, dim:])

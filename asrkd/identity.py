@@ -97,8 +97,8 @@ def check_features(model_what, model_config, model_dim, data_dir, data_dim=None)
     ``data_dir`` (its feat_config.yaml; ``data_dim``: the dim its reader gives, if known)."""
     have = feature_config(data_dir)
     if model_config is not None and have is not None and model_config != have:
-        keys = sorted(k for k in set(model_config) | set(have)
-                      if model_config.get(k) != have.get(k))
+        keys = sorted((k for k in set(model_config) | set(have)
+                       if model_config.get(k) != have.get(k)), key=lambda k: (k != "type", k))
         diff = ", ".join(f"{k}={model_config.get(k)!r} vs {have.get(k)!r}" for k in keys[:3])
         raise UserError(f"{model_what} was trained on other features than {data_dir} has "
                         f"({diff}); recompute the features with the model's config")

@@ -154,10 +154,16 @@ class _AcousticModel(nn.Module):
                 "state_dict": self.state_dict(), **extra}
 
     def save(self, path, **extra):
+        import io
+
         from asrkd.table import atomic_path
 
-        with atomic_path(path) as tmp:
-            torch.save(self.checkpoint(**extra), tmp)
+        # serialised in memory, written by Python: a full disk is then an OSError (ENOSPC)
+        # with the file's name, not torch's internal "unexpected pos" RuntimeError
+        buf = io.BytesIO()
+        torch.save(self.checkpoint(**extra), buf)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
 
     @classmethod
     def from_checkpoint(cls, path_or_dict):

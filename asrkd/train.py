@@ -253,16 +253,17 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
 def _open_memmap(path, dtype, shape):
     """A .npy memmap whose blocks are reserved on disk first: writing into a sparse mapping on
     a full disk kills the process with SIGBUS; reserving them fails cleanly instead."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    size = os.path.getsize(path)
-    fd = os.open(path, os.O_RDWR)
+    size = np.dtype(dtype).itemsize * int(np.prod(shape))
     try:
-        os.posix_fallocate(fd, 0, size)
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.path.getsize(path))
+        finally:
+            os.close(fd)
     except OSError as e:
-        raise OSError(e.errno, f"{e.strerror} (reserving {size / 2**30:.2f} GiB for the frame "
+        raise OSError(e.errno, f"{e.strerror} (reserving {size / 1e6:.3g} MB for the frame "
                       "cache)", path) from None
-    finally:
-        os.close(fd)
     return arr
 
 
@@ -392,16 +393,31 @@ class NonFiniteLoss(UserError):
     """A training loss went NaN/Inf: the epoch stops before any update or checkpoint from it."""
 
     def __init__(self, epoch, utts, exp_dir):
-        where = (f"in a batch of {len(utts)} utterance(s): {', '.join(utts[:5])}"
-                 + (", ..." if len(utts) > 5 else "")) if utts else "on the validation set"
-        super().__init__(f"{exp_dir}: epoch {epoch}: the loss is NaN or Inf {where}; no "
+        if utts is None:
+            where = " on the validation set"
+        else:
+            rows, utts = utts
+            where = (f"; non-finite values in the batch rows of " if rows else
+                     f" in a batch of {len(utts)} utterance(s): ") + ", ".join(utts[:5]) + (
+                         ", ..." if len(utts) > 5 else "")
+        super().__init__(f"{exp_dir}: epoch {epoch}: the loss is NaN or Inf{where}; no "
                          "checkpoint of this epoch was written (check those utterances' "
                          "features and targets, or lower the learning rate)")
 
 
-def _batch_utts(cache, batch):
-    """Sorted ids of the utterances whose frames are in ``batch``."""
-    return [cache.utts[u] for u in np.unique(cache.utt_index[batch["frames"]])]
+def _batch_utts(cache, batch, logits):
+    """(True, utterances of the rows holding NaN/Inf inputs, targets or logits), or (False,
+    all utterances of the batch) when no row does (the loss itself overflowed)."""
+    n = len(batch["frames"])
+    bad = np.zeros(n, dtype=bool)
+    for k, v in (("x", batch["x"]), ("extra", batch.get("extra")), ("logits", logits)):
+        if v is not None and torch.is_floating_point(v):
+            finite = torch.isfinite(v.detach().reshape(v.shape[0], -1)).all(1).cpu().numpy()
+            if k == "x" and "chunk" in batch:  # (B, chunk + context, D): B pieces of frames
+                finite = np.repeat(finite, batch["chunk"])
+            bad |= ~finite
+    idx = batch["frames"][bad] if bad.any() else batch["frames"]
+    return bool(bad.any()), [cache.utts[u] for u in np.unique(cache.utt_index[idx])]
 
 
 def _forward(model, batch):
@@ -587,7 +603,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                 logits = _forward(model, batch)
                 loss = loss_fn(logits, batch)
                 if not torch.isfinite(loss.detach()).item():
-                    raise NonFiniteLoss(epoch, _batch_utts(cache, batch), exp_dir)
+                    raise NonFiniteLoss(epoch, _batch_utts(cache, batch, logits), exp_dir)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

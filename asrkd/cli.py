@@ -83,6 +83,19 @@ def main(argv=None):
     # SIGTERM (a killed recipe, a cluster's time limit) unwinds like Ctrl-C, so temporary
     # files are removed and parallel workers stopped on the way out
     signal.signal(signal.SIGTERM, _terminate)
+    recipe = os.environ.get("ASRKD_DIE_WITH_PARENT", "")
+    if recipe.isdigit():
+        # set by the recipes (their shell's pid): a killed recipe must not leave its stages
+        # running on their own
+        from asrkd.jobs import die_with_parent
+
+        die_with_parent(os.getppid())
+        try:
+            os.kill(int(recipe), 0)
+        except ProcessLookupError:  # killed before this process got here
+            return 128 + signal.SIGTERM
+        except PermissionError:
+            pass
     try:
         rc = _module(args.verb).main(args)
     except UserError as e:  # a clear one-line answer for bad input, no traceback

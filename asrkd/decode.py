@@ -151,7 +151,7 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
 
     check_decoder_options(beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
-    if not grid or any(a <= 0 for a in grid):
+    if not grid or not all(a > 0 for a in grid):  # (NaN too)
         raise UserError(f"acoustic scales must be positive, got {grid}")
     if len(grid) > 1 and ref_text is None:
         raise UserError("an acoustic-scale grid needs the reference text to choose from")

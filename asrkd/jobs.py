@@ -74,23 +74,27 @@ def _run_one(payload):
             return False, ("crash", f"{type(e).__name__}: {e}".splitlines()[0])
 
 
-def _die_with_parent(parent):
-    """Pool initializer: the kernel sends SIGTERM to this worker when its parent dies.
-
-    SIGTERM kills a worker outright and Ctrl-C is left to the parent, which stops its workers
-    (a forked worker would otherwise inherit the CLI's handlers)."""
-    import ctypes
-
+def _worker_init(parent):
+    """Pool initializer: a worker dies with its parent; SIGTERM kills it outright and Ctrl-C is
+    left to the parent, which stops its workers (a forked worker would otherwise inherit the
+    CLI's handlers)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
+def die_with_parent(parent):
+    """Have the kernel send SIGTERM to this process when its parent (pid ``parent``) dies
+    (Linux PR_SET_PDEATHSIG; elsewhere nothing is done)."""
+    import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: workers are still ended on normal exit
+    except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def log_tail(path, n=10):
@@ -135,7 +139,7 @@ def run_jobs(fn, job_args, nj, log_dir, name, desc=None, threads_per_job=None):
 
 def _run_pool(payloads, workers, results, failed, bar):
     ex = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("fork"), initializer=_die_with_parent,
+        workers, mp_context=mp.get_context("fork"), initializer=_worker_init,
         initargs=(os.getpid(),))
     try:
         futures = {ex.submit(_run_one, p): i for i, p in enumerate(payloads)}

@@ -84,7 +84,7 @@ class TrainConfig(DictConfig):
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.batch_size < 1 or self.lr <= 0 or self.epochs < 1:
+        if self.batch_size < 1 or not self.lr > 0 or self.epochs < 1:  # (a NaN lr too)
             raise UserError("batch_size, lr and epochs must be positive")
         if self.chunk_size < 1:
             raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")

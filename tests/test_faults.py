@@ -593,3 +593,44 @@ def test_nan_acoustic_scores_name_the_utterance(systems):
     with pytest.raises(UserError, match="utt-3: acoustic scores: 1 of 1200 values are NaN"):
         decode_loglikes(hclg, tm, ll, 0.1, utt="utt-3")
 
+
+
+def test_a_killed_recipe_takes_its_asrkd_commands_with_it(tmp_path):
+    """The recipes' shell (lib.sh) has its asrkd commands die with it: here `asrkd
+    compute-feats` blocked reading its config from a FIFO, its shell killed with SIGKILL."""
+    fifo, pidfile = tmp_path / "fbank.yaml", tmp_path / "pid"
+    os.mkfifo(fifo)
+    script = (f". {REPO}/recipes/lib.sh\n"
+              f"{sys.executable} -m asrkd compute-feats {tmp_path} {tmp_path / 'f'} "
+              f"--conf {fifo} &\necho $! > {pidfile}\nwait\n")
+    shell = subprocess.Popen(["bash", "-c", script], env=dict(os.environ, PYTHONPATH=REPO))
+    for _ in range(300):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    time.sleep(1.0)  # asrkd is up and blocked in open(fifo)
+    assert _alive(pid)
+    shell.kill()
+    shell.wait()
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("asrkd outlived its recipe shell")
+
+
+def test_bad_alignment_and_training_options_are_refused(systems, tmp_path, capsys):
+    assert main(["align", systems["data"], systems["a"][1].dir, systems["a"][2],
+                 str(tmp_path / "ali"), "--beam", "-2"]) == 1
+    assert "need 0 < --beam <= --retry-beam" in _error_line(capsys, "align")
+    from asrkd.train import TrainConfig
+
+    with pytest.raises(UserError, match="lr and epochs must be positive"):
+        TrainConfig(lr=float("nan"))
+    from asrkd.decode import decode_data_dir
+
+    with pytest.raises(UserError, match="acoustic scales must be positive"):
+        decode_data_dir(systems["graph_a"], None, ["u"], str(tmp_path / "d"), float("nan"))

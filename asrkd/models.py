@@ -254,8 +254,8 @@ def load_checkpoint(path):
         raise UserError(f"{path}: holds pickled Python objects, not just tensors; refusing "
                         "to load it (an asrkd checkpoint never does)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path}: truncated or corrupt checkpoint "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an asrkd acoustic model checkpoint")
     for key, kind in (("model_config", dict), ("state_dict", dict)):

@@ -24,9 +24,12 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno:
+            # a failed write (a full disk) names no file: name the one being written
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 

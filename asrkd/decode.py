@@ -96,6 +96,11 @@ def load_graph(graph_dir):
     for f in ("HCLG.fst", "words.txt", "final.mdl"):
         if not os.path.isfile(os.path.join(graph_dir, f)):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
+    from asrkd.graph import hclg_tree_id
+    from asrkd.identity import check_tree, tree_id
+
+    check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
+               os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
     hclg = kaldifst.StdVectorFst.read(os.path.join(graph_dir, "HCLG.fst"))
     tm = load_model(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}

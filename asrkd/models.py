@@ -15,7 +15,8 @@ at the utterance edges, as Kaldi's splicing does.
 
 A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)`` (no pickle):
 ``model_config`` (dict), ``state_dict``, ``pdf_counts`` (int64 tensor: the training alignment's
-counts, i.e. the priors for hybrid decoding) and, from training, ``train_config`` and history.
+counts, i.e. the priors for hybrid decoding) and, from training, ``train_config``, history,
+``tree_id`` and ``feature_config`` (what the model's pdfs and inputs are; see asrkd.identity).
 
 Deviations from Kaldi: no LDA/fixed affine input layer, no nnet3 xconfig; priors come from the
 alignment counts (Kaldi nnet3 re-estimates them from the network's posteriors).

@@ -220,7 +220,6 @@ def make_scorer(model, data_dir, feats=None):
     models = model if isinstance(model, (list, tuple)) else [model]
     if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
         from asrkd.gmm import load_model
-
         from asrkd.identity import tree_id
 
         m = load_model(models[0])

@@ -397,7 +397,7 @@ class NonFiniteLoss(UserError):
             where = " on the validation set"
         else:
             rows, utts = utts
-            where = (f"; non-finite values in the batch rows of " if rows else
+            where = ("; non-finite values in the batch rows of " if rows else
                      f" in a batch of {len(utts)} utterance(s): ") + ", ".join(utts[:5]) + (
                          ", ..." if len(utts) > 5 else "")
         super().__init__(f"{exp_dir}: epoch {epoch}: the loss is NaN or Inf{where}; no "

@@ -240,6 +240,18 @@ def test_decoding_a_dnn_over_another_trees_graph_is_an_error(systems, tmp_path, 
     assert systems["ali_b"] in _error_line(capsys, "decode")
 
 
+def test_an_ensemble_of_two_trees_is_an_error(systems, tmp_path, capsys):
+    from asrkd.train import train_model
+
+    tc = TC.__class__(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1})
+    mc = MC.__class__(**{**MC.to_dict(), "cmvn": "mean"})
+    other = train_model(systems["data"], systems["ali_b"], str(tmp_path / "m2"), mc, tc, 2)
+    assert main(["decode", systems["graph_a"], systems["data"], systems["dnn"], other,
+                 str(tmp_path / "dec"), "--acwt", "0.1"]) == 1
+    line = _error_line(capsys, "decode")
+    assert systems["dnn"] in line and other in line and "different triphone trees" in line
+
+
 def test_gmm_decode_over_another_trees_graph_is_an_error(systems, tmp_path, capsys):
     assert main(["decode", systems["graph_a"], systems["data"], systems["b"][2],
                  str(tmp_path / "dec"), "--acwt", "0.1"]) == 1

@@ -206,10 +206,11 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
     """Turn a LibriSpeech subset dir (``<spk>/<chap>/<spk>-<chap>-<utt>.flac`` plus
     ``<spk>-<chap>.trans.txt``) into a Kaldi data dir; return a PrepResult.
 
-    Every file is decoded to its end (a header gives the length of a truncated file too, and
-    says nothing of NaN samples), one block at a time. Utterances that cannot be used are left out and listed in ``data_dir/log/rejected.txt`` as
-    ``utt reason [detail]``. Features or CMVN left in ``data_dir`` by an earlier run are
-    removed, since they would no longer match.
+    Every file is decoded to its end, one block at a time: a truncated file's header still
+    gives its full length, and a header says nothing of NaN samples. Utterances that cannot be
+    used are left out and listed in ``data_dir/log/rejected.txt`` as ``utt reason [detail]``.
+    Features or CMVN left in ``data_dir`` by an earlier run are removed, since they would no
+    longer match.
     """
     import soundfile
 

@@ -135,6 +135,7 @@ def save_model(model, model_dir):
         arrays["gmm_inv_vars"] = np.concatenate(iv).astype(np.float32)
         arrays["gmm_means_invvars"] = np.concatenate(mi).astype(np.float32)
     path = os.path.join(model_dir, "final.mdl")
+    _check_arrays(path, arrays)  # a model with NaN parameters is never written
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

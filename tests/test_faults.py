@@ -149,7 +149,22 @@ def test_nan_cmvn_stats_are_an_error_naming_the_speaker(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Training: a non-finite loss stops the epoch, names it and the batch's utterances
+# Training: a non-finite loss stops the epoch, names it and the batch's utterances; bad targets
+
+
+def test_out_of_range_pdf_id_in_an_alignment_is_an_error(tmp_path, capsys):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    scp = dict(line.split() for line in open(os.path.join(ali, "pdf.scp")))
+    y = kaldiio.load_mat(scp["101-1-0003"]).copy()
+    y[4] = 99
+    with ArkWriter(str(tmp_path / "p.ark"), str(tmp_path / "p.scp")) as w:
+        w["101-1-0003"] = y
+    scp["101-1-0003"] = open(tmp_path / "p.scp").read().split()[1]
+    write_table(os.path.join(ali, "pdf.scp"), scp)
+    assert main(["train", data, ali, str(tmp_path / "exp")]) == 1
+    assert "101-1-0003: pdf ids outside [0, 6)" in _error_line(capsys, "train")
+    assert not os.path.exists(tmp_path / "exp" / "final.pt")
+
 
 
 def test_nan_loss_stops_training_naming_epoch_and_utterances(tmp_path):
@@ -323,6 +338,17 @@ def test_gmm_archive_missing_key_nan_or_truncated_names_the_file(systems, tmp_pa
         assert msg.startswith(mdl + ":")
         assert {"missing": "no 'gmm_inv_vars' array", "nan": "gmm_means_invvars: 1 of",
                 "truncated": "truncated"}[case] in msg
+    # nor is a model with NaN parameters written
+    from asrkd.gmm import am_from_arrays, am_to_arrays, save_model
+
+    m = load_model(systems["a"][2])
+    w, iv, mi = am_to_arrays(m.am)
+    iv[3] = iv[3].copy()
+    iv[3][0, 0] = np.inf
+    m.am = am_from_arrays(w, iv, mi)
+    with pytest.raises(UserError, match=r"final.mdl: gmm_inv_vars: 1 of \d+ values are NaN"):
+        save_model(m, str(tmp_path / "nan_model"))
+    assert not os.path.exists(tmp_path / "nan_model" / "final.mdl")
     # through the CLI: align with the damaged model is one line
     assert main(["align", systems["data"], systems["a"][1].dir, str(tmp_path / "missing"),
                  str(tmp_path / "ali")]) == 1

@@ -62,8 +62,11 @@ def _run_one(payload):
                 result = fn(*args)
             log.write("# finished ok\n")
             return True, result
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit) as e:
             log.write("# interrupted\n")
+            if _IN_WORKER:  # the executor would keep a worker alive past a SystemExit
+                log.flush()
+                os._exit(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)
             raise
         except UserError as e:
             log.write(f"error: {e}\n# failed\n")
@@ -74,13 +77,22 @@ def _run_one(payload):
             return False, ("crash", f"{type(e).__name__}: {e}".splitlines()[0])
 
 
+_IN_WORKER = False
+
+
 def _worker_init(parent):
-    """Pool initializer: a worker dies with its parent; SIGTERM kills it outright and Ctrl-C is
-    left to the parent, which stops its workers (a forked worker would otherwise inherit the
-    CLI's handlers)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """Pool initializer: a worker dies with its parent, and SIGTERM (from the dying parent or
+    its clean-up) unwinds it, so the job's temporary files are removed on the way out. Ctrl-C
+    is left to the parent, which stops its workers."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def die_with_parent(parent):

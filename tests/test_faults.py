@@ -510,10 +510,12 @@ def test_workers_die_with_their_parent(tmp_path):
         import os, sys, time
         sys.path.insert(0, {REPO!r})
         from asrkd.jobs import run_jobs
+        from asrkd.table import atomic_path
 
         def job(i):
-            open(os.path.join({str(tmp_path)!r}, f"pid{{i}}"), "w").write(str(os.getpid()))
-            time.sleep(120)
+            with atomic_path(os.path.join({str(tmp_path)!r}, f"out{{i}}")):
+                open(os.path.join({str(tmp_path)!r}, f"pid{{i}}"), "w").write(str(os.getpid()))
+                time.sleep(120)
 
         run_jobs(job, [(0,), (1,)], 2, {str(tmp_path / "log")!r}, "sleep")
     """)
@@ -535,6 +537,7 @@ def test_workers_die_with_their_parent(tmp_path):
     for p in alive:
         os.kill(p, signal.SIGKILL)
     assert alive == []
+    assert glob.glob(str(tmp_path / ".out*.tmp")) == []  # the jobs cleaned up as they died
 
 
 def _alive(pid):

@@ -452,6 +452,17 @@ def _last_epoch_checkpoint(exp_dir):
     return best[1] if best else None
 
 
+def _load_epoch_checkpoint(path):
+    """An epoch{N}.pt, with the keys resuming reads checked (a tampered file is named)."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("optimizer", "schedule", "history", "train_config", "seed")
+               if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: not an epoch checkpoint (no {', '.join(missing)}); delete it "
+                        "to retrain that epoch")
+    return ckpt
+
+
 def _check_same_run(ckpt, model_config, train_config, seed, exp_dir):
     old_tc = {k: v for k, v in ckpt["train_config"].items() if k not in TrainConfig.RESUMABLE}
     new_tc = {k: v for k, v in train_config.to_dict().items() if k not in TrainConfig.RESUMABLE}
@@ -544,7 +555,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     ali_tree = tree_id(ali_dir)
     last = _last_epoch_checkpoint(exp_dir)
     if last is not None:
-        ckpt = load_checkpoint(last)
+        ckpt = _load_epoch_checkpoint(last)
         _check_same_run(ckpt, model_config, train_config, seed, exp_dir)
         check_tree(last, ckpt.get("tree_id"), ali_dir, ali_tree)
         check_features(last, ckpt.get("feature_config"), None, data_dir)
@@ -732,7 +743,7 @@ def is_finished(exp_dir):
     last = _last_epoch_checkpoint(exp_dir)
     if last is None or not os.path.isfile(os.path.join(exp_dir, "final.pt")):
         return False
-    ckpt = load_checkpoint(last)
+    ckpt = _load_epoch_checkpoint(last)
     s = ckpt["schedule"]
     return bool(s["stop"] or s["epoch"] >= ckpt["train_config"]["epochs"])
 

@@ -299,6 +299,12 @@ def test_training_from_another_trees_init_or_resume_is_an_error(systems, tmp_pat
     train_model(systems["data"], systems["ali_a"], exp, MC, tc1, 1)
     with pytest.raises(UserError, match="epoch1.pt .* different triphone trees"):
         train_model(systems["data"], systems["ali_b"], exp, MC, TC, 1)
+    # an epoch checkpoint without its optimizer state: named, not a KeyError
+    ck = torch.load(os.path.join(exp, "epoch1.pt"), weights_only=True)
+    del ck["optimizer"]
+    torch.save(ck, os.path.join(exp, "epoch1.pt"))
+    with pytest.raises(UserError, match="epoch1.pt: not an epoch checkpoint \\(no optimizer\\)"):
+        train_model(systems["data"], systems["ali_a"], exp, MC, TC, 1)
 
 
 def _tamper_npz(path, **changes):

@@ -574,12 +574,13 @@ def combine_data_dirs(out, srcs):
                 os.unlink(os.path.join(out, stale))
     write_data_dir(out, tables["wav.scp"], tables["text"], tables["utt2spk"], utt2dur)
     if feats["feats.scp"] is not None and feats["utt2num_frames"] is not None:
-        configs = list(feat_configs.items())
+        configs = [(src, c) for src, c in feat_configs.items() if c is not None]
         for src, c in configs[1:]:
             if c != configs[0][1]:
                 raise UserError(f"{configs[0][0]} and {src} hold features computed with "
                                 "different configs (feat_config.yaml); they cannot be combined")
-        if configs and configs[0][1] is not None:
+        # carried only when every source records it (one that does not may differ)
+        if configs and len(configs) == len(feat_configs):
             shutil.copyfile(os.path.join(configs[0][0], "feat_config.yaml"),
                             os.path.join(out, "feat_config.yaml"))
         # feats.scp last: its presence is what later stages trust

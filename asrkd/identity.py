@@ -82,6 +82,10 @@ def feature_config(data_dir):
         raise UserError(f"{path}: unreadable feature config ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
         raise UserError(f"{path}: not a feature config (expected option: value lines)")
+    try:
+        feature_dim(d)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     return d
 
 

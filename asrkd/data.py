@@ -316,7 +316,6 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
     )
     if not wav:
         raise UserError(f"{corpus_dir}: no usable utterances ({PrepResult(0, rejected).summary()})")
-
     return PrepResult(len(wav), rejected)
 
 

@@ -340,7 +340,8 @@ def _check_sorted(path):
             prev = key
 
 
-def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True):
+def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True,
+                      check_values=False):
     """Check a data dir and return it as a DataDir; raise DataDirError on the first problem.
 
     Checks: the files in ``need`` exist; every table present is sorted with unique keys; all
@@ -349,7 +350,8 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
     absolute paths of existing files (unless ``check_audio=False``, for stages that only read
     features); utt2dur / utt2num_frames are positive numbers; feats.scp frame counts equal
     utt2num_frames; cmvn.scp covers exactly the speakers, with 2 x (dim + 1) stats whose frame
-    count is the speaker's total.
+    count is the speaker's total. ``check_values`` also reads every feature matrix and CMVN
+    stat (NaN/Inf, frame counts): a pass over all the features, so off by default.
     """
     d = DataDir(path)
     for name in need:
@@ -449,6 +451,14 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
             if frames is not None and round(stats[0, -1]) != per_spk[spk]:
                 raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: frame count {stats[0, -1]:g} "
                                    f"!= {per_spk[spk]} frames in feats; rerun compute-cmvn")
+    if check_values and d.has("feats.scp"):
+        from tqdm import tqdm
+
+        from asrkd.features import FeatureReader
+
+        reader = FeatureReader(d.path, cmvn="mean" if d.has("cmvn.scp") else None)
+        for utt in tqdm(reader.utts, desc="validate values", unit="utt", disable=None):
+            reader.raw(utt)  # NaN/Inf and frame counts are checked on every read
     return d
 
 

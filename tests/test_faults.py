@@ -133,6 +133,16 @@ def test_nan_features_stop_cmvn_and_training(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "exp" / "final.pt")
 
 
+def test_validate_data_dir_values_finds_nan_features(tmp_path, capsys):
+    data, _ = make_corpus(str(tmp_path / "c"))
+    assert main(["validate-data-dir", data, "--need", "utt2spk", "--values"]) == 0
+    _poison_features(data, "105-1-0000", tmp_path)
+    assert main(["validate-data-dir", data, "--need", "utt2spk"]) == 0  # headers only
+    capsys.readouterr()
+    assert main(["validate-data-dir", data, "--need", "utt2spk", "--values"]) == 1
+    assert "features of 105-1-0000: 1 of" in _error_line(capsys, "validate-data-dir")
+
+
 def test_nan_cmvn_stats_are_an_error_naming_the_speaker(tmp_path):
     from asrkd.features import FeatureReader
 

@@ -147,6 +147,9 @@ def align(data_dir, lang_dir, model_dir, ali_dir, nj=1, beam=10.0, retry_beam=40
     Returns the dict of failed utterances (utt -> reason)."""
     from asrkd.jobs import single_threaded_blas
 
+    if not 0 < beam <= retry_beam or not acwt > 0:
+        raise UserError(f"need 0 < --beam <= --retry-beam and a positive acoustic scale, got "
+                        f"beam {beam}, retry beam {retry_beam}, acwt {acwt}")
     with single_threaded_blas():
         return _align(data_dir, lang_dir, model_dir, ali_dir, nj, beam, retry_beam, acwt)
 

@@ -6,7 +6,10 @@ function. Verb modules are imported only when run, so `asrkd --help` is fast.
 """
 
 import argparse
+import errno
 import importlib
+import os
+import signal
 import sys
 
 # verb -> one-line summary (shown by `asrkd --help`)
@@ -77,12 +80,44 @@ def main(argv=None):
     if args.verb is None:
         build_parser().print_help()
         return 0
+    # SIGTERM (a killed recipe, a cluster's time limit) unwinds like Ctrl-C, so temporary
+    # files are removed and parallel workers stopped on the way out
+    signal.signal(signal.SIGTERM, _terminate)
+    recipe = os.environ.get("ASRKD_DIE_WITH_PARENT", "")
+    if recipe.isdigit():
+        # set by the recipes (their shell's pid): a killed recipe must not leave its stages
+        # running on their own
+        from asrkd.jobs import die_with_parent
+
+        die_with_parent(os.getppid())
+        try:
+            os.kill(int(recipe), 0)
+        except ProcessLookupError:  # killed before this process got here
+            return 128 + signal.SIGTERM
+        except PermissionError:
+            pass
     try:
         rc = _module(args.verb).main(args)
     except UserError as e:  # a clear one-line answer for bad input, no traceback
         print(f"asrkd {args.verb}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"asrkd {args.verb}: error: {e.strerror or os.strerror(e.errno)}{where}; free "
+              "space (or raise "
+              "the file size limit) and rerun", file=sys.stderr)
+        return 1
     return 0 if rc is None else rc
+
+
+# A full disk, a full quota, or a file size limit: the run cannot go on, and it is not a bug.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 from asrkd.errors import UserError  # noqa: E402

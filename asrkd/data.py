@@ -116,7 +116,7 @@ def copy_data_dir(src, dst):
     """Copy a data dir's utterance metadata (not features or CMVN) to ``dst``."""
     os.makedirs(dst, exist_ok=True)
     # Features of an earlier dst would not match the new metadata.
-    for stale in ("feats.scp", "utt2num_frames", "cmvn.scp"):
+    for stale in FEATURE_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(dst, stale))
     for name in META_FILES:
@@ -132,6 +132,8 @@ REJECT_REASONS = {
     "no-audio": "transcript line without an audio file",
     "no-transcript": "audio file without a transcript line",
     "unreadable-audio": "audio file cannot be opened as audio",
+    "corrupt-audio": "audio stops decoding partway (truncated or damaged file)",
+    "nonfinite-audio": "audio holds NaN or Inf samples",
     "empty-audio": "audio file has 0 samples",
     "too-short": "audio shorter than one 25 ms frame",
     "wrong-sample-rate": "sample rate differs from --sample-rate",
@@ -175,31 +177,40 @@ def _find_chapters(corpus_dir):
                 yield spk, chap, chap_dir
 
 
-def _count_frames(audio):
-    """Frames decodable from a file whose header gives no length (0 if none decode)."""
+def _decode_audio(audio):
+    """Decode a whole file in blocks: (samples, None), or (samples so far, (reason, detail)) if
+    it stops decoding partway or holds NaN/Inf (a header alone says neither)."""
+    import numpy as np
     import soundfile
 
-    n = 0
+    n, bad = 0, 0
     try:
         with soundfile.SoundFile(audio) as f:
+            is_float = f.subtype in ("FLOAT", "DOUBLE")
             while True:
-                block = len(f.read(1 << 16, dtype="int16", always_2d=True))
-                n += block
-                if block < 1 << 16:
+                block = f.read(1 << 16, dtype="float32" if is_float else "int16", always_2d=True)
+                if is_float:
+                    bad += block.size - int(np.count_nonzero(np.isfinite(block)))
+                n += len(block)
+                if len(block) < 1 << 16:
                     break
-    except Exception:  # noqa: BLE001 - libsndfile fails at the end of a sample-less stream
-        pass
-    return n
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types
+        return n, ("corrupt-audio", f"decoding fails after {n} samples: "
+                   + (str(e).splitlines()[0] if str(e) else type(e).__name__))
+    if bad:
+        return n, ("nonfinite-audio", f"{bad} NaN/Inf samples")
+    return n, None
 
 
 def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
     """Turn a LibriSpeech subset dir (``<spk>/<chap>/<spk>-<chap>-<utt>.flac`` plus
     ``<spk>-<chap>.trans.txt``) into a Kaldi data dir; return a PrepResult.
 
-    Audio is only probed (soundfile.info reads the header), never decoded. Utterances that
-    cannot be used are left out and listed in ``data_dir/log/rejected.txt`` as
-    ``utt reason [detail]``. Features or CMVN left in ``data_dir`` by an earlier run are
-    removed, since they would no longer match.
+    Every file is decoded to its end, one block at a time: a truncated file's header still
+    gives its full length, and a header says nothing of NaN samples. Utterances that cannot be
+    used are left out and listed in ``data_dir/log/rejected.txt`` as ``utt reason [detail]``.
+    Features or CMVN left in ``data_dir`` by an earlier run are removed, since they would no
+    longer match.
     """
     import soundfile
 
@@ -270,9 +281,15 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
         except Exception as e:  # noqa: BLE001 - libsndfile raises several types
             reject(utt, "unreadable-audio", str(e).splitlines()[0] if str(e) else audio)
             continue
-        n = info.frames
-        if n >= 2**62:  # header does not say (FLAC total_samples = 0): count by decoding
-            n = _count_frames(audio)
+        n, problem = _decode_audio(audio)
+        known = info.frames < 2**62  # 2**62 and up: the header gives no length
+        # (libsndfile also fails at the end of a sample-less stream: that one is empty-audio)
+        if problem is not None and (n > 0 or (known and info.frames > 0)):
+            reject(utt, *problem)
+            continue
+        if known and n != info.frames:
+            reject(utt, "corrupt-audio", f"header says {info.frames} samples, {n} decode")
+            continue
         if n <= 0:
             reject(utt, "empty-audio")
             continue
@@ -305,7 +322,7 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
 # --------------------------------------------------------------------------------------------
 # Validation
 
-FEATURE_FILES = ("feats.scp", "utt2num_frames", "cmvn.scp")
+FEATURE_FILES = ("feats.scp", "utt2num_frames", "cmvn.scp", "feat_config.yaml")
 UTT_FILES = ("wav.scp", "text", "utt2spk", "utt2dur", "feats.scp", "utt2num_frames")
 
 
@@ -323,7 +340,8 @@ def _check_sorted(path):
             prev = key
 
 
-def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True):
+def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True,
+                      check_values=False):
     """Check a data dir and return it as a DataDir; raise DataDirError on the first problem.
 
     Checks: the files in ``need`` exist; every table present is sorted with unique keys; all
@@ -332,7 +350,8 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
     absolute paths of existing files (unless ``check_audio=False``, for stages that only read
     features); utt2dur / utt2num_frames are positive numbers; feats.scp frame counts equal
     utt2num_frames; cmvn.scp covers exactly the speakers, with 2 x (dim + 1) stats whose frame
-    count is the speaker's total.
+    count is the speaker's total. ``check_values`` also reads every feature matrix and CMVN
+    stat (NaN/Inf, frame counts): a pass over all the features, so off by default.
     """
     d = DataDir(path)
     for name in need:
@@ -397,6 +416,14 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
         if len(dims) != 1:
             raise DataDirError(f"{d.file('feats.scp')}: features have several dims {sorted(dims)}")
         (dim,) = dims
+        if d.has("feat_config.yaml"):
+            from asrkd.identity import feature_config, feature_dim
+
+            want = feature_dim(feature_config(d.path))
+            if want != dim:
+                raise DataDirError(f"{d.file('feats.scp')}: features have dim {dim} but "
+                                   f"feat_config.yaml describes {want}-dim ones; rerun "
+                                   "compute-feats")
         if d.has("utt2num_frames"):
             n = d.utt2num_frames
             for utt, (t, _) in shapes.items():
@@ -424,6 +451,14 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
             if frames is not None and round(stats[0, -1]) != per_spk[spk]:
                 raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: frame count {stats[0, -1]:g} "
                                    f"!= {per_spk[spk]} frames in feats; rerun compute-cmvn")
+    if check_values and d.has("feats.scp"):
+        from tqdm import tqdm
+
+        from asrkd.features import FeatureReader
+
+        reader = FeatureReader(d.path, cmvn="mean" if d.has("cmvn.scp") else None)
+        for utt in tqdm(reader.utts, desc="validate values", unit="utt", disable=None):
+            reader.raw(utt)  # NaN/Inf and frame counts are checked on every read
     return d
 
 
@@ -484,6 +519,8 @@ def subset_data_dir(src, out1, out2, num_speakers=None, fraction=None):
         for stale in FEATURE_FILES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(out, stale))
+        if d.has("feats.scp") and d.has("feat_config.yaml"):
+            shutil.copyfile(d.file("feat_config.yaml"), os.path.join(out, "feat_config.yaml"))
         # feats.scp last: its presence is what later stages trust
         if d.has("feats.scp"):
             tables["feats.scp"] = {u: v for u, v in d.table("feats.scp").items() if u in keep}
@@ -508,9 +545,14 @@ def combine_data_dirs(out, srcs):
     tables = {name: {} for name in META_FILES if name != "spk2utt"}
     feats = {name: {} for name in ("feats.scp", "utt2num_frames", "cmvn.scp")}
     spk_src = {}
+    feat_configs = {}  # source -> its feat_config.yaml (None: it records none)
     for src in srcs:
         d = validate_data_dir(src, need=("wav.scp", "text", "utt2spk", "spk2utt"),
                               check_audio=False)
+        if d.has("feats.scp"):
+            from asrkd.identity import feature_config
+
+            feat_configs[src] = feature_config(src)
         for name, merged in tables.items():
             if name == "utt2dur" and not d.has(name):
                 continue
@@ -541,6 +583,15 @@ def combine_data_dirs(out, srcs):
                 os.unlink(os.path.join(out, stale))
     write_data_dir(out, tables["wav.scp"], tables["text"], tables["utt2spk"], utt2dur)
     if feats["feats.scp"] is not None and feats["utt2num_frames"] is not None:
+        configs = [(src, c) for src, c in feat_configs.items() if c is not None]
+        for src, c in configs[1:]:
+            if c != configs[0][1]:
+                raise UserError(f"{configs[0][0]} and {src} hold features computed with "
+                                "different configs (feat_config.yaml); they cannot be combined")
+        # carried only when every source records it (one that does not may differ)
+        if configs and len(configs) == len(feat_configs):
+            shutil.copyfile(os.path.join(configs[0][0], "feat_config.yaml"),
+                            os.path.join(out, "feat_config.yaml"))
         # feats.scp last: its presence is what later stages trust
         for name in ("utt2num_frames", "cmvn.scp", "feats.scp"):
             if feats[name] is not None:

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from asrkd.errors import UserError
+from asrkd.finite import check_finite
 from asrkd.table import atomic_path, write_table
 
 DEFAULT_GRID = (0.05, 0.067, 0.083, 0.1, 0.125)
@@ -28,6 +29,19 @@ def make_decoder(hclg, beam=16.0, lattice_beam=8.0, max_active=7000):
     cfg = khg.LatticeFasterDecoderConfig(beam=beam, lattice_beam=lattice_beam,
                                          max_active=max_active)
     return khg.LatticeFasterDecoder(hclg, cfg)
+
+
+MIN_ACTIVE = 200  # LatticeFasterDecoderConfig's default min_active, which we do not change
+
+
+def check_decoder_options(beam, lattice_beam, max_active):
+    """UserError for options the C++ decoder would reject with a bare assertion."""
+    if not beam > 0 or not lattice_beam > 0:
+        raise UserError(f"--beam and --lattice-beam must be positive, got {beam} and "
+                        f"{lattice_beam}")
+    if max_active < MIN_ACTIVE:
+        raise UserError(f"--max-active must be at least the decoder's min-active {MIN_ACTIVE}, "
+                        f"got {max_active}")
 
 
 def decode_loglikes(hclg, trans_model, loglikes, acwt, beam=16.0, lattice_beam=8.0,
@@ -44,6 +58,7 @@ def decode_loglikes(hclg, trans_model, loglikes, acwt, beam=16.0, lattice_beam=8
     if loglikes.ndim != 2 or loglikes.shape[1] != trans_model.num_pdfs:
         raise UserError(f"{utt}: log-likelihoods of shape {loglikes.shape} but the model has "
                         f"{trans_model.num_pdfs} pdfs (model and graph do not match?)")
+    check_finite(loglikes, f"{utt}: acoustic scores")
     if len(loglikes) == 0:
         return []
     mat = np.ascontiguousarray(acwt * loglikes[:, tid2pdf[1:]], dtype=np.float32)
@@ -64,7 +79,11 @@ class GmmScorer:
         self.feats = feats
 
     def __call__(self, utt):
-        return self.packed.pdf_loglikes(self.feats[utt])
+        x = self.feats[utt]
+        if x.shape[1] != self.packed.dim:
+            raise UserError(f"{utt}: {x.shape[1]}-dim features but the GMMs take "
+                            f"{self.packed.dim} (MFCC + deltas: decode the *_mfcc data dir)")
+        return self.packed.pdf_loglikes(x)
 
 
 def load_graph(graph_dir):
@@ -77,6 +96,11 @@ def load_graph(graph_dir):
     for f in ("HCLG.fst", "words.txt", "final.mdl"):
         if not os.path.isfile(os.path.join(graph_dir, f)):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
+    from asrkd.graph import hclg_tree_id
+    from asrkd.identity import check_tree, tree_id
+
+    check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
+               os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
     hclg = kaldifst.StdVectorFst.read(os.path.join(graph_dir, "HCLG.fst"))
     tm = load_model(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}
@@ -130,8 +154,9 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     from asrkd.jobs import run_jobs, split_evenly
     from asrkd.score import score
 
+    check_decoder_options(beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
-    if not grid or any(a <= 0 for a in grid):
+    if not grid or not all(a > 0 for a in grid):  # (NaN too)
         raise UserError(f"acoustic scales must be positive, got {grid}")
     if len(grid) > 1 and ref_text is None:
         raise UserError("an acoustic-scale grid needs the reference text to choose from")
@@ -195,12 +220,15 @@ def make_scorer(model, data_dir, feats=None):
     models = model if isinstance(model, (list, tuple)) else [model]
     if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
         from asrkd.gmm import load_model
+        from asrkd.identity import tree_id
 
         m = load_model(models[0])
         if m.am is None:
             raise UserError(f"{models[0]}: model has no GMMs")
-        return GmmScorer(m, feats if feats is not None else
-                         FeatureReader(data_dir, cmvn="mean", deltas=2))
+        scorer = GmmScorer(m, feats if feats is not None else
+                           FeatureReader(data_dir, cmvn="mean", deltas=2))
+        scorer.tree_id, scorer.source = tree_id(models[0]), models[0]
+        return scorer
     ckpts = []
     for m in models:
         if os.path.isdir(m):
@@ -224,6 +252,15 @@ def make_scorer(model, data_dir, feats=None):
     return dnn.make_scorer(ckpts, feats)
 
 
+def check_scorer_tree(scorer, graph_dir, ali_dir=None):
+    """UserError unless the scorer's model has the tree of the graph (and of the alignments)."""
+    from asrkd.identity import check_tree, tree_id
+
+    for other in (graph_dir, ali_dir):
+        if other is not None and getattr(scorer, "tree_id", None) is not None:
+            check_tree(scorer.source, scorer.tree_id, other, tree_id(other))
+
+
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
            acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None,
            frame_acc_data=None):
@@ -237,6 +274,7 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     be measured on a larger set than the one decoded for WER."""
     from asrkd.data import DataDir
 
+    check_decoder_options(beam, lattice_beam, max_active)
     data = DataDir(data_dir)
     if frame_acc_data is not None and ali_dir is None:
         raise UserError("--frame-acc-data needs --ali-dir (the alignments of that data dir)")
@@ -247,6 +285,7 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
             acwt_from = acwt_from.replace("{model}", os.fspath(model).rstrip("/"))
         acwt = read_best_acwt(acwt_from)
     scorer = make_scorer(model, data_dir)
+    check_scorer_tree(scorer, graph_dir, ali_dir)
     utts = data.utts
     ref = data.file("text") if data.has("text") else None
     res = decode_data_dir(graph_dir, scorer, utts, decode_dir,

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from asrkd.errors import UserError
+from asrkd.identity import check_tree, tree_id
 from asrkd.jobs import run_jobs, split_evenly
 from asrkd.table import atomic_path, read_table, write_table
 
@@ -255,7 +256,8 @@ def _write_shard(out_dir, shard, items, num_pdfs):
     return index, (float(kept.sum()), float(kept.min()) if kept.size else 1.0, int(kept.size))
 
 
-def _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, teachers, data_dir=None):
+def _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, teachers, data_dir=None,
+                  tree_id=None):
     """Write index + meta.json for the _write_shard results ``shards``; return the meta."""
     index = {utt: [shard, off, n] for idx, _ in shards for utt, shard, off, n in idx}
     kept_sum = sum(k[0] for _, k in shards)
@@ -277,6 +279,7 @@ def _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, teacher
         "kept_mass": {"mean": kept_sum / kept_frames if kept_frames else 1.0,
                       "min": min((k[1] for _, k in shards if k[2]), default=1.0)},
         "data_dir": os.path.abspath(data_dir) if data_dir else None,
+        "tree_id": tree_id,  # asrkd.identity: the teachers' tree, checked against alignments
     }
     _write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
@@ -318,11 +321,13 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
     if not data.has("utt2num_frames"):
         raise UserError(f"{data_dir}: missing utt2num_frames (run compute-feats first)")
     ckpts = find_teachers(teachers_dir)
-    pdfs = {int(load_model(p).config.num_pdfs) for p in ckpts}
+    teachers = [load_model(p) for p in ckpts]
+    pdfs = {int(m.config.num_pdfs) for m in teachers}
     if len(pdfs) != 1:
         raise UserError(f"teachers in {teachers_dir} disagree on the number of pdfs: "
                         f"{sorted(pdfs)}")
     num_pdfs = pdfs.pop()
+    tree = _check_teachers(teachers, data_dir)
     utts = data.utts
     os.makedirs(out_dir, exist_ok=True)
     # More shards than workers so the progress bar moves; each shard reloads the (small) models.
@@ -335,11 +340,23 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
     shards = run_jobs(_soft_targets_job, job_args, nj, os.path.join(out_dir, "log"),
                       "soft_targets", desc="soft targets", threads_per_job=1)
     meta = _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, ckpts,
-                         data_dir=data_dir)
+                         data_dir=data_dir, tree_id=tree)
     print(f"soft targets: {meta['num_frames']} frames, top-{meta['topk']} keeps "
           f"{100 * meta['kept_mass']['mean']:.2f}% of the mass on average (min "
           f"{100 * meta['kept_mass']['min']:.2f}%); the rest is stored per frame", file=sys.stderr)
     return meta
+
+
+def _check_teachers(teachers, data_dir):
+    """The teachers' common tree id; UserError if they disagree or do not fit the features."""
+    from asrkd.features import FeatureReader
+    from asrkd.identity import check_features
+
+    dim = FeatureReader(data_dir, cmvn=None).dim
+    for m in teachers:
+        check_tree(teachers[0].source, teachers[0].tree_id, m.source, m.tree_id)
+        check_features(m.source, m.feature_config, m.config.feat_dim, data_dir, dim)
+    return teachers[0].tree_id
 
 
 def _write_json(path, obj):
@@ -562,6 +579,8 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
             )
         if num_pdfs is not None and store.num_pdfs != num_pdfs:
             raise UserError(f"soft targets have {store.num_pdfs} pdfs, {ali_dir} has {num_pdfs}")
+        check_tree(f"the soft targets {soft_dir}", store.meta.get("tree_id"), ali_dir,
+                   tree_id(ali_dir))
         extra = PackedTargets(store)
         loss_fn = StoredKDLoss(temperature, alpha, store.topk)
         info.update(soft_dir=os.path.abspath(soft_dir), soft_meta=store.meta)
@@ -570,6 +589,8 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         if temperature <= 0:
             raise UserError(f"temperature must be positive, got {temperature}")
         ens = Ensemble(find_teachers(teachers_dir))
+        _check_teachers(ens.models, data_dir)
+        check_tree(ens.models[0].source, ens.models[0].tree_id, ali_dir, tree_id(ali_dir))
         if ens.cmvn != model_config.cmvn:
             raise UserError(f"teachers use cmvn={ens.cmvn!r}, the student {model_config.cmvn!r}")
         extra = None

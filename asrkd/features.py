@@ -32,6 +32,8 @@ import yaml
 
 from asrkd.data import DataDir, validate_data_dir
 from asrkd.errors import DataDirError, UserError
+from asrkd.finite import check_finite
+from asrkd.identity import FEATURE_CONFIG, write_feature_config
 from asrkd.jobs import run_jobs, split_evenly
 from asrkd.table import ArkWriter, atomic_path
 
@@ -438,13 +440,21 @@ def _feats_job_body(items, ark, scp, config_dict, backend, device):
     frames = {}
     with ArkWriter(ark, scp) as w:
         for utt, path in items:
-            x, sr = read_audio(path)
+            try:
+                x, sr = read_audio(path)
+            except Exception as e:  # noqa: BLE001 - libsndfile raises several types
+                why = (str(e).splitlines() or [type(e).__name__])[0]
+                why = why.replace(f"Error opening {path!r}: ", "")  # the path is named already
+                raise UserError(f"{utt}: {path}: cannot decode audio ({why}); rerun "
+                                "prepare-data to leave it out") from None
+            check_finite(x, f"{utt}: audio {path}", "rerun prepare-data to leave it out")
             if sr != config.sample_rate:
                 raise UserError(f"{utt}: {path} has sample rate {sr}, config says "
                                 f"{config.sample_rate}")
             feats = extract(x)
             if feats.shape[0] == 0:
                 raise UserError(f"{utt}: {path} is too short for one frame")
+            check_finite(feats, f"{utt}: {config.kind} features of {path}")
             w[utt] = feats
             frames[utt] = feats.shape[0]
     print(f"{len(frames)} utterances, {sum(frames.values())} frames")
@@ -467,7 +477,7 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
     if device != "cpu":
         check_device(device)
     d = validate_data_dir(data_dir, need=("wav.scp", "utt2spk", "spk2utt"))
-    for stale in ("feats.scp", "utt2num_frames", "cmvn.scp"):
+    for stale in ("feats.scp", "utt2num_frames", "cmvn.scp", FEATURE_CONFIG):
         if d.has(stale):
             os.unlink(d.file(stale))
     feat_dir = os.path.abspath(os.fspath(feat_dir))
@@ -497,6 +507,7 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
         frames.update(r)
     with atomic_path(d.file("utt2num_frames")) as tmp, open(tmp, "w") as f:
         f.writelines(f"{u} {n}\n" for u, n in sorted(frames.items()))
+    write_feature_config(d.path, config)  # what checkpoints trained on these features record
     # feats.scp last: its presence is what later stages trust.
     with atomic_path(d.file("feats.scp")) as tmp, open(tmp, "w") as f:
         for j in jobs:
@@ -533,6 +544,9 @@ def compute_cmvn(data_dir):
             stats = None
             for utt in spk2utt[spk]:
                 x = _read_feats(feats[utt]).astype(np.float64)
+                # one bad utterance would make every utterance of its speaker NaN
+                check_finite(x, f"{feats[utt]}: utterance {utt} (speaker {spk})",
+                             "recompute its features")
                 if stats is None:
                     stats = np.zeros((2, x.shape[1] + 1), dtype=np.float64)
                 stats[0, :-1] += x.sum(axis=0)
@@ -628,7 +642,9 @@ class FeatureReader(collections.abc.Mapping):
 
             self._utt2spk = self.data.utt2spk
             for spk, spec in self.data.table("cmvn.scp").items():
-                self._transform[spk] = cmvn_transform(kaldiio.load_mat(spec), cmvn == "meanvar")
+                stats = check_finite(kaldiio.load_mat(spec), f"{self.data.file('cmvn.scp')}: "
+                                     f"CMVN stats of speaker {spk}", "rerun compute-cmvn")
+                self._transform[spk] = cmvn_transform(stats, cmvn == "meanvar")
             missing = {self._utt2spk.get(u) for u in self.utts} - set(self._transform)
             if missing:
                 raise DataDirError(f"{self.data.path}: cmvn.scp lacks speaker(s) "
@@ -637,6 +653,7 @@ class FeatureReader(collections.abc.Mapping):
     def raw(self, utt):
         """Stored features, no CMVN or deltas."""
         x = _read_feats(self._scp[utt])
+        check_finite(x, f"{self._scp[utt]}: features of {utt}", "recompute them")
         if self._frames is not None and x.shape[0] != self._frames[utt]:
             raise DataDirError(f"{self.data.path}: {utt} has {x.shape[0]} frames in feats.scp "
                                f"but {self._frames[utt]} in utt2num_frames")

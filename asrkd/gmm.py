@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -134,6 +135,7 @@ def save_model(model, model_dir):
         arrays["gmm_inv_vars"] = np.concatenate(iv).astype(np.float32)
         arrays["gmm_means_invvars"] = np.concatenate(mi).astype(np.float32)
     path = os.path.join(model_dir, "final.mdl")
+    _check_arrays(path, arrays)  # a model with NaN parameters is never written
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -148,11 +150,12 @@ def load_model(model_dir):
     if not os.path.isfile(path):
         raise UserError(f"{model_dir}: no final.mdl")
     try:
-        z = np.load(path, allow_pickle=False)
+        z = dict(np.load(path, allow_pickle=False))  # reads every array: a truncation shows here
         if str(z["format"]) != FORMAT:
             raise ValueError
-    except (ValueError, KeyError, OSError):
-        raise UserError(f"{path}: not an asrkd GMM model ({FORMAT})") from None
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile):
+        raise UserError(f"{path}: not an asrkd GMM model ({FORMAT}), or truncated") from None
+    _check_arrays(path, z)
     topo = khg.HmmTopology()
     topo.read(str(z["topo"]))
     ctx = _ctx_from_bytes(z["ctx"])
@@ -163,6 +166,32 @@ def load_model(model_dir):
         am = am_from_arrays(np.split(z["gmm_weights"], ends), np.split(z["gmm_inv_vars"], ends),
                             np.split(z["gmm_means_invvars"], ends))
     return GmmModel(tm, ctx, am)
+
+
+_MODEL_KEYS = ("topo", "ctx", "log_probs", "non_self_loop_log_probs")
+_GMM_KEYS = ("gmm_sizes", "gmm_weights", "gmm_inv_vars", "gmm_means_invvars")
+
+
+def _check_arrays(path, z):
+    """UserError naming the first missing, inconsistent or non-finite array of a final.mdl."""
+    from asrkd.finite import check_finite
+
+    has_gmm = any(k in z for k in _GMM_KEYS)
+    for k in _MODEL_KEYS + (_GMM_KEYS if has_gmm else ()):
+        if k not in z:
+            raise UserError(f"{path}: no {k!r} array (damaged or incomplete model)")
+    for k in ("log_probs", "non_self_loop_log_probs") + _GMM_KEYS[1:] * has_gmm:
+        check_finite(z[k], f"{path}: {k}")
+    if has_gmm:
+        sizes = z["gmm_sizes"]
+        n = int(sizes.sum()) if sizes.size and sizes.min() >= 1 else -1
+        rows = {k: z[k].shape[0] if z[k].ndim else -1 for k in _GMM_KEYS[1:]}
+        dims = {z[k].shape[1] for k in _GMM_KEYS[2:] if z[k].ndim == 2}
+        if n < 0 or set(rows.values()) != {n} or len(dims) != 1 or z["gmm_weights"].ndim != 1:
+            raise UserError(f"{path}: GMM arrays disagree ({sizes.size} pdfs, {n} Gaussians "
+                            f"by gmm_sizes; rows {rows})")
+        if z["gmm_weights"].min() <= 0 or z["gmm_inv_vars"].min() <= 0:
+            raise UserError(f"{path}: GMM weights and inverse variances must be positive")
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,6 +269,9 @@ class PackedGmm:
             rows, counts, order = self._layout(pdfs)
         x = np.asarray(x, dtype=np.float32)
         dim, n = self.dim, len(order)
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise UserError(f"features of shape {x.shape} but the GMMs take {dim} dims "
+                            "(MFCC + deltas: the *_mfcc data dir)")
         xs = np.empty((len(x), 2 * dim), dtype=np.float32)
         xs[:, :dim] = x
         np.multiply(x, x, out=xs[:, dim:])

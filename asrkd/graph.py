@@ -14,6 +14,7 @@ because the Python bindings have no mutable arc iterator. No stochasticity check
 kaldilm is run in a subprocess: importing it before kaldifst/kaldi_hmm_gmm in one process hangs.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import time
 
 from asrkd.errors import UserError
+from asrkd.identity import tree_id
 from asrkd.table import atomic_path
 
 ARPA2FST_TIMEOUT = 3600
@@ -140,11 +142,19 @@ def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
     else:
         G = arpa_to_G(arpa_path, words_txt, G_path)
     tG = time.time() - t0
-    if not _newer(HCLG_path, G_path, mdl, tree, os.path.join(lang.dir, "L_disambig.fst")):
+    # the tree the HCLG was built for (asrkd.identity): an HCLG newer than another model's
+    # files is still that other model's graph
+    stamp, model_tree = os.path.join(graph_dir, "HCLG.tree_id"), tree_id(model_dir)
+    if not _newer(HCLG_path, G_path, mdl, tree, os.path.join(lang.dir, "L_disambig.fst")) \
+            or hclg_tree_id(graph_dir) != model_tree:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stamp)
         model = load_model(model_dir)
         HCLG = compile_hclg(lang, model.ctx, model.tm, G, self_loop_scale=self_loop_scale)
         with atomic_path(HCLG_path) as tmp:
             HCLG.write(tmp)
+        with atomic_path(stamp) as tmp, open(tmp, "w") as f:
+            f.write(f"{model_tree}\n")
         print(f"make-graph: G {G.num_states} states ({tG:.1f} s), HCLG {HCLG.num_states} states, "
               f"{_num_arcs(HCLG)} arcs ({time.time() - t0:.1f} s total) -> {HCLG_path}")
     else:
@@ -153,6 +163,15 @@ def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
                       (mdl, "final.mdl"), (tree, "tree")):
         shutil.copyfile(src, os.path.join(graph_dir, name))
     return graph_dir
+
+
+def hclg_tree_id(graph_dir):
+    """The tree id graph_dir/HCLG.fst was built for (None for a graph from before the ids)."""
+    path = os.path.join(graph_dir, "HCLG.tree_id")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
 
 
 def _num_arcs(fst):

@@ -2,9 +2,14 @@
 
 ``run_jobs(fn, job_args, nj, log_dir, name)`` runs ``fn(*args)`` for every entry of ``job_args``
 in ``nj`` worker processes, writes ``log_dir/<name>.<job>.log`` for each (the job's stdout,
-stderr and traceback), shows one progress bar over finished jobs, and raises a UserError naming
-the failed jobs and their logs if any job fails. With ``nj == 1`` jobs run in-process (easier
-to debug and to profile), still logging to their files.
+stderr and traceback), shows one progress bar over finished jobs, and raises a UserError if
+any job fails: a job's own UserError (bad input it found) comes back as that message, prefixed
+by the job and its log; a job that crashed (any other exception, or a process that died) has
+the last lines of its log printed before the error. With ``nj == 1`` jobs run in-process
+(easier to debug and to profile), still logging to their files.
+
+Worker processes die with their parent (Linux PR_SET_PDEATHSIG): a killed run leaves no jobs
+behind that would go on writing into the logs of its rerun.
 
 Parallel jobs run single-threaded (torch and numpy's OpenBLAS) unless told otherwise: ``nj``
 processes already fill the cores, and idle library threads spinning beside them cost several
@@ -12,10 +17,12 @@ times the CPU time for no gain (measured: a GMM realignment pass 5-7 s of CPU wi
 1.4 s without).
 """
 
+import concurrent.futures
 import contextlib
 import functools
 import multiprocessing as mp
 import os
+import signal
 import sys
 import traceback
 
@@ -38,6 +45,8 @@ def split_evenly(items, n):
 
 
 def _run_one(payload):
+    """Run one job into its log: (True, result), (False, ("user", message)) for a UserError,
+    or (False, ("crash", last line of the traceback))."""
     fn, args, log_path, threads = payload
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
@@ -53,10 +62,60 @@ def _run_one(payload):
                 result = fn(*args)
             log.write("# finished ok\n")
             return True, result
-        except BaseException:  # noqa: BLE001 - reported through the log
+        except (KeyboardInterrupt, SystemExit) as e:
+            log.write("# interrupted\n")
+            if _IN_WORKER:  # the executor would keep a worker alive past a SystemExit
+                log.flush()
+                os._exit(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)
+            raise
+        except UserError as e:
+            log.write(f"error: {e}\n# failed\n")
+            return False, ("user", str(e))
+        except BaseException as e:  # noqa: BLE001 - reported through the log
             log.write(traceback.format_exc())
             log.write("# failed\n")
-            return False, None
+            return False, ("crash", f"{type(e).__name__}: {e}".splitlines()[0])
+
+
+_IN_WORKER = False
+
+
+def _worker_init(parent):
+    """Pool initializer: a worker dies with its parent, and SIGTERM (from the dying parent or
+    its clean-up) unwinds it, so the job's temporary files are removed on the way out. Ctrl-C
+    is left to the parent, which stops its workers."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def die_with_parent(parent):
+    """Have the kernel send SIGTERM to this process when its parent (pid ``parent``) dies
+    (Linux PR_SET_PDEATHSIG; elsewhere nothing is done)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def log_tail(path, n=10):
+    """The last ``n`` lines of a log file (what a crashed job printed last)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.readlines()[-n:]
+    except OSError:
+        return []
 
 
 def run_jobs(fn, job_args, nj, log_dir, name, desc=None, threads_per_job=None):
@@ -74,37 +133,77 @@ def run_jobs(fn, job_args, nj, log_dir, name, desc=None, threads_per_job=None):
     ]
     desc = desc or name
     results = [None] * len(payloads)
-    failed = []
+    failed = {}  # job index -> (kind, message)
     bar = tqdm(total=len(payloads), desc=desc, unit="job", file=sys.stderr, disable=None)
     if nj <= 1 or len(payloads) <= 1:
         for i, p in enumerate(payloads):
             ok, results[i] = _run_one(p)
             if not ok:
-                failed.append(i)
+                failed[i], results[i] = results[i], None
             bar.update(1)
     else:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(min(nj, len(payloads))) as pool:
-            for i, (ok, res) in _imap_indexed(pool, payloads):
-                results[i] = res
-                if not ok:
-                    failed.append(i)
-                bar.update(1)
+        _run_pool(payloads, min(nj, len(payloads)), results, failed, bar)
     bar.close()
     if failed:
-        logs = ", ".join(payloads[i][2] for i in sorted(failed))
-        raise UserError(f"{len(failed)} of {len(payloads)} {name} jobs failed; see {logs}")
+        _raise_failed(failed, payloads, name)
     return results
 
 
-def _imap_indexed(pool, payloads):
-    it = pool.imap_unordered(_indexed, list(enumerate(payloads)))
-    yield from it
+def _run_pool(payloads, workers, results, failed, bar):
+    ex = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("fork"), initializer=_worker_init,
+        initargs=(os.getpid(),))
+    try:
+        futures = {ex.submit(_run_one, p): i for i, p in enumerate(payloads)}
+        for fut in concurrent.futures.as_completed(futures):
+            i = futures[fut]
+            try:
+                ok, res = fut.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                # a worker was killed (signal, out of memory): every unfinished job lands here
+                ok, res = False, ("died", "the job's process died")
+            if ok:
+                results[i] = res
+            else:
+                failed[i] = res
+            bar.update(1)
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM through the CLI): stop the workers now, not at exit
+        # (the executor has no public way to reach its processes)
+        for p in list((ex._processes or {}).values()):
+            with contextlib.suppress(Exception):
+                p.terminate()
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
 
 
-def _indexed(ip):
-    i, p = ip
-    return i, _run_one(p)
+def _raise_failed(failed, payloads, name):
+    n = len(payloads)
+    user = [i for i in sorted(failed) if failed[i][0] == "user"]
+    more = f" ({len(failed) - 1} more {name} jobs failed)" if len(failed) > 1 else ""
+    if user:
+        i = user[0]
+        raise UserError(f"{failed[i][1]} [{name} job {i + 1} of {n}, log "
+                        f"{payloads[i][2]}]{more}")
+    # A dead worker fails every job that had not finished; the one that died is among those
+    # whose log was started but has no end marker.
+    crashed = [i for i in sorted(failed) if failed[i][0] == "crash"]
+    if not crashed:
+        crashed = [i for i in sorted(failed) if os.path.isfile(payloads[i][2])
+                   and not _ended(payloads[i][2])] or sorted(failed)
+    i = crashed[0]
+    log = payloads[i][2]
+    print(f"--- last lines of {log} ---", file=sys.stderr)
+    sys.stderr.writelines(log_tail(log))
+    print("---", file=sys.stderr)
+    raise UserError(f"{len(failed)} of {n} {name} jobs failed; job {i + 1}: {failed[i][1]} "
+                    f"(its log {log} ends as printed above)")
+
+
+def _ended(log):
+    tail = log_tail(log, 1)
+    return bool(tail) and tail[-1].startswith(("# finished ok", "# failed"))
 
 
 def _openblas():

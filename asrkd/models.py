@@ -15,7 +15,8 @@ at the utterance edges, as Kaldi's splicing does.
 
 A checkpoint is a plain dict loadable with ``torch.load(weights_only=True)`` (no pickle):
 ``model_config`` (dict), ``state_dict``, ``pdf_counts`` (int64 tensor: the training alignment's
-counts, i.e. the priors for hybrid decoding) and, from training, ``train_config`` and history.
+counts, i.e. the priors for hybrid decoding) and, from training, ``train_config``, history,
+``tree_id`` and ``feature_config`` (what the model's pdfs and inputs are; see asrkd.identity).
 
 Deviations from Kaldi: no LDA/fixed affine input layer, no nnet3 xconfig; priors come from the
 alignment counts (Kaldi nnet3 re-estimates them from the network's posteriors).
@@ -154,10 +155,16 @@ class _AcousticModel(nn.Module):
                 "state_dict": self.state_dict(), **extra}
 
     def save(self, path, **extra):
+        import io
+
         from asrkd.table import atomic_path
 
-        with atomic_path(path) as tmp:
-            torch.save(self.checkpoint(**extra), tmp)
+        # serialised in memory, written by Python: a full disk is then an OSError (ENOSPC)
+        # with the file's name, not torch's internal "unexpected pos" RuntimeError
+        buf = io.BytesIO()
+        torch.save(self.checkpoint(**extra), buf)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
 
     @classmethod
     def from_checkpoint(cls, path_or_dict):
@@ -232,20 +239,64 @@ def build_model(config):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint dict without unpickling code (weights_only)."""
+    """Load a checkpoint dict without unpickling code (weights_only); a UserError names the
+    file and what is wrong with it."""
+    import pickle
+    import zipfile
+
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path}: not a torch checkpoint (garbage or truncated)") from None
+        raise UserError(f"{path}: holds pickled Python objects, not just tensors; refusing "
+                        "to load it (an asrkd checkpoint never does)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an asrkd acoustic model checkpoint")
+    for key, kind in (("model_config", dict), ("state_dict", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise UserError(f"{path}: checkpoint has no {key}")
+    ckpt["path"] = os.fspath(path)
     return ckpt
 
 
 def load_model(path_or_dict):
-    """Checkpoint path (or loaded dict) -> model of the right family, in eval mode."""
+    """Checkpoint path (or loaded dict) -> model of the right family, in eval mode.
+
+    The config and the stored tensor shapes are checked against each other on a weightless
+    ("meta") copy of the model before anything is allocated, and the weights must be finite.
+    The model gets ``tree_id``, ``feature_config`` and ``source`` (the file) from the checkpoint.
+    """
+    from asrkd.finite import check_finite
+
     ckpt = load_checkpoint(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
-    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    where = ckpt.get("path", "checkpoint")
+    try:
+        config = ModelConfig.from_dict(ckpt["model_config"])
+    except (UserError, TypeError) as e:
+        raise UserError(f"{where}: bad model_config: {e}") from None
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    state = ckpt["state_dict"]
+    for k in sorted(set(shapes) | set(state)):
+        got = tuple(state[k].shape) if isinstance(state.get(k), torch.Tensor) else None
+        if got != shapes.get(k):
+            want = "no such tensor" if k not in shapes else f"shape {shapes[k]}"
+            raise UserError(f"{where}: state_dict[{k!r}] is "
+                            f"{'missing' if got is None else f'shape {got}'}, the model_config "
+                            f"gives {want}")
+        check_finite(state[k], f"{where}: state_dict[{k!r}]")
+    model = build_model(config)
+    model.load_state_dict(state)
+    model.tree_id = ckpt.get("tree_id")
+    model.feature_config = ckpt.get("feature_config")
+    model.source = where
     return model.eval()
 
 
@@ -300,4 +351,15 @@ def make_scorer(ckpt_paths, feature_reader):
     if reader_cmvn != models[0].config.cmvn:
         raise UserError(f"models were trained with cmvn={models[0].config.cmvn!r} but the "
                         f"feature reader applies {reader_cmvn!r}")
-    return Scorer(models, feature_reader)
+    from asrkd.identity import check_features, check_tree
+
+    for m in models[1:]:
+        check_tree(models[0].source, models[0].tree_id, m.source, m.tree_id)
+    data = getattr(feature_reader, "data", None)
+    if data is not None:
+        for m in models:
+            check_features(m.source, m.feature_config, m.config.feat_dim, data.path,
+                           feature_reader.dim)
+    scorer = Scorer(models, feature_reader)
+    scorer.tree_id, scorer.source = models[0].tree_id, models[0].source
+    return scorer

@@ -33,6 +33,10 @@ def score(ref_text_path, hyp_path, out_dir):
 
     ref = _read(ref_text_path, "reference")
     hyp = _read(hyp_path, "hypotheses")
+    if not any(words.split() for words in ref.values()):
+        # a WER over zero words would read "%WER 0.00", a perfect score of nothing
+        raise UserError(f"reference {ref_text_path}: no words to score against "
+                        f"({len(ref)} utterances)")
     extra = sorted(set(hyp) - set(ref))
     if extra:
         raise UserError(f"{hyp_path}: {len(extra)} hypotheses have no reference (first: "

@@ -18,14 +18,25 @@ def atomic_path(path):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    # mkstemp makes the file 0600; the renamed file gets the mode open() would have given it
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno:
+            # a failed write (a full disk) names no file: name the one being written
+            raise OSError(e.errno, e.strerror, path) from e
         raise
+
+
+def _umask():
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def read_table(path, multi=False):

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
+from asrkd.identity import check_features, check_tree, feature_config, tree_id
 from asrkd.models import ModelConfig, build_model, load_checkpoint
 from asrkd.table import atomic_path
 
@@ -83,7 +84,7 @@ class TrainConfig(DictConfig):
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.batch_size < 1 or self.lr <= 0 or self.epochs < 1:
+        if self.batch_size < 1 or not self.lr > 0 or self.epochs < 1:  # (a NaN lr too)
             raise UserError("batch_size, lr and epochs must be positive")
         if self.chunk_size < 1:
             raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
@@ -231,11 +232,45 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
     tmp = cache_dir + f".tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        _write_frame_cache(tmp, reader, utts, lengths, offsets, pdf_scp, num_pdfs, ali_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not leave gigabytes behind
+        raise
+    meta = {"data_dir": os.path.abspath(data_dir), "ali_dir": os.path.abspath(ali_dir),
+            "cmvn": cmvn, "utts": utts, "spk": [utt2spk[u] for u in utts],
+            "skipped_unaligned": skipped, "frames": int(offsets[-1]), "dim": reader.dim,
+            "unlabeled": [i for i, u in enumerate(utts) if u not in pdf_scp]}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    try:
+        os.rename(tmp, cache_dir)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return FrameCache(cache_dir)
+
+
+def _open_memmap(path, dtype, shape):
+    """A .npy memmap whose blocks are reserved on disk first: writing into a sparse mapping on
+    a full disk kills the process with SIGBUS; reserving them fails cleanly instead."""
+    size = np.dtype(dtype).itemsize * int(np.prod(shape))
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.path.getsize(path))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror} (reserving {size / 1e6:.3g} MB for the frame "
+                      "cache)", path) from None
+    return arr
+
+
+def _write_frame_cache(tmp, reader, utts, lengths, offsets, pdf_scp, num_pdfs, ali_dir):
     dim = reader.dim
-    feats = np.lib.format.open_memmap(os.path.join(tmp, "feats.npy"), mode="w+",
-                                      dtype=np.float32, shape=(int(offsets[-1]), dim))
-    pdf = np.lib.format.open_memmap(os.path.join(tmp, "pdf.npy"), mode="w+", dtype=np.int32,
-                                    shape=(int(offsets[-1]),))
+    feats = _open_memmap(os.path.join(tmp, "feats.npy"), np.float32, (int(offsets[-1]), dim))
+    pdf = _open_memmap(os.path.join(tmp, "pdf.npy"), np.int32, (int(offsets[-1]),))
     for i, utt in enumerate(tqdm(utts, desc="frame cache", unit="utt", file=sys.stderr,
                                  disable=None)):
         x = reader[utt]
@@ -255,17 +290,6 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
     pdf.flush()
     del feats, pdf
     np.save(os.path.join(tmp, "offsets.npy"), offsets)
-    meta = {"data_dir": os.path.abspath(data_dir), "ali_dir": os.path.abspath(ali_dir),
-            "cmvn": cmvn, "utts": utts, "spk": [utt2spk[u] for u in utts],
-            "skipped_unaligned": skipped, "frames": int(offsets[-1]), "dim": dim,
-            "unlabeled": [i for i, u in enumerate(utts) if u not in pdf_scp]}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f)
-    try:
-        os.rename(tmp, cache_dir)
-    except OSError:  # another process finished the same cache first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return FrameCache(cache_dir)
 
 
 def split_by_speaker(spk, valid_fraction):
@@ -359,9 +383,41 @@ def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1
         if extra is not None:
             batch["extra"] = torch.from_numpy(np.asarray(extra[idx]))
         batch = {k: v.to(device) for k, v in batch.items()}
+        batch["frames"] = idx  # numpy, for naming the utterances of a batch that goes wrong
         if chunk > 1:
             batch["chunk"] = chunk
         yield batch
+
+
+class NonFiniteLoss(UserError):
+    """A training loss went NaN/Inf: the epoch stops before any update or checkpoint from it."""
+
+    def __init__(self, epoch, utts, exp_dir):
+        if utts is None:
+            where = " on the validation set"
+        else:
+            rows, utts = utts
+            where = ("; non-finite values in the batch rows of " if rows else
+                     f" in a batch of {len(utts)} utterance(s): ") + ", ".join(utts[:5]) + (
+                         ", ..." if len(utts) > 5 else "")
+        super().__init__(f"{exp_dir}: epoch {epoch}: the loss is NaN or Inf{where}; no "
+                         "checkpoint of this epoch was written (check those utterances' "
+                         "features and targets, or lower the learning rate)")
+
+
+def _batch_utts(cache, batch, logits):
+    """(True, utterances of the rows holding NaN/Inf inputs, targets or logits), or (False,
+    all utterances of the batch) when no row does (the loss itself overflowed)."""
+    n = len(batch["frames"])
+    bad = np.zeros(n, dtype=bool)
+    for k, v in (("x", batch["x"]), ("extra", batch.get("extra")), ("logits", logits)):
+        if v is not None and torch.is_floating_point(v):
+            finite = torch.isfinite(v.detach().reshape(v.shape[0], -1)).all(1).cpu().numpy()
+            if k == "x" and "chunk" in batch:  # (B, chunk + context, D): B pieces of frames
+                finite = np.repeat(finite, batch["chunk"])
+            bad |= ~finite
+    idx = batch["frames"][bad] if bad.any() else batch["frames"]
+    return bool(bad.any()), [cache.utts[u] for u in np.unique(cache.utt_index[idx])]
 
 
 def _forward(model, batch):
@@ -394,6 +450,17 @@ def _last_epoch_checkpoint(exp_dir):
         if m and (best is None or int(m.group(1)) > best[0]):
             best = (int(m.group(1)), p)
     return best[1] if best else None
+
+
+def _load_epoch_checkpoint(path):
+    """An epoch{N}.pt, with the keys resuming reads checked (a tampered file is named)."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("optimizer", "schedule", "history", "train_config", "seed")
+               if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: not an epoch checkpoint (no {', '.join(missing)}); delete it "
+                        "to retrain that epoch")
+    return ckpt
 
 
 def _check_same_run(ckpt, model_config, train_config, seed, exp_dir):
@@ -485,16 +552,20 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
              "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
     history = []
 
+    ali_tree = tree_id(ali_dir)
     last = _last_epoch_checkpoint(exp_dir)
     if last is not None:
-        ckpt = load_checkpoint(last)
+        ckpt = _load_epoch_checkpoint(last)
         _check_same_run(ckpt, model_config, train_config, seed, exp_dir)
+        check_tree(last, ckpt.get("tree_id"), ali_dir, ali_tree)
+        check_features(last, ckpt.get("feature_config"), None, data_dir)
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         state, history = dict(ckpt["schedule"]), list(ckpt["history"])
         print(f"resuming after epoch {state['epoch']} ({last})", file=sys.stderr)
     elif init_from is not None:
         src = load_checkpoint(init_from)
+        check_tree(init_from, src.get("tree_id"), ali_dir, ali_tree)
         try:
             model.load_state_dict(src["state_dict"])
         except RuntimeError as e:
@@ -520,7 +591,8 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                                                                 ignore_index=-1))
     common = {"pdf_counts": torch.from_numpy(pdf_counts), "train_config": train_config.to_dict(),
               "seed": int(seed), "data_dir": os.path.abspath(data_dir),
-              "ali_dir": os.path.abspath(ali_dir)}
+              "ali_dir": os.path.abspath(ali_dir), "tree_id": ali_tree,
+              "feature_config": feature_config(data_dir)}
     try:
         while not state["stop"] and state["epoch"] < train_config.epochs:
             epoch = state["epoch"] + 1
@@ -541,6 +613,8 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                                   train_config.device, chunk):
                 logits = _forward(model, batch)
                 loss = loss_fn(logits, batch)
+                if not torch.isfinite(loss.detach()).item():
+                    raise NonFiniteLoss(epoch, _batch_utts(cache, batch, logits), exp_dir)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -553,6 +627,8 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             bar.close()
             train_seconds = time.time() - t0
             valid_loss, valid_acc = _evaluate(model, cache, valid_utts, train_config.device)
+            if not np.isfinite(valid_loss):
+                raise NonFiniteLoss(epoch, None, exp_dir)
             # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
             if train_config.newbob_metric == "loss":
                 score = -valid_loss
@@ -680,7 +756,7 @@ def is_finished(exp_dir):
     last = _last_epoch_checkpoint(exp_dir)
     if last is None or not os.path.isfile(os.path.join(exp_dir, "final.pt")):
         return False
-    ckpt = load_checkpoint(last)
+    ckpt = _load_epoch_checkpoint(last)
     s = ckpt["schedule"]
     return bool(s["stop"] or s["epoch"] >= ckpt["train_config"]["epochs"])
 

@@ -5,6 +5,10 @@
 # A stage runs when stage <= N <= stop_stage and its done-marker exp/.done/N is absent; its wall
 # time is appended to exp/timings.tsv. Remove exp/.done/N (or use --force) to run it again.
 
+# Every asrkd command of a recipe stops (SIGTERM, cleaning up) when the recipe's shell dies, so
+# a killed recipe leaves no stage running on its own, writing into the logs of its rerun.
+export ASRKD_DIE_WITH_PARENT=$$
+
 log() {
   local fname=${BASH_SOURCE[1]##*/}
   echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"

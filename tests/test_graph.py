@@ -152,3 +152,32 @@ def test_kaldilm_import_order_guard():
     code = "import kaldifst, kaldi_hmm_gmm, asrkd.graph, asrkd.lang, asrkd.lm; import kaldilm"
     r = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_make_graph_rebuilds_for_another_tree_and_decode_checks_it(setup, tmp_path):
+    """An HCLG newer than a second model's files is still the first model's graph: make-graph
+    rebuilds it, and a graph dir whose final.mdl is not the HCLG's tree is refused."""
+    import shutil
+
+    from asrkd.decode import load_graph
+    from asrkd.errors import UserError
+    from asrkd.gmm import GmmModel, save_model
+    from asrkd.identity import tree_id
+
+    d, lang, _ = setup
+    graph = str(tmp_path / "graph")
+    for name, (ctx, tm) in (("mono", _monophone(lang)), ("tri", _triphone(lang))):
+        save_model(GmmModel(tm=tm, ctx=ctx, am=None), str(tmp_path / name))
+    for f in ("final.mdl", "tree"):  # tri's files are older than the mono graph to come
+        os.utime(tmp_path / "tri" / f, (1e9, 1e9))
+    make_graph(lang.dir, str(tmp_path / "mono"), graph, str(d / "lm.arpa"))
+    assert open(os.path.join(graph, "HCLG.tree_id")).read().strip() == tree_id(graph)
+    mono_hclg = open(os.path.join(graph, "HCLG.fst"), "rb").read()
+    make_graph(lang.dir, str(tmp_path / "tri"), graph, str(d / "lm.arpa"))
+    assert open(os.path.join(graph, "HCLG.fst"), "rb").read() != mono_hclg
+    assert open(os.path.join(graph, "HCLG.tree_id")).read().strip() == tree_id(
+        str(tmp_path / "tri")) != tree_id(str(tmp_path / "mono"))
+    load_graph(graph)
+    shutil.copyfile(tmp_path / "mono" / "final.mdl", os.path.join(graph, "final.mdl"))
+    with pytest.raises(UserError, match=r"HCLG.fst \(tree [0-9a-f]+\) and .*final.mdl \(tree "):
+        load_graph(graph)

@@ -100,3 +100,14 @@ def test_scorer_is_log_mean_posterior_minus_log_prior(tmp_path):
 
     with pytest.raises(UserError):
         make_scorer(paths, MeanOnly(feats))
+
+
+def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
+    """The checkpoint's zip records no temporary file name (torch names them after the file)."""
+    from asrkd.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(feat_dim=4, num_pdfs=3, hidden_dims=[8]))
+    m.save(tmp_path / "a.pt")
+    m.save(tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

@@ -1,0 +1,113 @@
+"""Artefact identity: what a later stage checks before it trusts an earlier stage's output.
+
+Equal pdf counts are not enough: two triphone systems trained with the same ``--num-leaves``
+have the same number of pdfs but different trees, and their pdf ids mean different states.
+Two identities are therefore carried from stage to stage and compared by every consumer, which
+names, in one line, the two things that disagree:
+
+- the **tree id**: a content hash of a GMM-HMM's tree and HMM topology, which together fix its
+  transition-ids and pdfs (the transition probabilities, which EM changes, are left out). Model,
+  alignment and graph dirs all hold ``final.mdl`` + ``tree``, so their id is computed from the
+  files; DNN checkpoints and soft-target stores record the id of the alignment they were
+  trained from (``tree_id``).
+- the **feature config**: ``DATA_DIR/feat_config.yaml``, written by compute-feats (every
+  extraction option, ``type`` first; the dimension follows from it). Checkpoints record the
+  config of their training data (``feature_config``) next to ``model_config.feat_dim``.
+
+Artefacts from before these ids existed carry none; they are then not compared.
+"""
+
+import hashlib
+import os
+
+from asrkd.errors import UserError
+
+FEATURE_CONFIG = "feat_config.yaml"
+
+_TREE_IDS = {}  # (path, size, mtime) -> id: a decode or training run asks several times
+
+
+def tree_id(model_dir):
+    """Tree id (16 hex digits) of a model, alignment or graph dir (or a final.mdl); None
+    when it holds no final.mdl."""
+    import numpy as np
+
+    path = os.path.join(model_dir, "final.mdl") if os.path.isdir(model_dir) else model_dir
+    if not os.path.isfile(path):
+        return None
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _TREE_IDS:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                topo, ctx = str(z["topo"]), np.asarray(z["ctx"], dtype=np.int8).tobytes()
+        except (ValueError, KeyError, OSError) as e:
+            raise UserError(f"{path}: not an asrkd GMM model ({e})") from None
+        h = hashlib.sha256()
+        h.update(topo.encode())
+        h.update(b"\0")
+        h.update(ctx)
+        _TREE_IDS[key] = h.hexdigest()[:16]
+    return _TREE_IDS[key]
+
+
+def check_tree(a_what, a_id, b_what, b_id):
+    """UserError unless two tree ids agree (either None: nothing to compare)."""
+    if a_id is not None and b_id is not None and a_id != b_id:
+        raise UserError(f"{a_what} (tree {a_id}) and {b_what} (tree {b_id}) come from different "
+                        "triphone trees: their pdf ids mean different states")
+
+
+def write_feature_config(data_dir, config):
+    """Write ``data_dir/feat_config.yaml`` (a FbankConfig / MfccConfig) atomically."""
+    import yaml
+
+    from asrkd.table import atomic_path
+
+    with atomic_path(os.path.join(data_dir, FEATURE_CONFIG)) as tmp, open(tmp, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+
+
+def feature_config(data_dir):
+    """The feature config dict of a data dir's features, or None if it records none."""
+    import yaml
+
+    path = os.path.join(data_dir, FEATURE_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: unreadable feature config ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a feature config (expected option: value lines)")
+    try:
+        feature_dim(d)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return d
+
+
+def feature_dim(config_dict):
+    """Dimension of the features a config dict describes."""
+    from asrkd.features import config_from_dict
+
+    return config_from_dict(config_dict).dim
+
+
+def check_features(model_what, model_config, model_dim, data_dir, data_dim=None):
+    """UserError unless a model's features (config dict or None, dim or None) are those of
+    ``data_dir`` (its feat_config.yaml; ``data_dim``: the dim its reader gives, if known)."""
+    have = feature_config(data_dir)
+    if model_config is not None and have is not None and model_config != have:
+        keys = sorted((k for k in set(model_config) | set(have)
+                       if model_config.get(k) != have.get(k)), key=lambda k: (k != "type", k))
+        diff = ", ".join(f"{k}={model_config.get(k)!r} vs {have.get(k)!r}" for k in keys[:3])
+        raise UserError(f"{model_what} was trained on other features than {data_dir} has "
+                        f"({diff}); recompute the features with the model's config")
+    if data_dim is None and have is not None:
+        data_dim = feature_dim(have)
+    if model_dim and data_dim and model_dim != data_dim:
+        raise UserError(f"{model_what} takes {model_dim}-dim features but {data_dir} has "
+                        f"{data_dim}-dim ones")

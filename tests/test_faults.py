@@ -1,0 +1,693 @@
+"""Bad input, tampered artefacts and faults: each gives a clear one-line error (exit 1) or a
+counted, logged skip, never a result from bad data with exit 0.
+
+Every case builds its fault on tiny data: a NaN sample, a truncated file, a checkpoint of
+another tree, a full disk (a file size limit), a killed parent process, ...
+"""
+
+import glob
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import kaldiio
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from asrkd.cli import main
+from asrkd.errors import UserError
+from asrkd.table import ArkWriter, write_table
+from test_decode import _data_dir, _word_loop_graph
+from test_gmm import make_corpus as make_gmm_corpus
+from test_train import MC, TC, make_corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _error_line(capsys, verb):
+    """The CLI's stderr: exactly one "asrkd VERB: error: ..." line, returned."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"asrkd {verb}: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Audio: NaN samples and truncated files are rejected (counted) at preparation
+
+
+def _librispeech(root, utts):
+    """A one-chapter LibriSpeech-layout subset; ``utts``: utt suffix -> (samples, subtype)."""
+    chap = os.path.join(root, "19", "198")
+    os.makedirs(chap)
+    with open(os.path.join(chap, "19-198.trans.txt"), "w") as f:
+        for n in sorted(utts):
+            f.write(f"19-198-{n} HELLO WORLD\n")
+    for n, (x, subtype) in utts.items():
+        # a float WAV under a .flac name: libsndfile reads by content, as prepare-data does
+        fmt = "WAV" if subtype == "FLOAT" else "FLAC"
+        soundfile.write(os.path.join(chap, f"19-198-{n}.flac"), x, 16000, format=fmt,
+                        subtype=subtype)
+    return root
+
+
+def _speech(seed, n=16000):
+    return (np.random.default_rng(seed).normal(size=n) * 0.1).astype(np.float32)
+
+
+def test_prepare_rejects_nan_and_truncated_audio_and_counts_them(tmp_path, capsys):
+    nan = _speech(1)
+    nan[[100, 5000]] = np.nan
+    corpus = _librispeech(str(tmp_path / "corpus"), {
+        "0000": (_speech(0), "PCM_16"), "0001": (nan, "FLOAT"), "0002": (_speech(2), "PCM_16"),
+        "0003": (_speech(3) * np.float32(np.inf), "FLOAT")})
+    trunc = os.path.join(corpus, "19", "198", "19-198-0002.flac")
+    data = open(trunc, "rb").read()
+    open(trunc, "wb").write(data[: len(data) // 2])  # the header still gives the full length
+    out = str(tmp_path / "data")
+    assert main(["prepare-data", corpus, out]) == 0
+    assert "1 kept, 3 rejected (corrupt-audio: 1, nonfinite-audio: 2)" in capsys.readouterr().out
+    rejected = open(os.path.join(out, "log", "rejected.txt")).read()
+    assert "19-198-0001 nonfinite-audio 2 NaN/Inf samples" in rejected
+    assert "19-198-0002 corrupt-audio decoding fails after" in rejected
+    assert open(os.path.join(out, "wav.scp")).read().split()[0] == "19-198-0000"
+
+
+def test_features_of_nan_audio_are_an_error_naming_the_utterance(tmp_path, capsys):
+    """A wav.scp pointing at NaN audio (prepared elsewhere): compute-feats names the file, and
+    the job's error reaches the terminal (nj 2), not just "1 of 2 jobs failed"."""
+    corpus = _librispeech(str(tmp_path / "corpus"), {"0000": (_speech(0), "PCM_16"),
+                                                    "0001": (_speech(1), "PCM_16")})
+    data = str(tmp_path / "data")
+    assert main(["prepare-data", corpus, data]) == 0
+    bad = str(tmp_path / "nan.wav")
+    x = _speech(5)
+    x[7] = np.nan
+    soundfile.write(bad, x, 16000, subtype="FLOAT")
+    wav = dict(line.split() for line in open(os.path.join(data, "wav.scp")))
+    wav["19-198-0001"] = bad
+    write_table(os.path.join(data, "wav.scp"), wav)
+    capsys.readouterr()
+    assert main(["compute-feats", data, str(tmp_path / "fbank"), "--nj", "2"]) == 1
+    line = _error_line(capsys, "compute-feats")
+    assert f"19-198-0001: audio {bad}: 1 of 16000 values are NaN or Inf" in line
+    assert "job 2 of 2" in line
+    assert not os.path.exists(os.path.join(data, "feats.scp"))
+
+
+# --------------------------------------------------------------------------------------------
+# Features and CMVN: NaN stops at the reader and at compute-cmvn
+
+
+def _poison_features(data, utt, tmp_path):
+    """Rewrite ``utt``'s features in a new archive with one NaN (feats.scp repointed)."""
+    scp = dict(line.split() for line in open(os.path.join(data, "feats.scp")))
+    x = kaldiio.load_mat(scp[utt]).copy()
+    x[3, 2] = np.nan
+    with ArkWriter(str(tmp_path / "bad.ark"), str(tmp_path / "bad.scp")) as w:
+        w[utt] = x
+    scp[utt] = open(tmp_path / "bad.scp").read().split()[1]
+    write_table(os.path.join(data, "feats.scp"), scp)
+
+
+def test_nan_features_stop_cmvn_and_training(tmp_path, capsys):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    utt = "102-1-0001"
+    _poison_features(data, utt, tmp_path)
+    assert main(["compute-cmvn", data]) == 1
+    line = _error_line(capsys, "compute-cmvn")
+    assert f"utterance {utt} (speaker 102): 1 of " in line and "NaN or Inf" in line
+    # training on them (CMVN of before): the frame cache names the utterance
+    from asrkd.train import train_model
+
+    with pytest.raises(UserError, match=f"features of {utt}: 1 of \\d+ values are NaN"):
+        train_model(data, ali, str(tmp_path / "exp"), MC, TC, seed=1)
+    assert not os.path.exists(tmp_path / "exp" / "final.pt")
+
+
+def test_validate_data_dir_values_finds_nan_features(tmp_path, capsys):
+    data, _ = make_corpus(str(tmp_path / "c"))
+    assert main(["validate-data-dir", data, "--need", "utt2spk", "--values"]) == 0
+    _poison_features(data, "105-1-0000", tmp_path)
+    assert main(["validate-data-dir", data, "--need", "utt2spk"]) == 0  # headers only
+    capsys.readouterr()
+    assert main(["validate-data-dir", data, "--need", "utt2spk", "--values"]) == 1
+    assert "features of 105-1-0000: 1 of" in _error_line(capsys, "validate-data-dir")
+
+
+def test_nan_cmvn_stats_are_an_error_naming_the_speaker(tmp_path):
+    from asrkd.features import FeatureReader
+
+    data, _ = make_corpus(str(tmp_path / "c"))
+    cmvn = dict(line.split() for line in open(os.path.join(data, "cmvn.scp")))
+    st = kaldiio.load_mat(cmvn["103"]).copy()
+    st[1, 0] = np.inf
+    with ArkWriter(str(tmp_path / "cmvn2.ark"), str(tmp_path / "cmvn2.scp")) as w:
+        w["103"] = st
+    cmvn["103"] = open(tmp_path / "cmvn2.scp").read().split()[1]
+    write_table(os.path.join(data, "cmvn.scp"), cmvn)
+    with pytest.raises(UserError, match="CMVN stats of speaker 103: 1 of 18 values are NaN"):
+        FeatureReader(data, cmvn="meanvar")
+
+
+# --------------------------------------------------------------------------------------------
+# Training: a non-finite loss stops the epoch, names it and the batch's utterances; bad targets
+
+
+def test_out_of_range_pdf_id_in_an_alignment_is_an_error(tmp_path, capsys):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    scp = dict(line.split() for line in open(os.path.join(ali, "pdf.scp")))
+    y = kaldiio.load_mat(scp["101-1-0003"]).copy()
+    y[4] = 99
+    with ArkWriter(str(tmp_path / "p.ark"), str(tmp_path / "p.scp")) as w:
+        w["101-1-0003"] = y
+    scp["101-1-0003"] = open(tmp_path / "p.scp").read().split()[1]
+    write_table(os.path.join(ali, "pdf.scp"), scp)
+    assert main(["train", data, ali, str(tmp_path / "exp")]) == 1
+    assert "101-1-0003: pdf ids outside [0, 6)" in _error_line(capsys, "train")
+    assert not os.path.exists(tmp_path / "exp" / "final.pt")
+
+
+
+def test_nan_loss_stops_training_naming_epoch_and_utterances(tmp_path):
+    """Poisoned extra (soft) targets for one utterance: training must not write a model."""
+    from asrkd.train import split_by_speaker, train_model
+
+    data, ali = make_corpus(str(tmp_path / "c"))
+    frames = dict(line.split() for line in open(os.path.join(data, "utt2num_frames")))
+    extra = {u: np.zeros((int(n), 1), dtype=np.float32) for u, n in frames.items()}
+    spk = [u.split("-")[0] for u in sorted(frames)]
+    train_utts, _ = split_by_speaker(spk, TC.valid_fraction)
+    bad = sorted(frames)[train_utts[-1]]  # one the epoch trains on
+    extra[bad][10] = np.nan
+
+    def loss_fn(logits, batch):  # CE plus a (soft) term that carries the NaN
+        return torch.nn.functional.cross_entropy(logits, batch["y"]) + batch["extra"].mean()
+
+    exp = str(tmp_path / "exp")
+    with pytest.raises(UserError, match=rf"epoch 1: the loss is NaN or Inf; non-finite values "
+                                        rf"in the batch rows of {bad};"):
+        train_model(data, ali, exp, MC, TC, seed=1, extra_targets=extra, loss_fn=loss_fn)
+    assert glob.glob(os.path.join(exp, "*.pt")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# GMM-HMM systems: two trees with the same pdf count; tampered GMM archives
+
+
+@pytest.fixture(scope="module")
+def systems(tmp_path_factory):
+    """Two triphone systems with 60 leaves each but different trees (other corpora), the
+    alignments of corpus A by each, a data dir of corpus A, a DNN trained on A's alignments and
+    the graphs of both trees."""
+    from asrkd.align import align
+    from asrkd.features import MfccConfig
+    from asrkd.gmm import train_mono, train_tri
+    from asrkd.identity import write_feature_config
+    from asrkd.train import train_model
+
+    root = tmp_path_factory.mktemp("systems")
+    out = {"root": root}
+    train_a, _, lang_a = make_gmm_corpus(str(root / "corpus"))
+    mono = str(root / "mono")
+    train_mono(train_a, lang_a, mono, num_iters=10, num_gauss=100)
+    align(train_a, lang_a, mono, str(root / "mono_ali"))
+    # the same data, leaf count and pdf count; another minimum leaf count grows another tree
+    for name, min_count in (("a", 20), ("b", 5)):
+        tri = str(root / f"tri_{name}")
+        train_tri(train_a, lang_a, str(root / "mono_ali"), tri, num_leaves=60, num_gauss=200,
+                  num_iters=8, min_count=min_count)
+        out[name] = (train_a, lang_a, tri)
+    data = _data_dir(str(root / "data_a"), train_a, None)
+    write_feature_config(data, MfccConfig())  # 13 dims, as the synthetic features
+    out["data"] = data
+    for name in ("a", "b"):  # corpus A aligned by each tree
+        out[f"ali_{name}"] = str(root / f"ali_{name}")
+        align(train_a, lang_a, out[name][2], out[f"ali_{name}"])
+        out[f"graph_{name}"] = _word_loop_graph(lang_a, out[name][2], str(root / f"graph_{name}"))
+    tc = TC.__class__(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1})
+    mc = MC.__class__(**{**MC.to_dict(), "cmvn": "mean"})
+    out["dnn"] = train_model(data, out["ali_a"], str(root / "teachers" / "model1"), mc, tc, 1)
+    return out
+
+
+def test_two_trees_same_pdf_count_are_told_apart(systems):
+    from asrkd.gmm import load_model
+    from asrkd.identity import tree_id
+
+    a, b = systems["a"][2], systems["b"][2]
+    assert load_model(a).num_pdfs == load_model(b).num_pdfs == 60  # the count cannot tell
+    assert tree_id(a) != tree_id(b)
+    assert tree_id(systems["ali_a"]) == tree_id(a) == tree_id(systems["graph_a"])
+    ckpt = torch.load(systems["dnn"], weights_only=True)
+    assert ckpt["tree_id"] == tree_id(a)
+    assert ckpt["feature_config"]["type"] == "mfcc"
+
+
+def test_decoding_a_dnn_over_another_trees_graph_is_an_error(systems, tmp_path, capsys):
+    args = [systems["graph_b"], systems["data"], systems["dnn"], str(tmp_path / "dec")]
+    assert main(["decode", *args, "--acwt", "0.1"]) == 1
+    line = _error_line(capsys, "decode")
+    assert f"{systems['dnn']} (tree " in line and f"{systems['graph_b']} (tree " in line
+    assert "different triphone trees" in line
+    assert not os.path.exists(tmp_path / "dec" / "hyp.txt")
+    # and frame accuracy against the other tree's alignments
+    assert main(["decode", systems["graph_a"], systems["data"], systems["dnn"],
+                 str(tmp_path / "dec2"), "--acwt", "0.1", "--ali-dir", systems["ali_b"]]) == 1
+    assert systems["ali_b"] in _error_line(capsys, "decode")
+
+
+def test_an_ensemble_of_two_trees_is_an_error(systems, tmp_path, capsys):
+    from asrkd.train import train_model
+
+    tc = TC.__class__(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1})
+    mc = MC.__class__(**{**MC.to_dict(), "cmvn": "mean"})
+    other = train_model(systems["data"], systems["ali_b"], str(tmp_path / "m2"), mc, tc, 2)
+    assert main(["decode", systems["graph_a"], systems["data"], systems["dnn"], other,
+                 str(tmp_path / "dec"), "--acwt", "0.1"]) == 1
+    line = _error_line(capsys, "decode")
+    assert systems["dnn"] in line and other in line and "different triphone trees" in line
+
+
+def test_gmm_decode_over_another_trees_graph_is_an_error(systems, tmp_path, capsys):
+    assert main(["decode", systems["graph_a"], systems["data"], systems["b"][2],
+                 str(tmp_path / "dec"), "--acwt", "0.1"]) == 1
+    assert "different triphone trees" in _error_line(capsys, "decode")
+
+
+def test_distilling_with_another_trees_alignments_is_an_error(systems, tmp_path):
+    from asrkd.distill import compute_soft_targets, distill
+
+    soft = str(tmp_path / "soft")
+    meta = compute_soft_targets(systems["data"], str(systems["root"] / "teachers"), soft)
+    assert meta["tree_id"] is not None
+    with pytest.raises(UserError, match=r"the soft targets .* \(tree [0-9a-f]+\) and .*ali_b "
+                                        r"\(tree [0-9a-f]+\) come from different"):
+        distill(systems["data"], systems["ali_b"], soft, str(tmp_path / "student"), MC, TC)
+    with pytest.raises(UserError, match="different triphone trees"):  # teachers on the fly
+        distill(systems["data"], systems["ali_b"], None, str(tmp_path / "student2"), MC, TC,
+                teachers_dir=str(systems["root"] / "teachers"))
+    assert not os.path.exists(tmp_path / "student" / "final.pt")
+
+
+def test_training_from_another_trees_init_or_resume_is_an_error(systems, tmp_path):
+    from asrkd.train import train_model
+
+    with pytest.raises(UserError, match="different triphone trees"):
+        train_model(systems["data"], systems["ali_b"], str(tmp_path / "x"), MC, TC, 1,
+                    init_from=systems["dnn"])
+    exp = str(tmp_path / "resume")
+    tc1 = TC.__class__(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1})
+    train_model(systems["data"], systems["ali_a"], exp, MC, tc1, 1)
+    with pytest.raises(UserError, match="epoch1.pt .* different triphone trees"):
+        train_model(systems["data"], systems["ali_b"], exp, MC, TC, 1)
+    # an epoch checkpoint without its optimizer state: named, not a KeyError
+    ck = torch.load(os.path.join(exp, "epoch1.pt"), weights_only=True)
+    del ck["optimizer"]
+    torch.save(ck, os.path.join(exp, "epoch1.pt"))
+    with pytest.raises(UserError, match="epoch1.pt: not an epoch checkpoint \\(no optimizer\\)"):
+        train_model(systems["data"], systems["ali_a"], exp, MC, TC, 1)
+
+
+def _tamper_npz(path, **changes):
+    """Rewrite an npz with arrays replaced (value) or removed (None)."""
+    z = dict(np.load(path, allow_pickle=False))
+    for k, v in changes.items():
+        if v is None:
+            z.pop(k)
+        else:
+            z[k] = v
+    with open(path, "wb") as f:
+        np.savez(f, **z)
+
+
+def test_gmm_archive_missing_key_nan_or_truncated_names_the_file(systems, tmp_path, capsys):
+    import shutil
+
+    from asrkd.gmm import load_model
+
+    for case, change in (("missing", {"gmm_inv_vars": None}), ("nan", "nan"),
+                         ("truncated", "truncated")):
+        d = str(tmp_path / case)
+        shutil.copytree(systems["a"][2], d)
+        mdl = os.path.join(d, "final.mdl")
+        if change == "nan":
+            means = np.load(mdl)["gmm_means_invvars"].copy()
+            means[4, 1] = np.nan
+            _tamper_npz(mdl, gmm_means_invvars=means)
+        elif change == "truncated":
+            data = open(mdl, "rb").read()
+            open(mdl, "wb").write(data[: len(data) // 3])
+        else:
+            _tamper_npz(mdl, **change)
+        with pytest.raises(UserError) as e:
+            load_model(d)
+        msg = str(e.value)
+        assert msg.startswith(mdl + ":")
+        assert {"missing": "no 'gmm_inv_vars' array", "nan": "gmm_means_invvars: 1 of",
+                "truncated": "truncated"}[case] in msg
+    # nor is a model with NaN parameters written
+    from asrkd.gmm import am_from_arrays, am_to_arrays, save_model
+
+    m = load_model(systems["a"][2])
+    w, iv, mi = am_to_arrays(m.am)
+    iv[3] = iv[3].copy()
+    iv[3][0, 0] = np.inf
+    m.am = am_from_arrays(w, iv, mi)
+    with pytest.raises(UserError, match=r"final.mdl: gmm_inv_vars: 1 of \d+ values are NaN"):
+        save_model(m, str(tmp_path / "nan_model"))
+    assert not os.path.exists(tmp_path / "nan_model" / "final.mdl")
+    # through the CLI: align with the damaged model is one line
+    assert main(["align", systems["data"], systems["a"][1].dir, str(tmp_path / "missing"),
+                 str(tmp_path / "ali")]) == 1
+    assert "no 'gmm_inv_vars' array" in _error_line(capsys, "align")
+
+
+# --------------------------------------------------------------------------------------------
+# Features: the config carried from compute-feats to checkpoints and consumers
+
+
+def test_feature_config_travels_and_mismatches_are_named(tiny_data, tmp_path):
+    from asrkd.data import combine_data_dirs, subset_data_dir, validate_data_dir
+    from asrkd.features import FeatureReader
+    from asrkd.identity import feature_config
+    from asrkd.models import ModelConfig, build_model, make_scorer
+
+    fb, mf = tiny_data["test"], tiny_data["test_mfcc"]
+    assert feature_config(fb)["type"] == "fbank" and feature_config(mf)["type"] == "mfcc"
+    s1, s2 = str(tmp_path / "s1"), str(tmp_path / "s2")
+    subset_data_dir(fb, s1, s2, num_speakers=1)
+    assert feature_config(s1) == feature_config(fb)
+    with pytest.raises(UserError, match="different configs"):
+        combine_data_dirs(str(tmp_path / "both"), [s2, tiny_data["dev_mfcc"]])
+    # a model trained on fbank, its checkpoint recording the config, scored on MFCC
+    m = build_model(ModelConfig(feat_dim=40, num_pdfs=5, hidden_dims=[8]))
+    m.pdf_counts += 1
+    ck = str(tmp_path / "m.pt")
+    m.save(ck, feature_config=feature_config(fb))
+    with pytest.raises(UserError, match=r"m.pt was trained on other features than .*test_mfcc "
+                                        r"has \(type='fbank' vs 'mfcc', "):
+        make_scorer(ck, FeatureReader(mf, cmvn="meanvar"))
+    # without a recorded config the dims still disagree, in one line
+    m.save(ck)
+    with pytest.raises(UserError, match=r"takes 40-dim features but .*test_mfcc has 13-dim"):
+        make_scorer(ck, FeatureReader(mf, cmvn="meanvar"))
+    # a feat_config.yaml that does not describe the stored features
+    with open(os.path.join(s1, "feat_config.yaml"), "a") as f:
+        f.write("num_mel_bins: 23\n")
+    with pytest.raises(UserError, match="features have dim 40 but feat_config.yaml describes 23"):
+        validate_data_dir(s1)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: corrupt, pickled, inconsistent, non-finite
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from asrkd.models import ModelConfig, build_model
+
+    m = build_model(ModelConfig(feat_dim=4, num_pdfs=3, hidden_dims=[8]))
+    path = str(tmp_path / "ok.pt")
+    m.save(path)
+    return path
+
+
+def test_corrupt_checkpoints_are_named_and_never_unpickled(checkpoint, tmp_path):
+    from asrkd.models import CHECKPOINT_FORMAT, load_model
+
+    data = open(checkpoint, "rb").read()
+    trunc, garbage, empty = (str(tmp_path / n) for n in ("trunc.pt", "garbage.pt", "empty.pt"))
+    open(trunc, "wb").write(data[: len(data) // 2])
+    open(garbage, "wb").write(np.random.default_rng(0).bytes(3000))
+    open(empty, "wb").close()
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = str(tmp_path / "evil.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "model_config": {}, "state_dict": {},
+                "x": Payload()}, evil)
+    for path, what in ((trunc, "truncated or corrupt"), (garbage, "not a torch checkpoint"),
+                       (empty, "truncated or corrupt"), (evil, "holds pickled Python objects")):
+        with pytest.raises(UserError) as e:
+            load_model(path)
+        assert str(e.value).startswith(f"{path}: {what}"), str(e.value)
+        assert "weights_only" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_checkpoint_config_and_shapes_checked_before_allocation(checkpoint, tmp_path):
+    from asrkd.models import load_model
+
+    ck = torch.load(checkpoint, weights_only=True)
+    # a config asking for 10^9 units: allocated, this would need terabytes
+    ck["model_config"]["hidden_dims"] = [10**9]
+    bad = str(tmp_path / "huge.pt")
+    torch.save(ck, bad)
+    with pytest.raises(UserError, match=r"huge.pt: state_dict\['hidden.0.bias'\] is shape "
+                                        r"\(8,\), the model_config gives shape "
+                                        r"\(1000000000,\)"):
+        load_model(bad)
+    ck = torch.load(checkpoint, weights_only=True)
+    ck["model_config"]["hidden_dimz"] = [8]
+    torch.save(ck, bad)
+    with pytest.raises(UserError, match="huge.pt: bad model_config: unknown ModelConfig keys"):
+        load_model(bad)
+    ck = torch.load(checkpoint, weights_only=True)
+    ck["state_dict"]["output.bias"][1] = float("nan")
+    torch.save(ck, bad)
+    with pytest.raises(UserError, match=r"state_dict\['output.bias'\]: 1 of 3 values are NaN"):
+        load_model(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs: errors surface, crashes show their log, dead workers do not hang, orphans die
+
+
+def _user_error_job(i):
+    if i == 2:
+        raise UserError("utt-7: something the user can fix")
+    return i
+
+
+def _crash_job(i):
+    if i == 1:
+        print("reading utt-9")
+        raise ValueError("boom")
+    return i
+
+
+def _killed_job(i):
+    if i == 1:
+        print("about to die")
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i
+
+
+@pytest.mark.parametrize("nj", [1, 2])
+def test_job_user_error_reaches_the_parent_with_its_context(tmp_path, nj):
+    from asrkd.jobs import run_jobs
+
+    with pytest.raises(UserError) as e:
+        run_jobs(_user_error_job, [(i,) for i in range(3)], nj, str(tmp_path), "work")
+    assert str(e.value) == (f"utt-7: something the user can fix [work job 3 of 3, log "
+                            f"{tmp_path}/work.3.log]")
+
+
+@pytest.mark.parametrize("job", [_crash_job, _killed_job])
+def test_crashed_or_killed_job_prints_its_log_tail(tmp_path, capsys, job):
+    from asrkd.jobs import run_jobs
+
+    t0 = time.time()
+    with pytest.raises(UserError, match="jobs failed; job 2: .*work.2.log ends as printed"):
+        run_jobs(job, [(i,) for i in range(3)], 2, str(tmp_path), "work")
+    assert time.time() - t0 < 30  # a dead worker must not hang the pool
+    err = capsys.readouterr().err
+    assert f"--- last lines of {tmp_path}/work.2.log ---" in err
+    assert ("reading utt-9" in err and "ValueError: boom" in err) if job is _crash_job \
+        else "about to die" in err
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """SIGKILL the parent of two sleeping jobs: both workers are gone soon after."""
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {REPO!r})
+        from asrkd.jobs import run_jobs
+        from asrkd.table import atomic_path
+
+        def job(i):
+            with atomic_path(os.path.join({str(tmp_path)!r}, f"out{{i}}")):
+                open(os.path.join({str(tmp_path)!r}, f"pid{{i}}"), "w").write(str(os.getpid()))
+                time.sleep(120)
+
+        run_jobs(job, [(0,), (1,)], 2, {str(tmp_path / "log")!r}, "sleep")
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    pids = []
+    for _ in range(300):
+        pids = [tmp_path / f"pid{i}" for i in range(2)]
+        if all(p.exists() and p.read_text() for p in pids):
+            break
+        time.sleep(0.1)
+    pids = [int(p.read_text()) for p in pids]
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert alive == []
+    assert glob.glob(str(tmp_path / ".out*.tmp")) == []  # the jobs cleaned up as they died
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Files: a full disk during train, modes of atomically written files
+
+
+def _limited(fsize, args):
+    """`asrkd ARGS` in a child whose files may not grow beyond ``fsize`` bytes (the way a full
+    disk looks to a writer: EFBIG here, ENOSPC there; both are handled alike)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "asrkd", *args], capture_output=True, text=True,
+                          preexec_fn=limit, env=env, timeout=120)
+
+
+def test_full_disk_during_train_is_one_line_and_leaves_no_temp_files(tmp_path):
+    data, ali = make_corpus(str(tmp_path / "c"))
+    conf = tmp_path / "dnn.yaml"
+    conf.write_text("model: {left_context: 1, right_context: 1, hidden_dims: [16]}\n"
+                    "train: {epochs: 1, min_epochs: 1, tensorboard: false}\n")
+    exp = tmp_path / "exp"
+    # the frame cache (24 x 60 frames x 8 dims) does not fit
+    r = _limited(20_000, ["train", data, ali, str(exp), "--conf", str(conf)])
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.match(r"asrkd train: error: File too large \(reserving 0\.0\d+ MB for the frame "
+                    r"cache\) writing .*/feats.npy; free space", last), last
+    assert "Traceback" not in r.stderr and "Bus error" not in r.stderr
+    left = [p for p in glob.glob(str(exp / "**"), recursive=True) if os.path.isfile(p)]
+    assert left == []
+    # the cache fits, the checkpoint does not
+    conf.write_text("model: {left_context: 1, right_context: 1, hidden_dims: [2000]}\n"
+                    "train: {epochs: 1, min_epochs: 1, tensorboard: false}\n")
+    r = _limited(100_000, ["train", data, ali, str(exp), "--conf", str(conf)])
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("asrkd train: error: File too large")
+    assert "Traceback" not in r.stderr
+    assert not glob.glob(str(exp / ".*.tmp")) and not glob.glob(str(exp / "*.pt"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_files_get_the_umask_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_table(str(tmp_path / "t"), {"a": "1"})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "t").st_mode & 0o777 == 0o666 & ~umask
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring and decoding options
+
+
+def test_empty_reference_is_an_error_not_a_perfect_score(tmp_path, capsys):
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"
+    ref.write_text("u1\nu2\n")
+    hyp.write_text("u1 HELLO\n")
+    assert main(["score", str(ref), str(hyp), str(tmp_path / "out")]) == 1
+    assert f"reference {ref}: no words to score against (2 utterances)" in _error_line(
+        capsys, "score")
+    ref.write_text("")
+    assert main(["score", str(ref), str(hyp), str(tmp_path / "out")]) == 1
+    _error_line(capsys, "score")
+    assert not (tmp_path / "out" / "wer").exists()
+
+
+@pytest.mark.parametrize("opts,what", [
+    (["--max-active", "100"], "--max-active must be at least the decoder's min-active 200"),
+    (["--beam", "-1"], "--beam and --lattice-beam must be positive"),
+    (["--lattice-beam", "0"], "--beam and --lattice-beam must be positive")])
+def test_bad_decoder_options_are_refused_before_decoding(systems, tmp_path, capsys, opts, what):
+    assert main(["decode", systems["graph_a"], systems["data"], systems["a"][2],
+                 str(tmp_path / "dec"), "--acwt", "0.1", *opts]) == 1
+    assert what in _error_line(capsys, "decode")
+
+
+def test_nan_acoustic_scores_name_the_utterance(systems):
+    from asrkd.decode import decode_loglikes, load_graph
+
+    hclg, tm, _ = load_graph(systems["graph_a"])
+    ll = np.zeros((20, tm.num_pdfs), dtype=np.float32)
+    ll[5, 3] = np.nan
+    with pytest.raises(UserError, match="utt-3: acoustic scores: 1 of 1200 values are NaN"):
+        decode_loglikes(hclg, tm, ll, 0.1, utt="utt-3")
+
+
+
+def test_a_killed_recipe_takes_its_asrkd_commands_with_it(tmp_path):
+    """The recipes' shell (lib.sh) has its asrkd commands die with it: here `asrkd
+    compute-feats` blocked reading its config from a FIFO, its shell killed with SIGKILL."""
+    fifo, pidfile = tmp_path / "fbank.yaml", tmp_path / "pid"
+    os.mkfifo(fifo)
+    script = (f". {REPO}/recipes/lib.sh\n"
+              f"{sys.executable} -m asrkd compute-feats {tmp_path} {tmp_path / 'f'} "
+              f"--conf {fifo} &\necho $! > {pidfile}\nwait\n")
+    shell = subprocess.Popen(["bash", "-c", script], env=dict(os.environ, PYTHONPATH=REPO))
+    for _ in range(300):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    time.sleep(1.0)  # asrkd is up and blocked in open(fifo)
+    assert _alive(pid)
+    shell.kill()
+    shell.wait()
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("asrkd outlived its recipe shell")
+
+
+def test_bad_alignment_and_training_options_are_refused(systems, tmp_path, capsys):
+    assert main(["align", systems["data"], systems["a"][1].dir, systems["a"][2],
+                 str(tmp_path / "ali"), "--beam", "-2"]) == 1
+    assert "need 0 < --beam <= --retry-beam" in _error_line(capsys, "align")
+    from asrkd.train import TrainConfig
+
+    with pytest.raises(UserError, match="lr and epochs must be positive"):
+        TrainConfig(lr=float("nan"))
+    from asrkd.decode import decode_data_dir
+
+    with pytest.raises(UserError, match="acoustic scales must be positive"):
+        decode_data_dir(systems["graph_a"], None, ["u"], str(tmp_path / "d"), float("nan"))

@@ -9,6 +9,16 @@
 # a killed recipe leaves no stage running on its own, writing into the logs of its rerun.
 export ASRKD_DIE_WITH_PARENT=$$
 
+# The same figures on every x86-64 machine: the BLAS (numpy's OpenBLAS, torch's MKL) and torch's
+# own kernels are pinned to their AVX2 code paths. Left to choose, they pick kernels by the CPU
+# (AVX2 or AVX-512, Intel or AMD); the float differences change the tree's splits and the
+# mix-up, and with them every figure of the table (README: "Same numbers twice"). Measured on
+# the demo's training step: no slower on an AVX-512 machine. ASRKD_NATIVE_KERNELS=1 lets the
+# libraries choose.
+if [ "${ASRKD_NATIVE_KERNELS:-0}" != 1 ] && [ "$(uname -m)" = x86_64 ]; then
+  export OPENBLAS_CORETYPE=Haswell MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2
+fi
+
 log() {
   local fname=${BASH_SOURCE[1]##*/}
   echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"

@@ -420,20 +420,27 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
     left, right = gen.left_context, gen.right_context
     valid_y = np.asarray(cache.pdf[valid_frames], dtype=np.int64)
 
-    def evaluate():
-        """(CE, accuracy) of the corrected specialist on all validation frames (real mix)."""
+    def evaluate(generalist=False):
+        """(CE, accuracy) over set + dustbin on all validation frames (the real mix), of the
+        corrected specialist or (``generalist``) of the generalist's collapsed distribution."""
         model.eval()
         loss = correct = 0.0
         with torch.no_grad():
             for s in range(0, len(valid_frames), 4096):
                 x = torch.from_numpy(cache.windows(valid_frames[s:s + 4096], left, right))
                 y = lut[torch.from_numpy(valid_y[s:s + 4096])]
-                z = corrected_logits(model(x), corr)
+                if generalist:
+                    z = collapse(torch.softmax(gen(x), 1), ids).clamp_min(1e-30).log()
+                else:
+                    z = corrected_logits(model(x), corr)
                 loss += F.cross_entropy(z, y, reduction="sum").item()
                 correct += (z.argmax(1) == y).sum().item()
         n = max(len(valid_frames), 1)
         return loss / n, correct / n
 
+    gen_loss, gen_acc = evaluate(generalist=True)
+    print(f"generalist on set + dustbin: valid loss {gen_loss:.4f} acc {gen_acc:.4f}",
+          file=sys.stderr)
     best = (float("inf"), 0.0, None, 0)
     history, t_start = [], time.time()
     for epoch in range(1, cfg.epochs + 1):
@@ -468,6 +475,7 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
     model.load_state_dict(best[2])
     info = {"set": [int(p) for p in set_pdfs], "log_correction": corr, "num_pdfs": num_pdfs,
             "best_epoch": best[3], "valid_loss": best[0], "valid_acc": best[1],
+            "generalist_valid_loss": gen_loss, "generalist_valid_acc": gen_acc,
             "train_seconds": time.time() - t_start, "history": history}
     model.save(final, specialist=info)
     return info
@@ -619,6 +627,7 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
         "specialists": [{"dir": os.path.basename(d), "set": s["pdfs"],
                          "clustering": s["clustering"], "log_correction": i["log_correction"],
                          "valid_acc": i["valid_acc"], "best_epoch": i["best_epoch"],
+                         "generalist_valid_acc": i.get("generalist_valid_acc"),
                          "train_seconds": i["train_seconds"]}
                         for d, s, i in zip(dirs, sets, infos)],
         "seconds": {"sets": cov_seconds, "train_wall": train_wall,

@@ -60,6 +60,9 @@ class SpecialistConfig(DictConfig):
     kmeans_epochs: int = 10
     cov_frames: int = 0  # training frames the covariance is accumulated on (0: all)
     hard_targets: bool = False  # train on alignment labels instead of the collapsed generalist
+    # dustbin logit = log-sum-exp of a full output layer's logits outside the set (training
+    # starts from exactly the generalist); False: one output row for the dustbin
+    pooled_dustbin: bool = True
     epochs: int = 3
     batch_size: int = 512
     lr: float = 0.0003  # Adam; small because training starts from the generalist
@@ -359,23 +362,32 @@ def combine(p_g, spec_probs, sets, active, steps=10, lr=2.0, init="em", method="
 # Specialist models
 
 
-def specialist_from_generalist(generalist, set_pdfs, log_correction=0.0):
-    """A copy of the generalist whose output layer covers set_pdfs + a dustbin.
+def specialist_from_generalist(generalist, set_pdfs, log_correction=0.0, pooled=True):
+    """A specialist initialised from the generalist: logits (N, |S| + 1) via specialist_logits.
 
-    The set's output rows are the generalist's; the dustbin row is the mean of the other rows
-    with bias mean + log(count) (about the log-sum-exp of their logits), minus ``log_correction``
-    (the specialist learns the undersampled dustbin's frequency).
+    ``pooled``: a copy of the generalist whose dustbin logit is the log-sum-exp of its logits
+    outside the set (their biases lowered by ``log_correction``, the undersampled dustbin), so
+    that before training it gives exactly the generalist's collapsed distribution. Otherwise an
+    output layer over the set + one dustbin row: the set's rows are the generalist's, the
+    dustbin's the mean of the others with bias mean + log(count) - log_correction (about the
+    log-sum-exp of their logits).
     """
     from asrkd.models import ModelConfig, build_model
 
+    ids = torch.as_tensor(set_pdfs, dtype=torch.long)
+    rest = torch.ones(generalist.config.num_pdfs, dtype=torch.bool)
+    rest[ids] = False
+    if pooled:
+        model = build_model(ModelConfig.from_dict(generalist.config.to_dict()))
+        model.load_state_dict(generalist.state_dict())
+        with torch.no_grad():
+            model.output.bias[rest] -= log_correction
+        return model
     cfg = ModelConfig.from_dict({**generalist.config.to_dict(), "num_pdfs": len(set_pdfs) + 1})
     model = build_model(cfg)
     src = {k: v for k, v in generalist.state_dict().items()
            if not k.startswith("output.") and k != "pdf_counts"}
     model.load_state_dict(src, strict=False)
-    ids = torch.as_tensor(set_pdfs, dtype=torch.long)
-    rest = torch.ones(generalist.config.num_pdfs, dtype=torch.bool)
-    rest[ids] = False
     gw, gb = generalist.output.weight.detach(), generalist.output.bias.detach()
     with torch.no_grad():
         model.output.weight[:-1] = gw[ids]
@@ -387,6 +399,18 @@ def specialist_from_generalist(generalist, set_pdfs, log_correction=0.0):
             model.output.weight[-1] = 0.0
             model.output.bias[-1] = -30.0
     return model
+
+
+def specialist_logits(model, x, set_pdfs, pooled=True):
+    """(N, |S| + 1) logits over set + dustbin of a specialist from specialist_from_generalist
+    (with the same ``pooled``)."""
+    z = model(x)
+    if not pooled:
+        return z
+    ids = torch.as_tensor(set_pdfs, dtype=torch.long, device=z.device)
+    rest = torch.ones(z.shape[1], dtype=torch.bool, device=z.device)
+    rest[ids] = False
+    return torch.cat([z[:, ids], torch.logsumexp(z[:, rest], 1, keepdim=True)], 1)
 
 
 def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dict, train_frames,
@@ -413,9 +437,11 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
     labels = np.asarray(cache.pdf[train_frames], dtype=np.int64)
     _, corr = specialist_frames(labels, in_set, np.random.default_rng([seed, 0]))
     torch.manual_seed(seed)
-    model = specialist_from_generalist(gen, set_pdfs, corr)
-    counts = np.bincount(lut.numpy()[labels], minlength=len(set_pdfs) + 1)
-    model.pdf_counts.copy_(torch.from_numpy(counts.astype(np.int64)))
+    pooled = cfg.pooled_dustbin
+    model = specialist_from_generalist(gen, set_pdfs, corr, pooled)
+    if not cfg.pooled_dustbin:  # (pooled: the generalist's own counts stay)
+        counts = np.bincount(lut.numpy()[labels], minlength=len(set_pdfs) + 1)
+        model.pdf_counts.copy_(torch.from_numpy(counts.astype(np.int64)))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     left, right = gen.left_context, gen.right_context
     valid_y = np.asarray(cache.pdf[valid_frames], dtype=np.int64)
@@ -432,7 +458,7 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
                 if generalist:
                     z = collapse(torch.softmax(gen(x), 1), ids).clamp_min(1e-30).log()
                 else:
-                    z = corrected_logits(model(x), corr)
+                    z = corrected_logits(specialist_logits(model, x, ids, pooled), corr)
                 loss += F.cross_entropy(z, y, reduction="sum").item()
                 correct += (z.argmax(1) == y).sum().item()
         n = max(len(valid_frames), 1)
@@ -452,7 +478,7 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
         for s in range(0, len(frames), cfg.batch_size):
             f = frames[s:s + cfg.batch_size]
             x = torch.from_numpy(cache.windows(f, left, right))
-            logits = model(x)
+            logits = specialist_logits(model, x, ids, pooled)
             if cfg.hard_targets:
                 y = lut[torch.from_numpy(np.asarray(cache.pdf[f], dtype=np.int64))]
                 loss = F.cross_entropy(logits, y)
@@ -680,6 +706,7 @@ class SpecialistScorer(Scorer):
         self.top_n = self.manifest["top_n"]
         self.steps, self.lr = self.manifest["gd_steps"], self.manifest["gd_lr"]
         self.method = self.manifest.get("combine_method", "gd")
+        self.pooled = self.manifest["config"].get("pooled_dustbin", False)
 
     @torch.no_grad()
     def frame_stats(self, feats, chunk=2048):
@@ -699,7 +726,8 @@ class SpecialistScorer(Scorer):
                     probs.append(None)
                     continue
                 p = p_g.new_zeros(len(x), len(self.sets[m]) + 1)
-                p[idx] = torch.softmax(corrected_logits(model(x[idx]), self.corrections[m]), 1)
+                z = specialist_logits(model, x[idx], self.sets[m], self.pooled)
+                p[idx] = torch.softmax(corrected_logits(z, self.corrections[m]), 1)
                 probs.append(p)
             out["log_q"].append(combine(p_g, probs, self.sets, active, self.steps, self.lr,
                                           method=self.method))

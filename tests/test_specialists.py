@@ -122,6 +122,35 @@ def test_specialist_frames_when_the_set_dominates():
     assert len(idx) == 60 and corr == 0.0  # all 10 rest frames drawn: no undersampling
 
 
+@pytest.mark.parametrize("pooled", [True, False])
+def test_untrained_specialists_leave_the_generalist_unchanged(pooled):
+    from asrkd.models import ModelConfig, build_model
+    from asrkd.specialists import specialist_from_generalist, specialist_logits
+
+    torch.manual_seed(0)
+    gen = build_model(ModelConfig(feat_dim=4, num_pdfs=9, left_context=1, right_context=1,
+                                  hidden_dims=[16])).eval()
+    x = torch.randn(50, 3, 4)
+    p_g = torch.softmax(gen(x), 1).double()
+    sets, corr = [[0, 3, 4], [4, 5, 8, 1]], 1.3
+    probs = []
+    for s in sets:
+        spec = specialist_from_generalist(gen, s, corr, pooled=pooled).eval()
+        with torch.no_grad():
+            z = specialist_logits(spec, x, s, pooled)
+            # before training: the sample's distribution, the corrected one the real one
+            if pooled:
+                assert torch.allclose(torch.softmax(z, 1).double(), collapse(p_g, s, corr),
+                                      atol=1e-6)
+            probs.append(torch.softmax(corrected_logits(z, corr), 1).double())
+    active = torch.ones(50, 2, dtype=torch.bool)
+    q = combine(p_g, probs, sets, active, steps=10).exp()
+    if pooled:  # the combination of copies of p_g is p_g
+        assert torch.allclose(q, p_g, atol=1e-6)
+    else:  # only approximately: the dustbin row is an approximation
+        assert (q.argmax(1) == p_g.argmax(1)).float().mean() > 0.6
+
+
 # --- (a) confusable sets ----------------------------------------------------------------------
 
 

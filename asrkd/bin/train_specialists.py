@@ -20,6 +20,10 @@ def add_arguments(parser):
     parser.add_argument("--hard-targets", action="store_true",
                         help="train on the alignment's labels instead of the generalist's "
                         "distribution collapsed onto set + dustbin")
+    parser.add_argument("--single-dustbin", action="store_true",
+                        help="one output row for the dustbin instead of the log-sum-exp of a "
+                        "full output layer's logits outside the set (with which training "
+                        "starts from exactly the generalist's collapsed distribution)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per specialist (the best "
                         "on the validation speakers is kept)")
     parser.add_argument("--lr", type=float, default=0.0003, help="Adam learning rate")
@@ -50,6 +54,7 @@ def main(args):
 
     config = SpecialistConfig(num_sets=args.num_sets, set_size_max=args.set_size_max,
                               clusterings=args.clusterings, hard_targets=args.hard_targets,
+                              pooled_dustbin=not args.single_dustbin,
                               epochs=args.epochs, lr=args.lr, top_n=args.top_n,
                               gd_steps=args.gd_steps, gd_lr=args.gd_lr,
                               combine_method=args.combine_method, cov_frames=args.cov_frames,

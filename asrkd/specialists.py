@@ -7,8 +7,11 @@ Hinton, Vinyals & Dean (2015), section 5, applied to tied triphone states (pdfs)
   k-means on its columns (``online_kmeans``): pdfs that are predicted together fall in one set.
   Overlap (the paper's sets overlapped): the K sets come from ``clusterings`` k-means runs with
   different seeds (``confusable_sets``), so with 2 runs every pdf is in up to 2 sets.
-- A specialist per set S_m: the generalist's architecture, initialised from its weights, with an
-  output layer over S_m plus one dustbin class for every other pdf. Its training frames
+- A specialist per set S_m: the generalist's architecture, initialised from its weights, with
+  outputs over S_m plus one dustbin class for every other pdf; by default the dustbin's logit is
+  the log-sum-exp of a full output layer's logits outside S_m (``pooled_dustbin``), so that an
+  untrained specialist gives exactly the generalist's collapsed distribution (one output row for
+  the dustbin can only approximate it). Its training frames
   (``specialist_frames``): all frames aligned to a pdf of S_m plus as many drawn at random from
   the rest. The dustbin is undersampled by the factor f = (rest frames) / (drawn rest frames), so
   at inference its logit gets + log f (``dustbin_log_correction``) and its probability matches the
@@ -792,7 +795,6 @@ def specialist_report(spec_dir, data_dir, ali_dir, ensemble_dir=None, name=None,
     """
     from asrkd.data import DataDir
     from asrkd.distill import find_teachers
-    from asrkd.models import Scorer as PlainScorer
     from asrkd.models import load_model
     from asrkd.train import read_alignment_info
 
@@ -847,8 +849,9 @@ def specialist_report(spec_dir, data_dir, ali_dir, ensemble_dir=None, name=None,
             n += scorer.reader.num_frames(u)
             if n >= timing_frames:
                 break
-        plain = PlainScorer([scorer.generalist], scorer.reader)
-        gen_fn = lambda x: plain.models[0].utterance_logits(torch.from_numpy(x))  # noqa: E731
+        def gen_fn(x):
+            return torch.softmax(scorer.generalist.utterance_logits(torch.from_numpy(x)), 1)
+
         cost = {"timing_frames": n,
                 "generalist_us": 1e6 * _time_per_frame(gen_fn, timing, scorer.reader),
                 "combined_us": 1e6 * _time_per_frame(scorer.frame_stats, timing, scorer.reader),

@@ -74,6 +74,18 @@ def test_combination_gradient_descent_reaches_the_minimum():
     assert (obj <= few + 1e-9).all() and (few - obj).max() < 0.02
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_combination_on_gpu_matches_cpu():
+    g = torch.Generator().manual_seed(1)
+    p_g = torch.softmax(torch.randn(300, 40, generator=g), 1)
+    sets = [list(range(0, 12)), list(range(8, 30)), [35, 36]]
+    spec = [torch.softmax(torch.randn(300, len(s) + 1, generator=g), 1) for s in sets]
+    active = active_specialists(p_g, membership(sets, 40), top_n=3)
+    cpu = combine(p_g, spec, sets, active)
+    gpu = combine(p_g.cuda(), [p.cuda() for p in spec], sets, active.cuda())
+    assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
+
+
 def test_active_specialists_from_top_n():
     p_g = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.1, 0.2, 0.6]])
     member = membership([[0], [1, 2], [3]], 4)

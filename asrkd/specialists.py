@@ -66,7 +66,7 @@ class SpecialistConfig(DictConfig):
     # dustbin logit = log-sum-exp of a full output layer's logits outside the set (training
     # starts from exactly the generalist); False: one output row for the dustbin
     pooled_dustbin: bool = True
-    epochs: int = 3
+    epochs: int = 3  # the best on the validation speakers is kept (pooled: epoch 0 competes)
     batch_size: int = 512
     lr: float = 0.0003  # Adam; small because training starts from the generalist
     top_n: int = 1  # the generalist's n best pdfs of a frame choose its specialists
@@ -471,6 +471,8 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
     print(f"generalist on set + dustbin: valid loss {gen_loss:.4f} acc {gen_acc:.4f}",
           file=sys.stderr)
     best = (float("inf"), 0.0, None, 0)
+    if pooled:  # epoch 0 (the generalist itself) competes: a specialist never ends up worse
+        best = (gen_loss, gen_acc, {k: v.clone() for k, v in model.state_dict().items()}, 0)
     history, t_start = [], time.time()
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
@@ -657,6 +659,8 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
                          "clustering": s["clustering"], "log_correction": i["log_correction"],
                          "valid_acc": i["valid_acc"], "best_epoch": i["best_epoch"],
                          "generalist_valid_acc": i.get("generalist_valid_acc"),
+                         "valid_loss": i["valid_loss"],
+                         "generalist_valid_loss": i.get("generalist_valid_loss"),
                          "train_seconds": i["train_seconds"]}
                         for d, s, i in zip(dirs, sets, infos)],
         "seconds": {"sets": cov_seconds, "train_wall": train_wall,

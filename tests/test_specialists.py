@@ -254,6 +254,8 @@ def test_train_specialists_writes_a_decodable_dir(trained):
         cover[s["set"]] += 1
         assert os.path.isfile(os.path.join(d, s["dir"], "final.pt"))
         assert s["log_correction"] >= 0
+        # pooled dustbin: the untrained specialist (= the generalist) competes as epoch 0
+        assert s["valid_loss"] <= s["generalist_valid_loss"] + 1e-5
     assert cover.tolist() == [2] * 8
     assert "| set |" in open(os.path.join(d, "sets.md")).read()
     scorer = make_scorer(d, trained["data"])

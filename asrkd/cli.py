@@ -32,6 +32,8 @@ VERBS = {
     "train-ensemble": "train N DNN acoustic models with different seeds",
     "soft-targets": "store the ensemble's temperature-softened posteriors",
     "distill": "train a student on soft (ensemble) and hard (alignment) targets",
+    "train-specialists": "cluster confusable pdfs and train a specialist model per set",
+    "specialist-report": "coverage table (paper's Table 4) and costs of specialists",
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
     "score": "score hypotheses against reference text (WER)",
     "report": "write the Table-1 style report (results.md, results.json, charts)",

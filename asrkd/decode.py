@@ -218,6 +218,10 @@ def make_scorer(model, data_dir, feats=None):
     from asrkd.features import FeatureReader
 
     models = model if isinstance(model, (list, tuple)) else [model]
+    if len(models) == 1 and os.path.isfile(os.path.join(models[0], "specialists.json")):
+        from asrkd import specialists  # a generalist + specialists dir (train-specialists)
+
+        return specialists.make_scorer(models[0], data_dir, feats)
     if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
         from asrkd.gmm import load_model
         from asrkd.identity import tree_id

@@ -206,6 +206,20 @@ if stage 14 "report"; then
   stage_done 14
 fi
 
+# Off by default (--specialists 0): the paper's sec. 5 on pdfs. The distilled model is the
+# generalist; K specialists on its confusable pdf sets are decoded as one system and their
+# coverage table and costs written to $exp/specialists_K<K>/report_<test>.md.
+if [ "${specialists:-0}" -gt 0 ] && stage 15 "specialists: $specialists on the distilled model's confusable pdf sets"; then
+  spec=$exp/specialists_K$specialists
+  $asrkd_cmd asrkd train-specialists --nj $nj --num-sets $specialists --lang $data/lang \
+    --cache-dir $exp/teachers/frames $exp/distill $data/$train $exp/tri_ali_$train $spec
+  decode_dnn $nj $spec
+  for t in $tests; do
+    asrkd specialist-report --ensemble $exp/teachers $spec $data/$t $exp/tri_ali_$t
+  done
+  stage_done 15
+fi
+
 # A finished run (or a rerun of one, which skips every stage) ends by printing the report.
 if [ "$stop_stage" -ge 14 ] && [ -f $exp/results.md ]; then
   cat $exp/results.md

@@ -14,7 +14,8 @@ def add_arguments(parser):
                                          "DNNs; its text (if any) is the scoring reference")
     parser.add_argument("model", nargs="+",
                         help="GMM model dir (final.mdl), or DNN checkpoint(s), or a dir of "
-                             "model*/final.pt (an ensemble: posteriors averaged)")
+                             "model*/final.pt (an ensemble: posteriors averaged), or a "
+                             "generalist + specialists dir (train-specialists)")
     parser.add_argument("decode_dir", help="output dir: hyp.txt, wer, best_acwt, ...")
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--acwt", type=float, default=None, help="fixed acoustic scale")

@@ -46,6 +46,7 @@ num_models=10
 temperature=1                 # distillation temperature
 alpha=0.5
 topk=50
+specialists=0                 # > 0: stage 15 trains that many specialists (paper sec. 5)
 beam=13
 max_active=7000
 gmm_acwt_grid=0.067,0.083,0.1,0.125
@@ -59,7 +60,7 @@ usage() {
   echo "Options (default):"
   for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers wer_speakers transfer_sets lm_text \
            lm_utt_ids vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
-           tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk beam \
+           tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists beam \
            max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done

@@ -38,6 +38,7 @@ num_models=10          # ensemble size (the paper: 10)
 temperature=1          # distillation temperature
 alpha=0.5              # weight of the soft-target loss (the paper: hard weight 0.5)
 topk=50                # soft targets stored per frame (top-k of the ensemble's distribution)
+specialists=0          # > 0: stage 15 trains that many specialists on the distilled model
 beam=11
 max_active=1000
 gmm_acwt_grid=0.05,0.067,0.1
@@ -53,7 +54,7 @@ usage() {
   for v in stage stop_stage force nj hours num_speakers transfer_hours test_speakers wer_speakers condition seed \
            vocab_size mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
-           alpha topk beam max_active gmm_acwt_grid dnn_acwt_grid; do
+           alpha topk specialists beam max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
 }

@@ -183,8 +183,10 @@ if stage 13 "hybrid decoding of the students, the control and the rest of the en
   stage_done 13
 fi
 
-if stage 14 "report"; then
-  # the systems manifest: what the report reports (key, kind, model dir, compared with, label)
+# The systems manifest (what the report reports: key, kind, model dir, compared with, label),
+# then the report.
+report() {
+  local m
   {
     printf '# key\tkind\tmodel\tcompare\tlabel\n'
     printf 'mono\tgmm\tmono\t-\tGMM monophone\n'
@@ -201,14 +203,18 @@ if stage 14 "report"; then
     fi
     printf 'student_small_hard\tcontrol\tstudent_small_hard\t-\tsmall DNN, hard targets only\n'
     printf 'student_small_kd\tstudent\tstudent_small_kd\tstudent_small_hard\tsmall DNN, distilled\n'
+    for m in $(ls -d $exp/specialists_K* 2>/dev/null | sort -V); do
+      printf '%s\tother\t%s\tdistill\tdistilled DNN + %s specialists\n' ${m##*/} ${m##*/} ${m##*_K}
+    done
   } > $exp/systems.tsv
   asrkd report $exp --test-sets $tests --data $data
+}
+
+if stage 14 "report"; then
+  report
   stage_done 14
 fi
 
-# Off by default (--specialists 0): the paper's sec. 5 on pdfs. The distilled model is the
-# generalist; K specialists on its confusable pdf sets are decoded as one system and their
-# coverage table and costs written to $exp/specialists_K<K>/report_<test>.md.
 if [ "${specialists:-0}" -gt 0 ] && stage 15 "specialists: $specialists on the distilled model's confusable pdf sets"; then
   spec=$exp/specialists_K$specialists
   $asrkd_cmd asrkd train-specialists --nj $nj --num-sets $specialists --lang $data/lang \
@@ -217,6 +223,7 @@ if [ "${specialists:-0}" -gt 0 ] && stage 15 "specialists: $specialists on the d
   for t in $tests; do
     asrkd specialist-report --ensemble $exp/teachers $spec $data/$t $exp/tri_ali_$t
   done
+  report  # with the specialists' row
   stage_done 15
 fi
 

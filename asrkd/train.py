@@ -76,9 +76,12 @@ class TrainConfig(DictConfig):
     num_threads: int = 0  # 0: leave torch's setting
     tensorboard: bool = True
     device: str = "cpu"  # e.g. "cuda"; bit-identical reruns are promised on CPU only
+    # "bf16": forward pass and loss under torch.autocast (bfloat16 matmuls, float32 weights and
+    # optimizer); "fp32": plain float32.
+    precision: str = "fp32"
 
     # Fields that may change between a run and its resumption.
-    RESUMABLE = ("epochs", "min_epochs", "num_threads", "tensorboard", "device")
+    RESUMABLE = ("epochs", "min_epochs", "num_threads", "tensorboard", "device", "precision")
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
@@ -93,6 +96,21 @@ class TrainConfig(DictConfig):
             raise UserError(f"newbob_metric must be 'loss' or 'acc', got {self.newbob_metric!r}")
         if not 0 <= self.valid_fraction < 1:
             raise UserError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                            f"{self.precision!r}")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device, precision):
+    """Context for a forward pass: bfloat16 autocast for ``precision="bf16"``, else a no-op."""
+    import contextlib
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 
@@ -335,20 +353,25 @@ def _chunk_starts(cache, frames, chunk):
     return np.maximum(np.minimum(starts, ends - chunk), lo)
 
 
-def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1):
+def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1, world=None):
     """Minibatches of the frames in the given order (chunk > 1: ``frames`` are chunk starts).
 
     chunk == 1: x (N, C, D) one window per frame. chunk > 1: x (B, chunk + left + right, D), the
     frames of B pieces in order (N = B * chunk rows of y/extra), and batch["chunk"] = chunk.
+    ``world`` (distributed training): ``batch_size`` is the global batch and only this rank's
+    part of each one is read and yielded (it may be empty).
     """
+    from asrkd.distributed import World, local_part
+
+    world = world or World()
     left, right = model.left_context, model.right_context
     step = batch_size if chunk == 1 else max(1, batch_size // chunk)
     for s in range(0, len(frames), step):
         if chunk == 1:
-            idx = frames[s:s + step]
+            idx = local_part(frames[s:s + step], world)
             x = cache.windows(idx, left, right)
         else:
-            starts = frames[s:s + step]
+            starts = local_part(frames[s:s + step], world)
             u = cache.utt_index[starts]
             lo, hi = cache.offsets[u][:, None], cache.offsets[u + 1][:, None] - 1
             idx = np.clip(starts[:, None] + np.arange(chunk), lo, hi).ravel()
@@ -385,6 +408,19 @@ def _evaluate(model, cache, utt_ids, device="cpu"):
         n += int(b - a)
     n = max(n, 1)
     return float(loss / n), float(correct / n)
+
+
+def _evaluate_world(model, cache, utt_ids, device, world):
+    """_evaluate over all ranks: each scores every world.size-th utterance, sums all-reduced."""
+    from asrkd.distributed import all_reduce_sums
+
+    if not world.distributed:
+        return _evaluate(model, cache, utt_ids, device)
+    mine = list(utt_ids)[world.rank::world.size]
+    n = int(sum(cache.offsets[u + 1] - cache.offsets[u] for u in mine))
+    loss, acc = _evaluate(model, cache, mine, device) if mine else (0.0, 0.0)
+    tot_loss, tot_correct, tot_n = all_reduce_sums([loss * n, acc * n, n], world, device)
+    return float(tot_loss / max(tot_n, 1)), float(tot_correct / max(tot_n, 1))
 
 
 def _last_epoch_checkpoint(exp_dir):
@@ -432,7 +468,12 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     ``batch["y"] == -1`` (``loss_fn`` must handle it, e.g. distillation's soft-target term); they
     are never in the validation split.
     A finished run is not redone; an interrupted one resumes after its last epoch checkpoint.
+    Under torchrun every process is one rank of a data-parallel run (asrkd.distributed):
+    ``train_config.batch_size`` is then the global batch, shared out between the ranks.
     """
+    from asrkd.distributed import (all_reduce_gradients, all_reduce_sums, barrier,
+                                   broadcast_parameters, init_world, rank_seed)
+
     model_config = ModelConfig.from_dict(model_config.to_dict())  # a copy we may fill in
     os.makedirs(exp_dir, exist_ok=True)
     final = os.path.join(exp_dir, "final.pt")
@@ -440,10 +481,16 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
         torch.set_num_threads(train_config.num_threads)
     if not 0 < train_fraction <= 1:
         raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    world, device = init_world(train_config.device)
 
     _, pdf_counts, num_pdfs = read_alignment_info(ali_dir)
-    cache = build_frame_cache(data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"),
-                              cmvn=model_config.cmvn, unaligned="keep" if unlabeled else "skip")
+    cache_args = (data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"))
+    cache_kw = {"cmvn": model_config.cmvn, "unaligned": "keep" if unlabeled else "skip"}
+    if not world.is_main:  # rank 0 writes the cache; the others open it once it is there
+        barrier(world)
+    cache = build_frame_cache(*cache_args, **cache_kw)
+    if world.is_main:
+        barrier(world)
     if model_config.num_pdfs not in (0, num_pdfs):
         raise UserError(f"model config says {model_config.num_pdfs} pdfs, {ali_dir} has "
                         f"{num_pdfs}")
@@ -469,6 +516,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                         f"(valid_fraction {train_config.valid_fraction})")
     n_unlab = int((~cache.labeled[train_utts]).sum())
     print(f"train: {len(train_utts)} utts / {len(train_frames)} frames"
+          + (f" (rank {world.rank} of {world.size})" if world.distributed else "")
           + (f" ({n_unlab} utts with no hard targets)" if n_unlab else "")
           + f", valid: {len(valid_utts)} utts / {len(valid_frames)} frames, skipped (no "
           f"alignment): {cache.meta['skipped_unaligned']}", file=sys.stderr)
@@ -477,9 +525,9 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     model = build_model(model_config)
     model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
     try:  # before the optimizer exists, so its loaded state lands on the same device
-        model.to(train_config.device)
+        model.to(device)
     except (RuntimeError, AssertionError) as e:
-        raise UserError(f"device {train_config.device!r}: {e}") from None
+        raise UserError(f"device {device!r}: {e}") from None
     opt = _make_optimizer(model, train_config)
     state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": 0.0,
              "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
@@ -501,17 +549,22 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             raise UserError(f"{init_from}: does not fit the model config: "
                             f"{str(e).splitlines()[0]}") from None
         model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
+    broadcast_parameters(model, world)
     if state["stop"] or state["epoch"] >= train_config.epochs:
         if not os.path.isfile(final):
             raise UserError(f"{exp_dir}: training finished but final.pt is missing")
         return final
     extra = None
     if extra_targets is not None:
-        extra = _extra_memmap(cache, train_utts, extra_targets,
-                              os.path.join(exp_dir, "extra_targets.npy"))
+        extra_path = os.path.join(exp_dir, "extra_targets.npy")
+        if world.is_main:
+            extra = _extra_memmap(cache, train_utts, extra_targets, extra_path)
+        barrier(world)
+        if not world.is_main:
+            extra = np.load(extra_path, mmap_mode="r")
 
     writer = None
-    if train_config.tensorboard:
+    if train_config.tensorboard and world.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(os.path.join(exp_dir, "tensorboard"),
@@ -520,13 +573,13 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                                                                 ignore_index=-1))
     common = {"pdf_counts": torch.from_numpy(pdf_counts), "train_config": train_config.to_dict(),
               "seed": int(seed), "data_dir": os.path.abspath(data_dir),
-              "ali_dir": os.path.abspath(ali_dir)}
+              "ali_dir": os.path.abspath(ali_dir), "world_size": world.size}
     try:
         while not state["stop"] and state["epoch"] < train_config.epochs:
             epoch = state["epoch"] + 1
             t0 = time.time()
             es = _epoch_seed(seed, epoch)
-            torch.manual_seed(es)
+            torch.manual_seed(rank_seed(es, world))
             chunk = train_config.chunk_size
             units = train_frames if chunk == 1 else _chunk_starts(cache, train_frames, chunk)
             frames = np.random.default_rng(es).permutation(units)
@@ -536,23 +589,28 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             model.train()
             tot_loss, tot_correct, tot_n, tot_labeled = 0.0, 0, 0, 0
             bar = tqdm(total=len(frames) * chunk, desc=f"epoch {epoch}", unit="frame", file=sys.stderr,
-                       disable=None, unit_scale=True)
+                       disable=None if world.is_main else True, unit_scale=True)
             for batch in _batches(cache, frames, model, train_config.batch_size, extra,
-                                  train_config.device, chunk):
-                logits = _forward(model, batch)
-                loss = loss_fn(logits, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                                  device, chunk, world):
                 n = len(batch["y"])
-                tot_loss += loss.item() * n
-                tot_correct += (logits.detach().argmax(-1) == batch["y"]).sum().item()
-                tot_labeled += (batch["y"] >= 0).sum().item()
-                tot_n += n
-                bar.update(n)
+                opt.zero_grad(set_to_none=True)
+                if n:  # a rank's part of a short last batch may be empty
+                    with autocast(device, train_config.precision):
+                        logits = _forward(model, batch)
+                        loss = loss_fn(logits, batch)
+                    loss.backward()
+                    tot_loss += loss.item() * n
+                    tot_correct += (logits.detach().argmax(-1) == batch["y"]).sum().item()
+                    tot_labeled += (batch["y"] >= 0).sum().item()
+                    tot_n += n
+                n_global = all_reduce_gradients(model, n, world)
+                opt.step()
+                bar.update(n_global)
             bar.close()
+            tot_loss, tot_correct, tot_n, tot_labeled = all_reduce_sums(
+                [tot_loss, tot_correct, tot_n, tot_labeled], world, device)
             train_seconds = time.time() - t0
-            valid_loss, valid_acc = _evaluate(model, cache, valid_utts, train_config.device)
+            valid_loss, valid_acc = _evaluate_world(model, cache, valid_utts, device, world)
             # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
             if train_config.newbob_metric == "loss":
                 score = -valid_loss
@@ -571,11 +629,12 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                    "valid_acc": valid_acc, "seconds": time.time() - t0, "accepted": accepted,
                    "train_frames_per_second": tot_n / max(train_seconds, 1e-9)}
             history.append(row)
-            print(f"epoch {epoch}: lr {state['lr']:.3g} train loss {row['train_loss']:.4f} "
+            if world.is_main:
+                print(f"epoch {epoch}: lr {state['lr']:.3g} train loss {row['train_loss']:.4f} "
                   f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "
-                  f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
-                  f"{row['seconds']:.1f}s", file=sys.stderr)
-            if accepted:
+                      f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
+                      f"{row['seconds']:.1f}s", file=sys.stderr)
+            if accepted and world.is_main:
                 model.save(final, epoch=epoch, valid_acc=valid_acc, **common)
             elif train_config.reject_worse:
                 best = load_checkpoint(os.path.join(exp_dir, f"epoch{state['best_epoch']}.pt"))
@@ -592,14 +651,16 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             if state["halving"]:
                 state["lr"] *= train_config.halving_factor
             state["epoch"] = epoch
-            model.save(os.path.join(exp_dir, f"epoch{epoch}.pt"), optimizer=opt.state_dict(),
-                       schedule=dict(state), history=history, **common)
-            _write_log(exp_dir, history)
+            if world.is_main:
+                model.save(os.path.join(exp_dir, f"epoch{epoch}.pt"), optimizer=opt.state_dict(),
+                           schedule=dict(state), history=history, **common)
+                _write_log(exp_dir, history)
+            barrier(world)  # epoch{N}.pt is on disk before any rank may need it (rejection)
             if writer is not None:
                 for k in ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc"):
                     writer.add_scalar(k, row[k], epoch)
                 writer.flush()
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and world.is_main:
                 on_epoch_end(epoch)
     finally:
         if writer is not None:

@@ -734,14 +734,16 @@ def is_finished(exp_dir):
 
 
 def train_ensemble(data_dir, ali_dir, exp_dir, model_config, train_config, num_models=10,
-                   seeds=None, nj=1):
+                   seeds=None, nj=1, launcher="local"):
     """Train models with seeds 1..N (or ``seeds``) into ``exp_dir/model{i}/final.pt``.
 
     Jobs run in parallel with the CPU threads split between them; finished models are skipped,
     interrupted ones resume. All members share one frame cache in ``exp_dir/frames``.
+    ``launcher`` (asrkd.jobs): "slurm[:k=v,...]" trains the unfinished members as one Slurm job
+    array (one task each; the same directories and logs), "submitit-local" the same locally.
     Returns the list of final checkpoint paths.
     """
-    from asrkd.jobs import run_jobs
+    from asrkd.jobs import parse_launcher, run_jobs
 
     seeds = list(seeds) if seeds else list(range(1, num_models + 1))
     if len(set(seeds)) != len(seeds):
@@ -759,10 +761,20 @@ def train_ensemble(data_dir, ali_dir, exp_dir, model_config, train_config, num_m
     nj = max(1, min(nj, len(todo) or 1))
     tc = train_config.to_dict()
     tc["num_threads"] = tc["num_threads"] or max(1, cores // nj)
-    # Finished members are passed too (they return at once) so log N is always model N's.
-    args = [(data_dir, ali_dir, d, model_config.to_dict(), tc, s, cache_dir)
-            for d, s in zip(dirs, seeds)]
+    kind, params = parse_launcher(launcher)
+    if kind != "local":  # a task per unfinished member, threads as the scheduler grants
+        tc["num_threads"] = train_config.num_threads or int(params.get("cpus_per_task", 1))
+    # Finished members are passed too (they return at once) so log N is always model N's;
+    # a cluster gets only the unfinished ones (a task costs a queue slot), logs still numbered N.
+    ids = [i + 1 for i, d in enumerate(dirs) if kind == "local" or d in todo]
+    args = [(data_dir, ali_dir, dirs[i - 1], model_config.to_dict(), tc, seeds[i - 1], cache_dir)
+            for i in ids]
     if todo:
-        run_jobs(_ensemble_job, args, nj, os.path.join(exp_dir, "log"), "train",
-                 desc="train-ensemble", threads_per_job=tc["num_threads"])
+        try:
+            run_jobs(_ensemble_job, args, nj, os.path.join(exp_dir, "log"), "train",
+                     desc="train-ensemble", threads_per_job=tc["num_threads"],
+                     launcher=launcher, job_ids=ids)
+        except UserError as e:
+            raise UserError(f"{e}; a rerun skips the finished members and resubmits only "
+                            "the others") from None
     return [os.path.join(d, "final.pt") for d in dirs]

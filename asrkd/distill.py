@@ -45,6 +45,10 @@ from asrkd.table import atomic_path, read_table, write_table
 
 COMBINES = ("arith", "geo")
 
+# A soft-target job holds its shard's targets in memory until it writes them: ~240 bytes per
+# frame at top-20 before the float16 conversion, so 500k frames is ~120 MB per job.
+SHARD_FRAMES = 500_000
+
 
 # ---------------------------------------------------------------------------------------------
 # Loss
@@ -113,20 +117,29 @@ def find_teachers(teachers_dir):
 
 
 class Ensemble:
-    """Teacher models evaluated together: logits (M, N, P) for a batch or utterance."""
+    """Teacher models evaluated together: logits (M, N, P) for a batch or utterance.
 
-    def __init__(self, ckpt_paths):
+    An utterance is read, normalised and spliced once for all members
+    (``asrkd.models.ensemble_utterance_logits``); ``device``/``precision`` ("bf16": autocast)
+    say where and how the members run.
+    """
+
+    def __init__(self, ckpt_paths, device="cpu", precision="fp32"):
         from asrkd.models import load_model
 
         self.paths = list(ckpt_paths)
-        self.models = [load_model(p).eval() for p in self.paths]
+        self.device, self.precision = device, precision
+        self.models = [load_model(p).eval().to(device) for p in self.paths]
         for m in self.models:
             m.requires_grad_(False)
 
     @torch.no_grad()
     def utterance_logits(self, feats):
-        """feats (T, D) -> (M, T, P) logits."""
-        return torch.stack([m.utterance_logits(feats) for m in self.models])
+        """feats (T, D) -> (M, T, P) float32 logits (on the CPU)."""
+        from asrkd.models import autocast, ensemble_utterance_logits
+
+        with autocast(self.device, self.precision):
+            return ensemble_utterance_logits(self.models, feats).float().cpu()
 
     @property
     def cmvn(self):
@@ -151,13 +164,13 @@ def bytes_per_frame(topk, num_pdfs):
 
 
 def _soft_targets_job(data_dir, ckpts, out_dir, shard, utts, temperature, combine, topk,
-                      num_pdfs):
+                      num_pdfs, device="cpu", precision="fp32"):
     """One shard: run the ensemble over ``utts`` and write ids/probs.<shard>.npy."""
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
 
     expected = DataDir(data_dir).utt2num_frames
-    ens = Ensemble(ckpts)
+    ens = Ensemble(ckpts, device=device, precision=precision)
     reader = FeatureReader(data_dir, cmvn=ens.cmvn)
     items = []
     for utt in utts:
@@ -238,10 +251,13 @@ def save_soft_targets(out_dir, probs_by_utt, temperature, combine="arith", topk=
 
 
 def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combine="arith",
-                         topk=20, nj=1):
+                         topk=20, nj=1, device="cpu", precision="fp32",
+                         max_shard_frames=SHARD_FRAMES):
     """Compute and store the ensemble soft targets of every utterance in ``data_dir``.
 
-    Returns the meta dict (also written to ``out_dir/meta.json``).
+    ``device``/``precision``: where the teachers run ("cuda"; "bf16" autocast). A shard holds
+    at most about ``max_shard_frames`` frames (its job's memory), so memory does not grow
+    with the corpus. Returns the meta dict (also written to ``out_dir/meta.json``).
     """
     from asrkd.data import DataDir
     from asrkd.models import load_model
@@ -262,9 +278,11 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
     utts = data.utts
     os.makedirs(out_dir, exist_ok=True)
     # More shards than workers so the progress bar moves; each shard reloads the (small) models.
-    nshards = max(1, min(len(utts), 4 * max(1, nj)))
+    nshards = max(1, min(len(utts), max(4 * max(1, nj),
+                                        _num_shards(data.utt2num_frames, max_shard_frames))))
     job_args = [
-        (data_dir, ckpts, out_dir, i + 1, chunk, temperature, combine, topk, num_pdfs)
+        (data_dir, ckpts, out_dir, i + 1, chunk, temperature, combine, topk, num_pdfs, device,
+         precision)
         for i, chunk in enumerate(split_evenly(utts, nshards))
         if chunk
     ]
@@ -272,6 +290,11 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
                        "soft_targets", desc="soft targets", threads_per_job=1)
     return _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, ckpts,
                          data_dir=data_dir)
+
+
+def _num_shards(utt2num_frames, max_shard_frames):
+    total = sum(int(n) for n in utt2num_frames.values())
+    return -(-total // max(1, int(max_shard_frames)))
 
 
 def _write_json(path, obj):
@@ -469,7 +492,11 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         temperature = 1.0 if temperature is None else temperature
         if temperature <= 0:
             raise UserError(f"temperature must be positive, got {temperature}")
-        ens = Ensemble(find_teachers(teachers_dir))
+        from asrkd.distributed import init_world
+
+        _, device = init_world(train_config.device)  # this rank's GPU under torchrun
+        ens = Ensemble(find_teachers(teachers_dir), device=device,
+                       precision=train_config.precision)
         if ens.cmvn != model_config.cmvn:
             raise UserError(f"teachers use cmvn={ens.cmvn!r}, the student {model_config.cmvn!r}")
         extra = None

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
-from asrkd.models import ModelConfig, build_model, load_checkpoint
+from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
 from asrkd.table import atomic_path
 
 CACHE_VERSION = 1
@@ -100,17 +100,6 @@ class TrainConfig(DictConfig):
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                             f"{self.precision!r}")
 
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(device, precision):
-    """Context for a forward pass: bfloat16 autocast for ``precision="bf16"``, else a no-op."""
-    import contextlib
-
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 

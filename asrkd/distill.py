@@ -40,14 +40,17 @@ import torch
 import torch.nn.functional as F
 
 from asrkd.errors import UserError
-from asrkd.jobs import run_jobs, split_evenly
+from asrkd.jobs import fixed_mmap_threshold, run_jobs, split_evenly
 from asrkd.table import atomic_path, read_table, write_table
 
 COMBINES = ("arith", "geo")
 
 # A soft-target job holds its shard's targets in memory until it writes them: ~240 bytes per
-# frame at top-20 before the float16 conversion, so 500k frames is ~120 MB per job.
-SHARD_FRAMES = 500_000
+# frame at top-20 before the float16 conversion, so 100k frames is ~25 MB per job.
+SHARD_FRAMES = 100_000
+# Shards a store keeps mapped: reading utterances in order touches one at a time, and an
+# unmapped shard's pages leave the reader's resident set (the corpus never sits in RAM).
+OPEN_SHARDS = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +289,7 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
         for i, chunk in enumerate(split_evenly(utts, nshards))
         if chunk
     ]
+    fixed_mmap_threshold()  # inherited by the forked jobs
     indexes = run_jobs(_soft_targets_job, job_args, nj, os.path.join(out_dir, "log"),
                        "soft_targets", desc="soft targets", threads_per_job=1)
     return _finish_store(out_dir, indexes, num_pdfs, temperature, combine, topk, ckpts,
@@ -355,6 +359,8 @@ class SoftTargetStore(Mapping):
 
     def _shard(self, shard):
         if shard not in self._shards:
+            while len(self._shards) >= OPEN_SHARDS:  # the oldest first (dicts keep order)
+                self._shards.pop(next(iter(self._shards)))
             self._shards[shard] = tuple(
                 np.load(os.path.join(self.dir, f"{name}.{shard}.npy"), mmap_mode="r")
                 for name in ("ids", "probs")

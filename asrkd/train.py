@@ -164,6 +164,74 @@ def _cache_key(data_dir, ali_dir, cmvn, unaligned="skip"):
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
+# Memory bounded by the model, not the corpus. A memory-mapped page that a process has touched
+# counts in its resident set until unmapped, so shuffled reads over a whole cache (and writing one
+# through a mapping) would make RSS grow to the cache's size. Writes therefore go through plain
+# file writes, and the read side hands its pages back every RELEASE_BYTES of reads (the kernel's
+# page cache keeps them, so a re-read costs a minor fault, not disk I/O).
+RELEASE_BYTES = 64 << 20
+# A read fault on a file mapping maps the pages around it too (Linux's fault-around, 64 KB by
+# default), so a shuffled row costs that much resident memory, not its own bytes.
+_FAULT_AROUND = 64 << 10
+
+
+class NpyRowWriter:
+    """Write a .npy array of a known shape front to back, rows in order, without a memory map.
+
+    ``write(rows)`` appends; ``skip_to(row)`` zero-fills up to ``row``; ``close()`` zero-fills
+    the rest. The file loads with ``np.load(path, mmap_mode="r")`` like any other.
+    """
+
+    def __init__(self, path, dtype, shape):
+        self.dtype, self.shape, self.row = np.dtype(dtype), tuple(shape), 0
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.f = open(path, "wb")
+        np.lib.format.write_array_header_2_0(
+            self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                     "shape": self.shape})
+
+    def skip_to(self, row):
+        while self.row < row:  # a bounded zero block at a time
+            n = min(row - self.row, max(1, (8 << 20) // max(self.row_bytes, 1)))
+            self.f.write(bytes(n * self.row_bytes))
+            self.row += n
+
+    def write(self, rows):
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.row + len(rows) > self.shape[0]:
+            raise ValueError(f"rows {rows.shape} do not fit {self.shape} at row {self.row}")
+        self.f.write(rows.tobytes())
+        self.row += len(rows)
+
+    def close(self):
+        self.skip_to(self.shape[0])
+        self.f.close()
+
+
+def release_pages(*arrays):
+    """Hand back the resident pages of memory-mapped arrays (np.load(mmap_mode=...) results)."""
+    import mmap
+
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is not None and hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_DONTNEED)
+
+
+class _PageBudget:
+    """Counts bytes read from memory maps; releases their pages once past RELEASE_BYTES."""
+
+    def __init__(self, *arrays):
+        self.arrays = [a for a in arrays if a is not None]
+        self.read = 0
+
+    def add(self, rows, row_bytes):
+        self.read += int(rows) * (int(row_bytes) + _FAULT_AROUND * len(self.arrays))
+        if self.read >= RELEASE_BYTES:
+            release_pages(*self.arrays)
+            self.read = 0
+
+
 class FrameCache:
     """Memory-mapped CMVN'd frames of all aligned utterances of a data dir, with pdf targets.
 
@@ -185,6 +253,7 @@ class FrameCache:
         self.labeled[self.meta.get("unlabeled", [])] = False
         self.utt_index = np.repeat(np.arange(len(self.utts), dtype=np.int32),
                                    np.diff(self.offsets))
+        self.index_dtype = np.int32 if len(self.pdf) < 2**31 else np.int64
 
     @property
     def dim(self):
@@ -192,16 +261,17 @@ class FrameCache:
 
     def frames_of(self, utt_ids):
         """Global frame indices (int64) of the utterances with the given indices."""
+        # int32 below 2^31 frames: the epoch's index arrays are the one per-frame cost in RAM
         if len(utt_ids) == 0:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1])
-                               for u in utt_ids]).astype(np.int64)
+            return np.zeros(0, dtype=self.index_dtype)
+        return np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1],
+                                         dtype=self.index_dtype) for u in utt_ids])
 
     def windows(self, idx, left, right):
         """Global frame indices (N,) -> (N, left + 1 + right, D) float32, clamped per utterance."""
         u = self.utt_index[idx]
         lo, hi = self.offsets[u], self.offsets[u + 1] - 1
-        win = idx[:, None] + np.arange(-left, right + 1)
+        win = idx[:, None].astype(np.int64) + np.arange(-left, right + 1)
         np.clip(win, lo[:, None], hi[:, None], out=win)
         return self.feats[win]
 
@@ -239,16 +309,14 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     dim = reader.dim
-    feats = np.lib.format.open_memmap(os.path.join(tmp, "feats.npy"), mode="w+",
-                                      dtype=np.float32, shape=(int(offsets[-1]), dim))
-    pdf = np.lib.format.open_memmap(os.path.join(tmp, "pdf.npy"), mode="w+", dtype=np.int32,
-                                    shape=(int(offsets[-1]),))
+    feats = NpyRowWriter(os.path.join(tmp, "feats.npy"), np.float32, (int(offsets[-1]), dim))
+    pdf = NpyRowWriter(os.path.join(tmp, "pdf.npy"), np.int32, (int(offsets[-1]),))
     for i, utt in enumerate(tqdm(utts, desc="frame cache", unit="utt", file=sys.stderr,
                                  disable=None)):
         x = reader[utt]
         if utt not in pdf_scp:  # kept (unaligned="keep"): no hard targets
-            feats[offsets[i]:offsets[i + 1]] = x
-            pdf[offsets[i]:offsets[i + 1]] = -1
+            feats.write(x)
+            pdf.write(np.full(len(x), -1, dtype=np.int32))
             continue
         y = np.asarray(pdf_scp[utt])
         if x.shape[0] != y.shape[0] or x.shape[0] != lengths[i]:
@@ -256,11 +324,10 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
                             f"frames in {ali_dir}/pdf.scp; realign after recomputing features")
         if y.size and (y.min() < 0 or y.max() >= num_pdfs):
             raise UserError(f"{utt}: pdf ids outside [0, {num_pdfs}) in {ali_dir}/pdf.scp")
-        feats[offsets[i]:offsets[i + 1]] = x
-        pdf[offsets[i]:offsets[i + 1]] = y
-    feats.flush()
-    pdf.flush()
-    del feats, pdf
+        feats.write(x)
+        pdf.write(y)
+    feats.close()
+    pdf.close()
     np.save(os.path.join(tmp, "offsets.npy"), offsets)
     meta = {"data_dir": os.path.abspath(data_dir), "ali_dir": os.path.abspath(ali_dir),
             "cmvn": cmvn, "utts": utts, "spk": [utt2spk[u] for u in utts],
@@ -294,8 +361,9 @@ def _extra_memmap(cache, utt_ids, extra_targets, path):
     """Rows of ``extra_targets[utt]`` for the given utterances, memmapped in cache frame order."""
     first = np.asarray(extra_targets[cache.utts[utt_ids[0]]])
     shape = (len(cache.pdf),) + first.shape[1:]
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=first.dtype, shape=shape)
-    for u in tqdm(utt_ids, desc="extra targets", unit="utt", file=sys.stderr, disable=None):
+    arr = NpyRowWriter(path, first.dtype, shape)  # rows in frame order; others stay zero
+    for u in tqdm(sorted(utt_ids), desc="extra targets", unit="utt", file=sys.stderr,
+                  disable=None):
         utt = cache.utts[u]
         if utt not in extra_targets:
             raise UserError(f"{utt}: no extra (soft) targets")
@@ -304,9 +372,9 @@ def _extra_memmap(cache, utt_ids, extra_targets, path):
         if e.shape[0] != n or e.shape[1:] != first.shape[1:]:
             raise UserError(f"{utt}: extra targets have shape {e.shape}, expected "
                             f"({n}, {', '.join(map(str, first.shape[1:]))})")
-        arr[cache.offsets[u]:cache.offsets[u + 1]] = e
-    arr.flush()
-    del arr
+        arr.skip_to(cache.offsets[u])
+        arr.write(e)
+    arr.close()
     return np.load(path, mmap_mode="r")
 
 
@@ -355,6 +423,10 @@ def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1
     world = world or World()
     left, right = model.left_context, model.right_context
     step = batch_size if chunk == 1 else max(1, batch_size // chunk)
+    budget = _PageBudget(cache.feats, cache.pdf, extra)
+    row_bytes = cache.feats.shape[1] * cache.feats.itemsize * (left + 1 + right)
+    if extra is not None:
+        row_bytes += int(np.prod(extra.shape[1:])) * extra.itemsize
     for s in range(0, len(frames), step):
         if chunk == 1:
             idx = local_part(frames[s:s + step], world)
@@ -371,9 +443,11 @@ def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1
         if extra is not None:
             batch["extra"] = torch.from_numpy(np.asarray(extra[idx]))
         batch = {k: v.to(device) for k, v in batch.items()}
+        budget.add(len(idx), row_bytes)
         if chunk > 1:
             batch["chunk"] = chunk
         yield batch
+    release_pages(cache.feats, cache.pdf, extra)
 
 
 def _forward(model, batch):
@@ -388,6 +462,7 @@ def _evaluate(model, cache, utt_ids, device="cpu"):
     """(CE loss, frame accuracy) on hard targets, whole utterances as in decoding."""
     model.eval()
     loss, correct, n = 0.0, 0, 0
+    budget = _PageBudget(cache.feats, cache.pdf)
     for u in utt_ids:
         a, b = cache.offsets[u], cache.offsets[u + 1]
         logits = model.utterance_logits(torch.from_numpy(np.array(cache.feats[a:b])).to(device))
@@ -395,6 +470,8 @@ def _evaluate(model, cache, utt_ids, device="cpu"):
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         n += int(b - a)
+        budget.add(b - a, cache.feats.shape[1] * cache.feats.itemsize)
+    release_pages(cache.feats, cache.pdf)
     n = max(n, 1)
     return float(loss / n), float(correct / n)
 
@@ -462,6 +539,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     """
     from asrkd.distributed import (all_reduce_gradients, all_reduce_sums, barrier,
                                    broadcast_parameters, init_world, rank_seed)
+    from asrkd.jobs import fixed_mmap_threshold
 
     model_config = ModelConfig.from_dict(model_config.to_dict())  # a copy we may fill in
     os.makedirs(exp_dir, exist_ok=True)
@@ -471,6 +549,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     if not 0 < train_fraction <= 1:
         raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
     world, device = init_world(train_config.device)
+    fixed_mmap_threshold()  # per-batch temporaries must not grow the heap (asrkd.jobs)
 
     _, pdf_counts, num_pdfs = read_alignment_info(ali_dir)
     cache_args = (data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"))

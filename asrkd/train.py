@@ -169,7 +169,7 @@ def _cache_key(data_dir, ali_dir, cmvn, unaligned="skip"):
 # through a mapping) would make RSS grow to the cache's size. Writes therefore go through plain
 # file writes, and the read side hands its pages back every RELEASE_BYTES of reads (the kernel's
 # page cache keeps them, so a re-read costs a minor fault, not disk I/O).
-RELEASE_BYTES = 64 << 20
+RELEASE_BYTES = 32 << 20
 # A read fault on a file mapping maps the pages around it too (Linux's fault-around, 64 KB by
 # default), so a shuffled row costs that much resident memory, not its own bytes.
 _FAULT_AROUND = 64 << 10
@@ -237,7 +237,8 @@ class FrameCache:
 
     ``feats`` (F, D) float32, ``pdf`` (F,) int32 (-1: no hard target, an unaligned utterance
     kept for soft targets), ``offsets`` (U + 1,) frame offsets of the utterances in ``utts``
-    (sorted), ``spk`` their speakers, ``labeled`` (U,) bool; ``utt_index`` (F,) int32.
+    (sorted), ``spk`` their speakers, ``labeled`` (U,) bool; ``utt_of(idx)`` the utterance
+    index of each global frame index (a search in ``offsets``: no per-frame array in RAM).
     """
 
     def __init__(self, cache_dir):
@@ -251,13 +252,15 @@ class FrameCache:
         self.offsets = np.load(os.path.join(cache_dir, "offsets.npy"))
         self.labeled = np.ones(len(self.utts), dtype=bool)
         self.labeled[self.meta.get("unlabeled", [])] = False
-        self.utt_index = np.repeat(np.arange(len(self.utts), dtype=np.int32),
-                                   np.diff(self.offsets))
         self.index_dtype = np.int32 if len(self.pdf) < 2**31 else np.int64
 
     @property
     def dim(self):
         return self.feats.shape[1]
+
+    def utt_of(self, idx):
+        """Utterance indices (int64) of global frame indices."""
+        return np.searchsorted(self.offsets, idx, side="right") - 1
 
     def frames_of(self, utt_ids):
         """Global frame indices (int64) of the utterances with the given indices."""
@@ -269,7 +272,7 @@ class FrameCache:
 
     def windows(self, idx, left, right):
         """Global frame indices (N,) -> (N, left + 1 + right, D) float32, clamped per utterance."""
-        u = self.utt_index[idx]
+        u = self.utt_of(idx)
         lo, hi = self.offsets[u], self.offsets[u + 1] - 1
         win = idx[:, None].astype(np.int64) + np.arange(-left, right + 1)
         np.clip(win, lo[:, None], hi[:, None], out=win)
@@ -404,9 +407,9 @@ def _chunk_starts(cache, frames, chunk):
     A last piece that would overrun its utterance is moved back to end with it (a few frames are
     then seen twice per epoch), so every piece stays inside one utterance.
     """
-    starts = frames[(frames - cache.offsets[cache.utt_index[frames]]) % chunk == 0]
-    ends = cache.offsets[cache.utt_index[starts] + 1]
-    lo = cache.offsets[cache.utt_index[starts]]
+    starts = frames[(frames - cache.offsets[cache.utt_of(frames)]) % chunk == 0]
+    ends = cache.offsets[cache.utt_of(starts) + 1]
+    lo = cache.offsets[cache.utt_of(starts)]
     return np.maximum(np.minimum(starts, ends - chunk), lo)
 
 
@@ -433,7 +436,7 @@ def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1
             x = cache.windows(idx, left, right)
         else:
             starts = local_part(frames[s:s + step], world)
-            u = cache.utt_index[starts]
+            u = cache.utt_of(starts)
             lo, hi = cache.offsets[u][:, None], cache.offsets[u + 1][:, None] - 1
             idx = np.clip(starts[:, None] + np.arange(chunk), lo, hi).ravel()
             win = np.clip(starts[:, None] + np.arange(-left, chunk + right), lo, hi)

@@ -262,6 +262,15 @@ class FrameCache:
         """Utterance indices (int64) of global frame indices."""
         return np.searchsorted(self.offsets, idx, side="right") - 1
 
+    @property
+    def utt_index(self):
+        """(F,) int32 utterance index of every frame, built on first use (4 bytes a frame in
+        RAM: training itself uses ``utt_of``)."""
+        if getattr(self, "_utt_index", None) is None:
+            self._utt_index = np.repeat(np.arange(len(self.utts), dtype=np.int32),
+                                        np.diff(self.offsets))
+        return self._utt_index
+
     def frames_of(self, utt_ids):
         """Global frame indices (int64) of the utterances with the given indices."""
         # int32 below 2^31 frames: the epoch's index arrays are the one per-frame cost in RAM

@@ -212,9 +212,10 @@ def read_best_acwt(decode_dir):
         return float(f.read().split()[0])
 
 
-def make_scorer(model, data_dir, feats=None):
+def make_scorer(model, data_dir, feats=None, device="cpu", precision="fp32"):
     """Scorer for MODEL (a GMM model dir with final.mdl, or DNN checkpoint(s)/an ensemble dir)
-    on data_dir: GMMs read MFCC + deltas + mean CMVN, DNNs fbank + mean/var CMVN."""
+    on data_dir: GMMs read MFCC + deltas + mean CMVN, DNNs fbank + mean/var CMVN (run on
+    ``device``, "bf16" ``precision``: under autocast)."""
     from asrkd.features import FeatureReader
 
     models = model if isinstance(model, (list, tuple)) else [model]
@@ -253,7 +254,7 @@ def make_scorer(model, data_dir, feats=None):
     if feats is None:
         # the checkpoints know their features' CMVN mode (the paper's: mean and variance)
         feats = FeatureReader(data_dir, cmvn=dnn.load_model(ckpts[0]).config.cmvn)
-    return dnn.make_scorer(ckpts, feats)
+    return dnn.make_scorer(ckpts, feats, device=device, precision=precision)
 
 
 def check_scorer_tree(scorer, graph_dir, ali_dir=None):
@@ -267,7 +268,7 @@ def check_scorer_tree(scorer, graph_dir, ali_dir=None):
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
            acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None,
-           frame_acc_data=None):
+           frame_acc_data=None, device="cpu", precision="fp32"):
     """`asrkd decode`: decode data_dir and score against data_dir/text.
 
     Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode (a
@@ -288,7 +289,9 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
                 raise UserError("--acwt-from with {model} needs one model per decode")
             acwt_from = acwt_from.replace("{model}", os.fspath(model).rstrip("/"))
         acwt = read_best_acwt(acwt_from)
-    scorer = make_scorer(model, data_dir)
+    if str(device).startswith("cuda") and nj > 1:
+        raise UserError("decode --device cuda runs the network in forked jobs: use --nj 1")
+    scorer = make_scorer(model, data_dir, device=device, precision=precision)
     check_scorer_tree(scorer, graph_dir, ali_dir)
     utts = data.utts
     ref = data.file("text") if data.has("text") else None

@@ -50,10 +50,17 @@ import torch.nn.functional as F
 
 from asrkd.errors import UserError
 from asrkd.identity import check_tree, tree_id
-from asrkd.jobs import run_jobs, split_evenly
+from asrkd.jobs import fixed_mmap_threshold, run_jobs, split_evenly
 from asrkd.table import atomic_path, read_table, write_table
 
 COMBINES = ("arith", "geo")
+
+# A soft-target job holds its shard's targets in memory until it writes them: ~240 bytes per
+# frame at top-20 before the float16 conversion, so 100k frames is ~25 MB per job.
+SHARD_FRAMES = 100_000
+# Shards a store keeps mapped: reading utterances in order touches one at a time, and an
+# unmapped shard's pages leave the reader's resident set (the corpus never sits in RAM).
+OPEN_SHARDS = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,20 +145,29 @@ def find_teachers(teachers_dir):
 
 
 class Ensemble:
-    """Teacher models evaluated together: logits (M, N, P) for a batch or utterance."""
+    """Teacher models evaluated together: logits (M, N, P) for a batch or utterance.
 
-    def __init__(self, ckpt_paths):
+    An utterance is read, normalised and spliced once for all members
+    (``asrkd.models.ensemble_utterance_logits``); ``device``/``precision`` ("bf16": autocast)
+    say where and how the members run.
+    """
+
+    def __init__(self, ckpt_paths, device="cpu", precision="fp32"):
         from asrkd.models import load_model
 
         self.paths = list(ckpt_paths)
-        self.models = [load_model(p).eval() for p in self.paths]
+        self.device, self.precision = device, precision
+        self.models = [load_model(p).eval().to(device) for p in self.paths]
         for m in self.models:
             m.requires_grad_(False)
 
     @torch.no_grad()
     def utterance_logits(self, feats):
-        """feats (T, D) -> (M, T, P) logits."""
-        return torch.stack([m.utterance_logits(feats) for m in self.models])
+        """feats (T, D) -> (M, T, P) float32 logits (on the CPU)."""
+        from asrkd.models import autocast, ensemble_utterance_logits
+
+        with autocast(self.device, self.precision):
+            return ensemble_utterance_logits(self.models, feats).float().cpu()
 
     @property
     def cmvn(self):
@@ -176,13 +192,13 @@ def bytes_per_frame(topk, num_pdfs):
 
 
 def _soft_targets_job(data_dir, ckpts, out_dir, shard, utts, temperature, combine, topk,
-                      num_pdfs):
+                      num_pdfs, device="cpu", precision="fp32"):
     """One shard: run the ensemble over ``utts`` and write ids/probs.<shard>.npy."""
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
 
     expected = DataDir(data_dir).utt2num_frames
-    ens = Ensemble(ckpts)
+    ens = Ensemble(ckpts, device=device, precision=precision)
     reader = FeatureReader(data_dir, cmvn=ens.cmvn)
     items = []
     for utt in utts:
@@ -305,10 +321,13 @@ def save_soft_targets(out_dir, probs_by_utt, temperature, combine="arith", topk=
 
 
 def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combine="arith",
-                         topk=20, nj=1):
+                         topk=20, nj=1, device="cpu", precision="fp32",
+                         max_shard_frames=SHARD_FRAMES):
     """Compute and store the ensemble soft targets of every utterance in ``data_dir``.
 
-    Returns the meta dict (also written to ``out_dir/meta.json``).
+    ``device``/``precision``: where the teachers run ("cuda"; "bf16" autocast). A shard holds
+    at most about ``max_shard_frames`` frames (its job's memory), so memory does not grow
+    with the corpus. Returns the meta dict (also written to ``out_dir/meta.json``).
     """
     from asrkd.data import DataDir
     from asrkd.models import load_model
@@ -331,12 +350,15 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
     utts = data.utts
     os.makedirs(out_dir, exist_ok=True)
     # More shards than workers so the progress bar moves; each shard reloads the (small) models.
-    nshards = max(1, min(len(utts), 4 * max(1, nj)))
+    nshards = max(1, min(len(utts), max(4 * max(1, nj),
+                                        _num_shards(data.utt2num_frames, max_shard_frames))))
     job_args = [
-        (data_dir, ckpts, out_dir, i + 1, chunk, temperature, combine, topk, num_pdfs)
+        (data_dir, ckpts, out_dir, i + 1, chunk, temperature, combine, topk, num_pdfs, device,
+         precision)
         for i, chunk in enumerate(split_evenly(utts, nshards))
         if chunk
     ]
+    fixed_mmap_threshold()  # inherited by the forked jobs
     shards = run_jobs(_soft_targets_job, job_args, nj, os.path.join(out_dir, "log"),
                       "soft_targets", desc="soft targets", threads_per_job=1)
     meta = _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, ckpts,
@@ -357,6 +379,11 @@ def _check_teachers(teachers, data_dir):
         check_tree(teachers[0].source, teachers[0].tree_id, m.source, m.tree_id)
         check_features(m.source, m.feature_config, m.config.feat_dim, data_dir, dim)
     return teachers[0].tree_id
+
+
+def _num_shards(utt2num_frames, max_shard_frames):
+    total = sum(int(n) for n in utt2num_frames.values())
+    return -(-total // max(1, int(max_shard_frames)))
 
 
 def _write_json(path, obj):
@@ -384,7 +411,7 @@ class SoftTargetStore(Mapping):
             u: (int(s), int(o), int(n))
             for u, (s, o, n) in read_table(os.path.join(self.dir, "index"), multi=True).items()
         }
-        self._shards = {}
+        self._shards, self._checked = {}, set()
         if utt2num_frames is not None:
             self.check_frames(utt2num_frames)
 
@@ -424,6 +451,8 @@ class SoftTargetStore(Mapping):
     def _shard(self, shard):
         """(ids, probs, rest) of a shard, memory-mapped, checked in full on first use."""
         if shard not in self._shards:
+            while len(self._shards) >= OPEN_SHARDS:  # the oldest first (dicts keep order)
+                self._shards.pop(next(iter(self._shards)))
             arrays = []
             for name in ("ids", "probs", "rest"):
                 path = os.path.join(self.dir, f"{name}.{shard}.npy")
@@ -439,8 +468,10 @@ class SoftTargetStore(Mapping):
             ids, probs, rest = arrays
             if rest is None:
                 rest = np.zeros(len(ids), dtype=np.float32)
-            check_soft_targets(ids, probs, rest, self.num_pdfs,
-                               f"{self.dir}: shard {shard}")
+            if shard not in self._checked:  # once: an evicted shard may be mapped again
+                check_soft_targets(ids, probs, rest, self.num_pdfs,
+                                   f"{self.dir}: shard {shard}")
+                self._checked.add(shard)
             self._shards[shard] = (ids, probs, rest)
         return self._shards[shard]
 
@@ -588,7 +619,11 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         temperature = 1.0 if temperature is None else temperature
         if temperature <= 0:
             raise UserError(f"temperature must be positive, got {temperature}")
-        ens = Ensemble(find_teachers(teachers_dir))
+        from asrkd.distributed import init_world
+
+        _, device = init_world(train_config.device)  # this rank's GPU under torchrun
+        ens = Ensemble(find_teachers(teachers_dir), device=device,
+                       precision=train_config.precision)
         _check_teachers(ens.models, data_dir)
         check_tree(ens.models[0].source, ens.models[0].tree_id, ali_dir, tree_id(ali_dir))
         if ens.cmvn != model_config.cmvn:

@@ -11,6 +11,13 @@ the last lines of its log printed before the error. With ``nj == 1`` jobs run in
 Worker processes die with their parent (Linux PR_SET_PDEATHSIG): a killed run leaves no jobs
 behind that would go on writing into the logs of its rerun.
 
+``launcher`` sends the same jobs to a cluster instead, one array task per job, through
+submitit: ``"slurm[:key=value,...]"`` (a Slurm job array; keys are submitit's, e.g.
+``partition=gpu,gpus_per_node=1,cpus_per_task=8,mem_gb=32,timeout_min=1440``) or
+``"submitit-local"`` (submitit's local executor: the same code path as processes on this
+machine). Each task runs ``fn`` exactly as a local job does (the same log file); a task that
+fails or is killed by the scheduler is named with its log and submitit's stderr file.
+
 Parallel jobs run single-threaded (torch and numpy's OpenBLAS) unless told otherwise: ``nj``
 processes already fill the cores, and idle library threads spinning beside them cost several
 times the CPU time for no gain (measured: a GMM realignment pass 5-7 s of CPU with threads,
@@ -118,20 +125,55 @@ def log_tail(path, n=10):
         return []
 
 
-def run_jobs(fn, job_args, nj, log_dir, name, desc=None, threads_per_job=None):
+LAUNCHERS = ("local", "submitit-local", "slurm")
+# submitit's cluster-independent parameters; any other key is a Slurm one (slurm_<key>)
+_GENERIC = {"timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node",
+            "tasks_per_node", "stderr_to_stdout", "name"}
+
+
+def parse_launcher(spec):
+    """``"local"``, ``"submitit-local"`` or ``"slurm[:k=v,...]"`` -> (kind, submitit params)."""
+    kind, _, rest = (spec or "local").partition(":")
+    if kind not in LAUNCHERS:
+        raise UserError(f"unknown launcher {spec!r}; use local, submitit-local or "
+                        "slurm[:key=value,...]")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"launcher {spec!r}: {item!r} is not key=value")
+        key = key.strip().replace("-", "_")
+        if kind == "slurm" and key not in _GENERIC and not key.startswith("slurm_"):
+            key = "slurm_" + key
+        params[key] = int(value) if value.isdigit() else value
+    if params and kind != "slurm":
+        raise UserError(f"launcher {spec!r}: only slurm takes parameters")
+    return kind, params
+
+
+def run_jobs(fn, job_args, nj, log_dir, name, desc=None, threads_per_job=None, launcher="local",
+             job_ids=None):
     """Run ``fn(*a)`` for each ``a`` in ``job_args`` on ``nj`` processes; return results in order.
 
     ``threads_per_job``: torch threads of each job (1 also limits OpenBLAS to one thread);
     default 1 when jobs run in parallel, untouched when they run in-process.
+    ``launcher``: see the module docstring (``nj`` then does not apply: the scheduler decides
+    how many tasks run at once). ``job_ids``: the numbers in the log names (default 1..N).
     """
     job_args = [tuple(a) for a in job_args]
-    if threads_per_job is None and nj > 1 and len(job_args) > 1:
-        threads_per_job = 1
+    job_ids = list(job_ids) if job_ids is not None else list(range(1, len(job_args) + 1))
+    if len(job_ids) != len(job_args):
+        raise ValueError("job_ids and job_args differ in length")
+    kind, params = parse_launcher(launcher)
+    if threads_per_job is None and (kind != "local" or (nj > 1 and len(job_args) > 1)):
+        threads_per_job = int(params.get("cpus_per_task", 1))
     payloads = [
-        (fn, a, os.path.join(log_dir, f"{name}.{i + 1}.log"), threads_per_job)
-        for i, a in enumerate(job_args)
+        (fn, a, os.path.join(log_dir, f"{name}.{i}.log"), threads_per_job)
+        for i, a in zip(job_ids, job_args)
     ]
     desc = desc or name
+    if kind != "local":
+        return _run_submitit(payloads, kind, params, log_dir, name, desc)
     results = [None] * len(payloads)
     failed = {}  # job index -> (kind, message)
     bar = tqdm(total=len(payloads), desc=desc, unit="job", file=sys.stderr, disable=None)
@@ -178,6 +220,48 @@ def _run_pool(payloads, workers, results, failed, bar):
     ex.shutdown(wait=True)
 
 
+def _run_submitit(payloads, kind, params, log_dir, name, desc):
+    """The payloads as one submitit job array; results in order, or a UserError naming the
+    failed tasks' logs."""
+    import time
+
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("launcher needs submitit (pip install submitit)") from None
+    folder = os.path.join(os.path.abspath(log_dir), "submitit")
+    executor = submitit.AutoExecutor(folder=folder,
+                                     cluster="local" if kind == "submitit-local" else "slurm")
+    executor.update_parameters(name=f"asrkd-{name}", **params)
+    with executor.batch():
+        jobs = [executor.submit(_run_one, p) for p in payloads]
+    print(f"{desc}: {len(jobs)} tasks submitted ({kind}), job ids "
+          f"{', '.join(str(j.job_id) for j in jobs)}; submitit logs in {folder}", file=sys.stderr)
+    bar = tqdm(total=len(jobs), desc=desc, unit="job", file=sys.stderr, disable=None)
+    pending = set(range(len(jobs)))
+    while pending:
+        finished = {i for i in pending if jobs[i].done()}
+        bar.update(len(finished))
+        pending -= finished
+        if pending:
+            time.sleep(0.5 if kind == "submitit-local" else 5)
+    bar.close()
+    results, failed = [None] * len(jobs), []
+    for i, job in enumerate(jobs):
+        try:
+            ok, results[i] = job.result()
+        except Exception as e:  # noqa: BLE001 - killed, timed out, node failure: reported below
+            ok = False
+            with contextlib.suppress(OSError), open(payloads[i][2], "a") as log:
+                log.write(f"# task {job.job_id} did not finish: {str(e).splitlines()[0]}\n")
+        if not ok:
+            failed.append(f"{payloads[i][2]} (task {job.job_id}, {job.paths.stderr})")
+    if failed:
+        raise UserError(f"{len(failed)} of {len(jobs)} {name} tasks failed; see "
+                        + ", ".join(failed))
+    return results
+
+
 def _raise_failed(failed, payloads, name):
     n = len(payloads)
     user = [i for i in sorted(failed) if failed[i][0] == "user"]
@@ -204,6 +288,25 @@ def _raise_failed(failed, payloads, name):
 def _ended(log):
     tail = log_tail(log, 1)
     return bool(tail) and tail[-1].startswith(("# finished ok", "# failed"))
+
+
+def fixed_mmap_threshold(nbytes=128 << 10):
+    """Allocations above ``nbytes`` get their own mapping, returned to the system when freed.
+
+    glibc raises its mmap threshold to the largest block freed so far (up to 32 MB), after
+    which per-utterance temporaries (a (T, pdfs) matrix is megabytes) come from the heap, and
+    the heap, fragmented by longer-lived arrays, only grows: measured, a soft-target job's
+    heap reached 270 MB where 110 MB was live. Fixing the threshold keeps memory bounded by
+    the work in hand, not by how much was done before. A no-op outside glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (also fixes it: no dynamic raise)
+    except (OSError, AttributeError):
+        pass
 
 
 def _openblas():

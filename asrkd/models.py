@@ -33,6 +33,19 @@ from asrkd.config import DictConfig
 from asrkd.errors import UserError
 
 CHECKPOINT_FORMAT = "asrkd-acoustic-model-1"
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device, precision):
+    """Context for a forward pass: bfloat16 autocast for ``precision="bf16"`` (weights stay
+    float32), else a no-op."""
+    import contextlib
+
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def _default_tdnn_offsets():
@@ -300,6 +313,83 @@ def load_model(path_or_dict):
     return model.eval()
 
 
+def ensemble_utterance_logits(models, feats, chunk=4096, batched=None):
+    """All members on one utterance, its features spliced once: feats (T, D) -> (M, T, P).
+
+    Equal to stacking the members' ``utterance_logits`` (up to float rounding when batched);
+    see ``ensemble_chunks``.
+    """
+    parts = list(ensemble_chunks(models, feats, chunk, batched))
+    if not parts:
+        return torch.zeros(len(models), 0, models[0].config.num_pdfs)
+    return torch.cat(parts, dim=1)
+
+
+def ensemble_chunks(models, feats, chunk=4096, batched=None):
+    """Yield the members' logits (M, t, P) on successive chunks of t <= ``chunk`` frames.
+
+    One feature pass: members are grouped by context and a group of DNNs shares each chunk's
+    windows (t, C, D) instead of splicing per member. ``batched`` (default: on a CUDA device)
+    runs a group of same-shaped DNNs without batch norm as one batched matmul per layer,
+    (M, t, C*D) @ (M, C*D, H), which a GPU runs at a far higher share of its peak than M small
+    products. Other members (TDNNs) run their own ``utterance_logits`` once per utterance.
+    """
+    models = list(models)
+    feats = torch.as_tensor(feats, dtype=torch.float32)
+    device = next(models[0].parameters()).device
+    feats = feats.to(device)
+    batched = device.type == "cuda" if batched is None else batched
+    t = feats.shape[0]
+    groups, own = {}, {}
+    for i, m in enumerate(models):
+        if isinstance(m, DNNAcousticModel):
+            groups.setdefault((m.left_context, m.right_context), []).append(i)
+        else:
+            own[i] = m.utterance_logits(feats)
+    stacks = {key: _stack_dnns([models[i] for i in members]) if batched else None
+              for key, members in groups.items()}
+    with torch.no_grad():
+        for s in range(0, t, chunk):
+            e = min(s + chunk, t)
+            out = [None] * len(models)
+            for i, z in own.items():
+                out[i] = z[s:e]
+            for (left, right), members in groups.items():
+                idx = torch.arange(s, e, device=device)[:, None] + torch.arange(
+                    -left, right + 1, device=device)
+                win = feats[idx.clamp_(0, t - 1)]  # (t, C, D), shared by the group
+                stack = stacks[(left, right)]
+                if stack is not None:
+                    for j, z in zip(members, _stacked_forward(stack, win.reshape(e - s, -1))):
+                        out[j] = z
+                else:
+                    for j in members:
+                        out[j] = models[j](win)
+            yield torch.stack(out)
+
+
+def _stack_dnns(dnns):
+    """[(W (M, in, out), b (M, 1, out))] per layer for same-shaped DNNs, else None."""
+    first = dnns[0].config
+    if first.batchnorm or any(m.config.hidden_dims != first.hidden_dims
+                              or m.config.num_pdfs != first.num_pdfs for m in dnns):
+        return None
+    linears = [[mod for mod in list(m.hidden) + [m.output] if isinstance(mod, nn.Linear)]
+               for m in dnns]
+    return [(torch.stack([ls[k].weight.t() for ls in linears]),
+             torch.stack([ls[k].bias[None] for ls in linears])) for k in range(len(linears[0]))]
+
+
+def _stacked_forward(stack, x):
+    """x (N, C*D) -> (M, N, P) through stacked layers (ReLU between; dropout is off in eval)."""
+    h = x.expand(stack[0][0].shape[0], *x.shape)
+    for k, (w, b) in enumerate(stack):
+        h = torch.baddbmm(b, h, w)
+        if k < len(stack) - 1:
+            h = torch.relu(h)
+    return h
+
+
 def log_priors(pdf_counts):
     """log p(pdf) from alignment counts; unseen pdfs floored to a count of 1 (finite scores)."""
     counts = np.maximum(np.asarray(pdf_counts, dtype=np.float64), 1.0)
@@ -313,10 +403,11 @@ class Scorer:
     first term alone (what frame accuracy is measured on).
     """
 
-    def __init__(self, models, feature_reader):
-        self.models = list(models)
+    def __init__(self, models, feature_reader, device="cpu", precision="fp32"):
+        self.models = [m.to(device) for m in models]
         self.reader = feature_reader
-        counts = [m.pdf_counts.numpy() for m in self.models]
+        self.device, self.precision = device, precision
+        counts = [m.pdf_counts.cpu().numpy() for m in self.models]
         if any(c.shape != counts[0].shape for c in counts):
             raise UserError("ensemble members disagree on the number of pdfs")
         if not counts[0].any():
@@ -326,18 +417,21 @@ class Scorer:
     @torch.no_grad()
     def log_posteriors(self, utt):
         feats = torch.from_numpy(np.ascontiguousarray(self.reader[utt], dtype=np.float32))
-        probs = None
-        for m in self.models:
-            p = torch.softmax(m.utterance_logits(feats), dim=-1)
-            probs = p if probs is None else probs + p
-        probs /= len(self.models)
-        return torch.log(probs.clamp_min(1e-30)).numpy()
+        out = []
+        # one feature pass for all members; chunks keep (M, t, P) small with thousands of pdfs
+        with autocast(self.device, self.precision):
+            for logits in ensemble_chunks(self.models, feats, chunk=1024):  # (M, t, P)
+                probs = torch.softmax(logits.float(), dim=-1).mean(dim=0)
+                out.append(torch.log(probs.clamp_min(1e-30)))
+        if not out:
+            return np.zeros((0, self.log_prior.shape[0]), dtype=np.float32)
+        return torch.cat(out).cpu().numpy()
 
     def __call__(self, utt):
         return (self.log_posteriors(utt) - self.log_prior).astype(np.float32)
 
 
-def make_scorer(ckpt_paths, feature_reader):
+def make_scorer(ckpt_paths, feature_reader, device="cpu", precision="fp32"):
     """Checkpoint path(s) + a FeatureReader -> Scorer (callable utt -> np.float32 (T, P))."""
     if isinstance(ckpt_paths, (str, os.PathLike)):
         ckpt_paths = [ckpt_paths]
@@ -360,6 +454,6 @@ def make_scorer(ckpt_paths, feature_reader):
         for m in models:
             check_features(m.source, m.feature_config, m.config.feat_dim, data.path,
                            feature_reader.dim)
-    scorer = Scorer(models, feature_reader)
+    scorer = Scorer(models, feature_reader, device=device, precision=precision)
     scorer.tree_id, scorer.source = models[0].tree_id, models[0].source
     return scorer

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
 from asrkd.identity import check_features, check_tree, feature_config, tree_id
-from asrkd.models import ModelConfig, build_model, load_checkpoint
+from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
 from asrkd.table import atomic_path
 
 CACHE_VERSION = 1
@@ -77,9 +77,12 @@ class TrainConfig(DictConfig):
     num_threads: int = 0  # 0: leave torch's setting
     tensorboard: bool = True
     device: str = "cpu"  # e.g. "cuda"; bit-identical reruns are promised on CPU only
+    # "bf16": forward pass and loss under torch.autocast (bfloat16 matmuls, float32 weights and
+    # optimizer); "fp32": plain float32.
+    precision: str = "fp32"
 
     # Fields that may change between a run and its resumption.
-    RESUMABLE = ("epochs", "min_epochs", "num_threads", "tensorboard", "device")
+    RESUMABLE = ("epochs", "min_epochs", "num_threads", "tensorboard", "device", "precision")
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
@@ -94,6 +97,10 @@ class TrainConfig(DictConfig):
             raise UserError(f"newbob_metric must be 'loss' or 'acc', got {self.newbob_metric!r}")
         if not 0 <= self.valid_fraction < 1:
             raise UserError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                            f"{self.precision!r}")
+
 
 
 
@@ -158,12 +165,88 @@ def _cache_key(data_dir, ali_dir, cmvn, unaligned="skip"):
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
+# Memory bounded by the model, not the corpus. A memory-mapped page that a process has touched
+# counts in its resident set until unmapped, so shuffled reads over a whole cache (and writing one
+# through a mapping) would make RSS grow to the cache's size. Writes therefore go through plain
+# file writes, and the read side hands its pages back every RELEASE_BYTES of reads (the kernel's
+# page cache keeps them, so a re-read costs a minor fault, not disk I/O).
+RELEASE_BYTES = 32 << 20
+# A read fault on a file mapping maps the pages around it too (Linux's fault-around, 64 KB by
+# default), so a shuffled row costs that much resident memory, not its own bytes.
+_FAULT_AROUND = 64 << 10
+
+
+class NpyRowWriter:
+    """Write a .npy array of a known shape front to back, rows in order, without a memory map.
+
+    ``write(rows)`` appends; ``skip_to(row)`` zero-fills up to ``row``; ``close()`` zero-fills
+    the rest. The file loads with ``np.load(path, mmap_mode="r")`` like any other.
+    """
+
+    def __init__(self, path, dtype, shape):
+        self.dtype, self.shape, self.row = np.dtype(dtype), tuple(shape), 0
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.path = os.fspath(path)
+        self.f = open(path, "wb")
+        np.lib.format.write_array_header_2_0(
+            self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                     "shape": self.shape})
+
+    def _write(self, data):
+        try:
+            self.f.write(data)
+        except OSError as e:  # a full disk or a file-size limit: name the file
+            raise OSError(e.errno, e.strerror, self.path) from None
+
+    def skip_to(self, row):
+        while self.row < row:  # a bounded zero block at a time
+            n = min(row - self.row, max(1, (8 << 20) // max(self.row_bytes, 1)))
+            self._write(bytes(n * self.row_bytes))
+            self.row += n
+
+    def write(self, rows):
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.row + len(rows) > self.shape[0]:
+            raise ValueError(f"rows {rows.shape} do not fit {self.shape} at row {self.row}")
+        self._write(rows.tobytes())
+        self.row += len(rows)
+
+    def close(self):
+        self.skip_to(self.shape[0])
+        self.f.close()
+
+
+def release_pages(*arrays):
+    """Hand back the resident pages of memory-mapped arrays (np.load(mmap_mode=...) results)."""
+    import mmap
+
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is not None and hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_DONTNEED)
+
+
+class _PageBudget:
+    """Counts bytes read from memory maps; releases their pages once past RELEASE_BYTES."""
+
+    def __init__(self, *arrays):
+        self.arrays = [a for a in arrays if a is not None]
+        self.read = 0
+
+    def add(self, rows, row_bytes):
+        self.read += int(rows) * (int(row_bytes) + _FAULT_AROUND * len(self.arrays))
+        if self.read >= RELEASE_BYTES:
+            release_pages(*self.arrays)
+            self.read = 0
+
+
 class FrameCache:
     """Memory-mapped CMVN'd frames of all aligned utterances of a data dir, with pdf targets.
 
     ``feats`` (F, D) float32, ``pdf`` (F,) int32 (-1: no hard target, an unaligned utterance
     kept for soft targets), ``offsets`` (U + 1,) frame offsets of the utterances in ``utts``
-    (sorted), ``spk`` their speakers, ``labeled`` (U,) bool; ``utt_index`` (F,) int32.
+    (sorted), ``spk`` their speakers, ``labeled`` (U,) bool; ``utt_of(idx)`` the utterance
+    index of each global frame index (a search in ``offsets``: no per-frame array in RAM).
     """
 
     def __init__(self, cache_dir):
@@ -177,25 +260,38 @@ class FrameCache:
         self.offsets = np.load(os.path.join(cache_dir, "offsets.npy"))
         self.labeled = np.ones(len(self.utts), dtype=bool)
         self.labeled[self.meta.get("unlabeled", [])] = False
-        self.utt_index = np.repeat(np.arange(len(self.utts), dtype=np.int32),
-                                   np.diff(self.offsets))
+        self.index_dtype = np.int32 if len(self.pdf) < 2**31 else np.int64
 
     @property
     def dim(self):
         return self.feats.shape[1]
 
+    def utt_of(self, idx):
+        """Utterance indices (int64) of global frame indices."""
+        return np.searchsorted(self.offsets, idx, side="right") - 1
+
+    @property
+    def utt_index(self):
+        """(F,) int32 utterance index of every frame, built on first use (4 bytes a frame in
+        RAM: training itself uses ``utt_of``)."""
+        if getattr(self, "_utt_index", None) is None:
+            self._utt_index = np.repeat(np.arange(len(self.utts), dtype=np.int32),
+                                        np.diff(self.offsets))
+        return self._utt_index
+
     def frames_of(self, utt_ids):
         """Global frame indices (int64) of the utterances with the given indices."""
+        # int32 below 2^31 frames: the epoch's index arrays are the one per-frame cost in RAM
         if len(utt_ids) == 0:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1])
-                               for u in utt_ids]).astype(np.int64)
+            return np.zeros(0, dtype=self.index_dtype)
+        return np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1],
+                                         dtype=self.index_dtype) for u in utt_ids])
 
     def windows(self, idx, left, right):
         """Global frame indices (N,) -> (N, left + 1 + right, D) float32, clamped per utterance."""
-        u = self.utt_index[idx]
+        u = self.utt_of(idx)
         lo, hi = self.offsets[u], self.offsets[u + 1] - 1
-        win = idx[:, None] + np.arange(-left, right + 1)
+        win = idx[:, None].astype(np.int64) + np.arange(-left, right + 1)
         np.clip(win, lo[:, None], hi[:, None], out=win)
         return self.feats[win]
 
@@ -250,33 +346,16 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
     return FrameCache(cache_dir)
 
 
-def _open_memmap(path, dtype, shape):
-    """A .npy memmap whose blocks are reserved on disk first: writing into a sparse mapping on
-    a full disk kills the process with SIGBUS; reserving them fails cleanly instead."""
-    size = np.dtype(dtype).itemsize * int(np.prod(shape))
-    try:
-        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, os.path.getsize(path))
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise OSError(e.errno, f"{e.strerror} (reserving {size / 1e6:.3g} MB for the frame "
-                      "cache)", path) from None
-    return arr
-
-
 def _write_frame_cache(tmp, reader, utts, lengths, offsets, pdf_scp, num_pdfs, ali_dir):
     dim = reader.dim
-    feats = _open_memmap(os.path.join(tmp, "feats.npy"), np.float32, (int(offsets[-1]), dim))
-    pdf = _open_memmap(os.path.join(tmp, "pdf.npy"), np.int32, (int(offsets[-1]),))
+    feats = NpyRowWriter(os.path.join(tmp, "feats.npy"), np.float32, (int(offsets[-1]), dim))
+    pdf = NpyRowWriter(os.path.join(tmp, "pdf.npy"), np.int32, (int(offsets[-1]),))
     for i, utt in enumerate(tqdm(utts, desc="frame cache", unit="utt", file=sys.stderr,
                                  disable=None)):
         x = reader[utt]
         if utt not in pdf_scp:  # kept (unaligned="keep"): no hard targets
-            feats[offsets[i]:offsets[i + 1]] = x
-            pdf[offsets[i]:offsets[i + 1]] = -1
+            feats.write(x)
+            pdf.write(np.full(len(x), -1, dtype=np.int32))
             continue
         y = np.asarray(pdf_scp[utt])
         if x.shape[0] != y.shape[0] or x.shape[0] != lengths[i]:
@@ -284,11 +363,10 @@ def _write_frame_cache(tmp, reader, utts, lengths, offsets, pdf_scp, num_pdfs, a
                             f"frames in {ali_dir}/pdf.scp; realign after recomputing features")
         if y.size and (y.min() < 0 or y.max() >= num_pdfs):
             raise UserError(f"{utt}: pdf ids outside [0, {num_pdfs}) in {ali_dir}/pdf.scp")
-        feats[offsets[i]:offsets[i + 1]] = x
-        pdf[offsets[i]:offsets[i + 1]] = y
-    feats.flush()
-    pdf.flush()
-    del feats, pdf
+        feats.write(x)
+        pdf.write(y)
+    feats.close()
+    pdf.close()
     np.save(os.path.join(tmp, "offsets.npy"), offsets)
 
 
@@ -311,8 +389,9 @@ def _extra_memmap(cache, utt_ids, extra_targets, path):
     """Rows of ``extra_targets[utt]`` for the given utterances, memmapped in cache frame order."""
     first = np.asarray(extra_targets[cache.utts[utt_ids[0]]])
     shape = (len(cache.pdf),) + first.shape[1:]
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=first.dtype, shape=shape)
-    for u in tqdm(utt_ids, desc="extra targets", unit="utt", file=sys.stderr, disable=None):
+    arr = NpyRowWriter(path, first.dtype, shape)  # rows in frame order; others stay zero
+    for u in tqdm(sorted(utt_ids), desc="extra targets", unit="utt", file=sys.stderr,
+                  disable=None):
         utt = cache.utts[u]
         if utt not in extra_targets:
             raise UserError(f"{utt}: no extra (soft) targets")
@@ -321,9 +400,9 @@ def _extra_memmap(cache, utt_ids, extra_targets, path):
         if e.shape[0] != n or e.shape[1:] != first.shape[1:]:
             raise UserError(f"{utt}: extra targets have shape {e.shape}, expected "
                             f"({n}, {', '.join(map(str, first.shape[1:]))})")
-        arr[cache.offsets[u]:cache.offsets[u + 1]] = e
-    arr.flush()
-    del arr
+        arr.skip_to(cache.offsets[u])
+        arr.write(e)
+    arr.close()
     return np.load(path, mmap_mode="r")
 
 
@@ -353,27 +432,36 @@ def _chunk_starts(cache, frames, chunk):
     A last piece that would overrun its utterance is moved back to end with it (a few frames are
     then seen twice per epoch), so every piece stays inside one utterance.
     """
-    starts = frames[(frames - cache.offsets[cache.utt_index[frames]]) % chunk == 0]
-    ends = cache.offsets[cache.utt_index[starts] + 1]
-    lo = cache.offsets[cache.utt_index[starts]]
+    starts = frames[(frames - cache.offsets[cache.utt_of(frames)]) % chunk == 0]
+    ends = cache.offsets[cache.utt_of(starts) + 1]
+    lo = cache.offsets[cache.utt_of(starts)]
     return np.maximum(np.minimum(starts, ends - chunk), lo)
 
 
-def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1):
+def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1, world=None):
     """Minibatches of the frames in the given order (chunk > 1: ``frames`` are chunk starts).
 
     chunk == 1: x (N, C, D) one window per frame. chunk > 1: x (B, chunk + left + right, D), the
     frames of B pieces in order (N = B * chunk rows of y/extra), and batch["chunk"] = chunk.
+    ``world`` (distributed training): ``batch_size`` is the global batch and only this rank's
+    part of each one is read and yielded (it may be empty).
     """
+    from asrkd.distributed import World, local_part
+
+    world = world or World()
     left, right = model.left_context, model.right_context
     step = batch_size if chunk == 1 else max(1, batch_size // chunk)
+    budget = _PageBudget(cache.feats, cache.pdf, extra)
+    row_bytes = cache.feats.shape[1] * cache.feats.itemsize * (left + 1 + right)
+    if extra is not None:
+        row_bytes += int(np.prod(extra.shape[1:])) * extra.itemsize
     for s in range(0, len(frames), step):
         if chunk == 1:
-            idx = frames[s:s + step]
+            idx = local_part(frames[s:s + step], world)
             x = cache.windows(idx, left, right)
         else:
-            starts = frames[s:s + step]
-            u = cache.utt_index[starts]
+            starts = local_part(frames[s:s + step], world)
+            u = cache.utt_of(starts)
             lo, hi = cache.offsets[u][:, None], cache.offsets[u + 1][:, None] - 1
             idx = np.clip(starts[:, None] + np.arange(chunk), lo, hi).ravel()
             win = np.clip(starts[:, None] + np.arange(-left, chunk + right), lo, hi)
@@ -384,9 +472,11 @@ def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1
             batch["extra"] = torch.from_numpy(np.asarray(extra[idx]))
         batch = {k: v.to(device) for k, v in batch.items()}
         batch["frames"] = idx  # numpy, for naming the utterances of a batch that goes wrong
+        budget.add(len(idx), row_bytes)
         if chunk > 1:
             batch["chunk"] = chunk
         yield batch
+    release_pages(cache.feats, cache.pdf, extra)
 
 
 class NonFiniteLoss(UserError):
@@ -432,6 +522,7 @@ def _evaluate(model, cache, utt_ids, device="cpu"):
     """(CE loss, frame accuracy) on hard targets, whole utterances as in decoding."""
     model.eval()
     loss, correct, n = 0.0, 0, 0
+    budget = _PageBudget(cache.feats, cache.pdf)
     for u in utt_ids:
         a, b = cache.offsets[u], cache.offsets[u + 1]
         logits = model.utterance_logits(torch.from_numpy(np.array(cache.feats[a:b])).to(device))
@@ -439,8 +530,23 @@ def _evaluate(model, cache, utt_ids, device="cpu"):
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         n += int(b - a)
+        budget.add(b - a, cache.feats.shape[1] * cache.feats.itemsize)
+    release_pages(cache.feats, cache.pdf)
     n = max(n, 1)
     return float(loss / n), float(correct / n)
+
+
+def _evaluate_world(model, cache, utt_ids, device, world):
+    """_evaluate over all ranks: each scores every world.size-th utterance, sums all-reduced."""
+    from asrkd.distributed import all_reduce_sums
+
+    if not world.distributed:
+        return _evaluate(model, cache, utt_ids, device)
+    mine = list(utt_ids)[world.rank::world.size]
+    n = int(sum(cache.offsets[u + 1] - cache.offsets[u] for u in mine))
+    loss, acc = _evaluate(model, cache, mine, device) if mine else (0.0, 0.0)
+    tot_loss, tot_correct, tot_n = all_reduce_sums([loss * n, acc * n, n], world, device)
+    return float(tot_loss / max(tot_n, 1)), float(tot_correct / max(tot_n, 1))
 
 
 def _last_epoch_checkpoint(exp_dir):
@@ -499,7 +605,13 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     ``batch["y"] == -1`` (``loss_fn`` must handle it, e.g. distillation's soft-target term); they
     are never in the validation split.
     A finished run is not redone; an interrupted one resumes after its last epoch checkpoint.
+    Under torchrun every process is one rank of a data-parallel run (asrkd.distributed):
+    ``train_config.batch_size`` is then the global batch, shared out between the ranks.
     """
+    from asrkd.distributed import (all_reduce_gradients, all_reduce_sums, barrier,
+                                   broadcast_parameters, init_world, rank_seed)
+    from asrkd.jobs import fixed_mmap_threshold
+
     model_config = ModelConfig.from_dict(model_config.to_dict())  # a copy we may fill in
     os.makedirs(exp_dir, exist_ok=True)
     final = os.path.join(exp_dir, "final.pt")
@@ -507,10 +619,17 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
         torch.set_num_threads(train_config.num_threads)
     if not 0 < train_fraction <= 1:
         raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    world, device = init_world(train_config.device)
+    fixed_mmap_threshold()  # per-batch temporaries must not grow the heap (asrkd.jobs)
 
     _, pdf_counts, num_pdfs = read_alignment_info(ali_dir)
-    cache = build_frame_cache(data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"),
-                              cmvn=model_config.cmvn, unaligned="keep" if unlabeled else "skip")
+    cache_args = (data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"))
+    cache_kw = {"cmvn": model_config.cmvn, "unaligned": "keep" if unlabeled else "skip"}
+    if not world.is_main:  # rank 0 writes the cache; the others open it once it is there
+        barrier(world)
+    cache = build_frame_cache(*cache_args, **cache_kw)
+    if world.is_main:
+        barrier(world)
     if model_config.num_pdfs not in (0, num_pdfs):
         raise UserError(f"model config says {model_config.num_pdfs} pdfs, {ali_dir} has "
                         f"{num_pdfs}")
@@ -536,6 +655,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                         f"(valid_fraction {train_config.valid_fraction})")
     n_unlab = int((~cache.labeled[train_utts]).sum())
     print(f"train: {len(train_utts)} utts / {len(train_frames)} frames"
+          + (f" (rank {world.rank} of {world.size})" if world.distributed else "")
           + (f" ({n_unlab} utts with no hard targets)" if n_unlab else "")
           + f", valid: {len(valid_utts)} utts / {len(valid_frames)} frames, skipped (no "
           f"alignment): {cache.meta['skipped_unaligned']}", file=sys.stderr)
@@ -544,9 +664,9 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     model = build_model(model_config)
     model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
     try:  # before the optimizer exists, so its loaded state lands on the same device
-        model.to(train_config.device)
+        model.to(device)
     except (RuntimeError, AssertionError) as e:
-        raise UserError(f"device {train_config.device!r}: {e}") from None
+        raise UserError(f"device {device!r}: {e}") from None
     opt = _make_optimizer(model, train_config)
     state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": 0.0,
              "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
@@ -572,17 +692,22 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             raise UserError(f"{init_from}: does not fit the model config: "
                             f"{str(e).splitlines()[0]}") from None
         model.pdf_counts.copy_(torch.from_numpy(pdf_counts))
+    broadcast_parameters(model, world)
     if state["stop"] or state["epoch"] >= train_config.epochs:
         if not os.path.isfile(final):
             raise UserError(f"{exp_dir}: training finished but final.pt is missing")
         return final
     extra = None
     if extra_targets is not None:
-        extra = _extra_memmap(cache, train_utts, extra_targets,
-                              os.path.join(exp_dir, "extra_targets.npy"))
+        extra_path = os.path.join(exp_dir, "extra_targets.npy")
+        if world.is_main:
+            extra = _extra_memmap(cache, train_utts, extra_targets, extra_path)
+        barrier(world)
+        if not world.is_main:
+            extra = np.load(extra_path, mmap_mode="r")
 
     writer = None
-    if train_config.tensorboard:
+    if train_config.tensorboard and world.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(os.path.join(exp_dir, "tensorboard"),
@@ -592,13 +717,13 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     common = {"pdf_counts": torch.from_numpy(pdf_counts), "train_config": train_config.to_dict(),
               "seed": int(seed), "data_dir": os.path.abspath(data_dir),
               "ali_dir": os.path.abspath(ali_dir), "tree_id": ali_tree,
-              "feature_config": feature_config(data_dir)}
+              "feature_config": feature_config(data_dir), "world_size": world.size}
     try:
         while not state["stop"] and state["epoch"] < train_config.epochs:
             epoch = state["epoch"] + 1
             t0 = time.time()
             es = _epoch_seed(seed, epoch)
-            torch.manual_seed(es)
+            torch.manual_seed(rank_seed(es, world))
             chunk = train_config.chunk_size
             units = train_frames if chunk == 1 else _chunk_starts(cache, train_frames, chunk)
             frames = np.random.default_rng(es).permutation(units)
@@ -608,25 +733,30 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             model.train()
             tot_loss, tot_correct, tot_n, tot_labeled = 0.0, 0, 0, 0
             bar = tqdm(total=len(frames) * chunk, desc=f"epoch {epoch}", unit="frame", file=sys.stderr,
-                       disable=None, unit_scale=True)
+                       disable=None if world.is_main else True, unit_scale=True)
             for batch in _batches(cache, frames, model, train_config.batch_size, extra,
-                                  train_config.device, chunk):
-                logits = _forward(model, batch)
-                loss = loss_fn(logits, batch)
-                if not torch.isfinite(loss.detach()).item():
-                    raise NonFiniteLoss(epoch, _batch_utts(cache, batch, logits), exp_dir)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                                  device, chunk, world):
                 n = len(batch["y"])
-                tot_loss += loss.item() * n
-                tot_correct += (logits.detach().argmax(-1) == batch["y"]).sum().item()
-                tot_labeled += (batch["y"] >= 0).sum().item()
-                tot_n += n
-                bar.update(n)
+                opt.zero_grad(set_to_none=True)
+                if n:  # a rank's part of a short last batch may be empty
+                    with autocast(device, train_config.precision):
+                        logits = _forward(model, batch)
+                        loss = loss_fn(logits, batch)
+                    if not torch.isfinite(loss.detach()).item():
+                        raise NonFiniteLoss(epoch, _batch_utts(cache, batch, logits), exp_dir)
+                    loss.backward()
+                    tot_loss += loss.item() * n
+                    tot_correct += (logits.detach().argmax(-1) == batch["y"]).sum().item()
+                    tot_labeled += (batch["y"] >= 0).sum().item()
+                    tot_n += n
+                n_global = all_reduce_gradients(model, n, world)
+                opt.step()
+                bar.update(n_global)
             bar.close()
+            tot_loss, tot_correct, tot_n, tot_labeled = all_reduce_sums(
+                [tot_loss, tot_correct, tot_n, tot_labeled], world, device)
             train_seconds = time.time() - t0
-            valid_loss, valid_acc = _evaluate(model, cache, valid_utts, train_config.device)
+            valid_loss, valid_acc = _evaluate_world(model, cache, valid_utts, device, world)
             if not np.isfinite(valid_loss):
                 raise NonFiniteLoss(epoch, None, exp_dir)
             # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
@@ -647,11 +777,12 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                    "valid_acc": valid_acc, "seconds": time.time() - t0, "accepted": accepted,
                    "train_frames_per_second": tot_n / max(train_seconds, 1e-9)}
             history.append(row)
-            print(f"epoch {epoch}: lr {state['lr']:.3g} train loss {row['train_loss']:.4f} "
+            if world.is_main:
+                print(f"epoch {epoch}: lr {state['lr']:.3g} train loss {row['train_loss']:.4f} "
                   f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "
-                  f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
-                  f"{row['seconds']:.1f}s", file=sys.stderr)
-            if accepted:
+                      f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
+                      f"{row['seconds']:.1f}s", file=sys.stderr)
+            if accepted and world.is_main:
                 model.save(final, epoch=epoch, valid_acc=valid_acc, **common)
             elif train_config.reject_worse:
                 best = load_checkpoint(os.path.join(exp_dir, f"epoch{state['best_epoch']}.pt"))
@@ -668,14 +799,16 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             if state["halving"]:
                 state["lr"] *= train_config.halving_factor
             state["epoch"] = epoch
-            model.save(os.path.join(exp_dir, f"epoch{epoch}.pt"), optimizer=opt.state_dict(),
-                       schedule=dict(state), history=history, **common)
-            _write_log(exp_dir, history)
+            if world.is_main:
+                model.save(os.path.join(exp_dir, f"epoch{epoch}.pt"), optimizer=opt.state_dict(),
+                           schedule=dict(state), history=history, **common)
+                _write_log(exp_dir, history)
+            barrier(world)  # epoch{N}.pt is on disk before any rank may need it (rejection)
             if writer is not None:
                 for k in ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc"):
                     writer.add_scalar(k, row[k], epoch)
                 writer.flush()
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and world.is_main:
                 on_epoch_end(epoch)
     finally:
         if writer is not None:
@@ -762,14 +895,16 @@ def is_finished(exp_dir):
 
 
 def train_ensemble(data_dir, ali_dir, exp_dir, model_config, train_config, num_models=10,
-                   seeds=None, nj=1):
+                   seeds=None, nj=1, launcher="local"):
     """Train models with seeds 1..N (or ``seeds``) into ``exp_dir/model{i}/final.pt``.
 
     Jobs run in parallel with the CPU threads split between them; finished models are skipped,
     interrupted ones resume. All members share one frame cache in ``exp_dir/frames``.
+    ``launcher`` (asrkd.jobs): "slurm[:k=v,...]" trains the unfinished members as one Slurm job
+    array (one task each; the same directories and logs), "submitit-local" the same locally.
     Returns the list of final checkpoint paths.
     """
-    from asrkd.jobs import run_jobs
+    from asrkd.jobs import parse_launcher, run_jobs
 
     seeds = list(seeds) if seeds else list(range(1, num_models + 1))
     if len(set(seeds)) != len(seeds):
@@ -787,10 +922,20 @@ def train_ensemble(data_dir, ali_dir, exp_dir, model_config, train_config, num_m
     nj = max(1, min(nj, len(todo) or 1))
     tc = train_config.to_dict()
     tc["num_threads"] = tc["num_threads"] or max(1, cores // nj)
-    # Finished members are passed too (they return at once) so log N is always model N's.
-    args = [(data_dir, ali_dir, d, model_config.to_dict(), tc, s, cache_dir)
-            for d, s in zip(dirs, seeds)]
+    kind, params = parse_launcher(launcher)
+    if kind != "local":  # a task per unfinished member, threads as the scheduler grants
+        tc["num_threads"] = train_config.num_threads or int(params.get("cpus_per_task", 1))
+    # Finished members are passed too (they return at once) so log N is always model N's;
+    # a cluster gets only the unfinished ones (a task costs a queue slot), logs still numbered N.
+    ids = [i + 1 for i, d in enumerate(dirs) if kind == "local" or d in todo]
+    args = [(data_dir, ali_dir, dirs[i - 1], model_config.to_dict(), tc, seeds[i - 1], cache_dir)
+            for i in ids]
     if todo:
-        run_jobs(_ensemble_job, args, nj, os.path.join(exp_dir, "log"), "train",
-                 desc="train-ensemble", threads_per_job=tc["num_threads"])
+        try:
+            run_jobs(_ensemble_job, args, nj, os.path.join(exp_dir, "log"), "train",
+                     desc="train-ensemble", threads_per_job=tc["num_threads"],
+                     launcher=launcher, job_ids=ids)
+        except UserError as e:
+            raise UserError(f"{e}; a rerun skips the finished members and resubmits only "
+                            "the others") from None
     return [os.path.join(d, "final.pt") for d in dirs]

@@ -100,8 +100,9 @@ if stage 9 "GMM decoding: each system's acoustic scale chosen on dev, applied to
 fi
 
 if stage 10 "ensemble: $num_models DNNs with different seeds"; then
+  # ensemble_launcher (cmd.sh): local processes, or one Slurm array task per member
   $asrkd_cmd asrkd train-ensemble --nj $nj --num-models $num_models --conf $conf/$dnn_conf \
-    $data/$train $exp/tri_ali_$train $exp/teachers
+    --launcher "${ensemble_launcher:-local}" $data/$train $exp/tri_ali_$train $exp/teachers
   stage_done 10
 fi
 

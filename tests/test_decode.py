@@ -126,9 +126,13 @@ def data_dirs(setup):
             _data_dir(str(root / "data_test"), test, None))
 
 
-def test_cli_pipeline_parallel(setup, data_dirs):
+def test_cli_pipeline_parallel(setup, data_dirs, monkeypatch):
     """The verbs on real data dirs (MFCC-like feats + deltas + CMVN read from disk), nj=2."""
+    import asrkd.gmm
+
     from asrkd.cli import main
+
+    monkeypatch.setattr(asrkd.gmm, "ACC_BATCH_FRAMES", 300)  # blocks enough for two jobs
 
     root, train, test, lang, mono, tri, ref = setup
     dtrain, dtest = data_dirs

@@ -589,8 +589,8 @@ def test_full_disk_during_train_is_one_line_and_leaves_no_temp_files(tmp_path):
     r = _limited(20_000, ["train", data, ali, str(exp), "--conf", str(conf)])
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert re.match(r"asrkd train: error: File too large \(reserving 0\.0\d+ MB for the frame "
-                    r"cache\) writing .*/feats.npy; free space", last), last
+    assert re.match(r"asrkd train: error: File too large writing .*/feats.npy; free space",
+                    last), last
     assert "Traceback" not in r.stderr and "Bus error" not in r.stderr
     left = [p for p in glob.glob(str(exp / "**"), recursive=True) if os.path.isfile(p)]
     assert left == []

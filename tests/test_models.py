@@ -111,3 +111,38 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
     m.save(tmp_path / "a.pt")
     m.save(tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_ensemble_feature_pass_equals_each_member_on_its_own(batched):
+    from asrkd.models import ensemble_utterance_logits
+
+    torch.manual_seed(0)
+    members = [build_model(_config("dnn")) for _ in range(3)]
+    members.append(build_model(_config("dnn", left_context=1, right_context=4)))
+    members.append(build_model(_config("tdnn")))
+    for m in members:
+        m.eval()
+    feats = torch.randn(23, D)
+    want = torch.stack([m.utterance_logits(feats) for m in members])
+    got = ensemble_utterance_logits(members, feats, chunk=7, batched=batched)  # 4 chunks
+    assert got.shape == want.shape == (5, 23, P)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert ensemble_utterance_logits(members, torch.zeros(0, D)).shape == (5, 0, P)
+
+
+def test_scorer_in_bf16_is_close_to_fp32(tmp_path):
+    from asrkd.models import Scorer
+
+    torch.manual_seed(1)
+    models = [build_model(_config("dnn")) for _ in range(2)]
+    for m in models:
+        m.pdf_counts.fill_(3)
+        m.eval()
+    feats = {"u": np.random.default_rng(0).normal(size=(40, D)).astype(np.float32)}
+    fp32 = Scorer(models, feats).log_posteriors("u")
+    bf16 = Scorer(models, feats, precision="bf16").log_posteriors("u")
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    assert 0 < np.abs(bf16 - fp32).max() < 0.05  # bfloat16 really ran, and is close
+    with pytest.raises(UserError, match="precision"):
+        Scorer(models, feats, precision="fp8").log_posteriors("u")

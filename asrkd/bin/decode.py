@@ -42,6 +42,10 @@ def add_arguments(parser):
     parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
     parser.add_argument("--max-active", type=int, default=7000, help="max active states")
+    parser.add_argument("--device", default="cpu",
+                        help="where a DNN runs (cuda: with --nj 1; the search stays on the CPU)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: the DNN's forward under bfloat16 autocast")
 
 
 def main(args):
@@ -56,4 +60,5 @@ def main(args):
         decode(args.graph_dir, args.data_dir, model, decode_dir, acwt=args.acwt,
                acwt_grid=args.acwt_grid, acwt_from=args.acwt_from, nj=args.nj, beam=args.beam,
                lattice_beam=args.lattice_beam, max_active=args.max_active, ali_dir=args.ali_dir,
-               frame_acc_data=args.frame_acc_data)
+               frame_acc_data=args.frame_acc_data, device=args.device,
+               precision=args.precision)

@@ -14,12 +14,16 @@ def add_arguments(parser):
     parser.add_argument("--topk", type=int, default=20,
                         help="keep the K most probable pdfs per frame, renormalized (0: all)")
     parser.add_argument("--nj", type=int, default=1, help="parallel jobs")
+    parser.add_argument("--device", default="cpu", help="where the teachers run (cpu, cuda)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: the teachers' forward under bfloat16 autocast")
 
 
 def main(args):
     meta = compute_soft_targets(args.data, args.teachers_dir, args.out_dir,
                                 temperature=args.temperature, combine=args.combine,
-                                topk=args.topk, nj=args.nj)
+                                topk=args.topk, nj=args.nj, device=args.device,
+                                precision=args.precision)
     print(
         f"soft targets: {meta['num_utts']} utts, {meta['num_frames']} frames, "
         f"{len(meta['teachers'])} teachers, T={meta['temperature']:g} {meta['combine']}, "

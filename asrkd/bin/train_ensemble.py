@@ -12,6 +12,12 @@ def add_arguments(parser):
                         help="comma-separated seeds instead of 1..N (sets N)")
     parser.add_argument("--nj", type=int, default=1,
                         help="models trained at once; CPU threads are split between them")
+    parser.add_argument("--launcher", default="local",
+                        help="local (processes here), submitit-local, or slurm[:key=value,...]: "
+                        "the unfinished members as one Slurm job array through submitit, keys "
+                        "as submitit's (e.g. slurm:partition=gpu,gpus_per_node=1,"
+                        "cpus_per_task=8,mem_gb=32,timeout_min=1440); set in the recipe's "
+                        "cmd.sh")
 
 
 def main(args):
@@ -29,5 +35,6 @@ def main(args):
         raise UserError("--num-models must be at least 1")
     model_config, train_config = load_conf(args.conf)
     for p in train_ensemble(args.data, args.ali_dir, args.exp_dir, model_config, train_config,
-                            num_models=args.num_models, seeds=seeds, nj=args.nj):
+                            num_models=args.num_models, seeds=seeds, nj=args.nj,
+                            launcher=args.launcher):
         print(p)

@@ -32,6 +32,11 @@ VERBS = {
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
     "score": "score hypotheses against reference text (WER)",
     "report": "write the Table-1 style report (results.md, results.json, charts)",
+    "transcribe": "audio files -> words with an acoustic model and a decoding graph",
+    "export-onnx": "write an acoustic model (or an ensemble) as one ONNX graph, parity-checked",
+    "export-soft-targets": "soft targets -> Kaldi matrix ark/scp (nnet3 --use-dense-targets)",
+    "import-lhotse": "lhotse cuts manifest -> Kaldi data dir",
+    "export-lhotse": "Kaldi data dir -> lhotse recordings, supervisions and cuts manifests",
 }
 
 

@@ -188,8 +188,9 @@ def read_best_acwt(decode_dir):
 
 
 def make_scorer(model, data_dir, feats=None):
-    """Scorer for MODEL (a GMM model dir with final.mdl, or DNN checkpoint(s)/an ensemble dir)
-    on data_dir: GMMs read MFCC + deltas + mean CMVN, DNNs fbank + mean/var CMVN."""
+    """Scorer for MODEL (a GMM model dir with final.mdl, DNN checkpoint(s)/an ensemble dir, or an
+    .onnx file from export-onnx, run by onnxruntime) on data_dir: GMMs read MFCC + deltas + mean
+    CMVN, DNNs fbank + mean/var CMVN."""
     from asrkd.features import FeatureReader
 
     models = model if isinstance(model, (list, tuple)) else [model]
@@ -201,6 +202,21 @@ def make_scorer(model, data_dir, feats=None):
             raise UserError(f"{models[0]}: model has no GMMs")
         return GmmScorer(m, feats if feats is not None else
                          FeatureReader(data_dir, cmvn="mean", deltas=2))
+    if len(models) == 1 and os.fspath(models[0]).endswith(".onnx"):
+        from asrkd.export import onnx_scorer
+
+        return onnx_scorer(models[0], data_dir, feats)
+    ckpts = _dnn_checkpoints(models)
+    from asrkd import models as dnn
+
+    if feats is None:
+        # the checkpoints know their features' CMVN mode (the paper's: mean and variance)
+        feats = FeatureReader(data_dir, cmvn=dnn.load_model(ckpts[0]).config.cmvn)
+    return dnn.make_scorer(ckpts, feats)
+
+
+def _dnn_checkpoints(models):
+    """DNN checkpoint paths of MODEL arguments (files, dirs with final.pt, ensemble dirs)."""
     ckpts = []
     for m in models:
         if os.path.isdir(m):
@@ -216,12 +232,7 @@ def make_scorer(model, data_dir, feats=None):
             ckpts.append(m)
         else:
             raise UserError(f"{m}: no such model file or directory")
-    from asrkd import models as dnn
-
-    if feats is None:
-        # the checkpoints know their features' CMVN mode (the paper's: mean and variance)
-        feats = FeatureReader(data_dir, cmvn=dnn.load_model(ckpts[0]).config.cmvn)
-    return dnn.make_scorer(ckpts, feats)
+    return ckpts
 
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,

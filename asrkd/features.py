@@ -144,6 +144,41 @@ def read_audio(path):
     return x, sr
 
 
+def resample(samples, orig_rate, new_rate, lowpass_filter_width=6, rolloff=0.99):
+    """Band-limited resampling of float32 samples (T,) from orig_rate to new_rate (Hz).
+
+    Windowed-sinc interpolation (Hann-squared window of ``lowpass_filter_width`` zero crossings,
+    cut-off at ``rolloff`` of the lower Nyquist frequency), one output phase per kernel row, run
+    as a strided convolution. Output length ceil(T * new / orig).
+    """
+    import math
+
+    import torch
+
+    orig, new = int(orig_rate), int(new_rate)
+    if orig <= 0 or new <= 0:
+        raise UserError(f"sample rates must be positive, got {orig_rate} and {new_rate}")
+    x = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if orig == new:
+        return x.numpy().copy()
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64) / orig  # (K,)
+    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None] / new + idx[None]) * base
+    t = t.clamp(-lowpass_filter_width, lowpass_filter_width)  # (new, K)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, 1.0, t))
+    kernels = (sinc * window * (base / orig)).to(torch.float32)
+    n = x.shape[0]
+    padded = torch.nn.functional.pad(x[None, None], (width, width + orig))
+    y = torch.nn.functional.conv1d(padded, kernels[:, None], stride=orig)  # (1, new, L)
+    y = y[0].t().reshape(-1)
+    return y[:math.ceil(new * n / orig)].numpy().copy()
+
+
 def check_device(device):
     """torch.device(device), or a UserError if it is malformed or absent here."""
     import torch

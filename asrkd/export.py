@@ -103,6 +103,8 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     from asrkd.features import FbankConfig, FeatureReader
     from asrkd.models import load_checkpoint, load_model
 
+    if not tolerance >= 0:
+        raise UserError(f"the parity tolerance must be >= 0, got {tolerance}")
     ckpts = resolve_checkpoints(model)
     members = [load_model(p) for p in ckpts]
     if len({m.config.num_pdfs for m in members}) != 1 or len({m.config.cmvn for m in members}) != 1:

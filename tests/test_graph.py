@@ -152,3 +152,20 @@ def test_kaldilm_import_order_guard():
     code = "import kaldifst, kaldi_hmm_gmm, asrkd.graph, asrkd.lang, asrkd.lm; import kaldilm"
     r = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_gzipped_arpa_gives_the_same_G(setup, tmp_path):
+    """A .arpa.gz (as LibriSpeech ships its LMs) is read without unpacking it first."""
+    import gzip
+    import shutil
+
+    from asrkd.graph import arpa_to_G
+
+    d, lang, _ = setup
+    with open(d / "lm.arpa", "rb") as src, gzip.open(tmp_path / "lm.arpa.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    words = os.path.join(lang.dir, "words.txt")
+    arpa_to_G(str(d / "lm.arpa"), words, str(tmp_path / "G_plain.fst"))
+    arpa_to_G(str(tmp_path / "lm.arpa.gz"), words, str(tmp_path / "G_gz.fst"))
+    assert (tmp_path / "G_plain.fst").read_bytes() == (tmp_path / "G_gz.fst").read_bytes()
+    assert os.path.getsize(tmp_path / "G_gz.fst") > 100

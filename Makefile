@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/gmm.py
 	$(BIN)/python bench/synth.py
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

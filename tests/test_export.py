@@ -1,6 +1,7 @@
 """ONNX export: DNN, TDNN and ensemble graphs agree with PyTorch (onnxruntime), carry their
 priors and feature config, and decode a data dir to PyTorch's hypotheses."""
 
+import io
 import json
 import os
 
@@ -16,6 +17,7 @@ from asrkd.export import OnnxModel, export_onnx
 from asrkd.features import FeatureReader
 from asrkd.models import ModelConfig, build_model, load_model
 from asrkd.table import read_table
+from asrkd.transcribe import transcribe
 
 
 def _random_model(path, family, seed, num_pdfs, counts):
@@ -77,6 +79,12 @@ def test_onnx_decodes_like_pytorch(tiny_hybrid, tiny_data, tmp_path, capsys):
         hyps[name + "_wer"] = open(os.path.join(d, "wer")).read()
     assert hyps["pt"] == hyps["onnx"] and hyps["pt_wer"] == hyps["onnx_wer"]
     assert any(hyps["pt"].values())
+    # transcribe runs it too, the acoustic scale taken from the ONNX metadata
+    res = transcribe(out, tiny_hybrid["graph"], [os.path.join(tiny_data["test"], "wav.scp")],
+                     out=io.StringIO())
+    assert res["acwt"] == 0.25
+    assert {k: v.strip() for k, v in res["hyps"].items()} == \
+        {k: v.strip() for k, v in hyps["pt"].items()}
 
 
 def test_parity_failure_and_bad_files_are_user_errors(tiny_hybrid, tiny_data, tmp_path):

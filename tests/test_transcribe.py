@@ -75,3 +75,18 @@ def test_cli_reads_stdin_and_rejects_bad_input(tiny_hybrid, tiny_data, monkeypat
     assert "real-time factor" in cap.err
     assert main(["transcribe", tiny_hybrid["model"], tiny_hybrid["graph"], "nope.flac"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_no_known_scale_or_a_gmm_is_a_clear_error(tiny_hybrid, tiny_data, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copyfile(os.path.join(tiny_hybrid["model"], "final.pt"), bare / "final.pt")
+    wav = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).values())[:1]
+    with pytest.raises(UserError, match="no acoustic scale known"):
+        transcribe(str(bare), tiny_hybrid["graph"], wav)
+    res = transcribe(str(bare), tiny_hybrid["graph"], wav, acwt=0.25, out=io.StringIO())
+    assert res["acwt"] == 0.25
+    with pytest.raises(UserError, match="GMM"):
+        transcribe(tiny_hybrid["graph"], tiny_hybrid["graph"], wav, acwt=0.1)

@@ -46,7 +46,7 @@ def build_parser(verb=None):
         description="Knowledge distillation of hybrid DNN-HMM acoustic models. "
         "Run `asrkd VERB --help` for a verb's arguments.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="verbs:\n" + "\n".join(f"  {v:<18} {h}" for v, h in VERBS.items()),
+        epilog="verbs:\n" + "\n".join(f"  {v:<20} {h}" for v, h in VERBS.items()),
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

@@ -95,12 +95,13 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
 
     ``data_dir``: an fbank data dir with feats.scp and cmvn.scp (default: the checkpoint's own
     training data dir). ``feature_config``: FbankConfig stored in the metadata (default: the
-    recipe's, i.e. FbankConfig()). ``acwt``: stored in the metadata (default: find_acwt).
+    recipe's, i.e. FbankConfig()); it must recompute the features of the model's training data
+    dir and of ``data_dir`` (features.check_feature_config). ``acwt``: stored in the metadata (default: find_acwt).
     Returns {"path", "bytes", "max_abs_diff", "frames", "tolerance"}.
     """
     import onnx
 
-    from asrkd.features import FbankConfig, FeatureReader
+    from asrkd.features import FbankConfig, FeatureReader, check_feature_config
     from asrkd.models import load_checkpoint, load_model
 
     if not tolerance >= 0:
@@ -116,8 +117,12 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     if fc.dim != members[0].config.feat_dim:
         raise UserError(f"the feature config gives {fc.dim}-dim features but the model takes "
                         f"{members[0].config.feat_dim}: pass the one it was trained with")
+    train_dir = load_checkpoint(ckpts[0]).get("data_dir")
+    check_feature_config(fc, train_dir)  # the config stored must be the model's own
     if data_dir is None:
-        data_dir = load_checkpoint(ckpts[0]).get("data_dir")
+        data_dir = train_dir
+    else:
+        check_feature_config(fc, data_dir)
         if not data_dir or not os.path.isdir(data_dir):
             raise UserError("the parity check needs real features: pass --data-dir DIR")
     reader = FeatureReader(data_dir, cmvn=members[0].config.cmvn)

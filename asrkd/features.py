@@ -701,3 +701,27 @@ class FeatureReader(collections.abc.Mapping):
 
     def num_frames(self, utt):
         return self._frames[utt] if self._frames is not None else self.raw(utt).shape[0]
+
+
+def check_feature_config(config, data_dir, atol=1e-3):
+    """UserError unless ``config`` recomputes DATA_DIR's stored features (its first utterance,
+    from its audio): the check that a model trained on DATA_DIR is fed the same features.
+    Returns False (and checks nothing) when the data dir or its audio is not there."""
+    d = DataDir(data_dir) if data_dir and os.path.isdir(data_dir) else None
+    if d is None or not d.has("feats.scp") or not d.has("wav.scp"):
+        return False
+    utt, spec = next(iter(d.table("feats.scp").items()))
+    path = d.wav.get(utt)
+    if path is None or not os.path.isfile(path):
+        return False
+    x, sr = read_audio(path)
+    stored = _read_feats(spec)
+    if sr != config.sample_rate or config.dim != stored.shape[1]:
+        raise UserError(f"{data_dir} was computed at {sr} Hz with {stored.shape[1]}-dim "
+                        f"features; the feature config gives {config.sample_rate} Hz, "
+                        f"{config.dim} dims: pass the config it was computed with")
+    ours = make_extractor(config)(x)
+    if ours.shape != stored.shape or np.abs(ours - stored).max() > atol:
+        raise UserError(f"the feature config does not reproduce {data_dir}'s features "
+                        f"({utt}): pass the config they were computed with (--feat-conf)")
+    return True

@@ -111,10 +111,14 @@ def model_info(model, feat_conf=None):
         raise UserError(f"{model}: a GMM dir; transcribe runs DNN models (final.pt, a dir of "
                         "model*/final.pt, or an .onnx file)")
     from asrkd.export import find_acwt, resolve_checkpoints
-    from asrkd.models import load_model
+    from asrkd.features import check_feature_config
+    from asrkd.models import load_checkpoint, load_model
 
-    cfg = load_model(resolve_checkpoints(model)[0]).config
+    ckpt = resolve_checkpoints(model)[0]
+    cfg = load_model(ckpt).config
     fc = load_feature_config(feat_conf) if feat_conf else FbankConfig()
+    # the checkpoint names its training data dir: recompute one of its utterances to be sure
+    check_feature_config(fc, load_checkpoint(ckpt).get("data_dir"))
     return cfg.cmvn, fc, find_acwt(model), cfg.feat_dim
 
 

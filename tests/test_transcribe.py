@@ -90,3 +90,17 @@ def test_no_known_scale_or_a_gmm_is_a_clear_error(tiny_hybrid, tiny_data, tmp_pa
     assert res["acwt"] == 0.25
     with pytest.raises(UserError, match="GMM"):
         transcribe(tiny_hybrid["graph"], tiny_hybrid["graph"], wav, acwt=0.1)
+
+
+def test_a_feature_config_other_than_the_models_is_refused(tiny_hybrid, tiny_data, tmp_path):
+    """The checkpoint's training data dir is recomputed with the config: another framing is a
+    clear error rather than silently different features of the same dimension."""
+    conf = tmp_path / "fbank.yaml"
+    conf.write_text("type: fbank\nlow_freq: 100\n")
+    wav = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).values())[:1]
+    with pytest.raises(UserError, match="does not reproduce"):
+        transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], wav, feat_conf=str(conf))
+    conf.write_text("type: fbank\n")
+    res = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], wav, feat_conf=str(conf),
+                     out=io.StringIO())
+    assert len(res["hyps"]) == 1

@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python bench/gmm.py
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

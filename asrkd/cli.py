@@ -37,6 +37,11 @@ VERBS = {
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
     "score": "score hypotheses against reference text (WER)",
     "report": "write the Table-1 style report (results.md, results.json, charts)",
+    "transcribe": "audio files -> words with an acoustic model and a decoding graph",
+    "export-onnx": "write an acoustic model (or an ensemble) as one ONNX graph, parity-checked",
+    "export-soft-targets": "soft targets -> Kaldi matrix ark/scp (nnet3 --use-dense-targets)",
+    "import-lhotse": "lhotse cuts manifest -> Kaldi data dir",
+    "export-lhotse": "Kaldi data dir -> lhotse recordings, supervisions and cuts manifests",
 }
 
 
@@ -46,7 +51,7 @@ def build_parser(verb=None):
         description="Knowledge distillation of hybrid DNN-HMM acoustic models. "
         "Run `asrkd VERB --help` for a verb's arguments.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="verbs:\n" + "\n".join(f"  {v:<18} {h}" for v, h in VERBS.items()),
+        epilog="verbs:\n" + "\n".join(f"  {v:<20} {h}" for v, h in VERBS.items()),
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

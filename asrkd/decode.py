@@ -213,9 +213,10 @@ def read_best_acwt(decode_dir):
 
 
 def make_scorer(model, data_dir, feats=None, device="cpu", precision="fp32"):
-    """Scorer for MODEL (a GMM model dir with final.mdl, or DNN checkpoint(s)/an ensemble dir)
-    on data_dir: GMMs read MFCC + deltas + mean CMVN, DNNs fbank + mean/var CMVN (run on
-    ``device``, "bf16" ``precision``: under autocast)."""
+    """Scorer for MODEL (a GMM model dir with final.mdl, DNN checkpoint(s)/an ensemble dir, or an
+    .onnx file from export-onnx, run by onnxruntime) on data_dir: GMMs read MFCC + deltas + mean
+    CMVN, DNNs fbank + mean/var CMVN (run on ``device``, "bf16" ``precision``: under
+    autocast)."""
     from asrkd.features import FeatureReader
 
     models = model if isinstance(model, (list, tuple)) else [model]
@@ -234,6 +235,21 @@ def make_scorer(model, data_dir, feats=None, device="cpu", precision="fp32"):
                            FeatureReader(data_dir, cmvn="mean", deltas=2))
         scorer.tree_id, scorer.source = tree_id(models[0]), models[0]
         return scorer
+    if len(models) == 1 and os.fspath(models[0]).endswith(".onnx"):
+        from asrkd.export import onnx_scorer
+
+        return onnx_scorer(models[0], data_dir, feats)
+    ckpts = _dnn_checkpoints(models)
+    from asrkd import models as dnn
+
+    if feats is None:
+        # the checkpoints know their features' CMVN mode (the paper's: mean and variance)
+        feats = FeatureReader(data_dir, cmvn=dnn.load_model(ckpts[0]).config.cmvn)
+    return dnn.make_scorer(ckpts, feats, device=device, precision=precision)
+
+
+def _dnn_checkpoints(models):
+    """DNN checkpoint paths of MODEL arguments (files, dirs with final.pt, ensemble dirs)."""
     ckpts = []
     for m in models:
         if os.path.isdir(m):
@@ -249,12 +265,7 @@ def make_scorer(model, data_dir, feats=None, device="cpu", precision="fp32"):
             ckpts.append(m)
         else:
             raise UserError(f"{m}: no such model file or directory")
-    from asrkd import models as dnn
-
-    if feats is None:
-        # the checkpoints know their features' CMVN mode (the paper's: mean and variance)
-        feats = FeatureReader(data_dir, cmvn=dnn.load_model(ckpts[0]).config.cmvn)
-    return dnn.make_scorer(ckpts, feats, device=device, precision=precision)
+    return ckpts
 
 
 def check_scorer_tree(scorer, graph_dir, ali_dir=None):

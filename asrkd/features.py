@@ -146,6 +146,41 @@ def read_audio(path):
     return x, sr
 
 
+def resample(samples, orig_rate, new_rate, lowpass_filter_width=6, rolloff=0.99):
+    """Band-limited resampling of float32 samples (T,) from orig_rate to new_rate (Hz).
+
+    Windowed-sinc interpolation (Hann-squared window of ``lowpass_filter_width`` zero crossings,
+    cut-off at ``rolloff`` of the lower Nyquist frequency), one output phase per kernel row, run
+    as a strided convolution. Output length ceil(T * new / orig).
+    """
+    import math
+
+    import torch
+
+    orig, new = int(orig_rate), int(new_rate)
+    if orig <= 0 or new <= 0:
+        raise UserError(f"sample rates must be positive, got {orig_rate} and {new_rate}")
+    x = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if orig == new:
+        return x.numpy().copy()
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64) / orig  # (K,)
+    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None] / new + idx[None]) * base
+    t = t.clamp(-lowpass_filter_width, lowpass_filter_width)  # (new, K)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, 1.0, t))
+    kernels = (sinc * window * (base / orig)).to(torch.float32)
+    n = x.shape[0]
+    padded = torch.nn.functional.pad(x[None, None], (width, width + orig))
+    y = torch.nn.functional.conv1d(padded, kernels[:, None], stride=orig)  # (1, new, L)
+    y = y[0].t().reshape(-1)
+    return y[:math.ceil(new * n / orig)].numpy().copy()
+
+
 def check_device(device):
     """torch.device(device), or a UserError if it is malformed or absent here."""
     import torch
@@ -683,3 +718,27 @@ class FeatureReader(collections.abc.Mapping):
 
     def num_frames(self, utt):
         return self._frames[utt] if self._frames is not None else self.raw(utt).shape[0]
+
+
+def check_feature_config(config, data_dir, atol=1e-3):
+    """UserError unless ``config`` recomputes DATA_DIR's stored features (its first utterance,
+    from its audio): the check that a model trained on DATA_DIR is fed the same features.
+    Returns False (and checks nothing) when the data dir or its audio is not there."""
+    d = DataDir(data_dir) if data_dir and os.path.isdir(data_dir) else None
+    if d is None or not d.has("feats.scp") or not d.has("wav.scp"):
+        return False
+    utt, spec = next(iter(d.table("feats.scp").items()))
+    path = d.wav.get(utt)
+    if path is None or not os.path.isfile(path):
+        return False
+    x, sr = read_audio(path)
+    stored = _read_feats(spec)
+    if sr != config.sample_rate or config.dim != stored.shape[1]:
+        raise UserError(f"{data_dir} was computed at {sr} Hz with {stored.shape[1]}-dim "
+                        f"features; the feature config gives {config.sample_rate} Hz, "
+                        f"{config.dim} dims: pass the config it was computed with")
+    ours = make_extractor(config)(x)
+    if ours.shape != stored.shape or np.abs(ours - stored).max() > atol:
+        raise UserError(f"the feature config does not reproduce {data_dir}'s features "
+                        f"({utt}): pass the config they were computed with (--feat-conf)")
+    return True

@@ -32,12 +32,27 @@ def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
     """G.fst from an ARPA LM with kaldilm (as Kaldi's arpa2fst --disambig-symbol=#0).
 
     Backoff arcs carry #0 on the input, <s>/</s> become epsilons; the word ids are those of
-    ``words_txt``. Runs kaldilm in a fresh interpreter (see the module docstring).
+    ``words_txt`` (ARPA words outside it are skipped). ``arpa_path`` may be gzipped (``.gz``).
+    Runs kaldilm in a fresh interpreter (see the module docstring).
     """
     if not os.path.isfile(arpa_path):
         raise UserError(f"no such ARPA file: {arpa_path}")
     code = ("import sys, kaldilm; kaldilm.arpa2fst(input_arpa=sys.argv[1], output_fst=sys.argv[2], "
             "disambig_symbol='#0', read_symbol_table=sys.argv[3], max_arpa_warnings=0)")
+    if os.fspath(arpa_path).endswith(".gz"):
+        # kaldilm reads plain files only: a forked process decompresses into a pipe that it
+        # reads, so a gzipped ARPA (LibriSpeech's 3-gram.pruned.1e-7.arpa.gz) needs no unpacked
+        # copy. (Not a thread: arpa2fst holds the GIL, a feeding thread would deadlock.)
+        code = ("import gzip, os, shutil, sys\n"
+                "r, w = os.pipe()\n"
+                "if os.fork() == 0:\n"
+                "    os.close(r)\n"
+                "    with gzip.open(sys.argv[1], 'rb') as src, os.fdopen(w, 'wb') as dst:\n"
+                "        shutil.copyfileobj(src, dst, 1 << 20)\n"
+                "    os._exit(0)\n"
+                "os.close(w)\n"
+                "sys.argv[1] = f'/dev/fd/{r}'\n"
+                + code.replace("import sys, kaldilm; ", "import kaldilm; ") + "\nos.wait()")
     with atomic_path(G_path) as tmp:
         try:
             r = subprocess.run([sys.executable, "-c", code, os.fspath(arpa_path), tmp,

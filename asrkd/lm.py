@@ -1,6 +1,6 @@
 """Interpolated modified Kneser-Ney n-gram LM (Chen & Goodman 1998), ARPA output, ARPA scorer.
 
-The estimator follows KenLM's lmplz (no pruning): adjusted counts are raw counts at the highest
+The estimator follows KenLM's lmplz: adjusted counts are raw counts at the highest
 order and for n-grams starting with <s>, else the number of distinct left extensions; three
 discounts per order from the count-of-counts of adjusted counts; lower orders interpolated down
 to a uniform distribution over the vocabulary (all words + </s>, not <s>). Because the model is
@@ -11,6 +11,9 @@ range (a zero count-of-count), all three discounts of that order fall back to
 n1 / (n1 + 2 n2) (or 0.5) instead of failing as lmplz does. With ``vocab`` (a words.txt),
 words outside it are mapped to the OOV word (``<UNK>``) before counting, and every vocabulary
 word gets a unigram, so G covers the whole lang vocabulary.
+
+``prune_entropy`` removes n-grams by relative entropy (Stolcke 1998) as SRILM's ``-prune``,
+for LM text too large to use unpruned (lmplz itself prunes only by count).
 
 N-grams are numbered per order: an n-gram is (id of its (n-1)-word prefix, last word), so keys
 stay within int64 for any order.
@@ -251,6 +254,90 @@ def estimate(sentences, order=3, vocab=None, unk="<UNK>"):
     return lm
 
 
+def _history_prob(lm, h):
+    """p(h) under ``lm``, by the chain rule (a history starting with <s> is given <s>)."""
+    words, hist = (list(h[1:]), [BOS]) if h and h[0] == BOS else (list(h), [])
+    logp = 0.0
+    for w in words:
+        p = lm.score_word(hist, w) if hist else lm.logprob.get((w,))
+        if p is None:
+            return 0.0
+        logp += p
+        hist.append(w)
+    return 10.0 ** logp
+
+
+def _backoff_weight(lm, h, words):
+    """log10 bow(h) normalising p(. | h) when ``words`` are h's explicit n-grams, or None when
+    nothing is backed off to (the explicit n-grams hold all the mass)."""
+    num = 1.0 - sum(10.0 ** lm.logprob[h + (w,)] for w in words)
+    den = 1.0 - sum(10.0 ** lm.score_word(list(h[1:]), w) for w in words)
+    if num <= 1e-12 or den <= 1e-12:
+        return None
+    return float(np.log10(num / den))
+
+
+def prune_entropy(lm, threshold):
+    """Relative-entropy pruning (Stolcke 1998, SRILM's ``-prune``) of an NgramLM -> new NgramLM.
+
+    An explicit n-gram (h, w), n >= 2, is removed when backing off instead (to bow'(h) p(w|h'),
+    with bow' renormalising h) raises the model's perplexity by less than ``threshold``
+    (relative: 10 ** D - 1 with D = p(h) KL(p(.|h) || p'(.|h)), log10), each n-gram judged
+    against the unpruned model. N-grams that a kept longer one needs (its prefix as history, its
+    suffix as backoff target) are kept. The kept n-grams keep their probabilities; the backoff
+    weights are recomputed, lowest order first, so every history stays normalised.
+    """
+    if threshold < 0:
+        raise UserError(f"pruning threshold must be >= 0, got {threshold}")
+    if threshold == 0 or lm.order < 2:
+        return lm
+    children = {}
+    for k in lm.logprob:
+        if len(k) >= 2:
+            children.setdefault(k[:-1], []).append(k[-1])
+    keep = set(lm.logprob)
+    log10 = np.log10
+    for n in range(lm.order, 1, -1):
+        needed = set()
+        for k in keep:
+            if len(k) == n + 1:
+                needed.add(k[:-1])
+                needed.add(k[1:])
+        for h, ws in children.items():
+            if len(h) != n - 1:
+                continue
+            hp = {w: 10.0 ** lm.logprob[h + (w,)] for w in ws}
+            bp = {w: 10.0 ** lm.score_word(list(h[1:]), w) for w in ws}
+            num, den = 1.0 - sum(hp.values()), 1.0 - sum(bp.values())
+            if num <= 1e-12 or den <= 1e-12:
+                continue  # nothing backs off from h: no backoff weight to renormalise with
+            ph = _history_prob(lm, h)
+            for w in ws:
+                k = h + (w,)
+                if k in needed:
+                    continue
+                new_bow = (num + hp[w]) / (den + bp[w])
+                d = -ph * (hp[w] * (log10(bp[w]) + log10(new_bow) - log10(hp[w]))
+                           + num * (log10(new_bow) - log10(num / den)))
+                if 10.0 ** d - 1.0 < threshold:
+                    keep.discard(k)
+    pruned = NgramLM(lm.order, {k: v for k, v in lm.logprob.items() if k in keep}, {})
+    kept_children = {}
+    for k in pruned.logprob:
+        if len(k) >= 2:
+            kept_children.setdefault(k[:-1], []).append(k[-1])
+    for n in range(1, lm.order):
+        for h, ws in kept_children.items():
+            if len(h) == n:
+                b = _backoff_weight(pruned, h, ws)
+                if b is not None:
+                    pruned.backoff[h] = b
+    pruned.counts = {n: sum(1 for k in pruned.logprob if len(k) == n)
+                     for n in range(1, lm.order + 1)}
+    pruned.discounts = getattr(lm, "discounts", {})
+    return pruned
+
+
 def write_arpa(lm, path):
     by_order = {n: [] for n in range(1, lm.order + 1)}
     for k in lm.logprob:
@@ -272,12 +359,13 @@ def write_arpa(lm, path):
 
 
 def train_lm(text_paths, arpa_path, order=3, dev_text=None, vocab_path=None, utt_ids=False,
-             unk="<UNK>", dev_utt_ids=True):
+             unk="<UNK>", dev_utt_ids=True, prune=0.0):
     """Estimate an interpolated modified KN LM from text files, write ARPA, report dev ppl.
 
     ``utt_ids``: the training texts start each line with an utterance id (dropped).
     ``dev_text`` is by default a Kaldi ``text`` file (a data dir's, with utterance ids); pass
-    ``dev_utt_ids=False`` for plain sentences.
+    ``dev_utt_ids=False`` for plain sentences. ``prune`` > 0: entropy pruning at that threshold
+    (prune_entropy; e.g. 1e-7 as LibriSpeech's 3-gram.pruned.1e-7, 1e-8 milder).
 
     Returns a dict of numbers (n-gram counts, discounts, and dev ppl/OOV rate if ``dev_text``).
     """
@@ -285,6 +373,11 @@ def train_lm(text_paths, arpa_path, order=3, dev_text=None, vocab_path=None, utt
     sentences = [s for p in text_paths for s in read_sentences(p, utt_ids)]
     vocab = read_vocab(vocab_path) if vocab_path else None
     lm = estimate(sentences, order=order, vocab=vocab, unk=unk)
+    if prune > 0:
+        full = dict(lm.counts)
+        lm = prune_entropy(lm, prune)
+        print(f"train-lm: entropy pruning at {prune:g} kept n-grams "
+              + " ".join(f"{n}:{lm.counts[n]}/{full[n]}" for n in full))
     write_arpa(lm, arpa_path)
     info = {"sentences": len(sentences), "ngrams": lm.counts,
             "discounts": {n: [round(x, 4) for x in d] for n, d in lm.discounts.items()},

@@ -1,6 +1,7 @@
 # Stages 2 onwards, shared by recipes/*/run.sh (sourced after the recipe's own data stages).
 # Expects: $data/$train, $data/$dev and $data/<each of $tests> prepared by stage 1; $lm_text,
 # $lexicon (may be empty), $vocab_size, $nj, $conf, $exp and the model-size variables.
+# Optional: $arpa, an ARPA LM (plain or .gz) used instead of estimating one from $lm_text.
 # Optional: $transfer, a prepared data set without alignments (unlabeled audio) that the
 # students are distilled on besides $train (the paper's transfer set; empty: $train only);
 # $wer_speakers (> 0: only the first N speakers of each test set are decoded for WER, frame
@@ -41,13 +42,18 @@ fi
 
 if stage 3 "lang: lexicon, phones, topology, L.fst"; then
   asrkd prepare-lang ${lexicon:+--lexicon $lexicon} --text $data/$train/text \
-    --vocab-text $lm_text ${vocab_size:+--vocab-size $vocab_size} $data/lang
+    ${lm_text:+--vocab-text $lm_text} ${vocab_size:+--vocab-size $vocab_size} $data/lang
   stage_done 3
 fi
 
-if stage 4 "language model: interpolated Kneser-Ney trigram"; then
-  asrkd train-lm --order 3 --vocab $data/lang/words.txt --dev-text $data/$dev/text $lm_opts \
-    $lm_text $data/lm/3gram.arpa
+# The LM: a given ARPA ($arpa, e.g. LibriSpeech's 3-gram.pruned.1e-7.arpa.gz, read gzipped),
+# else our own estimate from $lm_text.
+arpa=${arpa:-}; lm=${arpa:-$data/lm/3gram.arpa}
+if stage 4 "language model: interpolated Kneser-Ney trigram (or the given --arpa)"; then
+  if [ -z "$arpa" ]; then
+    asrkd train-lm --order 3 --vocab $data/lang/words.txt --dev-text $data/$dev/text $lm_opts \
+      $lm_text $data/lm/3gram.arpa
+  fi
   stage_done 4
 fi
 
@@ -77,7 +83,7 @@ fi
 
 if stage 8 "decoding graphs (HCLG) for the monophone and triphone systems"; then
   for m in mono tri; do
-    run_bg $exp/$m/log/make_graph.log asrkd make-graph $data/lang $exp/$m $data/lm/3gram.arpa $exp/$m/graph
+    run_bg $exp/$m/log/make_graph.log asrkd make-graph $data/lang $exp/$m $lm $exp/$m/graph
   done
   wait_bg
   stage_done 8

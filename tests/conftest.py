@@ -41,3 +41,54 @@ def tiny_data(tmp_path_factory):
         out[s], out[f"{s}_mfcc"] = str(d), str(dm)
     return out
 
+
+
+@pytest.fixture(scope="session")
+def tiny_hybrid(tiny_data, tmp_path_factory):
+    """A decoding graph and a small DNN for tiny_data's fbank dirs: what transcribe, ONNX export
+    and ONNX decoding are tested with.
+
+    A short monophone run gives the transition model and tree; the graph is a uniform loop over
+    the dev and test words. The DNN (2 x 5 frames of context, 64 units) is trained for two
+    epochs on the monophone alignment of train. Returns a dict: ``graph`` (graph dir), ``model``
+    (its dir, holding final.pt), ``lang``.
+    """
+    import math
+    import shutil
+
+    import kaldifst
+
+    from asrkd.align import align
+    from asrkd.data import DataDir
+    from asrkd.gmm import load_model, train_mono
+    from asrkd.graph import compile_hclg
+    from asrkd.lang import Lang, prepare_lang
+    from asrkd.models import ModelConfig
+    from asrkd.train import TrainConfig, train_model
+
+    root = tmp_path_factory.mktemp("hybrid")
+    texts = [os.path.join(tiny_data[s], "text") for s in ("train", "dev", "test")]
+    lang = prepare_lang(str(root / "lang"), texts)
+    mono = str(root / "mono")
+    train_mono(tiny_data["train_mfcc"], lang.dir, mono, num_iters=6, num_gauss=150, nj=2)
+    ali = str(root / "ali")
+    align(tiny_data["train_mfcc"], lang.dir, mono, ali, nj=2)
+    vocab = sorted({lang.word_id(w) for t in texts for line in open(t)
+                    for w in line.split()[1:]})
+    cost = math.log(len(vocab))
+    G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in vocab) + "0\n")
+    kaldifst.arcsort(G, sort_type="ilabel")
+    m = load_model(mono)
+    graph = str(root / "graph")
+    os.makedirs(graph)
+    compile_hclg(Lang(lang.dir), m.ctx, m.tm, G).write(os.path.join(graph, "HCLG.fst"))
+    shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph, "words.txt"))
+    for f in ("final.mdl", "tree"):
+        shutil.copyfile(os.path.join(mono, f), os.path.join(graph, f))
+    model = str(root / "dnn")
+    train_model(tiny_data["train"], ali, model,
+                ModelConfig(left_context=5, right_context=5, hidden_dims=[64]),
+                TrainConfig(epochs=2, min_epochs=2, batch_size=256, num_threads=1,
+                            tensorboard=False), seed=1)
+    assert DataDir(tiny_data["test"]).utts
+    return {"graph": graph, "model": model, "lang": lang.dir, "ali": ali}

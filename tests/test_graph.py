@@ -181,3 +181,20 @@ def test_make_graph_rebuilds_for_another_tree_and_decode_checks_it(setup, tmp_pa
     shutil.copyfile(tmp_path / "mono" / "final.mdl", os.path.join(graph, "final.mdl"))
     with pytest.raises(UserError, match=r"HCLG.fst \(tree [0-9a-f]+\) and .*final.mdl \(tree "):
         load_graph(graph)
+
+
+def test_gzipped_arpa_gives_the_same_G(setup, tmp_path):
+    """A .arpa.gz (as LibriSpeech ships its LMs) is read without unpacking it first."""
+    import gzip
+    import shutil
+
+    from asrkd.graph import arpa_to_G
+
+    d, lang, _ = setup
+    with open(d / "lm.arpa", "rb") as src, gzip.open(tmp_path / "lm.arpa.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    words = os.path.join(lang.dir, "words.txt")
+    arpa_to_G(str(d / "lm.arpa"), words, str(tmp_path / "G_plain.fst"))
+    arpa_to_G(str(tmp_path / "lm.arpa.gz"), words, str(tmp_path / "G_gz.fst"))
+    assert (tmp_path / "G_plain.fst").read_bytes() == (tmp_path / "G_gz.fst").read_bytes()
+    assert os.path.getsize(tmp_path / "G_gz.fst") > 100

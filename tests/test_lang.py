@@ -1,3 +1,5 @@
+import os
+
 import kaldifst
 import pytest
 
@@ -98,3 +100,27 @@ def test_vocab_size_keeps_most_frequent_lm_words(tmp_path):
     # THE (3) and BOOK (2) kept; RED and SHEEP (1 each) cut; training-text words always kept
     assert {"THE", "BOOK", "HELLO"} <= set(lang.words)
     assert "RED" not in lang.words and "SHEEP" not in lang.words
+
+
+def test_librispeech_lexicon_format(tmp_path):
+    """librispeech-lexicon.txt's layout: WORD<tab>PH1 PH2 ... with stress digits, apostrophes in
+    words, alternative pronunciations on lines of their own (some equal once destressed)."""
+    (tmp_path / "text").write_text("s1-1-1 A'S READ ABBOTT\ns1-1-2 READ A\n")
+    (tmp_path / "librispeech-lexicon.txt").write_text(
+        "A\tAH0\nA\tEY1\nA'S\tEY1 Z\nABBOTT\tAE1 B AH0 T\nREAD\tR EH1 D\nREAD\tR IY1 D\n"
+        "READ\tR IY0 D\nZYGOTE\tZ AY1 G OW2 T\n")
+    lang = prepare_lang(str(tmp_path / "l"), [str(tmp_path / "text")],
+                        lexicon_path=str(tmp_path / "librispeech-lexicon.txt"))
+    assert lang.lexicon["A'S"] == [["EY", "Z"]]
+    assert lang.lexicon["READ"] == [["R", "EH", "D"], ["R", "IY", "D"]]
+    assert lang.lexicon["A"] == [["AH"], ["EY"]]
+    assert "A'S" in lang.words and "ZYGOTE" not in lang.words  # vocabulary: the text's words
+    phones = [line.split()[0] for line in open(os.path.join(lang.dir, "phones.txt"))]
+    assert not any(p[-1].isdigit() for p in phones if not p.startswith("#"))
+    assert {"AH", "EY", "Z", "AE", "B", "T", "R", "EH", "IY", "D"} <= set(phones)
+    assert os.path.getsize(os.path.join(lang.dir, "L.fst")) > 0
+    # a word of the lexicon without a pronunciation is a one-line error
+    (tmp_path / "bad.txt").write_text("A\tAH0\nB\n")
+    with pytest.raises(UserError, match="no pronunciation"):
+        prepare_lang(str(tmp_path / "l2"), [str(tmp_path / "text")],
+                     lexicon_path=str(tmp_path / "bad.txt"))

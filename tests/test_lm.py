@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from asrkd.errors import UserError
-from asrkd.lm import NgramLM, _discounts, estimate, perplexity, train_lm, write_arpa
+from asrkd.lm import NgramLM, _discounts, estimate, perplexity, prune_entropy, train_lm, write_arpa
 
 
 def _corpus(n=300, seed=0, nwords=6):
@@ -147,3 +147,59 @@ def test_vocab_maps_to_unk(tmp_path):
     assert info["dev"]["oovs"] == 2 and info["dev"]["words"] == 6
     with pytest.raises(UserError):
         train_lm([str(tmp_path / "missing")], str(tmp_path / "x.arpa"))
+
+
+def _kl_of_pruning(lm, pruned, h, vocab):
+    """p(h) * KL(p(.|h) || p'(.|h)) in log10, summed over the vocabulary by brute force."""
+    from asrkd.lm import _history_prob
+
+    d = 0.0
+    for w in vocab:
+        p = 10 ** lm.score_word(list(h), w)
+        d += p * (lm.score_word(list(h), w) - pruned.score_word(list(h), w))
+    return _history_prob(lm, h) * d
+
+
+def test_entropy_pruning(tmp_path):
+    sents = _corpus(1500, seed=3, nwords=30)
+    dev = _corpus(200, seed=4, nwords=30)
+    lm = estimate(sents, order=3)
+    vocab = sorted(lm.vocab - {"<s>"})
+    sizes, ppls = [], []
+    for threshold in (0.0, 1e-5, 1e-4, 1e-3, 1e-2):
+        p = prune_entropy(lm, threshold)
+        sizes.append(sum(p.counts.values()) if threshold else len(lm.logprob))
+        ppls.append(perplexity(p, dev)["ppl"])
+        # every history still normalised: the backoff weights were recomputed
+        for h in [k[:-1] for k in list(p.logprob)[::37] if len(k) > 1] + [("A", "B"), ("F",)]:
+            s = sum(10 ** p.score_word(list(h), w) for w in vocab)
+            assert s == pytest.approx(1.0, abs=1e-6), (threshold, h)
+        # a kept n-gram's prefix and suffix are kept (arpa2fst needs its states)
+        for k in p.logprob:
+            if len(k) > 1:
+                assert k[:-1] in p.logprob and k[1:] in p.logprob, k
+        assert all(len(k) > 1 or k in p.logprob for k in lm.logprob)  # unigrams all stay
+    assert sizes[0] > sizes[1] > sizes[2] > sizes[3] > sizes[4]
+    assert abs(ppls[1] / ppls[0] - 1) < 0.01  # a mild threshold costs (almost) nothing
+    assert ppls[4] > 1.3 * ppls[0]  # pruning down to the unigrams does
+    # one n-gram judged alone: its criterion is the model's KL change, computed by brute force
+    h, w = next(k[:-1] for k in lm.logprob if len(k) == 3), None
+    w = next(k[-1] for k in lm.logprob if len(k) == 3 and k[:-1] == h)
+    one = NgramLM(3, {k: v for k, v in lm.logprob.items() if k != h + (w,)}, dict(lm.backoff))
+    from asrkd.lm import _backoff_weight
+
+    ws = [k[-1] for k in one.logprob if len(k) == 3 and k[:-1] == h]
+    one.backoff[h] = _backoff_weight(one, h, ws)
+    kl = _kl_of_pruning(lm, one, h, vocab)
+    assert kl > 0
+    assert h + (w,) not in prune_entropy(lm, 10 ** (kl * 1.01) - 1).logprob
+    assert h + (w,) in prune_entropy(lm, 10 ** (kl * 0.99) - 1).logprob
+    # written and read back as ARPA; the CLI option
+    write_arpa(prune_entropy(lm, 1e-4), tmp_path / "p.arpa")
+    back = NgramLM.read_arpa(tmp_path / "p.arpa")
+    assert perplexity(back, dev)["ppl"] == pytest.approx(ppls[2], rel=1e-4)
+    with pytest.raises(UserError):
+        prune_entropy(lm, -1.0)
+    (tmp_path / "t").write_text("".join(" ".join(s) + "\n" for s in sents))
+    info = train_lm([str(tmp_path / "t")], str(tmp_path / "cli.arpa"), prune=1e-4)
+    assert info["ngrams"] == prune_entropy(lm, 1e-4).counts

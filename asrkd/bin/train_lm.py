@@ -16,6 +16,10 @@ def add_arguments(parser):
     parser.add_argument("--vocab", default=None,
                         help="words.txt of the lang dir: words outside it map to --unk")
     parser.add_argument("--unk", default="<UNK>", help="OOV word of the vocabulary")
+    parser.add_argument("--prune", type=float, default=0.0,
+                        help="entropy (Stolcke) pruning threshold: drop n-grams whose removal "
+                             "raises perplexity by less than this fraction (e.g. 1e-7, as "
+                             "LibriSpeech's 3-gram.pruned.1e-7; 0: no pruning)")
     parser.add_argument("--utt-ids", action="store_true",
                         help="training texts start each line with an utterance id (dropped), "
                              "as Kaldi text files and LibriSpeech's transcript lists do")
@@ -24,4 +28,4 @@ def add_arguments(parser):
 def main(args):
     train_lm(args.texts, args.arpa, order=args.order, dev_text=args.dev_text,
              vocab_path=args.vocab, utt_ids=args.utt_ids, unk=args.unk,
-             dev_utt_ids=not args.dev_plain)
+             dev_utt_ids=not args.dev_plain, prune=args.prune)

@@ -4,6 +4,9 @@
 #
 # Full LibriSpeech (defaults; model sizes in conf/ for a GPU machine):
 #   recipes/librispeech/run.sh --corpus /data/LibriSpeech --lm-text /data/librispeech-lm-norm.txt
+# With LibriSpeech's own LM and lexicon (from openslr.org/11):
+#   recipes/librispeech/run.sh --corpus /data/LibriSpeech --arpa 3-gram.pruned.1e-7.arpa.gz \
+#     --lexicon librispeech-lexicon.txt --lm-text librispeech-vocab.txt --lm-utt-ids false
 # A corpus without dev/test sets, e.g. a slice of train-clean-100: split its speakers instead:
 #   recipes/librispeech/run.sh --corpus DIR --train-sets train-clean-100 --dev-sets "" \
 #     --test-sets "" --dev-speakers 25 --lm-text train-clean-100.text
@@ -31,6 +34,9 @@ transfer_sets=                # subsets used without transcripts as the students
 lm_text=                      # LM training text (one sentence per line, an utterance id first is
                               # stripped); never the test transcripts
 lm_utt_ids=true               # the LM text starts each line with an utterance id
+lm_prune=0                    # entropy-pruning threshold of the estimated LM (e.g. 1e-7; 0: none)
+arpa=                         # an ARPA LM to use instead of estimating one (plain or .gz, e.g.
+                              # 3-gram.pruned.1e-7.arpa.gz); --lm-text then only adds vocabulary
 vocab_size=                   # LM-text words added to the vocabulary (empty: all)
 lexicon=                      # optional lexicon file (WORD PH1 PH2 ...); default CMUdict
 mono_fraction=0.3             # share of training speakers for the monophone system
@@ -56,10 +62,10 @@ data=data
 exp=exp
 
 usage() {
-  sed -n 2,10p "$here/run.sh" | sed 's/^# \{0,1\}//'
+  sed -n 2,13p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
   for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers wer_speakers transfer_sets lm_text \
-           lm_utt_ids vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
+           lm_utt_ids lm_prune arpa vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
            tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists beam \
            max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
@@ -67,11 +73,14 @@ usage() {
 }
 parse_options "$@"
 corpus=$(abs_path "$corpus") lm_text=$(abs_path "$lm_text") lexicon=$(abs_path "$lexicon")
+arpa=$(abs_path "$arpa")
 [ -n "$corpus" ] || { echo "$0: --corpus DIR is required (see --help)" >&2; exit 1; }
 [ -d "$corpus" ] || { echo "$0: --corpus $corpus: no such directory" >&2; exit 1; }
-[ -n "$lm_text" ] || { echo "$0: --lm-text FILE is required (never the test transcripts)" >&2; exit 1; }
-[ -f "$lm_text" ] || { echo "$0: --lm-text $lm_text: no such file" >&2; exit 1; }
+[ -n "$lm_text$arpa" ] || { echo "$0: --lm-text FILE or --arpa FILE is required (never the test transcripts)" >&2; exit 1; }
+[ -z "$lm_text" ] || [ -f "$lm_text" ] || { echo "$0: --lm-text $lm_text: no such file" >&2; exit 1; }
+[ -z "$arpa" ] || [ -f "$arpa" ] || { echo "$0: --arpa $arpa: no such file" >&2; exit 1; }
 lm_opts=; [ "$lm_utt_ids" = true ] && lm_opts=--utt-ids
+[ "$lm_prune" = 0 ] || lm_opts="$lm_opts --prune $lm_prune"
 mkdir -p "$exp"
 train=train dev=dev
 transfer=; [ -z "$transfer_sets" ] || transfer=unlabeled

@@ -25,6 +25,8 @@ wer_speakers=8         # the first N test speakers are also decoded for WER (0: 
 condition=other        # clean | other (reverberation + noise)
 seed=0
 vocab_size=3000        # LM-text words added to the vocabulary (most frequent first)
+lm_prune=0             # entropy-pruning threshold of the estimated LM (e.g. 1e-7; 0: none)
+arpa=                  # an ARPA LM (plain or .gz) to use instead of estimating one
 mono_fraction=0.3      # share of training speakers the monophone system is trained on
 mono_iters=20
 mono_gauss=1000
@@ -52,7 +54,7 @@ usage() {
   sed -n 2,8p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
   for v in stage stop_stage force nj hours num_speakers transfer_hours test_speakers wer_speakers condition seed \
-           vocab_size mono_fraction mono_iters \
+           vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk specialists beam max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
@@ -64,6 +66,8 @@ train=train dev=dev tests=test
 transfer=; [ "$transfer_hours" = 0 ] || transfer=unlabeled   # the corpus's unlabeled/ subset
 lm_text=$corpus/train-text.txt   # LM text from the training books only (never test text)
 lm_opts=                         # plain sentences, no utterance ids
+[ "$lm_prune" = 0 ] || lm_opts="--prune $lm_prune"
+arpa=$(abs_path "$arpa")
 lexicon=
 
 if stage 0 "synthesize the corpus ($hours h train + $transfer_hours h unlabeled, condition $condition)"; then

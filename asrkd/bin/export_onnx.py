@@ -1,0 +1,33 @@
+"""asrkd export-onnx MODEL OUT.onnx: one ONNX graph (features -> log-posteriors), with priors,
+CMVN mode, feature config and acoustic scale in its metadata, checked against PyTorch."""
+
+from asrkd.export import DEFAULT_TOLERANCE, export_onnx
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="DNN/TDNN checkpoint, a dir holding final.pt (a student), "
+                                      "or a dir of model*/final.pt (an ensemble: one graph that "
+                                      "averages the members' posteriors)")
+    parser.add_argument("out", help="output .onnx file; run it with `asrkd decode` or "
+                                    "`asrkd transcribe` (onnxruntime, CPU)")
+    parser.add_argument("--data-dir", default=None,
+                        help="fbank data dir (feats.scp, cmvn.scp) for the parity check "
+                             "(default: the checkpoint's training data dir)")
+    parser.add_argument("--num-utts", type=int, default=3,
+                        help="utterances of --data-dir the parity check runs on")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="largest allowed |onnxruntime - PyTorch| log-posterior difference")
+    parser.add_argument("--feat-conf", default=None,
+                        help="YAML feature config the model was trained with, stored in the "
+                             "metadata (default: conf/fbank.yaml's, i.e. FbankConfig defaults)")
+    parser.add_argument("--acwt", type=float, default=None,
+                        help="acoustic scale to store (default: the one of MODEL's decode "
+                             "dirs, e.g. MODEL/decode_test/acwt, if any)")
+
+
+def main(args):
+    from asrkd.features import load_feature_config
+
+    fc = load_feature_config(args.feat_conf) if args.feat_conf else None
+    export_onnx(args.model, args.out, data_dir=args.data_dir, num_utts=args.num_utts,
+                tolerance=args.tolerance, feature_config=fc, acwt=args.acwt)

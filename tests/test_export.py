@@ -1,0 +1,98 @@
+"""ONNX export: DNN, TDNN and ensemble graphs agree with PyTorch (onnxruntime), carry their
+priors and feature config, and decode a data dir to PyTorch's hypotheses."""
+
+import io
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from asrkd.cli import main
+from asrkd.decode import decode, make_scorer
+from asrkd.errors import UserError
+from asrkd.export import OnnxModel, export_onnx
+from asrkd.features import FeatureReader
+from asrkd.models import ModelConfig, build_model, load_model
+from asrkd.table import read_table
+from asrkd.transcribe import transcribe
+
+
+def _random_model(path, family, seed, num_pdfs, counts):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(family=family, feat_dim=40, num_pdfs=num_pdfs, hidden_dims=[48, 48],
+                      tdnn_offsets=[[-2, 0, 2], [-1, 0, 1]], batchnorm=family == "tdnn")
+    net = build_model(cfg).eval()
+    if cfg.batchnorm:  # non-trivial running statistics, as after training
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    net.pdf_counts.copy_(counts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    net.save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["dnn", "tdnn", "ensemble"])
+def test_export_matches_pytorch(kind, tiny_hybrid, tiny_data, tmp_path):
+    trained = load_model(os.path.join(tiny_hybrid["model"], "final.pt"))
+    counts = trained.pdf_counts
+    if kind == "ensemble":
+        model = str(tmp_path / "ens")
+        for i, fam in enumerate(["dnn", "tdnn"], 1):
+            _random_model(str(tmp_path / "ens" / f"model{i}" / "final.pt"), fam, i,
+                          trained.config.num_pdfs, counts)
+    else:
+        model = _random_model(str(tmp_path / kind / "final.pt"), kind, 3, trained.config.num_pdfs,
+                              counts)
+    out = str(tmp_path / f"{kind}.onnx")
+    res = export_onnx(model, out, data_dir=tiny_data["dev"], num_utts=2)
+    assert res["max_abs_diff"] <= 1e-3 and res["frames"] > 100
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert json.loads(meta["pdf_counts"]) == [float(c) for c in counts]
+    assert json.loads(meta["feature_config"])["num_mel_bins"] == 40
+    assert json.loads(meta["cmvn"]) == "meanvar"
+    assert len(json.loads(meta["members"])) == (2 if kind == "ensemble" else 1)
+    # utterances the export did not check, through the decode scorers of both runtimes
+    feats = FeatureReader(tiny_data["test"], cmvn="meanvar")
+    ours = make_scorer(out, tiny_data["test"])
+    ref = make_scorer(model, tiny_data["test"])
+    for utt in feats.utts[:3]:
+        a, b = ours(utt), ref(utt)
+        assert a.shape == b.shape == (feats.num_frames(utt), trained.config.num_pdfs)
+        assert np.abs(a - b).max() < 1e-3
+
+
+def test_onnx_decodes_like_pytorch(tiny_hybrid, tiny_data, tmp_path, capsys):
+    model = tiny_hybrid["model"]
+    out = str(tmp_path / "dnn.onnx")
+    assert main(["export-onnx", model, out, "--data-dir", tiny_data["dev"], "--acwt", "0.25"]) == 0
+    assert "max |diff|" in capsys.readouterr().err
+    assert OnnxModel(out).acwt == 0.25
+    hyps = {}
+    for name, m in (("pt", model), ("onnx", out)):
+        d = str(tmp_path / f"decode_{name}")
+        decode(tiny_hybrid["graph"], tiny_data["test"], m, d, acwt=0.25, nj=2)
+        hyps[name] = read_table(os.path.join(d, "hyp.txt"))
+        hyps[name + "_wer"] = open(os.path.join(d, "wer")).read()
+    assert hyps["pt"] == hyps["onnx"] and hyps["pt_wer"] == hyps["onnx_wer"]
+    assert any(hyps["pt"].values())
+    # transcribe runs it too, the acoustic scale taken from the ONNX metadata
+    res = transcribe(out, tiny_hybrid["graph"], [os.path.join(tiny_data["test"], "wav.scp")],
+                     out=io.StringIO())
+    assert res["acwt"] == 0.25
+    assert {k: v.strip() for k, v in res["hyps"].items()} == \
+        {k: v.strip() for k, v in hyps["pt"].items()}
+
+
+def test_parity_failure_and_bad_files_are_user_errors(tiny_hybrid, tiny_data, tmp_path):
+    with pytest.raises(UserError, match="parity failed"):
+        export_onnx(tiny_hybrid["model"], str(tmp_path / "x.onnx"), data_dir=tiny_data["dev"],
+                    tolerance=1e-12)  # float32 kernels differ by ~1e-6
+    assert not os.path.exists(tmp_path / "x.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(UserError):
+        OnnxModel(str(bad))

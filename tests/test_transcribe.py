@@ -1,0 +1,106 @@
+"""transcribe: audio files -> words with the features, CMVN, priors and acoustic scale that
+`asrkd decode` uses on a data dir; resampling; the CLI's inputs (files, wav.scp, stdin)."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import soundfile
+
+from asrkd.cli import main
+from asrkd.decode import decode
+from asrkd.errors import UserError
+from asrkd.features import resample
+from asrkd.table import read_table
+from asrkd.transcribe import transcribe
+
+
+@pytest.fixture(scope="module")
+def decoded(tiny_hybrid, tiny_data):
+    """The DNN's decode of tiny test (fixed scale), written where transcribe looks for it."""
+    model = tiny_hybrid["model"]
+    decode(tiny_hybrid["graph"], tiny_data["test"], model, os.path.join(model, "decode_test"),
+           acwt=0.25)
+    return read_table(os.path.join(model, "decode_test", "hyp.txt"))
+
+
+def test_wav_scp_gives_decodes_hypotheses(tiny_hybrid, tiny_data, decoded):
+    """Same features, per-speaker CMVN (utt2spk beside wav.scp), priors and the scale remembered
+    from the model's decode dir: the words of `asrkd decode`, utterance for utterance."""
+    out = io.StringIO()
+    res = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"],
+                     [os.path.join(tiny_data["test"], "wav.scp")], out=out)
+    assert res["acwt"] == 0.25
+    lines = dict(line.split(" ", 1) for line in out.getvalue().splitlines())
+    assert {k: v.strip() for k, v in lines.items()} == {k: v.strip() for k, v in decoded.items()}
+    assert sum(len(v.split()) for v in decoded.values()) > 0
+    assert 0 < res["rtf"] < 10 and res["audio_s"] > 1
+
+
+def test_loose_file_uses_its_own_cmvn_and_resamples(tiny_hybrid, tiny_data, tmp_path, capsys):
+    wav = read_table(os.path.join(tiny_data["test"], "wav.scp"))
+    utt, path = sorted(wav.items())[0]
+    x, sr = soundfile.read(path, dtype="float32")
+    res = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], [path], out=io.StringIO())
+    words = res["hyps"][path]
+    # the same audio at 22.05 kHz: resampled back (with a note), about the same words
+    odd = str(tmp_path / "odd.wav")
+    soundfile.write(odd, resample(x, sr, 22050), 22050, subtype="FLOAT")
+    out = io.StringIO()
+    res2 = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], [odd], out=out)
+    assert "resampling 22050 Hz -> 16000 Hz" in capsys.readouterr().err
+    assert out.getvalue().count("\n") == 1  # words only: no key for a file given as such
+    a, b = words.split(), res2["hyps"][odd].split()
+    assert len(set(a) & set(b)) >= 0.5 * max(len(a), len(b), 1)
+    with pytest.raises(UserError, match="sample rate 22050"):
+        transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], [odd], resample=False)
+
+
+def test_resample_keeps_a_tone():
+    sr = 22050
+    t = np.arange(sr) / sr
+    y = resample(np.sin(2 * np.pi * 440 * t).astype(np.float32), sr, 16000)
+    assert len(y) == 16000
+    ref = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    assert np.abs(y - ref)[100:-100].max() < 1e-3
+
+
+def test_cli_reads_stdin_and_rejects_bad_input(tiny_hybrid, tiny_data, monkeypatch, capsys):
+    wav = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).items())[:2]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{u} {p}\n" for u, p in wav)))
+    assert main(["transcribe", tiny_hybrid["model"], tiny_hybrid["graph"], "-"]) == 0
+    cap = capsys.readouterr()
+    assert [line.split()[0] for line in cap.out.splitlines()] == [u for u, _ in wav]
+    assert "real-time factor" in cap.err
+    assert main(["transcribe", tiny_hybrid["model"], tiny_hybrid["graph"], "nope.flac"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_no_known_scale_or_a_gmm_is_a_clear_error(tiny_hybrid, tiny_data, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copyfile(os.path.join(tiny_hybrid["model"], "final.pt"), bare / "final.pt")
+    wav = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).values())[:1]
+    with pytest.raises(UserError, match="no acoustic scale known"):
+        transcribe(str(bare), tiny_hybrid["graph"], wav)
+    res = transcribe(str(bare), tiny_hybrid["graph"], wav, acwt=0.25, out=io.StringIO())
+    assert res["acwt"] == 0.25
+    with pytest.raises(UserError, match="GMM"):
+        transcribe(tiny_hybrid["graph"], tiny_hybrid["graph"], wav, acwt=0.1)
+
+
+def test_a_feature_config_other_than_the_models_is_refused(tiny_hybrid, tiny_data, tmp_path):
+    """The checkpoint's training data dir is recomputed with the config: another framing is a
+    clear error rather than silently different features of the same dimension."""
+    conf = tmp_path / "fbank.yaml"
+    conf.write_text("type: fbank\nlow_freq: 100\n")
+    wav = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).values())[:1]
+    with pytest.raises(UserError, match="does not reproduce"):
+        transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], wav, feat_conf=str(conf))
+    conf.write_text("type: fbank\n")
+    res = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], wav, feat_conf=str(conf),
+                     out=io.StringIO())
+    assert len(res["hyps"]) == 1

@@ -36,7 +36,11 @@ def _soft_targets(soft_dir):
 
 def export_soft_targets(soft_dir, out_dir):
     """`asrkd export-soft-targets`: OUT_DIR/targets.ark + targets.scp (absolute paths) of dense
-    (T, num_pdfs) float32 soft targets, and OUT_DIR/num_targets. Returns the frame count."""
+    (T, num_pdfs) float32 soft targets, and OUT_DIR/num_targets. Returns the frame count.
+
+    The store keeps the top k and the mass of the other pdfs as one number; a dense target has
+    to put that mass somewhere, so it is spread evenly over the other pdfs (each row sums to
+    one, as nnet3's cross-entropy on dense targets expects)."""
     from tqdm import tqdm
 
     from asrkd.table import ArkWriter
@@ -49,8 +53,10 @@ def export_soft_targets(soft_dir, out_dir):
                    os.path.join(out_dir, "targets.scp")) as w:
         for utt in tqdm(sorted(store), desc="export-soft-targets", unit="utt", disable=None):
             ids, probs = store[utt]
-            dense = np.zeros((ids.shape[0], num_pdfs), dtype=np.float32)  # (T, P)
-            np.put_along_axis(dense, ids, probs, axis=1)
+            rest = store.rest(utt)
+            others = max(num_pdfs - ids.shape[1], 1)
+            dense = np.repeat((rest / others)[:, None], num_pdfs, axis=1).astype(np.float32)
+            np.put_along_axis(dense, ids, probs, axis=1)  # (T, P)
             w[utt] = dense
             frames += ids.shape[0]
     with open(os.path.join(out_dir, "num_targets"), "w") as f:

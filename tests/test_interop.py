@@ -101,7 +101,13 @@ def test_kaldi_dense_targets(soft, tmp_path):
         assert m.dtype == np.float32 and m.shape == (len(ids), 30)
         assert np.allclose(m.sum(axis=1), 1.0, atol=1e-3)
         assert np.array_equal(np.take_along_axis(m, ids, axis=1), probs)
-        assert (m > 0).sum(axis=1).max() <= 5
+        # the rest mass spread evenly over the other 30 - k pdfs
+        outside = np.ones_like(m, dtype=bool)
+        np.put_along_axis(outside, ids, False, axis=1)
+        k = ids.shape[1]
+        want = store.rest(utt) / (30 - k)
+        np.testing.assert_allclose(m[outside].reshape(len(ids), 30 - k),
+                                   np.repeat(want[:, None], 30 - k, axis=1), rtol=1e-6)
     # Kaldi's binary matrix header: the archive is "<utt> \0BFM "
     with open(os.path.join(out, "targets.ark"), "rb") as f:
         head = f.read(64)

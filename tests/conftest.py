@@ -53,16 +53,10 @@ def tiny_hybrid(tiny_data, tmp_path_factory):
     epochs on the monophone alignment of train. Returns a dict: ``graph`` (graph dir), ``model``
     (its dir, holding final.pt), ``lang``.
     """
-    import math
-    import shutil
-
-    import kaldifst
-
     from asrkd.align import align
     from asrkd.data import DataDir
-    from asrkd.gmm import load_model, train_mono
-    from asrkd.graph import compile_hclg
-    from asrkd.lang import Lang, prepare_lang
+    from asrkd.gmm import train_mono
+    from asrkd.lang import prepare_lang
     from asrkd.models import ModelConfig
     from asrkd.train import TrainConfig, train_model
 
@@ -73,18 +67,8 @@ def tiny_hybrid(tiny_data, tmp_path_factory):
     train_mono(tiny_data["train_mfcc"], lang.dir, mono, num_iters=6, num_gauss=150, nj=2)
     ali = str(root / "ali")
     align(tiny_data["train_mfcc"], lang.dir, mono, ali, nj=2)
-    vocab = sorted({lang.word_id(w) for t in texts for line in open(t)
-                    for w in line.split()[1:]})
-    cost = math.log(len(vocab))
-    G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in vocab) + "0\n")
-    kaldifst.arcsort(G, sort_type="ilabel")
-    m = load_model(mono)
-    graph = str(root / "graph")
-    os.makedirs(graph)
-    compile_hclg(Lang(lang.dir), m.ctx, m.tm, G).write(os.path.join(graph, "HCLG.fst"))
-    shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph, "words.txt"))
-    for f in ("final.mdl", "tree"):
-        shutil.copyfile(os.path.join(mono, f), os.path.join(graph, f))
+    vocab = {w for t in texts for line in open(t) for w in line.split()[1:]}
+    graph = word_loop_graph(lang, mono, vocab, str(root / "graph"))
     model = str(root / "dnn")
     train_model(tiny_data["train"], ali, model,
                 ModelConfig(left_context=5, right_context=5, hidden_dims=[64]),
@@ -92,3 +76,27 @@ def tiny_hybrid(tiny_data, tmp_path_factory):
                             tensorboard=False), seed=1)
     assert DataDir(tiny_data["test"]).utts
     return {"graph": graph, "model": model, "lang": lang.dir, "ali": ali}
+
+
+def word_loop_graph(lang, model_dir, words, graph_dir):
+    """A decoding graph dir over a uniform loop of ``words`` (small, fast, chance WER ~100%)."""
+    import math
+    import shutil
+
+    import kaldifst
+
+    from asrkd.gmm import load_model
+    from asrkd.graph import compile_hclg
+    from asrkd.lang import Lang
+
+    vocab = sorted({lang.word_id(w) for w in words})
+    cost = math.log(len(vocab))
+    G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in vocab) + "0\n")
+    kaldifst.arcsort(G, sort_type="ilabel")
+    m = load_model(model_dir)
+    os.makedirs(graph_dir, exist_ok=True)
+    compile_hclg(Lang(lang.dir), m.ctx, m.tm, G).write(os.path.join(graph_dir, "HCLG.fst"))
+    shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph_dir, "words.txt"))
+    for f in ("final.mdl", "tree"):
+        shutil.copyfile(os.path.join(model_dir, f), os.path.join(graph_dir, f))
+    return graph_dir

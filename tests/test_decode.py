@@ -1,9 +1,7 @@
 """Decoding: GMM mono/triphone models over a word-loop HCLG on the synthetic corpus of
 test_gmm, acoustic-scale grid on dev, and the one decoding core fed with arbitrary loglikes."""
 
-import math
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,28 +9,15 @@ import pytest
 from asrkd.decode import GmmScorer, decode_data_dir, decode_loglikes, read_best_acwt
 from asrkd.errors import UserError
 from asrkd.gmm import load_model, train_mono, train_tri
+from conftest import word_loop_graph
 from test_gmm import make_corpus
 
 
 def _word_loop_graph(lang, model_dir, graph_dir):
-    """graph_dir for model_dir with a uniform word loop as G (no LM needed)."""
-    import kaldifst
-
-    from asrkd.graph import compile_hclg
-
-    words = [i for w, i in lang.words.items()
+    """graph_dir for model_dir with a uniform loop over all of lang's words as G (no LM)."""
+    words = [w for w, i in lang.words.items()
              if i != 0 and not w.startswith("#") and w not in ("<s>", "</s>")]
-    cost = math.log(len(words))
-    G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in words) + "0\n")
-    kaldifst.arcsort(G, sort_type="ilabel")
-    m = load_model(model_dir)
-    hclg = compile_hclg(lang, m.ctx, m.tm, G)
-    os.makedirs(graph_dir, exist_ok=True)
-    hclg.write(os.path.join(graph_dir, "HCLG.fst"))
-    shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph_dir, "words.txt"))
-    for f in ("final.mdl", "tree"):
-        shutil.copyfile(os.path.join(model_dir, f), os.path.join(graph_dir, f))
-    return graph_dir
+    return word_loop_graph(lang, model_dir, words, graph_dir)
 
 
 @pytest.fixture(scope="module")
@@ -218,13 +203,10 @@ def test_cli_decode_dnn_ensemble(setup, data_dirs):
 def test_mono_on_tiny_speech(tiny_data, tmp_path):
     """A short monophone run on the synthetic espeak corpus: dev aligns and decodes far better
     than chance over a word loop of the dev vocabulary."""
-    import kaldifst
-
     from asrkd.align import align
     from asrkd.data import DataDir
     from asrkd.decode import make_scorer
-    from asrkd.graph import compile_hclg
-    from asrkd.lang import Lang, prepare_lang
+    from asrkd.lang import prepare_lang
 
     lang = prepare_lang(str(tmp_path / "lang"), [os.path.join(tiny_data["train"], "text"),
                                                  os.path.join(tiny_data["dev"], "text")])
@@ -234,17 +216,8 @@ def test_mono_on_tiny_speech(tiny_data, tmp_path):
     dev = DataDir(tiny_data["dev_mfcc"])
     assert len(failed) < len(dev.utts)
     # uniform loop over the dev words: small graph, chance WER ~100%
-    vocab = sorted({lang.word_id(w) for t in dev.text.values() for w in t.split()})
-    cost = math.log(len(vocab))
-    G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in vocab) + "0\n")
-    kaldifst.arcsort(G, sort_type="ilabel")
-    m = load_model(mono)
-    graph = str(tmp_path / "graph")
-    os.makedirs(graph)
-    compile_hclg(Lang(lang.dir), m.ctx, m.tm, G).write(os.path.join(graph, "HCLG.fst"))
-    shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph, "words.txt"))
-    for f in ("final.mdl", "tree"):
-        shutil.copyfile(os.path.join(mono, f), os.path.join(graph, f))
+    graph = word_loop_graph(lang, mono, {w for t in dev.text.values() for w in t.split()},
+                            str(tmp_path / "graph"))
     res = decode_data_dir(graph, make_scorer(mono, tiny_data["dev_mfcc"]), dev.utts,
                           str(tmp_path / "decode"), [0.05, 0.1], ref_text=dev.file("text"))
     assert res["wer"][res["acwt"]]["wer"] < 75.0, res

@@ -23,6 +23,7 @@ VERBS = {
     "compute-feats": "compute fbank or MFCC features into ark/scp",
     "compute-cmvn": "compute per-speaker CMVN statistics (cmvn.scp)",
     "prepare-lang": "build the lang dir: lexicon, phones, topology, L.fst",
+    "filter-lm-text": "remove the test sets' chapters and sentences from an LM text",
     "train-lm": "estimate an interpolated Kneser-Ney n-gram LM (ARPA)",
     "make-graph": "build G.fst and the HCLG decoding graph for a model",
     "train-mono": "train a monophone GMM-HMM from a flat start",
@@ -33,6 +34,7 @@ VERBS = {
     "soft-targets": "store the ensemble's temperature-softened posteriors",
     "distill": "train a student on soft (ensemble) and hard (alignment) targets",
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
+    "frame-accuracy": "frame accuracy of a model against alignments (no decoding)",
     "score": "score hypotheses against reference text (WER)",
     "report": "write the Table-1 style report (results.md, results.json, charts)",
 }

@@ -552,7 +552,8 @@ def _render_test_set(res, chart):
             if r.get("gain_frame_acc") is not None:
                 g_acc = f"{r['gain_frame_acc']:.1f}%" + _fmt_ci(r.get("gain_frame_acc_ci"), 1)
             g_wer = (f"{r['gain_wer']:.1f}%" + _fmt_ci(r.get("gain_wer_ci"), 1)
-                     if r.get("gain_wer") is not None else "n.s.")
+                     if r.get("gain_wer") is not None else "n.s." if r["wer"] is not None
+                     else "")  # a row scored for frame accuracy only (no decoding)
         lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {_fmt_acwt(r)} | {acc} "
                      f"| {wer} | {g_acc} | {g_wer} |")
     by_key = {r["key"]: r for r in res["systems"]}

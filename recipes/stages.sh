@@ -229,7 +229,7 @@ manifest_rows() {
     printf '%s\tsingle\t../teachers/%s\t-\tsingle DNN %s\n' ${m##*/} ${m##*/} ${m##*model}
   done
   printf 'ensemble\tensemble\t../teachers\tsingle\tDNN ensemble\n'
-  [ -z "$control" ] || printf 'control\tcontrol\t../control\tsingle\tsame-size DNN, hard targets (control)\n'
+  [ -z "$ctrl" ] || printf 'control\tcontrol\t../control\tsingle\tsame-size DNN, hard targets (control)\n'
 }
 
 if [ -n "$temperatures" ] && stage 15 "temperature study: a same-size student at each T of '$temperatures'"; then
@@ -237,6 +237,7 @@ if [ -n "$temperatures" ] && stage 15 "temperature study: a same-size student at
   # student per T with stage 12's data, recipe and seed; the student at --temperature is stage
   # 12's own. Frame accuracy on the test sets, intervals and kept mass from `asrkd report`.
   study=$exp/temperature_study
+  ctrl=$control; [ -f "$ctrl/final.pt" ] || ctrl=   # (a run of an older recipe has none)
   mkdir -p $study
   queue=("" "")   # the new students, split over two background processes (2 cores)
   i=0
@@ -260,15 +261,17 @@ if [ -n "$temperatures" ] && stage 15 "temperature study: a same-size student at
   run_bg $study/log/students_a.log students_at ${queue[0]}
   run_bg $study/log/students_b.log students_at ${queue[1]}
   wait_bg
+  students=
   {
     printf '# key\tkind\tmodel\tcompare\tlabel\n'
     manifest_rows
     for T in $temperatures; do
       m=T$T; awk -v a=$T -v b=$temperature 'BEGIN{exit !(a == b)}' && m=../distill
-      printf 'T%s\tstudent\t%s\tsingle%s\tdistilled DNN, T = %s\n' $T $m ${control:+,control} $T
+      students="$students $study/$m"
+      printf 'T%s\tstudent\t%s\tsingle%s\tdistilled DNN, T = %s\n' $T $m ${ctrl:+,control} $T
     done
   } > $study/systems.tsv
-  frame_acc_of $(teacher_systems) $control $exp/distill $(ls -d $study/T* 2>/dev/null)
+  frame_acc_of $(teacher_systems) $ctrl $students
   asrkd report $study --test-sets $tests --data $data
   cat $study/results.md
   stage_done 15

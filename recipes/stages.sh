@@ -268,7 +268,7 @@ if [ -n "$temperatures" ] && stage 15 "temperature study: a same-size student at
     for T in $temperatures; do
       m=T$T; awk -v a=$T -v b=$temperature 'BEGIN{exit !(a == b)}' && m=../distill
       students="$students $study/$m"
-      printf 'T%s\tstudent\t%s\tsingle%s\tdistilled DNN, T = %s\n' $T $m ${ctrl:+,control} $T
+      printf 'T%s\tstudent\t%s\tsingle%s\tdistilled DNN, T = %s\n' $T $m "${ctrl:+,control}" $T
     done
   } > $study/systems.tsv
   frame_acc_of $(teacher_systems) $ctrl $students

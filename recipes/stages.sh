@@ -19,6 +19,7 @@ transfer=${transfer:-}
 kd_train=$train; [ -z "$transfer" ] || kd_train=${train}_${transfer}
 wer_speakers=${wer_speakers:-0}
 temperatures=${temperatures:-} small_fraction=${small_fraction:-0}
+small_data_conf=${small_data_conf:-$dnn_conf}
 # wer_set T: the data dir name decoded for WER on test set T (T itself, or its first speakers)
 wer_set() { if [ "$wer_speakers" -gt 0 ] && [ "$1" != "$dev" ]; then echo ${1}_wer; else echo $1; fi; }
 
@@ -278,20 +279,21 @@ if [ -n "$temperatures" ] && stage 15 "temperature study: a same-size student at
 fi
 
 if [ "$small_fraction" != 0 ] && stage 16 "small-data table: $small_fraction of the training utterances, hard vs soft targets"; then
-  # The paper's table 5: the teachers' recipe trained on a small share of the training set with
-  # hard targets only, and with the full ensemble's soft targets (stage 11's, same T and alpha),
+  # The paper's table 5: the teachers' model ($small_data_conf: more epochs) trained on a
+  # small share of the training set with hard targets only, and with the full ensemble's soft
+  # targets (stage 11's, same T and alpha),
   # both on the same aligned utterances (the same seed draws them; the student also gets that
   # share of any training utterance whose alignment failed, soft targets only). Train frame
   # accuracy is measured on the hard-target model's utterances (EXP/train_utts, written by
   # training), for the full-data singles too: a column of the report.
   sd=$exp/small_data
   mkdir -p $sd
-  run_bg $sd/log/hard.log $asrkd_cmd asrkd train --conf $conf/$dnn_conf --seed $student_seed \
+  run_bg $sd/log/hard.log $asrkd_cmd asrkd train --conf $conf/$small_data_conf --seed $student_seed \
     --train-fraction $small_fraction --cache-dir $exp/teachers/frames --num-threads 1 \
     $data/$train $exp/tri_ali_$train $sd/hard
   run_bg $sd/log/soft.log $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha \
     --train-fraction $small_fraction --cache-dir $exp/teachers/frames --num-threads 1 \
-    --seed $student_seed --conf $conf/$dnn_conf \
+    --seed $student_seed --conf $conf/$small_data_conf \
     $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $sd/soft
   wait_bg
   awk 'NR == FNR {ali[$1]; next} $1 in ali' $exp/tri_ali_$train/pdf.scp $sd/soft/train_utts | \

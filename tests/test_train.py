@@ -277,6 +277,9 @@ def test_repo_confs_parse():
     assert mc.context == 26 and mc.left_context == 20 and mc.hidden_dims == [2560] * 8
     mc, _ = load_conf(os.path.join(root, "tdnn.yaml"))
     assert mc.family == "tdnn" and mc.left_context == mc.right_context == 10
+    # stage 16's models: the teachers' model, trained longer
+    small, tc = load_conf(os.path.join(root, "dnn_small_data.yaml"))
+    assert small == load_conf(os.path.join(root, "dnn.yaml"))[0] and tc.epochs == 40
 
 
 def test_train_utts_and_frame_accuracy_verb_on_them(tmp_path, capsys):

@@ -54,6 +54,7 @@ topk=50
 temperatures=                 # stage 15 (off when empty): a student at each T, e.g. "1 2 5 10"
 small_fraction=0              # stage 16 (off when 0): hard vs soft targets on this share of
                               # the training utterances (the paper's table 5: 0.03)
+small_data_conf=dnn_paper.yaml  # stage 16's model and schedule (hard and soft alike)
 beam=13
 max_active=7000
 gmm_acwt_grid=0.067,0.083,0.1,0.125
@@ -67,7 +68,7 @@ usage() {
   echo "Options (default):"
   for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers test_speakers wer_speakers transfer_sets lm_text \
            lm_utt_ids vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
-           tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk temperatures small_fraction beam \
+           tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk temperatures small_fraction small_data_conf beam \
            max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done

@@ -527,9 +527,9 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                         + np.flatnonzero(~cache.labeled).tolist())
     valid_utts = labeled[valid_utts].tolist()
     if train_fraction < 1:
-        # The labeled utterances are drawn as a hard-target run with the same seed draws them,
-        # so a student and its hard-target baseline share their small training set (the
-        # paper's table 5); utterances with no alignment, by a draw of their own.
+        # Labeled utterances are drawn exactly as a hard-target run of the same seed draws
+        # them, so a student and its hard-target baseline share their small training set (the
+        # paper's table 5); utterances with no alignment (a transfer set) by a draw of their own.
         lab = [u for u in train_utts if cache.labeled[u]]
         unlab = [u for u in train_utts if not cache.labeled[u]]
         rng = np.random.default_rng([int(seed), 7])
@@ -733,7 +733,8 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None)
         if missing:
             raise UserError(f"{data_dir}: no utterance {missing[0]} (of {len(missing)} asked "
                             "for)")
-        todo = [u for u in todo if u in set(utts)]
+        wanted = set(utts)
+        todo = [u for u in todo if u in wanted]
     for utt in todo:
         if utt not in pdf_scp:
             continue

@@ -323,3 +323,20 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
         print(f"decode: {decode_dir}: frame accuracy {100 * res['frame_acc']:.2f}% "
               f"against {ali_dir} ({len(counts)} utterances)", file=sys.stderr)
     return res
+
+
+def measure_frame_accuracy(model, data_dir, ali_dir, out_dir, utts=None):
+    """`asrkd frame-accuracy`: out_dir/frame_acc and frame_acc_per_utt of MODEL on data_dir
+    against ali_dir, with no decoding (a forward pass); ``utts``: only these utterances.
+
+    out_dir is laid out as a decode dir's frame-accuracy files, so `asrkd report` reads it as
+    ``MODEL/decode_<set>`` (e.g. a training set, which is too large to decode)."""
+    from asrkd.train import frame_accuracy, write_frame_accuracy
+
+    scorer = make_scorer(model, data_dir)
+    check_scorer_tree(scorer, ali_dir)  # pdf ids of another tree would score as noise
+    acc, counts = frame_accuracy(scorer, data_dir, ali_dir, per_utt=True, utts=utts)
+    write_frame_accuracy(out_dir, acc, counts)
+    print(f"frame-accuracy: {out_dir}: {100 * acc:.2f}% against {ali_dir} ({len(counts)} "
+          "utterances)", file=sys.stderr)
+    return acc

@@ -47,6 +47,56 @@ def read_sentences(path, utt_ids=False):
     return out
 
 
+def chapter_of(utt):
+    """(speaker, chapter) of a LibriSpeech utterance id SPK-CHAPTER-UTT; None for another form."""
+    parts = utt.split("-")
+    return (parts[0], parts[1]) if len(parts) == 3 else None
+
+
+def filter_lm_text(text_path, out_path, held_out):
+    """Write text_path (``UTT-ID WORDS...`` lines) to out_path without the held-out chapters.
+
+    ``held_out``: data dirs (test sets) whose utterances must not inform the LM. A line goes
+    when its utterance is of a chapter (SPK-CHAPTER of its id) any held-out utterance is from,
+    or when its words are a held-out transcript (the same sentence elsewhere: another reading of
+    the book). Returns counts: lines kept, dropped by chapter, dropped as a test sentence, and
+    the held-out chapters. UserError when a held-out id or an LM line has no SPK-CHAPTER-UTT id.
+    """
+    from asrkd.data import DataDir
+
+    if not os.path.isfile(text_path):
+        raise UserError(f"no such text file: {text_path}")
+    chapters, sentences = set(), set()
+    for d in held_out:
+        data = DataDir(d)
+        for utt in data.utts:
+            ch = chapter_of(utt)
+            if ch is None:
+                raise UserError(f"{d}: utterance id {utt!r} is not SPK-CHAPTER-UTT (LibriSpeech)")
+            chapters.add(ch)
+        sentences |= {" ".join(w.split()) for w in data.text.values() if w.split()}
+    kept = by_chapter = by_sentence = 0
+    with open(text_path, encoding="utf-8") as f, atomic_path(out_path) as tmp, \
+            open(tmp, "w", encoding="utf-8") as out:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            ch = chapter_of(fields[0])
+            if ch is None:
+                raise UserError(f"{text_path}:{n}: {fields[0]!r} is not an utterance id "
+                                "SPK-CHAPTER-UTT (filtering needs the LM text's ids)")
+            if ch in chapters:
+                by_chapter += 1
+            elif " ".join(fields[1:]) in sentences:
+                by_sentence += 1
+            else:
+                kept += 1
+                out.write(line if line.endswith("\n") else line + "\n")
+    return {"kept": kept, "dropped_chapter": by_chapter, "dropped_sentence": by_sentence,
+            "chapters": len(chapters)}
+
+
 def read_vocab(words_txt):
     """The LM vocabulary of a words.txt: all words but <eps>, #n, <s>, </s>."""
     if not os.path.isfile(words_txt):

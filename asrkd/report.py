@@ -29,6 +29,10 @@ on each draw. "Gain recovered" = (system - its own-size baseline) / (ensemble - 
 draw; for frame accuracy on every student row, for WER only where the ensemble's WER gain over
 the mean single is itself significant (its interval excludes zero), and never for other rows.
 
+A *train set* (``write_report(train_set=NAME)``, `asrkd report --train-set`) adds a "train frame
+acc" column from ``MODEL/decode_<NAME>/`` (e.g. written by `asrkd frame-accuracy --utts` on the
+utterances a model was trained on: the paper's table 5), bootstrapped over that set's speakers.
+
 Outputs: EXP_DIR/results.md, results.json (same figures), results.png (frame accuracy and WER
 per system with intervals), curves.png (validation frame accuracy per epoch).
 
@@ -530,29 +534,43 @@ def _render_test_set(res, chart):
     b = res["bootstrap"]
     sizes = "; ".join(f"{'frame accuracy' if k == 'frame_acc' else 'WER'}: {v['utterances']} "
                       f"utterances of {v['speakers']} speakers" for k, v in b.items())
+    train = res.get("train_set")
+    tb = (train or {}).get("bootstrap", {}).get("frame_acc")
     lines = [
         "",
         f"## Test set `{res['test_set']}`",
         "",
         (f"Scored on {sizes}; {next(iter(b.values()))['resamples']} bootstrap resamples."
          if b else "No per-utterance scores: no intervals."),
+    ]
+    if train:
+        lines.append(f"Train frame accuracy: on `{train['name']}`"
+                     + (f", {tb['utterances']} utterances of {tb['speakers']} speakers."
+                        if tb else "."))
+    lines += [
         "",
-        "| system | params | acwt | frame acc % | WER % | gain recovered (acc) "
-        "| gain recovered (WER) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| system | params | acwt |" + (" train frame acc % |" if train else "")
+        + " frame acc % | WER % | gain recovered (acc) | gain recovered (WER) |",
+        "|---|---:|---:|" + ("---:|" if train else "") + "---:|---:|---:|---:|",
     ]
     for r in res["systems"]:
         if not r["present"]:
-            lines.append(f"| {r['label']} | missing | - | - | - | | |")
+            lines.append(f"| {r['label']} | missing | - |" + (" - |" if train else "")
+                         + " - | - | | |")
             continue
         acc = _fmt(r["frame_acc"], r.get("frame_acc_std")) + _fmt_ci(r.get("frame_acc_ci"))
+        if train:
+            t = train["systems"].get(r["key"], {})
+            acc = (_fmt(t.get("frame_acc"), t.get("frame_acc_std"))
+                   + _fmt_ci(t.get("frame_acc_ci")) + " | " + acc)
         wer = _fmt(r["wer"], r.get("wer_std")) + _fmt_ci(r.get("wer_ci"))
         g_acc = g_wer = ""
         if r["kind"] == "student" and "baseline" in r:
             if r.get("gain_frame_acc") is not None:
                 g_acc = f"{r['gain_frame_acc']:.1f}%" + _fmt_ci(r.get("gain_frame_acc_ci"), 1)
             g_wer = (f"{r['gain_wer']:.1f}%" + _fmt_ci(r.get("gain_wer_ci"), 1)
-                     if r.get("gain_wer") is not None else "n.s.")
+                     if r.get("gain_wer") is not None else "n.s." if r["wer"] is not None
+                     else "")  # a row scored for frame accuracy only (no decoding)
         lines.append(f"| {r['label']} | {_fmt_params(r['params'])} | {_fmt_acwt(r)} | {acc} "
                      f"| {wer} | {g_acc} | {g_wer} |")
     by_key = {r["key"]: r for r in res["systems"]}
@@ -690,19 +708,30 @@ def find_test_sets(exp_dir, systems):
 
 
 def write_report(exp_dir, test_sets=None, manifest=None, data_root=None,
-                 resamples=DEFAULT_RESAMPLES):
+                 resamples=DEFAULT_RESAMPLES, train_set=None):
     """Write EXP_DIR/results.{md,json,png} (+ curves.png); return the collected figures.
 
     ``manifest``: the systems.tsv (default EXP_DIR/systems.tsv). ``test_sets``: names of the
     decode_<name> dirs to report (default: all found, ``test`` first). The first one's figures
     are the top level of results.json and results.png; every set's figures are under
-    ``by_test_set`` (charts ``results_<name>.png`` for the others).
+    ``by_test_set`` (charts ``results_<name>.png`` for the others). ``train_set``: the name of
+    the decode_<name> dirs holding frame accuracy on training data: a column of every table
+    (``train_set`` in results.json: each system's figures there, by key).
     """
     if not os.path.isdir(exp_dir):
         raise UserError(f"{exp_dir}: not a directory")
     systems = read_manifest(manifest or os.path.join(exp_dir, MANIFEST))
-    sets = list(test_sets) if test_sets else find_test_sets(exp_dir, systems)
+    sets = list(test_sets) if test_sets else [t for t in find_test_sets(exp_dir, systems)
+                                              if t != train_set]
     results = [collect(exp_dir, systems, t, data_root, resamples) for t in sets]
+    if train_set:
+        tr = collect(exp_dir, systems, train_set, data_root, resamples)
+        train = {"name": train_set, "bootstrap": tr["bootstrap"], "notes": tr["notes"],
+                 "systems": {r["key"]: {k: r.get(k) for k in ("frame_acc", "frame_acc_std",
+                                                               "frame_acc_ci")}
+                             for r in tr["systems"] if r["present"]}}
+        for r in results:
+            r["train_set"] = train
     charts = {t: "results.png" if i == 0 else f"results_{t}.png" for i, t in enumerate(sets)}
     for r in results:
         plot_systems(r, os.path.join(exp_dir, charts[r["test_set"]]))

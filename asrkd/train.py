@@ -646,10 +646,23 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
                         + np.flatnonzero(~cache.labeled).tolist())
     valid_utts = labeled[valid_utts].tolist()
     if train_fraction < 1:
+        # Labeled utterances are drawn exactly as a hard-target run of the same seed draws
+        # them, so a student and its hard-target baseline share their small training set (the
+        # paper's table 5); utterances with no alignment (a transfer set) by a draw of their own.
+        lab = [u for u in train_utts if cache.labeled[u]]
+        unlab = [u for u in train_utts if not cache.labeled[u]]
         rng = np.random.default_rng([int(seed), 7])
-        n = max(1, int(round(train_fraction * len(train_utts))))
-        train_utts = sorted(rng.choice(train_utts, size=n, replace=False).tolist())
+        n = max(1, int(round(train_fraction * len(lab)))) if lab else 0
+        picked = rng.choice(lab, size=n, replace=False).tolist() if lab else []
+        if unlab:
+            n = max(1, int(round(train_fraction * len(unlab))))
+            picked += np.random.default_rng([int(seed), 8]).choice(
+                unlab, size=n, replace=False).tolist()
+        train_utts = sorted(picked)
     train_frames, valid_frames = cache.frames_of(train_utts), cache.frames_of(valid_utts)
+    # which utterances the model saw: its training-set frame accuracy is measured on them
+    # (with --train-fraction a small subset, the paper's table 5)
+    write_utt_list(os.path.join(exp_dir, "train_utts"), [cache.utts[i] for i in train_utts])
     if len(valid_frames) == 0:
         raise UserError(f"{data_dir}: too few speakers for a validation split "
                         f"(valid_fraction {train_config.valid_fraction})")
@@ -820,13 +833,15 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
 # Evaluation
 
 
-def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False):
+def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None):
     """Fraction of aligned frames whose argmax posterior is the aligned pdf.
 
     Accepts a model (nn.Module), checkpoint path(s) (an ensemble: mean of posteriors), or a
     scorer from ``make_scorer`` (its posteriors are used, not the prior-divided scores); any
     other callable ``utt -> (T, P)`` is taken as is. With ``per_utt`` returns
-    ``(fraction, {utt: (correct, frames)})``, what a speaker bootstrap resamples.
+    ``(fraction, {utt: (correct, frames)})``, what a speaker bootstrap resamples. ``utts``:
+    only these utterances of data_dir (e.g. a model's ``train_utts``); UserError if one is not
+    in data_dir.
     """
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
@@ -845,7 +860,15 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False):
     score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
     correct = total = 0
     counts = {}
-    for utt in DataDir(data_dir).utts:
+    todo = DataDir(data_dir).utts
+    if utts is not None:
+        missing = sorted(set(utts) - set(todo))
+        if missing:
+            raise UserError(f"{data_dir}: no utterance {missing[0]} (of {len(missing)} asked "
+                            "for)")
+        wanted = set(utts)
+        todo = [u for u in todo if u in wanted]
+    for utt in todo:
         if utt not in pdf_scp:
             continue
         y = np.asarray(pdf_scp[utt])
@@ -862,6 +885,20 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False):
     if total == 0:
         raise UserError(f"{ali_dir}: no aligned utterance of {data_dir}")
     return (correct / total, counts) if per_utt else correct / total
+
+
+def write_utt_list(path, utts):
+    """One utterance id per line."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.writelines(f"{u}\n" for u in utts)
+
+
+def read_utt_list(path):
+    """Utterance ids of a file with one per line (the first field of each line)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such utterance list")
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
 
 
 def write_frame_accuracy(out_dir, acc, counts):

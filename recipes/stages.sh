@@ -6,6 +6,9 @@
 # students are distilled on besides $train (the paper's transfer set; empty: $train only);
 # $wer_speakers (> 0: only the first N speakers of each test set are decoded for WER, frame
 # accuracy is measured on all of them: a forward pass is cheap, decoding is not).
+# Optional studies after the report (off when empty / 0): $temperatures (stage 16, a student at
+# each T), $small_fraction (stage 17, the paper's table 5: hard vs soft targets on that share of
+# the training utterances).
 
 # each set once (a recipe with no test set evaluates on dev: tests=$dev)
 all_sets=$(printf '%s\n' $train $dev $tests | awk '!seen[$0]++' | xargs)
@@ -16,6 +19,8 @@ decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 2"
 transfer=${transfer:-}
 kd_train=$train; [ -z "$transfer" ] || kd_train=${train}_${transfer}
 wer_speakers=${wer_speakers:-0}
+temperatures=${temperatures:-} small_fraction=${small_fraction:-0}
+small_data_conf=${small_data_conf:-$dnn_conf}
 # wer_set T: the data dir name decoded for WER on test set T (T itself, or its first speakers)
 wer_set() { if [ "$wer_speakers" -gt 0 ] && [ "$1" != "$dev" ]; then echo ${1}_wer; else echo $1; fi; }
 
@@ -232,6 +237,113 @@ if [ "${specialists:-0}" -gt 0 ] && stage 15 "specialists: $specialists on the d
   done
   report  # with the specialists' row
   stage_done 15
+fi
+
+# frame_acc_of SYSTEM... : frame accuracy (a forward pass, no decoding) on every test set, for
+# the systems without it ({model}/decode_<test>/frame_acc_per_utt, what `asrkd report` reads)
+frame_acc_of() {
+  local m t
+  for m in "$@"; do
+    for t in $tests; do
+      [ -f $m/decode_$t/frame_acc_per_utt ] || \
+        asrkd frame-accuracy $data/$t $exp/tri_ali_$t $m $m/decode_$t
+    done
+  done
+}
+# manifest_rows: the singles, the ensemble and the control as rows of a study's systems.tsv
+# (model dirs relative to the study's dir, a subdir of $exp)
+manifest_rows() {
+  local m
+  for m in $(ls -d $exp/teachers/model* | sort -V); do
+    printf '%s\tsingle\t../teachers/%s\t-\tsingle DNN %s\n' ${m##*/} ${m##*/} ${m##*model}
+  done
+  printf 'ensemble\tensemble\t../teachers\tsingle\tDNN ensemble\n'
+  [ -z "$ctrl" ] || printf 'control\tcontrol\t../control\tsingle\tsame-size DNN, hard targets (control)\n'
+}
+
+if [ -n "$temperatures" ] && stage 16 "temperature study: a same-size student at each T of '$temperatures'"; then
+  # One set of teachers, soft targets at each T (exp/soft_T<T>, as stage 11 names them), one
+  # student per T with stage 12's data, recipe and seed; the student at --temperature is stage
+  # 12's own. Frame accuracy on the test sets, intervals and kept mass from `asrkd report`.
+  study=$exp/temperature_study
+  ctrl=$control; [ -f "$ctrl/final.pt" ] || ctrl=   # (a run of an older recipe has none)
+  mkdir -p $study
+  queue=("" "")   # the new students, split over two background processes (2 cores)
+  i=0
+  for T in $temperatures; do
+    if [ ! -f $exp/soft_T$T/meta.json ]; then
+      $asrkd_cmd asrkd soft-targets --nj $nj --temperature $T --combine arith --topk $topk \
+        $data/$kd_train $exp/teachers $exp/soft_T$T
+    fi
+    if ! awk -v a=$T -v b=$temperature 'BEGIN{exit !(a == b)}'; then
+      queue[$i]="${queue[$i]} $T"; i=$(( 1 - i ))
+    fi
+  done
+  students_at() {  # T...: one student each, one after the other
+    local T
+    for T in "$@"; do
+      $asrkd_cmd asrkd distill --temperature $T --alpha $alpha --cache-dir $exp/teachers/frames \
+        --num-threads 1 --seed $student_seed --conf $conf/$student_conf \
+        $data/$kd_train $exp/tri_ali_$train $exp/soft_T$T $study/T$T
+    done
+  }
+  run_bg $study/log/students_a.log students_at ${queue[0]}
+  run_bg $study/log/students_b.log students_at ${queue[1]}
+  wait_bg
+  students=
+  {
+    printf '# key\tkind\tmodel\tcompare\tlabel\n'
+    manifest_rows
+    for T in $temperatures; do
+      m=T$T; awk -v a=$T -v b=$temperature 'BEGIN{exit !(a == b)}' && m=../distill
+      students="$students $study/$m"
+      printf 'T%s\tstudent\t%s\tsingle%s\tdistilled DNN, T = %s\n' $T $m "${ctrl:+,control}" $T
+    done
+  } > $study/systems.tsv
+  frame_acc_of $(teacher_systems) $ctrl $students
+  asrkd report $study --test-sets $tests --data $data
+  cat $study/results.md
+  stage_done 16
+fi
+
+if [ "$small_fraction" != 0 ] && stage 17 "small-data table: $small_fraction of the training utterances, hard vs soft targets"; then
+  # The paper's table 5: the teachers' model ($small_data_conf: more epochs) trained on a
+  # small share of the training set with hard targets only, and with the full ensemble's soft
+  # targets (stage 11's, same T and alpha),
+  # both on the same aligned utterances (the same seed draws them; the student also gets that
+  # share of any training utterance whose alignment failed, soft targets only). Train frame
+  # accuracy is measured on the hard-target model's utterances (EXP/train_utts, written by
+  # training), for the full-data singles too: a column of the report.
+  sd=$exp/small_data
+  mkdir -p $sd
+  run_bg $sd/log/hard.log $asrkd_cmd asrkd train --conf $conf/$small_data_conf --seed $student_seed \
+    --train-fraction $small_fraction --cache-dir $exp/teachers/frames --num-threads 1 \
+    $data/$train $exp/tri_ali_$train $sd/hard
+  run_bg $sd/log/soft.log $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha \
+    --train-fraction $small_fraction --cache-dir $exp/teachers/frames --num-threads 1 \
+    --seed $student_seed --conf $conf/$small_data_conf \
+    $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $sd/soft
+  wait_bg
+  awk 'NR == FNR {ali[$1]; next} $1 in ali' $exp/tri_ali_$train/pdf.scp $sd/soft/train_utts | \
+    cmp -s - $sd/hard/train_utts || \
+    log "warning: the hard- and soft-target models were trained on different utterances"
+  pct=$(awk -v f=$small_fraction 'BEGIN{printf "%g", 100 * f}')
+  for m in $(ls -d $exp/teachers/model* | sort -V) $sd/hard $sd/soft; do
+    asrkd frame-accuracy --utts $sd/hard/train_utts $data/$train $exp/tri_ali_$train $m \
+      $m/decode_${train}_small
+  done
+  {
+    printf '# key\tkind\tmodel\tcompare\tlabel\n'
+    for m in $(ls -d $exp/teachers/model* | sort -V); do
+      printf '%s\tsingle\t../teachers/%s\t-\tsingle DNN %s (100%% of train)\n' ${m##*/} ${m##*/} ${m##*model}
+    done
+    printf 'hard\tcontrol\thard\tsingle\t%s%% of train, hard targets\n' $pct
+    printf 'soft\tstudent\tsoft\thard\t%s%% of train, soft targets of the full ensemble\n' $pct
+  } > $sd/systems.tsv
+  frame_acc_of $(ls -d $exp/teachers/model* | sort -V) $sd/hard $sd/soft
+  asrkd report $sd --test-sets $tests --train-set ${train}_small --data $data
+  cat $sd/results.md
+  stage_done 17
 fi
 
 # A finished run (or a rerun of one, which skips every stage) ends by printing the report.

@@ -473,6 +473,17 @@ def test_distill_trains_on_a_transfer_set_without_alignments(tmp_path):
     for name in ("pdf_counts", "num_pdfs"):
         (only / name).write_text((ali / name).read_text())
     assert frame_accuracy(final, str(data), str(only)) > 0.6
+    # on a fraction of the data, the student's labeled utterances are those a hard-target run
+    # with the same seed trains on, whatever the transfer set adds
+    tc1 = TrainConfig(**{**tc.to_dict(), "epochs": 1, "min_epochs": 1})
+    distill(str(data), str(part), str(tmp_path / "soft"), str(tmp_path / "s_frac"), student,
+            tc1, seed=5, train_fraction=0.4, cache_dir=str(tmp_path / "frames2"))
+    train_model(str(data), str(part), str(tmp_path / "h_frac"), student, tc1, seed=5,
+                train_fraction=0.4, cache_dir=str(tmp_path / "frames3"))
+    kd = (tmp_path / "s_frac" / "train_utts").read_text().split()
+    hard = (tmp_path / "h_frac" / "train_utts").read_text().split()
+    assert [u for u in kd if not u.startswith("103-")] == hard and len(hard) == 5
+    assert len([u for u in kd if u.startswith("103-")]) == 2  # 0.4 of the 6 transfer utts
 
 
 @pytest.mark.parametrize("num_pdfs", [200, 2000, 20000])

@@ -203,3 +203,54 @@ def test_entropy_pruning(tmp_path):
     (tmp_path / "t").write_text("".join(" ".join(s) + "\n" for s in sents))
     info = train_lm([str(tmp_path / "t")], str(tmp_path / "cli.arpa"), prune=1e-4)
     assert info["ngrams"] == prune_entropy(lm, 1e-4).counts
+
+
+def _held_out_dir(path, text):
+    """A minimal test data dir (utt2spk, text) for the LM-text filter."""
+    from asrkd.table import write_table
+
+    path.mkdir()
+    write_table(path / "text", text)
+    write_table(path / "utt2spk", {u: u.split("-")[0] for u in text})
+    return path
+
+
+def test_filter_lm_text_drops_the_held_out_chapters_and_sentences(tmp_path, capsys):
+    from asrkd.cli import main
+    from asrkd.lm import filter_lm_text
+
+    lm_text = tmp_path / "lm.txt"
+    lm_text.write_text(
+        "10-100-0000 THE TEST SENTENCE ITSELF\n"       # a test utterance
+        "10-100-0001 ANOTHER LINE OF THAT CHAPTER\n"   # same chapter, not in the test set
+        "10-200-0000 THE SAME SPEAKER ANOTHER BOOK\n"  # a chapter of 10 with no test utterance
+        "20-300-0000 A TRAINING SENTENCE\n"
+        "30-400-0007 THE TEST SENTENCE ITSELF\n"       # the test sentence read by another speaker
+        "\n"
+        "31-400-0001 THE TEST SENTENCE\n")             # a prefix of it: not the sentence
+    test = _held_out_dir(tmp_path / "test", {"10-100-0000": "THE TEST SENTENCE ITSELF",
+                                             "11-500-0003": "NOT IN THE LM TEXT"})
+    out = tmp_path / "lm_heldout.txt"
+    r = filter_lm_text(lm_text, out, [test])
+    assert out.read_text().splitlines() == ["10-200-0000 THE SAME SPEAKER ANOTHER BOOK",
+                                            "20-300-0000 A TRAINING SENTENCE",
+                                            "31-400-0001 THE TEST SENTENCE"]
+    assert r == {"kept": 3, "dropped_chapter": 2, "dropped_sentence": 1, "chapters": 2}
+    # the verb writes the same file and says what it dropped
+    out2 = tmp_path / "via_cli.txt"
+    assert main(["filter-lm-text", str(lm_text), str(out2), "--held-out", str(test)]) == 0
+    assert out2.read_text() == out.read_text()
+    assert "dropped 2 of the 2 held-out chapters" in capsys.readouterr().out
+
+
+def test_filter_lm_text_needs_utterance_ids(tmp_path):
+    from asrkd.lm import filter_lm_text
+
+    test = _held_out_dir(tmp_path / "test", {"10-100-0000": "A B"})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("A PLAIN SENTENCE WITH NO ID\n")
+    with pytest.raises(UserError, match="plain.txt:1: 'A' is not an utterance id"):
+        filter_lm_text(plain, tmp_path / "out.txt", [test])
+    odd = _held_out_dir(tmp_path / "odd", {"spk1_utt1": "A B"})
+    with pytest.raises(UserError, match="not SPK-CHAPTER-UTT"):
+        filter_lm_text(plain, tmp_path / "out.txt", [odd])

@@ -200,3 +200,28 @@ def test_timings_helper(tmp_path):
     p.write_text("feats x\n")
     with pytest.raises(UserError):
         read_timings(p)
+
+
+def test_train_set_column(exp):
+    """The paper's table 5: each system's frame accuracy on training data beside the test's."""
+    spk = np.array([0.70, 0.72, 0.74, 0.76, 0.78, 0.80])
+    for i in range(3):
+        _decode(exp, f"teachers/model{i + 1}", "train_small", spk + 0.01 * i)
+    _decode(exp, "control", "train_small", spk + 0.1)  # memorised its small training set
+    _decode(exp, "distill", "train_small", spk - 0.02)
+    res = write_report(exp, train_set="train_small", resamples=300)
+    assert list(res["by_test_set"]) == ["test"]  # the train set is a column, not a test set
+    train = res["train_set"]
+    assert train["name"] == "train_small"
+    assert train["bootstrap"]["frame_acc"] == {"speakers": 6, "resamples": 300,
+                                               "utterances": 12}
+    assert train["systems"]["single"]["frame_acc"] == pytest.approx(76.0)
+    assert train["systems"]["control"]["frame_acc"] == pytest.approx(85.0)
+    assert "tri" not in train["systems"]  # not scored on the train set
+    md = (exp / "results.md").read_text()
+    assert "| system | params | acwt | train frame acc % | frame acc % | WER % |" in md
+    assert "Train frame accuracy: on `train_small`, 12 utterances of 6 speakers." in md
+    assert "| control | - | 0.15 | 85.00 [" in md
+    assert "| distilled DNN (same size) | - | 0.2 | 73.00 [" in md and "| 56.50 [" in md
+    assert "| GMM triphone | - | 0.1 | - | 42.50 [" in md
+    assert "| small, distilled | missing | - | - | - | - | | |" in md

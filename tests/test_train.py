@@ -357,3 +357,48 @@ def test_soft_target_store_keeps_few_shards_mapped(tmp_path):
         ids, probs = store[utt]
         assert ids.shape == (4, 2) and len(store._shards) <= OPEN_SHARDS
     assert np.allclose(store["u11"][1], 0.5)  # a dropped shard is mapped again on demand
+
+
+    # stage 16's models: the teachers' model, trained longer
+    small, tc = load_conf(os.path.join(root, "dnn_small_data.yaml"))
+    assert small == load_conf(os.path.join(root, "dnn.yaml"))[0] and tc.epochs == 40
+
+
+def test_train_utts_and_frame_accuracy_verb_on_them(tmp_path, capsys):
+    """Training lists the utterances it saw; `asrkd frame-accuracy --utts` scores just those,
+    as `asrkd report` reads a decode dir."""
+    from asrkd.cli import main
+    from asrkd.report import read_frame_acc, read_per_utt
+    from asrkd.train import read_utt_list
+
+    data, ali = make_corpus(str(tmp_path / "c"))
+    exp = str(tmp_path / "exp")
+    tc = TrainConfig(**{**TC.to_dict(), "epochs": 2, "min_epochs": 2})
+    final = train_model(data, ali, exp, MC, tc, seed=1, train_fraction=0.25)
+    seen = read_utt_list(os.path.join(exp, "train_utts"))
+    cache = build_frame_cache(data, ali, os.path.join(exp, "frames"))
+    train_idx, valid_idx = split_by_speaker(cache.spk, tc.valid_fraction)
+    assert len(seen) == round(0.25 * len(train_idx))  # a quarter of the training split
+    assert not set(seen) & {cache.utts[i] for i in valid_idx}
+
+    out = str(tmp_path / "exp" / "decode_train_small")
+    assert main(["frame-accuracy", "--utts", os.path.join(exp, "train_utts"), data, ali, exp,
+                 out]) == 0
+    per_utt = read_per_utt(out, "frame_acc")
+    assert sorted(per_utt) == sorted(seen)
+    acc = frame_accuracy(final, data, ali, utts=seen)
+    assert read_frame_acc(out) == pytest.approx(100 * acc, abs=1e-4)
+    assert sum(c for c, _ in per_utt.values()) / sum(n for _, n in per_utt.values()) == \
+        pytest.approx(acc)
+    # learnt, above chance (1/6), on the data it saw and on the training utterances it did not
+    rest = [cache.utts[i] for i in train_idx if cache.utts[i] not in set(seen)]
+    assert acc > 0.3 and frame_accuracy(final, data, ali, utts=rest) > 0.3
+    # every utterance, without --utts
+    assert main(["frame-accuracy", data, ali, final, str(tmp_path / "all")]) == 0
+    assert len(read_per_utt(str(tmp_path / "all"), "frame_acc")) == len(cache.utts)
+    assert "frame-accuracy:" in capsys.readouterr().err
+    # an utterance that is not in the data dir is a one-line error
+    (tmp_path / "bad").write_text("nope-1-0000\n")
+    assert main(["frame-accuracy", "--utts", str(tmp_path / "bad"), data, ali, final,
+                 str(tmp_path / "x")]) == 1
+    assert "no utterance nope-1-0000" in capsys.readouterr().err

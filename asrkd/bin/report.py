@@ -15,6 +15,10 @@ def add_arguments(parser):
     parser.add_argument("--test-sets", nargs="+", default=None, metavar="NAME",
                         help="test sets to report (decode_NAME dirs); default: every decode_* "
                         "found except dev*, test first")
+    parser.add_argument("--train-set", default=None, metavar="NAME",
+                        help="add a train frame accuracy column from each system's "
+                        "decode_NAME dir (e.g. `asrkd frame-accuracy --utts MODEL/train_utts` "
+                        "output: the data a model was trained on)")
     parser.add_argument("--data", default=None, metavar="DATA_ROOT",
                         help="dir holding the test sets' data dirs (DATA_ROOT/NAME/utt2spk gives "
                         "the speakers the bootstrap resamples); default: the utterance id's "
@@ -26,7 +30,8 @@ def add_arguments(parser):
 
 def main(args):
     res = write_report(args.exp_dir, test_sets=args.test_sets, manifest=args.systems,
-                       data_root=args.data, resamples=args.resamples)
+                       data_root=args.data, resamples=args.resamples,
+                       train_set=args.train_set)
     present = sum(r["present"] for r in res["systems"])
     print(f"wrote {os.path.join(args.exp_dir, 'results.md')} (test sets: "
           f"{' '.join(res['by_test_set'])}; {present} of {len(res['systems'])} rows present "

@@ -10,6 +10,8 @@
 # A corpus without dev/test sets, e.g. a slice of train-clean-100: split its speakers instead:
 #   recipes/librispeech/run.sh --corpus DIR --train-sets train-clean-100 --dev-sets "" \
 #     --test-sets "" --dev-speakers 25 --lm-text train-clean-100.text
+# ... and a clean test set of 20 further speakers (their chapters left out of the LM text):
+#     ... --test-speakers 20
 # You can safely remove data/ exp/ and rerun; finished stages are skipped.
 set -euo pipefail
 start_dir=$PWD
@@ -27,6 +29,9 @@ train_sets=train-clean-100    # space-separated subsets, combined into data/trai
 dev_sets=dev-clean            # combined into data/dev; empty: split --dev-speakers off train
 test_sets="test-clean test-other"
 dev_speakers=0                # with empty --dev-sets: speakers moved from train to dev
+test_speakers=0               # with empty --test-sets: speakers moved from train to a clean test
+                              # set, data/test; every LM-text line of their chapters (and of
+                              # their sentences) is removed (needs --lm-utt-ids true)
 wer_speakers=0                # >0: decode only the first N speakers of each test set for WER
                               # (frame accuracy, a forward pass, is measured on all of them)
 transfer_sets=                # subsets used without transcripts as the students' transfer set
@@ -53,6 +58,10 @@ temperature=1                 # distillation temperature
 alpha=0.5
 topk=50
 specialists=0                 # > 0: stage 15 trains that many specialists (paper sec. 5)
+temperatures=                 # stage 16 (off when empty): a student at each T, e.g. "1 2 5 10"
+small_fraction=0              # stage 17 (off when 0): hard vs soft targets on this share of
+                              # the training utterances (the paper's table 5: 0.03)
+small_data_conf=dnn_paper.yaml  # stage 17's model and schedule (hard and soft alike)
 beam=13
 max_active=7000
 gmm_acwt_grid=0.067,0.083,0.1,0.125
@@ -62,11 +71,12 @@ data=data
 exp=exp
 
 usage() {
-  sed -n 2,13p "$here/run.sh" | sed 's/^# \{0,1\}//'
+  sed -n 2,12p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers wer_speakers transfer_sets lm_text \
+  for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers test_speakers wer_speakers transfer_sets lm_text \
            lm_utt_ids lm_prune arpa vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
-           tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists beam \
+           tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists \
+           temperatures small_fraction small_data_conf beam \
            max_active gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
@@ -81,6 +91,10 @@ arpa=$(abs_path "$arpa")
 [ -z "$arpa" ] || [ -f "$arpa" ] || { echo "$0: --arpa $arpa: no such file" >&2; exit 1; }
 lm_opts=; [ "$lm_utt_ids" = true ] && lm_opts=--utt-ids
 [ "$lm_prune" = 0 ] || lm_opts="$lm_opts --prune $lm_prune"
+if [ "$test_speakers" -gt 0 ]; then
+  [ -z "$test_sets" ] || { echo "$0: --test-speakers N needs --test-sets \"\"" >&2; exit 1; }
+  [ "$lm_utt_ids" = true ] || { echo "$0: --test-speakers N needs an LM text with utterance ids (--lm-utt-ids true)" >&2; exit 1; }
+fi
 mkdir -p "$exp"
 train=train dev=dev
 transfer=; [ -z "$transfer_sets" ] || transfer=unlabeled
@@ -88,6 +102,7 @@ tests=""
 for t in $test_sets; do tests="$tests ${t//-/_}"; done
 # No test set (e.g. a slice of train-clean-100 split into train and dev): report on dev, whose
 # acoustic scale is then tuned on the same data (the report says which sets were used).
+[ "$test_speakers" -eq 0 ] || tests=test
 [ -n "$tests" ] || tests=$dev
 
 if stage 1 "data preparation: Kaldi data dirs"; then
@@ -100,17 +115,25 @@ if stage 1 "data preparation: Kaldi data dirs"; then
     done
     asrkd combine-data-dirs $out $parts
   }
+  # with held-out test speakers, the training set is what is left after they are split off
+  rest=$data/$train; [ "$test_speakers" -eq 0 ] || rest=$data/${train}_with_test
   if [ -n "$dev_sets" ]; then
-    prepare_sets $data/$train $train_sets
+    prepare_sets $rest $train_sets
     prepare_sets $data/$dev $dev_sets
   else
     [ "$dev_speakers" -gt 0 ] || { echo "$0: empty --dev-sets needs --dev-speakers N" >&2; exit 1; }
     prepare_sets $data/${train}_all $train_sets
-    asrkd subset-data-dir --num-speakers $dev_speakers $data/${train}_all $data/$dev $data/$train
+    asrkd subset-data-dir --num-speakers $dev_speakers $data/${train}_all $data/$dev $rest
+  fi
+  if [ "$test_speakers" -gt 0 ]; then
+    asrkd subset-data-dir --num-speakers $test_speakers $rest $data/test $data/$train
+    # no test sentence, nor any other sentence of a test chapter, informs the LM (or the vocab)
+    asrkd filter-lm-text $lm_text $data/lm_text_heldout.txt --held-out $data/test
   fi
   for t in $test_sets; do asrkd prepare-data $corpus/$t $data/${t//-/_}; done
   [ -z "$transfer" ] || prepare_sets $data/$transfer $transfer_sets
   stage_done 1
 fi
 
+[ "$test_speakers" -eq 0 ] || lm_text=$data/lm_text_heldout.txt
 . ../stages.sh

@@ -41,6 +41,9 @@ temperature=1          # distillation temperature
 alpha=0.5              # weight of the soft-target loss (the paper: hard weight 0.5)
 topk=50                # soft targets stored per frame (top-k of the ensemble's distribution)
 specialists=0          # > 0: stage 15 trains that many specialists on the distilled model
+temperatures=          # stage 16 (off when empty): a student at each T, e.g. "1 2 5 10"
+small_fraction=0       # stage 17 (off when 0): hard vs soft targets on this share of train (0.03)
+small_data_conf=dnn_small_data.yaml  # stage 17's model and schedule (hard and soft alike)
 beam=11
 max_active=1000
 gmm_acwt_grid=0.05,0.067,0.1
@@ -56,7 +59,8 @@ usage() {
   for v in stage stop_stage force nj hours num_speakers transfer_hours test_speakers wer_speakers condition seed \
            vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
-           alpha topk specialists beam max_active gmm_acwt_grid dnn_acwt_grid; do
+           alpha topk specialists temperatures small_fraction small_data_conf beam max_active \
+           gmm_acwt_grid dnn_acwt_grid; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
 }

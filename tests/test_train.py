@@ -278,6 +278,9 @@ def test_repo_confs_parse():
     assert mc.context == 26 and mc.left_context == 20 and mc.hidden_dims == [2560] * 8
     mc, _ = load_conf(os.path.join(root, "tdnn.yaml"))
     assert mc.family == "tdnn" and mc.left_context == mc.right_context == 10
+    # stage 17's models: the teachers' model, trained longer
+    small, tc = load_conf(os.path.join(root, "dnn_small_data.yaml"))
+    assert small == load_conf(os.path.join(root, "dnn.yaml"))[0] and tc.epochs == 40
 
 
 # --- scale: bf16 autocast, memory-bounded frame storage ------------------------------------
@@ -358,10 +361,6 @@ def test_soft_target_store_keeps_few_shards_mapped(tmp_path):
         assert ids.shape == (4, 2) and len(store._shards) <= OPEN_SHARDS
     assert np.allclose(store["u11"][1], 0.5)  # a dropped shard is mapped again on demand
 
-
-    # stage 16's models: the teachers' model, trained longer
-    small, tc = load_conf(os.path.join(root, "dnn_small_data.yaml"))
-    assert small == load_conf(os.path.join(root, "dnn.yaml"))[0] and tc.epochs == 40
 
 
 def test_train_utts_and_frame_accuracy_verb_on_them(tmp_path, capsys):

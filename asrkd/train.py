@@ -174,6 +174,9 @@ RELEASE_BYTES = 32 << 20
 # A read fault on a file mapping maps the pages around it too (Linux's fault-around, 64 KB by
 # default), so a shuffled row costs that much resident memory, not its own bytes.
 _FAULT_AROUND = 64 << 10
+# An array no larger than this stays mapped whole: its resident pages are bounded by its size
+# already, and handing them back would only make every batch fault its windows in again.
+RESIDENT_BYTES = 64 << 20
 
 
 class NpyRowWriter:
@@ -230,10 +233,12 @@ class _PageBudget:
     """Counts bytes read from memory maps; releases their pages once past RELEASE_BYTES."""
 
     def __init__(self, *arrays):
-        self.arrays = [a for a in arrays if a is not None]
+        self.arrays = [a for a in arrays if a is not None and a.nbytes > RESIDENT_BYTES]
         self.read = 0
 
     def add(self, rows, row_bytes):
+        if not self.arrays:
+            return
         self.read += int(rows) * (int(row_bytes) + _FAULT_AROUND * len(self.arrays))
         if self.read >= RELEASE_BYTES:
             release_pages(*self.arrays)
@@ -610,7 +615,6 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     """
     from asrkd.distributed import (all_reduce_gradients, all_reduce_sums, barrier,
                                    broadcast_parameters, init_world, rank_seed)
-    from asrkd.jobs import fixed_mmap_threshold
 
     model_config = ModelConfig.from_dict(model_config.to_dict())  # a copy we may fill in
     os.makedirs(exp_dir, exist_ok=True)
@@ -620,7 +624,9 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     if not 0 < train_fraction <= 1:
         raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
     world, device = init_world(train_config.device)
-    fixed_mmap_threshold()  # per-batch temporaries must not grow the heap (asrkd.jobs)
+    # glibc's mmap threshold is left alone here (unlike the soft-target pass): a training step's
+    # temporaries have the same sizes every batch, so the heap reuses them; a fixed 128 kB
+    # threshold mapped and zero-filled every activation anew and made epochs 50% slower.
 
     _, pdf_counts, num_pdfs = read_alignment_info(ali_dir)
     cache_args = (data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"))

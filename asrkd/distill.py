@@ -372,13 +372,9 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
 def _check_teachers(teachers, data_dir):
     """The teachers' common tree id; UserError if they disagree or do not fit the features."""
     from asrkd.features import FeatureReader
-    from asrkd.identity import check_features
+    from asrkd.models import check_members
 
-    dim = FeatureReader(data_dir, cmvn=None).dim
-    for m in teachers:
-        check_tree(teachers[0].source, teachers[0].tree_id, m.source, m.tree_id)
-        check_features(m.source, m.feature_config, m.config.feat_dim, data_dir, dim)
-    return teachers[0].tree_id
+    return check_members(teachers, data_dir, FeatureReader(data_dir, cmvn=None).dim)
 
 
 def _num_shards(utt2num_frames, max_shard_frames):

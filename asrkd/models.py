@@ -431,6 +431,19 @@ class Scorer:
         return (self.log_posteriors(utt) - self.log_prior).astype(np.float32)
 
 
+def check_members(models, data_dir=None, dim=None):
+    """UserError unless the models share one tree and (given a data dir) fit its features;
+    returns their tree id."""
+    from asrkd.identity import check_features, check_tree
+
+    for m in models[1:]:
+        check_tree(models[0].source, models[0].tree_id, m.source, m.tree_id)
+    if data_dir is not None:
+        for m in models:
+            check_features(m.source, m.feature_config, m.config.feat_dim, data_dir, dim)
+    return models[0].tree_id
+
+
 def make_scorer(ckpt_paths, feature_reader, device="cpu", precision="fp32"):
     """Checkpoint path(s) + a FeatureReader -> Scorer (callable utt -> np.float32 (T, P))."""
     if isinstance(ckpt_paths, (str, os.PathLike)):
@@ -445,15 +458,11 @@ def make_scorer(ckpt_paths, feature_reader, device="cpu", precision="fp32"):
     if reader_cmvn != models[0].config.cmvn:
         raise UserError(f"models were trained with cmvn={models[0].config.cmvn!r} but the "
                         f"feature reader applies {reader_cmvn!r}")
-    from asrkd.identity import check_features, check_tree
-
-    for m in models[1:]:
-        check_tree(models[0].source, models[0].tree_id, m.source, m.tree_id)
-    data = getattr(feature_reader, "data", None)
+    data = getattr(feature_reader, "data", None)  # a FeatureReader over a data dir, or not
     if data is not None:
-        for m in models:
-            check_features(m.source, m.feature_config, m.config.feat_dim, data.path,
-                           feature_reader.dim)
+        check_members(models, data.path, feature_reader.dim)
+    else:
+        check_members(models)
     scorer = Scorer(models, feature_reader, device=device, precision=precision)
     scorer.tree_id, scorer.source = models[0].tree_id, models[0].source
     return scorer

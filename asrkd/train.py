@@ -241,8 +241,11 @@ class _PageBudget:
             return
         self.read += int(rows) * (int(row_bytes) + _FAULT_AROUND * len(self.arrays))
         if self.read >= RELEASE_BYTES:
-            release_pages(*self.arrays)
-            self.read = 0
+            self.release()
+
+    def release(self):
+        release_pages(*self.arrays)
+        self.read = 0
 
 
 class FrameCache:
@@ -481,7 +484,7 @@ def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1
         if chunk > 1:
             batch["chunk"] = chunk
         yield batch
-    release_pages(cache.feats, cache.pdf, extra)
+    budget.release()
 
 
 class NonFiniteLoss(UserError):
@@ -536,7 +539,7 @@ def _evaluate(model, cache, utt_ids, device="cpu"):
         correct += (logits.argmax(-1) == y).sum().item()
         n += int(b - a)
         budget.add(b - a, cache.feats.shape[1] * cache.feats.itemsize)
-    release_pages(cache.feats, cache.pdf)
+    budget.release()
     n = max(n, 1)
     return float(loss / n), float(correct / n)
 
@@ -798,7 +801,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
             history.append(row)
             if world.is_main:
                 print(f"epoch {epoch}: lr {state['lr']:.3g} train loss {row['train_loss']:.4f} "
-                  f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "
+                      f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "
                       f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
                       f"{row['seconds']:.1f}s", file=sys.stderr)
             if accepted and world.is_main:

@@ -195,6 +195,17 @@ if stage 13 "hybrid decoding of the students, the control and the rest of the en
   stage_done 13
 fi
 
+# teacher_rows PREFIX [CONTROL]: the singles, the ensemble and (given its dir) the control as
+# systems.tsv rows, their model dirs under PREFIX (relative to the manifest's dir)
+teacher_rows() {
+  local m prefix=$1 ctl=${2:-}
+  for m in $(ls -d $exp/teachers/model* | sort -V); do
+    printf '%s\tsingle\t%steachers/%s\t-\tsingle DNN %s\n' ${m##*/} "$prefix" ${m##*/} ${m##*model}
+  done
+  printf 'ensemble\tensemble\t%steachers\tsingle\tDNN ensemble\n' "$prefix"
+  [ -z "$ctl" ] || printf 'control\tcontrol\t%scontrol\tsingle\tsame-size DNN, hard targets, student recipe (control)\n' "$prefix"
+}
+
 # The systems manifest (what the report reports: key, kind, model dir, compared with, label),
 # then the report.
 report() {
@@ -203,16 +214,8 @@ report() {
     printf '# key\tkind\tmodel\tcompare\tlabel\n'
     printf 'mono\tgmm\tmono\t-\tGMM monophone\n'
     printf 'tri\tgmm\ttri\t-\tGMM triphone\n'
-    for m in $(ls -d $exp/teachers/model* | sort -V); do
-      printf '%s\tsingle\tteachers/%s\t-\tsingle DNN %s\n' ${m##*/} ${m##*/} ${m##*model}
-    done
-    printf 'ensemble\tensemble\tteachers\tsingle\tDNN ensemble\n'
-    if [ -n "$control" ]; then
-      printf 'control\tcontrol\tcontrol\tsingle\tsame-size DNN, hard targets, student recipe (control)\n'
-      printf 'distill\tstudent\tdistill\tsingle,control\tdistilled DNN (same size)\n'
-    else
-      printf 'distill\tstudent\tdistill\tsingle\tdistilled DNN (same size)\n'
-    fi
+    teacher_rows "" $control
+    printf 'distill\tstudent\tdistill\tsingle%s\tdistilled DNN (same size)\n' "${control:+,control}"
     printf 'student_small_hard\tcontrol\tstudent_small_hard\t-\tsmall DNN, hard targets only\n'
     printf 'student_small_kd\tstudent\tstudent_small_kd\tstudent_small_hard\tsmall DNN, distilled\n'
     for m in $(ls -d $exp/specialists_K* 2>/dev/null | sort -V); do
@@ -250,16 +253,6 @@ frame_acc_of() {
     done
   done
 }
-# manifest_rows: the singles, the ensemble and the control as rows of a study's systems.tsv
-# (model dirs relative to the study's dir, a subdir of $exp)
-manifest_rows() {
-  local m
-  for m in $(ls -d $exp/teachers/model* | sort -V); do
-    printf '%s\tsingle\t../teachers/%s\t-\tsingle DNN %s\n' ${m##*/} ${m##*/} ${m##*model}
-  done
-  printf 'ensemble\tensemble\t../teachers\tsingle\tDNN ensemble\n'
-  [ -z "$ctrl" ] || printf 'control\tcontrol\t../control\tsingle\tsame-size DNN, hard targets (control)\n'
-}
 
 if [ -n "$temperatures" ] && stage 16 "temperature study: a same-size student at each T of '$temperatures'"; then
   # One set of teachers, soft targets at each T (exp/soft_T<T>, as stage 11 names them), one
@@ -293,7 +286,7 @@ if [ -n "$temperatures" ] && stage 16 "temperature study: a same-size student at
   students=
   {
     printf '# key\tkind\tmodel\tcompare\tlabel\n'
-    manifest_rows
+    teacher_rows ../ $ctrl
     for T in $temperatures; do
       m=T$T; awk -v a=$T -v b=$temperature 'BEGIN{exit !(a == b)}' && m=../distill
       students="$students $study/$m"

@@ -10,6 +10,7 @@
 # each T), $small_fraction (stage 17, the paper's table 5: hard vs soft targets on that share of
 # the training utterances).
 
+seed=${seed:-0}   # the recipe's seed: model initialisations (and the synthetic corpus) derive from it
 # each set once (a recipe with no test set evaluates on dev: tests=$dev)
 all_sets=$(printf '%s\n' $train $dev $tests | awk '!seen[$0]++' | xargs)
 eval_sets=$(printf '%s\n' $dev $tests | awk '!seen[$0]++' | xargs)
@@ -112,7 +113,9 @@ fi
 
 if stage 10 "ensemble: $num_models DNNs with different seeds"; then
   # ensemble_launcher (cmd.sh): local processes, or one Slurm array task per member
-  $asrkd_cmd asrkd train-ensemble --nj $nj --num-models $num_models --conf $conf/$dnn_conf \
+  # seeds seed*N+1 .. seed*N+N: another --seed draws other initialisations as well as other data
+  seeds=$(seq -s, $(( seed * num_models + 1 )) $(( (seed + 1) * num_models )))
+  $asrkd_cmd asrkd train-ensemble --nj $nj --seeds $seeds --conf $conf/$dnn_conf \
     --launcher "${ensemble_launcher:-local}" $data/$train $exp/tri_ali_$train $exp/teachers
   stage_done 10
 fi
@@ -134,7 +137,7 @@ teacher_systems() { echo $(ls -d $exp/teachers/model* | sort -V) $exp/teachers; 
 # so that distilled - control isolates the soft targets. Not needed when the student's recipe is
 # the teachers' (then the single models are the control).
 control=; [ "$student_conf" = "$dnn_conf" ] || control=$exp/control
-student_seed=1   # the students' and the control's initialisation
+student_seed=$(( seed * 1000 + 1 ))   # the students' and the control's initialisation
 decode_dnn() {  # NJ SYSTEM...
   local nj=$1 t m also first; shift
   [ $# -gt 0 ] || return 0

@@ -148,6 +148,24 @@ def test_other_is_reverberant_and_noisy(clean, other):
     assert np.median(gaps) > 6.0
 
 
+def test_room_ranges_and_accents(tmp_path):
+    """--snr/--rt60 set the drawn room (a milder range leaves less noise), --accents the voices."""
+    loud = SynthConfig(snr=(0.0, 0.0), rt60=(0.2, 0.2))
+    mild = SynthConfig(snr=(30.0, 30.0), rt60=(0.2, 0.2), accents=("en-us",))
+    floors = {}
+    for name, cfg in (("loud", loud), ("mild", mild)):
+        synth_corpus(tmp_path / name, hours=HOURS, condition="other", seed=3, config=cfg)
+        floors[name] = [_floor_db(sf.read(os.path.join(d, n))[0])
+                        for d, _, names in os.walk(tmp_path / name / "train")
+                        for n in names if n.endswith(".flac")]
+    # 30 dB less noise against the same speech level: the quiet frames are far quieter
+    assert np.median(floors["loud"]) - np.median(floors["mild"]) > 15.0
+    names = [row[3] for row in _speakers_txt(tmp_path / "mild").values()]
+    assert names and all(n.startswith("en-us+") for n in names)
+    assert any(not n.startswith("en-us+") for n in
+               (row[3] for row in _speakers_txt(tmp_path / "loud").values()))
+
+
 def test_plan_at_one_hour():
     cfg = SynthConfig(hours=1.0)
     speakers = plan_speakers(cfg, usable_variants())
@@ -218,6 +236,9 @@ def test_more_test_speakers_keep_the_default_test_set():
     ({"nj": 0}, "nj"),
     ({"num_speakers": 0}, "num-speakers"),
     ({"unlabeled_hours": -0.5}, "unlabeled-hours"),
+    ({"config": SynthConfig(snr=(20.0, 10.0))}, "--snr"),
+    ({"config": SynthConfig(rt60=(0.0, 0.5))}, "--rt60"),
+    ({"config": SynthConfig(accents=("en-martian",))}, "en-martian"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -89,6 +89,10 @@ class SynthConfig:
     rate: tuple = (120, 180)  # espeak words per minute (its speech is faster than nominal)
     level: tuple = (0.3, 0.8)  # peak amplitude of the written audio
     unlabeled_hours: float = 0.0  # transfer-set audio from further speakers (0: no such subset)
+    # the ``other`` condition's room, drawn per utterance (room.RoomConfig's defaults)
+    snr: tuple = (room.RoomConfig.snr_min, room.RoomConfig.snr_max)  # dB against the speech
+    rt60: tuple = (room.RoomConfig.rt60_min, room.RoomConfig.rt60_max)  # seconds
+    accents: tuple = ACCENTS  # espeak-ng accents a speaker is drawn from
 
 
 @dataclass
@@ -133,6 +137,15 @@ def _check(cfg, nj):
         raise UserError("dev and test fractions must be positive")
     if nj < 1:
         raise UserError(f"--nj must be >= 1, got {nj}")
+    if not (len(cfg.snr) == 2 and cfg.snr[0] <= cfg.snr[1]
+            and all(math.isfinite(x) for x in cfg.snr)):
+        raise UserError(f"--snr needs MIN,MAX dB with MIN <= MAX, got {cfg.snr}")
+    if not (len(cfg.rt60) == 2 and 0 < cfg.rt60[0] <= cfg.rt60[1] <= 5):
+        raise UserError(f"--rt60 needs MIN,MAX seconds with 0 < MIN <= MAX <= 5, got {cfg.rt60}")
+    unknown = [a for a in cfg.accents if a not in ACCENTS]
+    if not cfg.accents or unknown:
+        raise UserError(f"--accents: unknown {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(ACCENTS)}")
     if not 1 <= cfg.min_words <= cfg.max_words:
         raise UserError("need 1 <= min_words <= max_words")
 
@@ -167,7 +180,7 @@ def plan_speakers(cfg, variants):
             while True:
                 variant = (pool[j % len(pool)] if subset == UNLABELED
                            else order[k % len(order)])
-                accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
+                accent = cfg.accents[int(rng.integers(len(cfg.accents)))]
                 pitch = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1))
                 prange = int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1))
                 rate = int(rng.integers(cfg.rate[0], cfg.rate[1] + 1))
@@ -226,6 +239,7 @@ def plan_utterances(cfg, speakers, sentences):
                     "espeak_seed": int(rng.integers(1, 2 ** 31)),
                     "level": float(rng.uniform(*cfg.level)),
                     "room_seed": int(rng.integers(2 ** 63)),
+                    "room": [*cfg.snr, *cfg.rt60],
                 })
                 total += _estimate_seconds(spoken, spk.rate)
                 n += 1
@@ -242,7 +256,7 @@ def plan_babble_bank(cfg, variants, sentences, clips=6, sentences_per_clip=3):
     plan = []
     for _ in range(clips):
         idx = rng.choice(len(pool), sentences_per_clip, replace=False)
-        accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
+        accent = cfg.accents[int(rng.integers(len(cfg.accents)))]
         plan.append({
             "spoken": " ".join(pool[i][0] for i in idx),
             "voice": f"{accent}+{variants[int(rng.integers(len(variants)))]}",
@@ -268,8 +282,11 @@ def render(item, condition, bank):
     y = resample(wav, espeak.ESPEAK_RATE, SAMPLE_RATE).astype(np.float64)
     params = {}
     if condition == "other":
+        snr_min, snr_max, rt60_min, rt60_max = item["room"]
+        cfg = room.RoomConfig(rt60_min=rt60_min, rt60_max=rt60_max, snr_min=snr_min,
+                              snr_max=snr_max)
         y, params = room.degrade(y, SAMPLE_RATE, np.random.default_rng(item["room_seed"]),
-                                 babble_bank=bank)
+                                 config=cfg, babble_bank=bank)
     y *= item["level"] / (np.max(np.abs(y)) + 1e-9)
     return y, params
 

@@ -24,6 +24,7 @@ stage=1
 stop_stage=100
 force=false
 nj=2
+seed=0                        # model initialisations derive from it (teachers seed*N+1 ..)
 corpus=                       # a LibriSpeech root (holding train-clean-100/, dev-clean/, ...)
 train_sets=train-clean-100    # space-separated subsets, combined into data/train
 dev_sets=dev-clean            # combined into data/dev; empty: split --dev-speakers off train
@@ -73,7 +74,7 @@ exp=exp
 usage() {
   sed -n 2,12p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj corpus train_sets dev_sets test_sets dev_speakers test_speakers wer_speakers transfer_sets lm_text \
+  for v in stage stop_stage force nj seed corpus train_sets dev_sets test_sets dev_speakers test_speakers wer_speakers transfer_sets lm_text \
            lm_utt_ids lm_prune arpa vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
            tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists \
            temperatures small_fraction small_data_conf beam \

@@ -23,7 +23,10 @@ transfer_hours=0.5     # unlabeled audio (further speakers) the students are als
 test_speakers=32       # test speakers (as much audio each as a dev speaker): frame accuracy on all
 wer_speakers=8         # the first N test speakers are also decoded for WER (0: all of them)
 condition=other        # clean | other (reverberation + noise)
-seed=0
+snr=10,30              # other: SNR range (dB), drawn per utterance
+rt60=0.1,0.5           # other: reverberation time range (s), drawn per utterance
+accents=en-us,en-US-nyc,en,en-GB-x-rp  # espeak-ng accents (all: the eight English ones)
+seed=0                 # the corpus draw and every model initialisation derive from it
 vocab_size=3000        # LM-text words added to the vocabulary (most frequent first)
 lm_prune=0             # entropy-pruning threshold of the estimated LM (e.g. 1e-7; 0: none)
 arpa=                  # an ARPA LM (plain or .gz) to use instead of estimating one
@@ -31,7 +34,7 @@ mono_fraction=0.3      # share of training speakers the monophone system is trai
 mono_iters=20
 mono_gauss=1000
 tri_iters=20
-tri_leaves=1000        # tied triphone states = DNN targets (the paper: ~14k)
+tri_leaves=500         # tied triphone states = DNN targets (the paper: ~14k)
 tri_gauss=4000
 dnn_conf=dnn.yaml      # teachers and the same-size student
 student_conf=student_same.yaml   # the same-size distilled student
@@ -56,7 +59,7 @@ exp=exp
 usage() {
   sed -n 2,8p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj hours num_speakers transfer_hours test_speakers wer_speakers condition seed \
+  for v in stage stop_stage force nj hours num_speakers transfer_hours test_speakers wer_speakers condition snr rt60 accents seed \
            vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk specialists temperatures small_fraction small_data_conf beam max_active \
@@ -75,7 +78,9 @@ arpa=$(abs_path "$arpa")
 lexicon=
 
 if stage 0 "synthesize the corpus ($hours h train + $transfer_hours h unlabeled, condition $condition)"; then
+  accent_opt=; [ "$accents" = all ] || accent_opt="--accents $accents"
   $asrkd_cmd asrkd synth-corpus --hours $hours --num-speakers $num_speakers --condition $condition \
+    --snr $snr --rt60 $rt60 $accent_opt \
     --unlabeled-hours $transfer_hours --test-speakers $test_speakers --seed $seed --nj $nj $corpus
   stage_done 0
 fi

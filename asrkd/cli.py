@@ -39,6 +39,7 @@ VERBS = {
     "frame-accuracy": "frame accuracy of a model against alignments (no decoding)",
     "score": "score hypotheses against reference text (WER)",
     "report": "write the Table-1 style report (results.md, results.json, charts)",
+    "compare-runs": "several runs' headline figures side by side, e.g. seeds 0, 1, 2",
     "transcribe": "audio files -> words with an acoustic model and a decoding graph",
     "export-onnx": "write an acoustic model (or an ensemble) as one ONNX graph, parity-checked",
     "export-soft-targets": "soft targets -> Kaldi matrix ark/scp (nnet3 --use-dense-targets)",

@@ -750,3 +750,70 @@ def write_report(exp_dir, test_sets=None, manifest=None, data_root=None,
     with atomic_path(os.path.join(exp_dir, "results.md")) as tmp, open(tmp, "w") as f:
         f.write(md)
     return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Several runs (seeds) side by side
+
+RUN_COLUMNS = (
+    # (header, system key, what): what is a metric, "diff:<other>" or "gain"
+    ("single DNN (mean) acc %", "single", "frame_acc"),
+    ("ensemble acc %", "ensemble", "frame_acc"),
+    ("ensemble - single", "ensemble", "diff:single"),
+    ("control acc %", "control", "frame_acc"),
+    ("distilled acc %", "distill", "frame_acc"),
+    ("distilled - control", "distill", "diff:control"),
+    ("gain recovered", "distill", "gain"),
+    ("single WER %", "single", "wer"),
+    ("ensemble WER %", "ensemble", "wer"),
+    ("distilled WER %", "distill", "wer"),
+)
+
+
+def _run_cell(by_key, key, what):
+    r = by_key.get(key)
+    if r is None or not r.get("present", True):
+        return "-"
+    if what == "gain":
+        if r.get("gain_frame_acc") is None:
+            return "-"
+        return f"{r['gain_frame_acc']:.1f}%{_fmt_ci(r.get('gain_frame_acc_ci'), 1)}"
+    if what.startswith("diff:"):
+        d = r.get("vs", {}).get(what[5:], {}).get("frame_acc")
+        return _fmt_diff(d) if d else "-"
+    v = r.get(what)
+    if v is None:
+        return "-"
+    cell = _fmt(v, r.get(what + "_std") if key == "single" else None)
+    ci = r.get(what + "_ci")
+    return f"{cell}{_fmt_ci(ci)}"
+
+
+def runs_table(runs):
+    """Markdown table of several runs' headline figures, one row a run.
+
+    ``runs``: (name, results) pairs, results as `write_report` returns them (results.json).
+    Frame accuracy with its interval, the paired differences that carry the claims
+    (ensemble - mean single, distilled - control; * where the interval excludes zero), the
+    distilled model's share of the ensemble's gain, and the WERs.
+    """
+    head = "| run | " + " | ".join(h for h, _, _ in RUN_COLUMNS) + " |"
+    lines = [head, "|---|" + "---:|" * len(RUN_COLUMNS)]
+    for name, res in runs:
+        by_key = {r["key"]: r for r in res["systems"]}
+        cells = [_run_cell(by_key, key, what) for _, key, what in RUN_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(exp_dirs, names=None):
+    """The runs_table of EXP_DIR/results.json for each dir (name: the dir's name, or ``names``)."""
+    runs = []
+    for i, d in enumerate(exp_dirs):
+        path = os.path.join(d, "results.json")
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such file (run `asrkd report {d}` first)")
+        with open(path) as f:
+            res = json.load(f)
+        runs.append((names[i] if names else os.path.basename(os.path.normpath(d)), res))
+    return runs_table(runs)

@@ -225,3 +225,30 @@ def test_train_set_column(exp):
     assert "| distilled DNN (same size) | - | 0.2 | 73.00 [" in md and "| 56.50 [" in md
     assert "| GMM triphone | - | 0.1 | - | 42.50 [" in md
     assert "| small, distilled | missing | - | - | - | - | | |" in md
+
+
+def test_compare_runs(exp, tmp_path, capsys):
+    """Two runs side by side: each row carries its run's figures, a run lacking a system '-'."""
+    import shutil
+
+    from asrkd.cli import main
+    from asrkd.report import compare_runs
+
+    write_report(exp, resamples=500)
+    other = tmp_path / "seed1"
+    shutil.copytree(exp, other)
+    shutil.rmtree(other / "control")
+    write_report(other, resamples=500)
+    table = compare_runs([exp, other], names=["seed0", "seed1"])
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| run | single DNN (mean) acc %")
+    seed0 = [c.strip() for c in lines[2].strip("|").split("|")]
+    seed1 = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert seed0[0] == "seed0" and seed0[1].startswith("53.50 ± 1.00 [")
+    assert seed0[3] == "+4.00 [+4.00, +4.00] *"  # ensemble - single, paired
+    assert seed0[6] == "+2.00 [+2.00, +2.00] *"  # distilled - control
+    assert seed0[7] == "75.0% [75.0, 75.0]"
+    assert seed1[4] == "-" and seed1[6] == "-"  # no control in that run
+    assert seed1[7] == "75.0% [75.0, 75.0]"
+    assert main(["compare-runs", str(exp), str(tmp_path / "nowhere")]) == 1
+    assert "results.json: no such file" in capsys.readouterr().err

@@ -144,8 +144,8 @@ def _check(cfg, nj):
         raise UserError(f"--rt60 needs MIN,MAX seconds with 0 < MIN <= MAX <= 5, got {cfg.rt60}")
     unknown = [a for a in cfg.accents if a not in ACCENTS]
     if not cfg.accents or unknown:
-        raise UserError(f"--accents: unknown {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(ACCENTS)}")
+        raise UserError(f"--accents: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}"
+                        f"; choose from {', '.join(ACCENTS)}")
     if not 1 <= cfg.min_words <= cfg.max_words:
         raise UserError("need 1 <= min_words <= max_words")
 
@@ -239,7 +239,8 @@ def plan_utterances(cfg, speakers, sentences):
                     "espeak_seed": int(rng.integers(1, 2 ** 31)),
                     "level": float(rng.uniform(*cfg.level)),
                     "room_seed": int(rng.integers(2 ** 63)),
-                    "room": [*cfg.snr, *cfg.rt60],
+                    "room": {"snr_min": cfg.snr[0], "snr_max": cfg.snr[1],
+                             "rt60_min": cfg.rt60[0], "rt60_max": cfg.rt60[1]},
                 })
                 total += _estimate_seconds(spoken, spk.rate)
                 n += 1
@@ -282,11 +283,8 @@ def render(item, condition, bank):
     y = resample(wav, espeak.ESPEAK_RATE, SAMPLE_RATE).astype(np.float64)
     params = {}
     if condition == "other":
-        snr_min, snr_max, rt60_min, rt60_max = item["room"]
-        cfg = room.RoomConfig(rt60_min=rt60_min, rt60_max=rt60_max, snr_min=snr_min,
-                              snr_max=snr_max)
         y, params = room.degrade(y, SAMPLE_RATE, np.random.default_rng(item["room_seed"]),
-                                 config=cfg, babble_bank=bank)
+                                 config=room.RoomConfig(**item["room"]), babble_bank=bank)
     y *= item["level"] / (np.max(np.abs(y)) + 1e-9)
     return y, params
 

@@ -48,8 +48,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from asrkd.alignment import AlignmentDir
 from asrkd.errors import UserError
-from asrkd.identity import check_tree, tree_id
+from asrkd.identity import check_tree
 from asrkd.jobs import fixed_mmap_threshold, run_jobs, split_evenly
 from asrkd.table import atomic_path, read_table, write_table
 
@@ -592,7 +593,8 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         raise UserError("give exactly one of a soft-target dir and a teachers dir")
     if not 0 <= alpha <= 1:
         raise UserError(f"alpha must be in [0, 1], got {alpha}")
-    num_pdfs = _ali_num_pdfs(ali_dir)
+    ali = AlignmentDir(ali_dir)
+    num_pdfs = ali.num_pdfs if ali.has_num_pdfs else None
     info = {"alpha": alpha, "seed": seed, "train_fraction": train_fraction}
     if soft_dir is not None:
         utt2nf = DataDir(data_dir).utt2num_frames
@@ -607,7 +609,7 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         if num_pdfs is not None and store.num_pdfs != num_pdfs:
             raise UserError(f"soft targets have {store.num_pdfs} pdfs, {ali_dir} has {num_pdfs}")
         check_tree(f"the soft targets {soft_dir}", store.meta.get("tree_id"), ali_dir,
-                   tree_id(ali_dir))
+                   ali.tree_id)
         extra = PackedTargets(store)
         loss_fn = StoredKDLoss(temperature, alpha, store.topk)
         info.update(soft_dir=os.path.abspath(soft_dir), soft_meta=store.meta)
@@ -621,7 +623,7 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         ens = Ensemble(find_teachers(teachers_dir), device=device,
                        precision=train_config.precision)
         _check_teachers(ens.models, data_dir)
-        check_tree(ens.models[0].source, ens.models[0].tree_id, ali_dir, tree_id(ali_dir))
+        check_tree(ens.models[0].source, ens.models[0].tree_id, ali_dir, ali.tree_id)
         if ens.cmvn != model_config.cmvn:
             raise UserError(f"teachers use cmvn={ens.cmvn!r}, the student {model_config.cmvn!r}")
         extra = None
@@ -630,9 +632,7 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         info.update(teachers=ens.paths, combine=combine, topk=topk)
     info["temperature"] = float(temperature)
     data = DataDir(data_dir)
-    from asrkd.table import read_scp
-
-    aligned = read_scp(os.path.join(ali_dir, "pdf.scp"))
+    aligned = ali.pdf_scp
     unlab = [u for u in data.utts if u not in aligned]
     nf = data.utt2num_frames if data.has("utt2num_frames") else {}
     info["transfer_utts"] = len(unlab)
@@ -645,11 +645,3 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
     return train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed,
                        extra_targets=extra, loss_fn=loss_fn, init_from=init_from,
                        train_fraction=train_fraction, cache_dir=cache_dir, unlabeled=True)
-
-
-def _ali_num_pdfs(ali_dir):
-    path = os.path.join(ali_dir, "num_pdfs")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return int(f.read().split()[0])

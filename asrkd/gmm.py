@@ -32,6 +32,7 @@ import zipfile
 
 import numpy as np
 
+from asrkd.alignment import AlignmentDir
 from asrkd.errors import UserError
 from asrkd.jobs import single_threaded_blas
 from asrkd.table import atomic_path
@@ -892,18 +893,6 @@ def _write_info(exp_dir, model, config, n, failed):
         json.dump(info, f, indent=1)
 
 
-def read_alignments(ali_dir, utts=None):
-    """utt -> int32 transition-ids from ali_dir/ali.scp (only ``utts`` if given)."""
-    from asrkd.table import read_scp
-
-    path = os.path.join(ali_dir, "ali.scp")
-    if not os.path.isfile(path):
-        raise UserError(f"{ali_dir}: no ali.scp; run `asrkd align` first")
-    scp = read_scp(path)
-    keys = scp.keys() if utts is None else [u for u in utts if u in scp]
-    return {u: np.asarray(scp[u], dtype=np.int32) for u in keys}
-
-
 @single_threaded_blas()
 def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=10000, nj=1,
               num_iters=35, config=None, min_count=100.0):
@@ -922,7 +911,7 @@ def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=1
     data.report_unusable("train-tri")
     preload_features(data, data.utts, nj, os.path.join(exp_dir, "log"))
     old = load_model(ali_dir)
-    alis = read_alignments(ali_dir, data.utts)
+    alis = AlignmentDir(ali_dir).transition_ids(data.utts)
     if len(alis) < len(data.utts):
         print(f"train-tri: {len(data.utts) - len(alis)} utterances have no alignment in "
               f"{ali_dir} (failed there) and start unaligned", file=sys.stderr)

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
 from asrkd.models import Scorer
@@ -583,13 +584,14 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
     """
     from asrkd.jobs import run_jobs
     from asrkd.models import load_model
-    from asrkd.train import build_frame_cache, read_alignment_info, split_by_speaker
+    from asrkd.train import build_frame_cache, split_by_speaker
 
     config = config or SpecialistConfig()
     t_start = time.time()
     gpath = _resolve_checkpoint(generalist)
     gen = load_model(gpath)
-    _, counts, num_pdfs = read_alignment_info(ali_dir)
+    ali = AlignmentDir(ali_dir).check()
+    num_pdfs = ali.num_pdfs
     if gen.config.num_pdfs != num_pdfs:
         raise UserError(f"{gpath} has {gen.config.num_pdfs} pdfs, {ali_dir} has {num_pdfs}")
     os.makedirs(exp_dir, exist_ok=True)
@@ -800,12 +802,12 @@ def specialist_report(spec_dir, data_dir, ali_dir, ensemble_dir=None, name=None,
     from asrkd.data import DataDir
     from asrkd.distill import find_teachers
     from asrkd.models import load_model
-    from asrkd.train import read_alignment_info
 
     if not is_specialists_dir(spec_dir):
         raise UserError(f"{spec_dir}: not a specialists dir (no specialists.json)")
     name = name or os.path.basename(os.path.normpath(data_dir))
-    pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
+    ali = AlignmentDir(ali_dir).check()
+    pdf_scp, num_pdfs = ali.pdf_scp, ali.num_pdfs
     scorer = make_scorer(spec_dir, data_dir)
     if scorer.generalist.config.num_pdfs != num_pdfs:
         raise UserError(f"{spec_dir} scores {scorer.generalist.config.num_pdfs} pdfs, {ali_dir} "

@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
-from asrkd.identity import check_features, check_tree, feature_config, tree_id
+from asrkd.identity import check_features, check_tree, feature_config
 from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
 from asrkd.table import atomic_path
 
@@ -136,22 +137,6 @@ def _read_conf(path):
 
 # --------------------------------------------------------------------------------------------
 # Alignments and the frame cache
-
-
-def read_alignment_info(ali_dir):
-    """(pdf.scp reader, pdf_counts int64 array, num_pdfs) of an alignment dir."""
-    from asrkd.table import read_scp
-
-    for name in ("pdf.scp", "pdf_counts", "num_pdfs"):
-        if not os.path.isfile(os.path.join(ali_dir, name)):
-            raise UserError(f"{ali_dir}: missing {name}; is it an alignment dir?")
-    with open(os.path.join(ali_dir, "num_pdfs")) as f:
-        num_pdfs = int(f.read().split()[0])
-    with open(os.path.join(ali_dir, "pdf_counts")) as f:
-        counts = np.array([int(x) for x in f.read().split()], dtype=np.int64)
-    if len(counts) != num_pdfs:
-        raise UserError(f"{ali_dir}: pdf_counts has {len(counts)} entries, num_pdfs {num_pdfs}")
-    return read_scp(os.path.join(ali_dir, "pdf.scp")), counts, num_pdfs
 
 
 def _cache_key(data_dir, ali_dir, cmvn, unaligned="skip"):
@@ -316,7 +301,8 @@ def build_frame_cache(data_dir, ali_dir, cache_root, cmvn="meanvar", unaligned="
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
 
-    pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
+    ali = AlignmentDir(ali_dir).check()
+    pdf_scp, num_pdfs = ali.pdf_scp, ali.num_pdfs
     reader = FeatureReader(data_dir, cmvn=cmvn)
     if unaligned == "keep" and all(u in pdf_scp for u in reader.utts):
         unaligned = "skip"  # the same cache: reuse the one plain training built
@@ -631,7 +617,8 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
     # temporaries have the same sizes every batch, so the heap reuses them; a fixed 128 kB
     # threshold mapped and zero-filled every activation anew and made epochs 50% slower.
 
-    _, pdf_counts, num_pdfs = read_alignment_info(ali_dir)
+    ali = AlignmentDir(ali_dir).check()
+    pdf_counts, num_pdfs = ali.pdf_counts, ali.num_pdfs
     cache_args = (data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"))
     cache_kw = {"cmvn": model_config.cmvn, "unaligned": "keep" if unlabeled else "skip"}
     if not world.is_main:  # rank 0 writes the cache; the others open it once it is there
@@ -694,7 +681,7 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
              "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
     history = []
 
-    ali_tree = tree_id(ali_dir)
+    ali_tree = ali.tree_id
     last = _last_epoch_checkpoint(exp_dir)
     if last is not None:
         ckpt = _load_epoch_checkpoint(last)
@@ -856,7 +843,8 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None)
     from asrkd.features import FeatureReader
     from asrkd.models import Scorer, load_model
 
-    pdf_scp, _, num_pdfs = read_alignment_info(ali_dir)
+    ali = AlignmentDir(ali_dir).check()
+    pdf_scp, num_pdfs = ali.pdf_scp, ali.num_pdfs
     scorer = model_or_scorer
     if isinstance(scorer, (str, os.PathLike)):
         scorer = [scorer]

@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from asrkd.alignment import AlignmentDir
 from asrkd.errors import UserError
 from asrkd.gmm import (GmmModel, GmmStats, PackedGmm, TrainData, accumulate, am_from_arrays,
-                       load_model, read_alignments, save_model, train_mono, train_tri)
+                       load_model, save_model, train_mono, train_tri)
 from asrkd.lang import prepare_lang
 
 PHONES = ["AA", "B", "D", "IY", "K", "S", "T", "UW", "M", "N"]
@@ -173,7 +174,7 @@ def test_align_and_failures(corpus, mono, tmp_path):
     failed = align(TrainData(feats, text), lang, mono, ali_dir)
     assert list(failed) == ["999-9-0000"]
     assert open(os.path.join(ali_dir, "failed")).read().startswith("999-9-0000 ")
-    alis = read_alignments(ali_dir)
+    alis = AlignmentDir(ali_dir).transition_ids()
     assert sorted(alis) == sorted(train.feats)
     m = load_model(ali_dir)
     tid2pdf = np.asarray(m.tm.transition_id_to_pdf_array())

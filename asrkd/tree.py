@@ -39,6 +39,7 @@ Where we deviate from Kaldi (simplifications):
 """
 
 import heapq
+import itertools
 import logging
 import os
 import re
@@ -449,17 +450,46 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
       ctx (N = stats.context_width, P = stats.central_position) with pdf ids 0..L-1, leaves
       numbered by (centre phone, pdf-class, depth-first yes-before-no); or (ctx, info).
     """
-    n_ctx, p_ctx = stats.context_width, stats.central_position
     phones = sorted(int(p) for p in (phones if phones is not None else topo.phones))
     nclasses = topo.get_phone_to_num_pdf_classes()
-    keys = [k for k in range(n_ctx) if k != p_ctx]
+    qmat, questions = _question_matrix(stats, questions, phones)
+    roots = _make_roots(stats, phones, nclasses)
+    objf_before = sum(_node_objf(stats, r, var_floor) for r in roots.values())
+    leaves, splits, gain_total = _grow(stats, roots, qmat, questions, num_leaves, min_count,
+                                       var_floor, thresh)
+    leaf_nodes = _number_leaves(roots)
+    merge_loss = 0.0
+    if cluster_thresh is not None:
+        if cluster_thresh < 0:
+            cluster_thresh = min((sp[-1] for sp in splits), default=0.0)
+        merge_loss = _merge_tree_leaves(stats, roots, leaf_nodes, cluster_thresh, var_floor)
+    ctx = _make_ctx(roots, phones, nclasses, stats.context_width, stats.central_position)
+    leaf_of_event = _checked_leaf_of_event(ctx, stats, roots)
+    log.info("tree: %d leaves (%d after merging), %d splits, objf gain %.4g per frame", leaves,
+             ctx.num_pdfs, len(splits), (gain_total - merge_loss) / max(stats.counts.sum(), 1.0))
+    if return_info:
+        return ctx, {"objf_before": objf_before,
+                     "objf_after": objf_before + gain_total - merge_loss,
+                     "num_leaves": ctx.num_pdfs, "splits": splits,
+                     "leaf_of_event": leaf_of_event}
+    return ctx
+
+
+def _question_matrix(stats, questions, phones):
+    """(Q, max phone + 1) 0/1 matrix of the questions' phone sets, and the questions as sorted
+    tuples."""
+    n_ctx = stats.context_width
     max_phone = max(max(phones), int(stats.events[:, :n_ctx].max(initial=0)))
     qmat = np.zeros((len(questions), max_phone + 1))
     for i, q in enumerate(questions):
         qmat[i, [int(x) for x in q if int(x) <= max_phone]] = 1.0
-    questions = [tuple(sorted(int(x) for x in q)) for q in questions]
+    return qmat, [tuple(sorted(int(x) for x in q)) for q in questions]
 
-    # Roots: one per (phone, pdf-class).
+
+def _make_roots(stats, phones, nclasses):
+    """{(phone, pdf-class): _Node} holding the stats rows of that centre phone and pdf-class:
+    one root per (phone, pdf-class), also for those without data."""
+    p_ctx = stats.central_position
     centre, pclass = stats.events[:, p_ctx], stats.events[:, -1]
     order = np.lexsort((pclass, centre))
     roots = {}
@@ -475,19 +505,29 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
     unused = len(stats.counts) - sum(len(r.rows) for r in roots.values())
     if unused:
         log.warning("%d tree-stats events have a phone or pdf-class outside the topology", unused)
+    return roots
 
-    def node_objf(node):
-        r = node.rows
-        return float(gauss_objf(stats.counts[r].sum(), stats.sums[r].sum(0), stats.sumsq[r].sum(0),
-                                var_floor)) if len(r) else 0.0
 
-    objf_before = sum(node_objf(r) for r in roots.values())
-    heap, tie = [], 0
-    for rk, node in roots.items():
+def _node_objf(stats, node, var_floor):
+    r = node.rows
+    return float(gauss_objf(stats.counts[r].sum(), stats.sums[r].sum(0), stats.sumsq[r].sum(0),
+                            var_floor)) if len(r) else 0.0
+
+
+def _grow(stats, roots, qmat, questions, num_leaves, min_count, var_floor, thresh):
+    """Split the trees under ``roots`` (in place) best gain first, over all of them, until
+    ``num_leaves`` leaves or no split gains more than ``thresh``. Returns (number of leaves,
+    splits [(phone, pdf_class, key, question, gain), ...], total gain)."""
+    keys = [k for k in range(stats.context_width) if k != stats.central_position]
+    heap, tie = [], itertools.count()  # tie: equal gains pop in the order they were pushed
+
+    def push(rk, node):
         best = _best_split(stats, node, qmat, questions, keys, min_count, var_floor)
         if best is not None:
-            heapq.heappush(heap, (-best[0], tie, rk, node, best))
-            tie += 1
+            heapq.heappush(heap, (-best[0], next(tie), rk, node, best))
+
+    for rk, node in roots.items():
+        push(rk, node)
     leaves = len(roots)
     splits, gain_total = [], 0.0
     while heap and leaves < num_leaves:
@@ -500,12 +540,13 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
         gain_total += gain
         splits.append((rk[0], rk[1], key, questions[q], gain))
         for child in (yes, no):
-            best = _best_split(stats, child, qmat, questions, keys, min_count, var_floor)
-            if best is not None:
-                heapq.heappush(heap, (-best[0], tie, rk, child, best))
-                tie += 1
+            push(rk, child)
+    return leaves, splits, gain_total
 
-    # Number the leaves and serialise.
+
+def _number_leaves(roots):
+    """Number the leaves by (centre phone, pdf-class, depth-first yes-before-no); returns them
+    in that order."""
     leaf_nodes = []
 
     def collect(node):
@@ -518,28 +559,33 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
 
     for rk in sorted(roots):
         collect(roots[rk])
-    merge_loss = 0.0
-    if cluster_thresh is not None:
-        if cluster_thresh < 0:
-            cluster_thresh = min((sp[-1] for sp in splits), default=0.0)
-        groups = {}
-        for rk in sorted(roots):
-            stack = [roots[rk]]
-            while stack:
-                node = stack.pop()
-                if node.children:
-                    stack.extend(node.children)
-                elif len(node.rows):
-                    groups.setdefault(rk[0], []).append(node)
-        for nodes in groups.values():
-            merge_loss += _merge_leaves(stats, nodes, cluster_thresh, var_floor)
-        # Renumber consecutively in the original leaf order.
-        remap = {}
-        for node in leaf_nodes:
-            node.leaf = remap.setdefault(node.leaf, len(remap))
-    ctx = _make_ctx(roots, phones, nclasses, n_ctx, p_ctx)
+    return leaf_nodes
 
-    # The serialised map must agree with the python tree on every event seen.
+
+def _merge_tree_leaves(stats, roots, leaf_nodes, thresh, var_floor):
+    """Merge the leaves with data of each centre phone (_merge_leaves), then renumber all
+    leaves consecutively in their original order; returns the total objf loss."""
+    groups = {}
+    for rk in sorted(roots):
+        stack = [roots[rk]]
+        while stack:
+            node = stack.pop()
+            if node.children:
+                stack.extend(node.children)
+            elif len(node.rows):
+                groups.setdefault(rk[0], []).append(node)
+    merge_loss = 0.0
+    for nodes in groups.values():
+        merge_loss += _merge_leaves(stats, nodes, thresh, var_floor)
+    remap = {}
+    for node in leaf_nodes:
+        node.leaf = remap.setdefault(node.leaf, len(remap))
+    return merge_loss
+
+
+def _checked_leaf_of_event(ctx, stats, roots):
+    """int64 (E,) leaf of each stats row (-1 outside the roots); RuntimeError unless the
+    serialised ``ctx`` maps every event seen to the same leaf as the python tree."""
     leaf_of_event = np.full(len(stats.counts), -1, np.int64)
     stack = list(roots.values())
     while stack:
@@ -551,14 +597,7 @@ def build_tree(stats, questions, topo, num_leaves, min_count=100.0, var_floor=0.
     seen = leaf_of_event >= 0
     if not np.array_equal(map_events(ctx, stats.events[seen]), leaf_of_event[seen]):
         raise RuntimeError("serialised tree disagrees with the python tree")
-    log.info("tree: %d leaves (%d after merging), %d splits, objf gain %.4g per frame", leaves,
-             ctx.num_pdfs, len(splits), (gain_total - merge_loss) / max(stats.counts.sum(), 1.0))
-    if return_info:
-        return ctx, {"objf_before": objf_before,
-                     "objf_after": objf_before + gain_total - merge_loss,
-                     "num_leaves": ctx.num_pdfs, "splits": splits,
-                     "leaf_of_event": leaf_of_event}
-    return ctx
+    return leaf_of_event
 
 
 def _merge_leaves(stats, nodes, thresh, var_floor):

@@ -57,30 +57,43 @@ class GmmModel:
         return self.tm.num_pdfs
 
 
-def _ctx_bytes(ctx):
+def _ctx_array(ctx):
     return np.asarray(ctx.__getstate__()[0], dtype=np.int8)
 
 
-def _ctx_from_bytes(b):
+def ctx_to_bytes(ctx):
+    """Kaldi binary bytes of a ContextDependency (no ``\\0B`` header)."""
+    return _ctx_array(ctx).tobytes()
+
+
+def ctx_from_bytes(data):
+    """ContextDependency from Kaldi binary bytes (with or without the ``\\0B`` header)."""
     import kaldi_hmm_gmm as khg
 
+    if data[:2] == b"\x00B":
+        data = data[2:]
     ctx = khg.ContextDependency.__new__(khg.ContextDependency)
-    ctx.__setstate__((np.asarray(b, dtype=np.int8).tolist(),))
+    ctx.__setstate__((np.frombuffer(data, dtype=np.int8).tolist(),))
     return ctx
 
 
+def write_tree(ctx, path):
+    """Write ``ctx`` as a Kaldi binary ``tree`` file (``\\0B`` + ContextDependency), atomically;
+    the same bytes as Kaldi's own writer."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"\x00B" + ctx_to_bytes(ctx))
+
+
 def read_tree(path):
-    """Read a Kaldi binary ``tree`` file (as written by ``write_tree`` or Kaldi's build-tree)."""
+    """Read a Kaldi binary tree file written by write_tree (or Kaldi's build-tree)."""
+    if not os.path.exists(path):
+        raise UserError(f"tree file {path} does not exist")
     with open(path, "rb") as f:
         data = f.read()
-    if not data.startswith(b"\0B"):
-        raise UserError(f"{path}: not a Kaldi binary tree file")
-    return _ctx_from_bytes(np.frombuffer(data[2:], dtype=np.int8))
-
-
-def write_tree(ctx, path):
-    with atomic_path(path) as tmp:
-        ctx.write(True, tmp)
+    if not data.startswith(b"\x00BContextDependency"):
+        raise UserError(f"{path} is not a Kaldi binary tree file")
+    return ctx_from_bytes(data)
 
 
 def make_transition_model(ctx, topo, log_probs=None, non_self_loop_log_probs=None):
@@ -125,7 +138,7 @@ def save_model(model, model_dir):
     arrays = {
         "format": np.array(FORMAT),
         "topo": np.array(str(model.tm.topo)),
-        "ctx": _ctx_bytes(model.ctx),
+        "ctx": _ctx_array(model.ctx),
         "log_probs": np.asarray(model.tm.log_probs, dtype=np.float32),
         "non_self_loop_log_probs": np.asarray(model.tm.non_self_loop_log_probs, np.float32),
     }
@@ -159,7 +172,7 @@ def load_model(model_dir):
     _check_arrays(path, z)
     topo = khg.HmmTopology()
     topo.read(str(z["topo"]))
-    ctx = _ctx_from_bytes(z["ctx"])
+    ctx = ctx_from_bytes(np.asarray(z["ctx"], dtype=np.int8).tobytes())
     tm = make_transition_model(ctx, topo, z["log_probs"], z["non_self_loop_log_probs"])
     am = None
     if "gmm_sizes" in z:
@@ -898,13 +911,13 @@ def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=1
               num_iters=35, config=None, min_count=100.0):
     """Triphone GMM-HMM (Kaldi steps/train_deltas.sh) from the alignments in ``ali_dir``.
 
-    Tree statistics, questions, tree and alignment conversion come from asrkd.tree; GMMs start
-    as one Gaussian per leaf from the leaf statistics (gmm-init-model), then Viterbi EM with
-    realignment and mixing up to ``num_gauss``. Returns the GmmModel; writes exp_dir/final.mdl,
-    tree, failed, log/."""
+    Tree statistics, questions and tree come from asrkd.tree, the conversion of the alignments
+    to the new tree from asrkd.transitions; GMMs start as one Gaussian per leaf from the leaf
+    statistics (gmm-init-model), then Viterbi EM with realignment and mixing up to
+    ``num_gauss``. Returns the GmmModel; writes exp_dir/final.mdl, tree, failed, log/."""
     import kaldi_hmm_gmm as khg
 
-    from asrkd import tree as treelib
+    from asrkd import transitions, tree as treelib
 
     data, lang = as_data(data_dir), as_lang(lang_dir)
     config = config or tri_config(num_iters, num_gauss)
@@ -929,8 +942,9 @@ def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=1
     iv = 1.0 / variances
     am = am_from_arrays([np.ones(1)] * len(means), [v[None] for v in iv],
                         [(m * v)[None] for m, v in zip(means, iv)])
-    ot, nt = treelib.transition_tables(old.tm), treelib.transition_tables(tm)
-    new_alis = {u: treelib.convert_alignment(a, old.tm, tm, ctx, ot, nt) for u, a in alis.items()}
+    ot, nt = transitions.transition_tables(old.tm), transitions.transition_tables(tm)
+    new_alis = {u: transitions.convert_alignment(a, old.tm, tm, ctx, ot, nt)
+                for u, a in alis.items()}
     with open(os.path.join(log_dir, "tree.log"), "w") as f:
         _log(f, f"tree: {ctx.num_pdfs} leaves (asked {num_leaves}), objf "
                 f"{info['objf_before']:.1f} -> {info['objf_after']:.1f}, "

@@ -538,7 +538,7 @@ def pdf_states(ali_dir, lang_dir=None):
     if not os.path.isfile(os.path.join(ali_dir, "final.mdl")):
         return None
     from asrkd.gmm import load_model
-    from asrkd.tree import transition_tables
+    from asrkd.transitions import transition_tables
 
     names = {}
     if lang_dir is not None:

@@ -1,17 +1,19 @@
 """Context-dependent phonetic decision trees in numpy (Kaldi's acc-tree-stats, cluster-phones,
-compile-questions, build-tree and convert-ali), emitted as a ``kaldi_hmm_gmm.ContextDependency``.
+compile-questions and build-tree), emitted as a ``kaldi_hmm_gmm.ContextDependency``.
 
 The bindings have no tree building, so the tree is grown here and serialised to Kaldi's binary
-EventMap bytes (``TE``/``SE``/``CE``), which ``ContextDependency.__setstate__`` accepts.
+EventMap bytes (``TE``/``SE``/``CE``), which ``ContextDependency.__setstate__`` accepts; the
+``tree`` file is read and written by asrkd.gmm, alignments are converted to a new tree by
+asrkd.transitions.
 
-Flow (D1's ``train_tri`` calls these in order)::
+Flow (asrkd.gmmtrain's ``train_tri`` calls these in order)::
 
     stats = accumulate_tree_stats(feats, alis, mono_tm, lang.silence_phones)  # triphone Gaussians
     questions = build_questions(stats, lang.nonsilence_phones, lang.silence_phones)
     ctx = build_tree(stats, questions, lang.topo, num_leaves=2000)
     tri_tm = kaldi_hmm_gmm.TransitionModel(ctx, lang.topo)
     counts, means, variances = leaf_stats(stats, ctx)                         # one Gaussian per pdf
-    new_ali = convert_alignment(ali, mono_tm, tri_tm, ctx)
+    new_ali = asrkd.transitions.convert_alignment(ali, mono_tm, tri_tm, ctx)
 
 Where we deviate from Kaldi (simplifications):
 
@@ -34,122 +36,25 @@ Where we deviate from Kaldi (simplifications):
   as Kaldi's shared roots allow; -1 means Kaldi's default, the smallest split gain used.
 - Silence phones are context-independent (Kaldi's ``--ci-phones``): their stats are pooled over
   contexts, so their roots only split by pdf-class.
-- Alignment conversion keeps each frame's phone, HMM state and transition index and only swaps
-  the pdfs (Kaldi's ConvertAlignment without reordering or frame subsampling).
 """
 
 import heapq
 import itertools
 import logging
-import os
-import re
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from asrkd.errors import UserError
+from asrkd.gmm import ctx_from_bytes
 from asrkd.table import atomic_path
+from asrkd.transitions import context_windows, phone_segments, transition_tables
 
 log = logging.getLogger(__name__)
 
 # Kaldi's EventMap key for the pdf-class; keys 0..N-1 are phone positions.
 PDF_CLASS_KEY = -1
-
-
-# --------------------------------------------------------------------------------------------
-# Transition-model tables
-
-
-@dataclass
-class TransitionTables:
-    """Per-transition-id arrays (index 0 unused), all int64 of shape (num_transition_ids + 1,)."""
-
-    phone: np.ndarray
-    hmm_state: np.ndarray
-    pdf_class: np.ndarray  # pdf-class of the frame this transition emits (self-loop aware)
-    trans_index: np.ndarray  # which arc of the HMM state
-    is_final: np.ndarray  # bool: the arc leaves the phone
-    is_self_loop: np.ndarray  # bool
-    state2id: np.ndarray  # (num_transition_states + 2,) first transition id of each state
-    tuples: list  # tuples[s - 1] = (phone, hmm_state, forward_pdf, self_loop_pdf) for state s
-    tuple2state: dict  # inverse of tuples
-    state_pdf_classes: dict  # phone -> [(forward_pdf_class, self_loop_pdf_class) per HMM state]
-
-
-def _topology_entry(topo, phone):
-    """[(forward_pdf_class, self_loop_pdf_class, [arc destinations]) per HMM state]."""
-    return [(st.forward_pdf_class, st.self_loop_pdf_class, [a for a, _ in st.transitions])
-            for st in topo.topology_for_phone(phone)]
-
-
-_TUPLE_RE = re.compile(r"phone=(-?\d+),hmm_state=(-?\d+),forward_pdf=(-?\d+),self_loop_pdf=(-?\d+)")
-
-
-def transition_tables(tm):
-    """Read a ``kaldi_hmm_gmm.TransitionModel`` into numpy lookup tables (see TransitionTables).
-
-    ``tm.tuples`` fields are only reachable through ``str()``, hence the regex.
-    """
-    tuples = []
-    for t in tm.tuples:
-        m = _TUPLE_RE.search(str(t))
-        if m is None:
-            raise RuntimeError(f"cannot parse transition tuple {t!s}")
-        tuples.append(tuple(int(x) for x in m.groups()))
-    n = tm.num_transition_ids
-    id2state = np.asarray(tm.id2state, dtype=np.int64)[: n + 1]
-    state2id = np.asarray(tm.state2id, dtype=np.int64)
-    topo = tm.topo
-    phone = np.zeros(n + 1, np.int64)
-    hmm_state = np.zeros(n + 1, np.int64)
-    pdf_class = np.zeros(n + 1, np.int64)
-    is_final = np.zeros(n + 1, bool)
-    is_self_loop = np.zeros(n + 1, bool)
-    trans_index = np.zeros(n + 1, np.int64)
-    entries = {}
-    for tid in range(1, n + 1):
-        s = int(id2state[tid])
-        p, h = tuples[s - 1][:2]
-        if p not in entries:
-            entries[p] = _topology_entry(topo, p)
-        entry = entries[p]
-        idx = tid - int(state2id[s])
-        dest = entry[h][2][idx]
-        phone[tid], hmm_state[tid], trans_index[tid] = p, h, idx
-        is_self_loop[tid] = dest == h
-        is_final[tid] = dest + 1 == len(entry)
-        pdf_class[tid] = entry[h][1] if dest == h else entry[h][0]
-    for p in topo.phones:
-        if p not in entries:
-            entries[p] = _topology_entry(topo, p)
-    return TransitionTables(phone, hmm_state, pdf_class, trans_index, is_final, is_self_loop,
-                            state2id, tuples, {t: i + 1 for i, t in enumerate(tuples)},
-                            {p: [e[:2] for e in entry] for p, entry in entries.items()})
-
-
-def _phone_segments(ali, tables):
-    """Split an alignment into phone instances.
-
-    Returns (seg_id (T,), seg_phone (S,)): the instance index of each frame and each instance's
-    phone. A new instance starts after a transition into the final state, or where the phone
-    changes (a malformed alignment), so two adjacent copies of one phone stay two instances.
-    """
-    ali = np.asarray(ali, dtype=np.int64)
-    phones = tables.phone[ali]
-    start = np.ones(len(ali), bool)
-    if len(ali) > 1:
-        start[1:] = tables.is_final[ali[:-1]] | (phones[1:] != phones[:-1])
-    seg_id = np.cumsum(start) - 1
-    return seg_id, phones[start]
-
-
-def _context_windows(seg_phone, context_width, central_position):
-    """(S, N) phone windows around each instance, phone 0 beyond the utterance edges."""
-    s = len(seg_phone)
-    padded = np.concatenate([np.zeros(central_position, np.int64), seg_phone,
-                             np.zeros(context_width - 1 - central_position, np.int64)])
-    return np.stack([padded[i:i + s] for i in range(context_width)], axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +151,8 @@ def accumulate_tree_stats(feats_by_utt, ali_by_utt, trans_model, silence_phones=
             raise UserError(f"{utt}: alignment has {len(ali)} frames, features {len(feats)}")
         if len(ali) == 0:
             continue
-        seg_id, seg_phone = _phone_segments(ali, tables)
-        win = _context_windows(seg_phone, context_width, central_position)
+        seg_id, seg_phone = phone_segments(ali, tables)
+        win = context_windows(seg_phone, context_width, central_position)
         if ci.any():
             ci_seg = ci[seg_phone]
             win[ci_seg] = 0
@@ -669,40 +574,6 @@ def _make_ctx(roots, phones, nclasses, n_ctx, p_ctx):
     return ctx_from_bytes(data)
 
 
-def ctx_from_bytes(data):
-    """ContextDependency from Kaldi binary bytes (with or without the ``\\0B`` header)."""
-    import kaldi_hmm_gmm as khg
-
-    if data[:2] == b"\x00B":
-        data = data[2:]
-    ctx = khg.ContextDependency.__new__(khg.ContextDependency)
-    ctx.__setstate__((np.frombuffer(data, dtype=np.int8).tolist(),))
-    return ctx
-
-
-def ctx_to_bytes(ctx):
-    """Kaldi binary bytes of a ContextDependency (no ``\\0B`` header)."""
-    return np.asarray(ctx.__getstate__()[0], dtype=np.int8).tobytes()
-
-
-def write_tree(ctx, path):
-    """Write ``ctx`` as a Kaldi binary ``tree`` file (``\\0B`` + ContextDependency), atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(b"\x00B" + ctx_to_bytes(ctx))
-
-
-def read_tree(path):
-    """Read a Kaldi binary tree file written by write_tree (or Kaldi's build-tree)."""
-    if not os.path.exists(path):
-        raise UserError(f"tree file {path} does not exist")
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(b"\x00BContextDependency"):
-        raise UserError(f"{path} is not a Kaldi binary tree file")
-    return ctx_from_bytes(data)
-
-
 # --------------------------------------------------------------------------------------------
 # Using the tree
 
@@ -743,39 +614,3 @@ def leaf_stats(stats, ctx, var_floor=0.01):
     variances = np.where(counts[:, None] > 0,
                          np.maximum(sumsq / safe - means ** 2, var_floor), gvar)
     return counts, means, variances
-
-
-def convert_alignment(ali, old_tm, new_tm, new_ctx, old_tables=None, new_tables=None):
-    """Map an alignment to another model with the same topology (Kaldi convert-ali).
-
-    Each frame keeps its phone, HMM state and transition index; the pdfs come from ``new_ctx``
-    applied to the phone-instance context. ``ali``: int (T,) transition ids of ``old_tm``.
-    Returns int32 (T,) transition ids of ``new_tm``. Pass precomputed ``transition_tables`` when
-    converting many utterances.
-    """
-    old = old_tables or transition_tables(old_tm)
-    new = new_tables or transition_tables(new_tm)
-    ali = np.asarray(ali, dtype=np.int64)
-    if len(ali) == 0:
-        return np.zeros(0, np.int32)
-    seg_id, seg_phone = _phone_segments(ali, old)
-    win = _context_windows(seg_phone, new_ctx.context_width, new_ctx.central_position)
-    seg_frames = np.flatnonzero(np.r_[True, np.diff(seg_id) != 0, True])
-    out = np.empty(len(ali), np.int64)
-    for s, (a, b) in enumerate(zip(seg_frames[:-1], seg_frames[1:])):
-        phone = int(seg_phone[s])
-        window = win[s].tolist()
-        # hmm_state -> first transition id of the new transition state
-        first = {}
-        for h in np.unique(old.hmm_state[ali[a:b]]).tolist():
-            fc, sc = new.state_pdf_classes[phone][h]
-            ok1, fpdf = new_ctx.compute(window, fc)
-            ok2, spdf = new_ctx.compute(window, sc)
-            state = new.tuple2state.get((phone, h, fpdf, spdf)) if ok1 and ok2 else None
-            if state is None:
-                raise ValueError(f"cannot convert phone {phone} state {h} in context {window}")
-            first[h] = int(new.state2id[state])
-        h = old.hmm_state[ali[a:b]]
-        base = np.array([first[x] for x in h.tolist()], np.int64)
-        out[a:b] = base + old.trans_index[ali[a:b]]
-    return out.astype(np.int32)

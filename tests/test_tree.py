@@ -1,13 +1,15 @@
 """Decision-tree building on synthetic monophone alignments where phone 2's right context
-shifts its mean."""
+shifts its mean. ``synthetic_alignments`` also serves test_transitions."""
 
 import numpy as np
 import pytest
 
 khg = pytest.importorskip("kaldi_hmm_gmm")
 
-from asrkd import tree  # noqa: E402
+from asrkd import gmm, tree  # noqa: E402
+from asrkd.errors import UserError  # noqa: E402
 from asrkd.lang import make_topo  # noqa: E402
+from asrkd.transitions import transition_tables  # noqa: E402
 
 NONSIL = [1, 2, 3, 4, 5, 6]
 SIL = [7]
@@ -38,13 +40,14 @@ def _arc_index(phone, state, dest):
     return [state, state + 1].index(dest)
 
 
-@pytest.fixture(scope="module")
-def setup():
+def synthetic_alignments():
+    """Monophone alignments of 120 utterances with their features, phone sequences and tree
+    stats: dict(topo, tm, feats, alis, seqs, stats)."""
     rng = np.random.default_rng(0)
     topo = _topo()
     ctx = khg.monophone_context_dependency(NONSIL + SIL, topo.get_phone_to_num_pdf_classes())
     tm = khg.TransitionModel(ctx, topo)
-    tables = tree.transition_tables(tm)
+    tables = transition_tables(tm)
     tid_cache = {}
 
     def tid(p, h, d):
@@ -71,6 +74,11 @@ def setup():
         phone_seqs[utt] = seq
     stats = tree.accumulate_tree_stats(feats, alis, tm, SIL)
     return dict(topo=topo, tm=tm, feats=feats, alis=alis, seqs=phone_seqs, stats=stats)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return synthetic_alignments()
 
 
 def test_accumulate_counts_and_events(setup):
@@ -153,43 +161,18 @@ def test_write_read_and_transition_model(setup, tmp_path):
     ctx = tree.build_tree(stats, tree.build_questions(stats, NONSIL, SIL), topo, num_leaves=50,
                           min_count=10)
     path = tmp_path / "tree"
-    tree.write_tree(ctx, path)
-    ctx2 = tree.read_tree(path)
-    assert tree.ctx_to_bytes(ctx2) == tree.ctx_to_bytes(ctx)
-    tree.write_tree(ctx2, tmp_path / "tree2")
+    gmm.write_tree(ctx, path)
+    ctx2 = gmm.read_tree(path)
+    assert gmm.ctx_to_bytes(ctx2) == gmm.ctx_to_bytes(ctx)
+    gmm.write_tree(ctx2, tmp_path / "tree2")
     assert (tmp_path / "tree2").read_bytes() == path.read_bytes()
     # Kaldi's own binary writer produces the same file
     ctx.write(True, str(tmp_path / "tree3"))
     assert (tmp_path / "tree3").read_bytes() == path.read_bytes()
     tm = khg.TransitionModel(ctx2, topo)
     assert tm.num_pdfs == ctx.num_pdfs == 50
-    with pytest.raises(tree.UserError):
-        tree.read_tree(tmp_path / "missing")
-
-
-def test_convert_alignment(setup):
-    stats, topo, mono_tm = setup["stats"], setup["topo"], setup["tm"]
-    ctx = tree.build_tree(stats, tree.build_questions(stats, NONSIL, SIL), topo, num_leaves=45,
-                          min_count=10)
-    tri_tm = khg.TransitionModel(ctx, topo)
-    old_t, new_t = tree.transition_tables(mono_tm), tree.transition_tables(tri_tm)
-    mono_ctx = khg.monophone_context_dependency(NONSIL + SIL, topo.get_phone_to_num_pdf_classes())
-    tid2pdf = np.asarray(tri_tm.transition_id_to_pdf_array())
-    for utt in sorted(setup["alis"])[:20]:
-        ali = setup["alis"][utt]
-        new = tree.convert_alignment(ali, mono_tm, tri_tm, ctx, old_t, new_t)
-        assert new.dtype == np.int32 and len(new) == len(ali)
-        np.testing.assert_array_equal(new_t.phone[new], old_t.phone[ali])
-        np.testing.assert_array_equal(new_t.hmm_state[new], old_t.hmm_state[ali])
-        np.testing.assert_array_equal(new_t.is_self_loop[new], old_t.is_self_loop[ali])
-        # pdf of each frame = the tree's leaf for its triphone event
-        seg_id, seg_phone = tree._phone_segments(ali, old_t)
-        assert seg_phone.tolist() == setup["seqs"][utt]
-        win = tree._context_windows(seg_phone, 3, 1)[seg_id]
-        ev = np.concatenate([win, old_t.pdf_class[ali][:, None]], axis=1)
-        np.testing.assert_array_equal(tid2pdf[new], tree.map_events(ctx, ev))
-        back = tree.convert_alignment(new, tri_tm, mono_tm, mono_ctx)
-        np.testing.assert_array_equal(back, ali)
+    with pytest.raises(UserError):
+        gmm.read_tree(tmp_path / "missing")
 
 
 def test_phone_without_data_gets_global_gaussian(setup):

@@ -4,11 +4,15 @@ Training graphs come from kaldi_hmm_gmm's TrainingGraphCompiler without transiti
 probabilities (as Kaldi's compile-train-graphs); they are added at alignment time with the
 model's current probabilities, and are built with ``reorder=False`` (Kaldi: true) so that a
 phone's last frame carries its exit transition. Frame scores are our vectorized GMM
-log-likelihoods fed through DecodableCtc (columns = transition-ids), scaled by the acoustic scale ourselves.
+log-likelihoods fed through DecodableCtc (columns = transition-ids), scaled by the acoustic
+scale ourselves.
 
 Utterances that cannot be aligned (no path at beam 10 nor at the retry beam 40, an empty
 transcript, a transcript needing more frames than the audio has) are written to ``failed``
 with the reason and printed; they are never silently dropped.
+
+``align`` writes the alignment dir that asrkd.alignment.AlignmentDir reads; GMM training
+(asrkd.gmmtrain) realigns with ``compile_graphs`` and ``align_utterance``.
 """
 
 import os
@@ -16,18 +20,22 @@ import re
 import shutil
 import sys
 
+import kaldi_hmm_gmm as khg
+import kaldifst
 import numpy as np
 
 from asrkd.errors import UserError
+from asrkd.gmm import PackedGmm, load_gmm
+from asrkd.gmmdata import TrainData, as_data, as_lang
+from asrkd.jobs import run_jobs, single_threaded_blas, split_evenly
 from asrkd.table import ArkWriter, atomic_path
 
 
 def compile_graphs(model, lang, texts):
     """utt -> training graph (StdVectorFst) for utt -> word string; returns (graphs, failed)."""
-    import kaldi_hmm_gmm as khg
-
-    # reorder=False: a phone's frames end with its exit transition, which asrkd.tree's phone
-    # segmentation (tree stats, convert-ali) relies on; Kaldi's default reorders self-loops
+    # reorder=False: a phone's frames end with its exit transition, which the phone
+    # segmentation of asrkd.transitions (tree stats, convert-ali) relies on; Kaldi's default
+    # reorders self-loops
     opts = khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0,
                                             reorder=False)
     gc = khg.TrainingGraphCompiler(model.tm, model.ctx, lang.L_fst(),
@@ -77,9 +85,6 @@ def align_utterance(tm, graph, pdf_loglikes, utt, beam=10.0, retry_beam=40.0, ac
 
     ``graph`` is a StdVectorFst with ``pdf_loglikes`` (T, num_pdfs), or a UttGraph with
     ``pdf_loglikes`` (T, len(graph.pdfs)) holding only the columns of ``graph.pdfs``."""
-    import kaldi_hmm_gmm as khg
-    import kaldifst
-
     if tid2pdf is None:
         tid2pdf = np.asarray(tm.transition_id_to_pdf_array(), dtype=np.int64)
     if isinstance(graph, UttGraph):
@@ -101,10 +106,15 @@ def align_utterance(tm, graph, pdf_loglikes, utt, beam=10.0, retry_beam=40.0, ac
     return np.asarray(ali, dtype=np.int32), None
 
 
-def _align_job(model_dir, data, lang, utts, ali_ark, pdf_ark, beam, retry_beam, acwt):
-    from asrkd.gmm import PackedGmm, as_data, as_lang, load_model
+def write_failed(path, failed):
+    """Write ``path``: one line ``utt reason`` per utterance that failed to align, sorted."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for u in sorted(failed):
+            f.write(f"{u} {failed[u]}\n")
 
-    model = load_model(model_dir)
+
+def _align_job(model_dir, data, lang, utts, ali_ark, pdf_ark, beam, retry_beam, acwt):
+    model = load_gmm(model_dir)
     data, lang = as_data(data), as_lang(lang)
     packed = PackedGmm(model.am)
     tid2pdf = np.asarray(model.tm.transition_id_to_pdf_array(), dtype=np.int64)
@@ -145,8 +155,6 @@ def align(data_dir, lang_dir, model_dir, ali_dir, nj=1, beam=10.0, retry_beam=40
     {ali.scp, pdf.scp (+ .N.ark), pdf_counts, num_pdfs, final.mdl, tree, failed, log/}.
     ``data_dir``/``lang_dir`` may be TrainData / Lang-like objects (then nj is 1).
     Returns the dict of failed utterances (utt -> reason)."""
-    from asrkd.jobs import single_threaded_blas
-
     if not 0 < beam <= retry_beam or not acwt > 0:
         raise UserError(f"need 0 < --beam <= --retry-beam and a positive acoustic scale, got "
                         f"beam {beam}, retry beam {retry_beam}, acwt {acwt}")
@@ -155,10 +163,7 @@ def align(data_dir, lang_dir, model_dir, ali_dir, nj=1, beam=10.0, retry_beam=40
 
 
 def _align(data_dir, lang_dir, model_dir, ali_dir, nj, beam, retry_beam, acwt):
-    from asrkd.gmm import TrainData, as_data, load_model, write_failed
-    from asrkd.jobs import run_jobs, split_evenly
-
-    model = load_model(model_dir)
+    model = load_gmm(model_dir)
     if model.am is None:
         raise UserError(f"{model_dir}: model has no GMMs to align with")
     os.makedirs(os.path.join(ali_dir, "log"), exist_ok=True)

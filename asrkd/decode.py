@@ -90,7 +90,7 @@ def load_graph(graph_dir):
     """(HCLG StdVectorFst, TransitionModel, id -> word) of a graph dir."""
     import kaldifst
 
-    from asrkd.gmm import load_model
+    from asrkd.gmm import load_gmm
     from asrkd.lang import read_symbols
 
     for f in ("HCLG.fst", "words.txt", "final.mdl"):
@@ -102,7 +102,7 @@ def load_graph(graph_dir):
     check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
                os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
     hclg = kaldifst.StdVectorFst.read(os.path.join(graph_dir, "HCLG.fst"))
-    tm = load_model(graph_dir).tm
+    tm = load_gmm(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}
     return hclg, tm, words
 
@@ -225,10 +225,10 @@ def make_scorer(model, data_dir, feats=None, device="cpu", precision="fp32"):
 
         return specialists.make_scorer(models[0], data_dir, feats)
     if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
-        from asrkd.gmm import load_model
+        from asrkd.gmm import load_gmm
         from asrkd.identity import tree_id
 
-        m = load_model(models[0])
+        m = load_gmm(models[0])
         if m.am is None:
             raise UserError(f"{models[0]}: model has no GMMs")
         scorer = GmmScorer(m, feats if feats is not None else

@@ -139,7 +139,7 @@ def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
     """
     import kaldifst
 
-    from asrkd.gmm import load_model
+    from asrkd.gmm import load_gmm
     from asrkd.lang import Lang
 
     lang = Lang(lang_dir)
@@ -164,7 +164,7 @@ def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
             or hclg_tree_id(graph_dir) != model_tree:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stamp)
-        model = load_model(model_dir)
+        model = load_gmm(model_dir)
         HCLG = compile_hclg(lang, model.ctx, model.tm, G, self_loop_scale=self_loop_scale)
         with atomic_path(HCLG_path) as tmp:
             HCLG.write(tmp)

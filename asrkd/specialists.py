@@ -537,7 +537,7 @@ def pdf_states(ali_dir, lang_dir=None):
     the names; phone ids without it). None if ali_dir has no final.mdl."""
     if not os.path.isfile(os.path.join(ali_dir, "final.mdl")):
         return None
-    from asrkd.gmm import load_model
+    from asrkd.gmm import load_gmm
     from asrkd.transitions import transition_tables
 
     names = {}
@@ -546,7 +546,7 @@ def pdf_states(ali_dir, lang_dir=None):
 
         names = {i: p for p, i in read_symbols(os.path.join(lang_dir, "phones.txt")).items()}
     out = {}
-    for phone, state, fwd, loop in transition_tables(load_model(ali_dir).tm).tuples:
+    for phone, state, fwd, loop in transition_tables(load_gmm(ali_dir).tm).tuples:
         for pdf in {fwd, loop}:
             out.setdefault(pdf, set()).add(f"{names.get(phone, phone)}/{state}")
     return {p: sorted(v) for p, v in out.items()}

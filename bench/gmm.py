@@ -1,4 +1,4 @@
-"""Benchmark: vectorized GMM statistics (asrkd.gmm.accumulate) vs one binding call per frame
+"""Benchmark: vectorized GMM statistics (asrkd.gmmstats.accumulate) vs one binding call per frame
 (kaldi_hmm_gmm AccumAmDiagGmm.accumulate_for_gmm), on a monophone-sized model.
 
     .venv/bin/python bench/gmm.py [--frames 20000] [--pdfs 130] [--gauss 1000] [--dim 39]
@@ -29,7 +29,8 @@ def main():
     import torch
 
     torch.set_num_threads(1)
-    from asrkd.gmm import PackedGmm, accumulate, am_from_arrays
+    from asrkd.gmm import PackedGmm, am_from_arrays
+    from asrkd.gmmstats import accumulate
 
     rng = np.random.default_rng(0)
     sizes = np.full(args.pdfs, args.gauss // args.pdfs)

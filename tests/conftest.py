@@ -55,7 +55,7 @@ def tiny_hybrid(tiny_data, tmp_path_factory):
     """
     from asrkd.align import align
     from asrkd.data import DataDir
-    from asrkd.gmm import train_mono
+    from asrkd.gmmtrain import train_mono
     from asrkd.lang import prepare_lang
     from asrkd.models import ModelConfig
     from asrkd.train import TrainConfig, train_model
@@ -85,7 +85,7 @@ def word_loop_graph(lang, model_dir, words, graph_dir):
 
     import kaldifst
 
-    from asrkd.gmm import load_model
+    from asrkd.gmm import load_gmm
     from asrkd.graph import compile_hclg
     from asrkd.lang import Lang
 
@@ -93,7 +93,7 @@ def word_loop_graph(lang, model_dir, words, graph_dir):
     cost = math.log(len(vocab))
     G = kaldifst.compile("".join(f"0 0 {i} {i} {cost}\n" for i in vocab) + "0\n")
     kaldifst.arcsort(G, sort_type="ilabel")
-    m = load_model(model_dir)
+    m = load_gmm(model_dir)
     os.makedirs(graph_dir, exist_ok=True)
     compile_hclg(Lang(lang.dir), m.ctx, m.tm, G).write(os.path.join(graph_dir, "HCLG.fst"))
     shutil.copyfile(os.path.join(lang.dir, "words.txt"), os.path.join(graph_dir, "words.txt"))

@@ -1,5 +1,6 @@
 """Decoding: GMM mono/triphone models over a word-loop HCLG on the synthetic corpus of
-test_gmm, acoustic-scale grid on dev, and the one decoding core fed with arbitrary loglikes."""
+test_gmmtrain, acoustic-scale grid on dev, and the one decoding core fed with arbitrary
+loglikes."""
 
 import os
 
@@ -8,9 +9,10 @@ import pytest
 
 from asrkd.decode import GmmScorer, decode_data_dir, decode_loglikes, read_best_acwt
 from asrkd.errors import UserError
-from asrkd.gmm import load_model, train_mono, train_tri
+from asrkd.gmm import load_gmm
+from asrkd.gmmtrain import train_mono, train_tri
 from conftest import word_loop_graph
-from test_gmm import make_corpus
+from test_gmmtrain import make_corpus
 
 
 def _word_loop_graph(lang, model_dir, graph_dir):
@@ -41,7 +43,7 @@ def test_gmm_decodes_well_above_chance(setup, which):
     root, train, test, lang, mono, tri, ref = setup
     model_dir = mono if which == "mono" else tri
     graph = _word_loop_graph(lang, model_dir, str(root / f"graph_{which}"))
-    scorer = GmmScorer(load_model(model_dir), test.feats)
+    scorer = GmmScorer(load_gmm(model_dir), test.feats)
     dec = str(root / f"decode_{which}")
     res = decode_data_dir(graph, scorer, list(test.feats), dec, [0.05, 0.1], ref_text=ref)
     best = res["acwt"]
@@ -64,7 +66,7 @@ def test_decode_core_on_given_loglikes(setup):
     from asrkd.decode import load_graph
 
     hclg, tm, words = load_graph(graph)
-    m = load_model(mono)
+    m = load_gmm(mono)
     u = sorted(test.feats)[0]
     ll = GmmScorer(m, test.feats)(u)
     # log-softmax over pdfs minus a flat log-prior: a "posterior" scorer, as a DNN gives
@@ -78,7 +80,7 @@ def test_decode_core_on_given_loglikes(setup):
 
 def test_grid_needs_reference(setup, tmp_path):
     root, train, test, lang, mono, tri, ref = setup
-    scorer = GmmScorer(load_model(mono), test.feats)
+    scorer = GmmScorer(load_gmm(mono), test.feats)
     with pytest.raises(UserError):
         decode_data_dir(str(root / "graph_mono"), scorer, list(test.feats), str(tmp_path),
                         [0.05, 0.1])
@@ -113,11 +115,11 @@ def data_dirs(setup):
 
 def test_cli_pipeline_parallel(setup, data_dirs, monkeypatch):
     """The verbs on real data dirs (MFCC-like feats + deltas + CMVN read from disk), nj=2."""
-    import asrkd.gmm
+    import asrkd.gmmtrain
 
     from asrkd.cli import main
 
-    monkeypatch.setattr(asrkd.gmm, "ACC_BATCH_FRAMES", 300)  # blocks enough for two jobs
+    monkeypatch.setattr(asrkd.gmmtrain, "ACC_BATCH_FRAMES", 300)  # blocks enough for two jobs
 
     root, train, test, lang, mono, tri, ref = setup
     dtrain, dtest = data_dirs
@@ -164,7 +166,7 @@ def test_cli_decode_dnn_ensemble(setup, data_dirs):
 
     root, train, test, lang, mono, tri, ref = setup
     dtrain, dtest = data_dirs
-    m = load_model(mono)
+    m = load_gmm(mono)
     ens = root / "ens"
     for seed in (1, 2):
         torch.manual_seed(seed)

@@ -25,7 +25,7 @@ from asrkd.cli import main
 from asrkd.errors import UserError
 from asrkd.table import ArkWriter, write_table
 from test_decode import _data_dir, _word_loop_graph
-from test_gmm import make_corpus as make_gmm_corpus
+from test_gmmtrain import make_corpus as make_gmm_corpus
 from test_train import MC, TC, make_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +210,7 @@ def systems(tmp_path_factory):
     the graphs of both trees."""
     from asrkd.align import align
     from asrkd.features import MfccConfig
-    from asrkd.gmm import train_mono, train_tri
+    from asrkd.gmmtrain import train_mono, train_tri
     from asrkd.identity import write_feature_config
     from asrkd.train import train_model
 
@@ -240,11 +240,11 @@ def systems(tmp_path_factory):
 
 
 def test_two_trees_same_pdf_count_are_told_apart(systems):
-    from asrkd.gmm import load_model
+    from asrkd.gmm import load_gmm
     from asrkd.identity import tree_id
 
     a, b = systems["a"][2], systems["b"][2]
-    assert load_model(a).num_pdfs == load_model(b).num_pdfs == 60  # the count cannot tell
+    assert load_gmm(a).num_pdfs == load_gmm(b).num_pdfs == 60  # the count cannot tell
     assert tree_id(a) != tree_id(b)
     assert tree_id(systems["ali_a"]) == tree_id(a) == tree_id(systems["graph_a"])
     ckpt = torch.load(systems["dnn"], weights_only=True)
@@ -332,7 +332,7 @@ def _tamper_npz(path, **changes):
 def test_gmm_archive_missing_key_nan_or_truncated_names_the_file(systems, tmp_path, capsys):
     import shutil
 
-    from asrkd.gmm import load_model
+    from asrkd.gmm import load_gmm
 
     for case, change in (("missing", {"gmm_inv_vars": None}), ("nan", "nan"),
                          ("truncated", "truncated")):
@@ -349,21 +349,21 @@ def test_gmm_archive_missing_key_nan_or_truncated_names_the_file(systems, tmp_pa
         else:
             _tamper_npz(mdl, **change)
         with pytest.raises(UserError) as e:
-            load_model(d)
+            load_gmm(d)
         msg = str(e.value)
         assert msg.startswith(mdl + ":")
         assert {"missing": "no 'gmm_inv_vars' array", "nan": "gmm_means_invvars: 1 of",
                 "truncated": "truncated"}[case] in msg
     # nor is a model with NaN parameters written
-    from asrkd.gmm import am_from_arrays, am_to_arrays, save_model
+    from asrkd.gmm import am_from_arrays, am_to_arrays, save_gmm
 
-    m = load_model(systems["a"][2])
+    m = load_gmm(systems["a"][2])
     w, iv, mi = am_to_arrays(m.am)
     iv[3] = iv[3].copy()
     iv[3][0, 0] = np.inf
     m.am = am_from_arrays(w, iv, mi)
     with pytest.raises(UserError, match=r"final.mdl: gmm_inv_vars: 1 of \d+ values are NaN"):
-        save_model(m, str(tmp_path / "nan_model"))
+        save_gmm(m, str(tmp_path / "nan_model"))
     assert not os.path.exists(tmp_path / "nan_model" / "final.mdl")
     # through the CLI: align with the damaged model is one line
     assert main(["align", systems["data"], systems["a"][1].dir, str(tmp_path / "missing"),

@@ -128,7 +128,7 @@ def test_make_graph_end_to_end(setup, tmp_path):
     gmm = pytest.importorskip("asrkd.gmm")
     d, lang, _ = setup
     ctx, tm = _monophone(lang)
-    gmm.save_model(gmm.GmmModel(tm=tm, ctx=ctx, am=None), str(tmp_path / "mono"))
+    gmm.save_gmm(gmm.GmmModel(tm=tm, ctx=ctx, am=None), str(tmp_path / "mono"))
     out = make_graph(lang.dir, str(tmp_path / "mono"), str(tmp_path / "graph"), str(d / "lm.arpa"))
     for f in ("HCLG.fst", "G.fst", "words.txt", "final.mdl", "tree"):
         assert os.path.isfile(os.path.join(out, f))
@@ -161,13 +161,13 @@ def test_make_graph_rebuilds_for_another_tree_and_decode_checks_it(setup, tmp_pa
 
     from asrkd.decode import load_graph
     from asrkd.errors import UserError
-    from asrkd.gmm import GmmModel, save_model
+    from asrkd.gmm import GmmModel, save_gmm
     from asrkd.identity import tree_id
 
     d, lang, _ = setup
     graph = str(tmp_path / "graph")
     for name, (ctx, tm) in (("mono", _monophone(lang)), ("tri", _triphone(lang))):
-        save_model(GmmModel(tm=tm, ctx=ctx, am=None), str(tmp_path / name))
+        save_gmm(GmmModel(tm=tm, ctx=ctx, am=None), str(tmp_path / name))
     for f in ("final.mdl", "tree"):  # tri's files are older than the mono graph to come
         os.utime(tmp_path / "tri" / f, (1e9, 1e9))
     make_graph(lang.dir, str(tmp_path / "mono"), graph, str(d / "lm.arpa"))

@@ -1,6 +1,6 @@
 """asrkd train-mono: monophone GMM-HMM from a flat start (Kaldi steps/train_mono.sh)."""
 
-from asrkd.gmm import train_mono
+from asrkd.gmmtrain import train_mono
 
 
 def add_arguments(parser):

@@ -1,6 +1,6 @@
 """asrkd train-tri: triphone tree + context-dependent GMM-HMM (Kaldi steps/train_deltas.sh)."""
 
-from asrkd.gmm import train_tri
+from asrkd.gmmtrain import train_tri
 
 
 def add_arguments(parser):

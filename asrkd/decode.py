@@ -221,9 +221,10 @@ def make_scorer(model, data_dir, feats=None, device="cpu", precision="fp32"):
 
     models = model if isinstance(model, (list, tuple)) else [model]
     if len(models) == 1 and os.path.isfile(os.path.join(models[0], "specialists.json")):
-        from asrkd import specialists  # a generalist + specialists dir (train-specialists)
+        # a generalist + specialists dir (train-specialists)
+        from asrkd.specialists.scorer import make_scorer as make_specialist_scorer
 
-        return specialists.make_scorer(models[0], data_dir, feats)
+        return make_specialist_scorer(models[0], data_dir, feats)
     if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
         from asrkd.gmm import load_gmm
         from asrkd.identity import tree_id

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from asrkd.errors import UserError
-from asrkd.report import System, read_manifest, read_timings, write_manifest, write_report
+from asrkd.report import write_report
+from asrkd.report.artefacts import System, read_manifest, read_timings, write_manifest
 
 SPEAKERS = ["s1", "s2", "s3", "s4", "s5", "s6"]
 

@@ -1,4 +1,4 @@
-"""Specialists: the KL combination, dustbin targets, confusable sets, training and inference."""
+"""Specialists: dustbin targets, training, the scorer and the report."""
 
 import json
 import os
@@ -7,95 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from asrkd.cli import main
+from asrkd.decode import make_scorer
 from asrkd.errors import UserError
-from asrkd.specialists import (CovarianceAccumulator, SpecialistConfig, active_specialists,
-                               collapse, combination_objective, combine, confusable_sets,
-                               corrected_logits, local_labels, membership, online_kmeans,
-                               specialist_frames)
+from asrkd.models import ModelConfig, build_model
+from asrkd.specialists.combine import collapse, combine, corrected_logits, specialist_logits
+from asrkd.specialists.report import specialist_report
+from asrkd.specialists.scorer import SpecialistScorer
+from asrkd.specialists.train import (SpecialistConfig, local_labels, specialist_frames,
+                                     specialist_from_generalist, train_specialists)
+from asrkd.train import frame_accuracy, train_model
 
-# --- (c) the combination ---------------------------------------------------------------------
-
-
-def test_combination_two_class_hand_case():
-    # q = (x, 1 - x) minimising KL(p_g || q) + KL(p_m || q), S = {0}, the dustbin = {1}:
-    # d/dx gives (a + b) / x = (2 - a - b) / (1 - x), so x = (a + b) / 2.
-    a = torch.tensor([0.7, 0.2, 0.5, 0.9], dtype=torch.float64)
-    b = torch.tensor([0.4, 0.6, 0.5, 0.1], dtype=torch.float64)
-    p_g = torch.stack([a, 1 - a], 1)
-    p_m = torch.stack([b, 1 - b], 1)
-    active = torch.tensor([[True], [True], [True], [False]])
-    for init, steps in (("em", 0), ("generalist", 300)):
-        q = combine(p_g, [p_m], [[0]], active, steps=steps, init=init).exp()
-        expect = torch.where(active[:, 0], (a + b) / 2, a)  # inactive frame: p_g unchanged
-        assert torch.allclose(q[:, 0], expect, atol=1e-6), (init, q[:, 0], expect)
-
-
-def _em_reference(p_g, spec_probs, sets, active, iters=300):
-    """Independent fixed-point solver: spread each dustbin over its rest in proportion to q."""
-    q = p_g.clone()
-    member = membership(sets, p_g.shape[1])
-    for _ in range(iters):
-        new = p_g.clone()
-        for m, (s, p) in enumerate(zip(sets, spec_probs)):
-            w = active[:, m].double()[:, None]
-            full = torch.zeros_like(q)
-            full[:, s] = p[:, :-1]
-            rest = (~member[m]).double()
-            full += p[:, -1:] * q * rest / (q * rest).sum(1, keepdim=True)
-            new += w * full
-        q = new / new.sum(1, keepdim=True)
-    return q
-
-
-def test_combination_gradient_descent_reaches_the_minimum():
-    g = torch.Generator().manual_seed(0)
-    n, p = 6, 7
-    p_g = torch.softmax(torch.randn(n, p, generator=g, dtype=torch.float64) * 2, 1)
-    sets = [[0, 1, 2], [2, 3, 4], [5]]  # overlapping, one single-pdf set
-    spec = [torch.softmax(torch.randn(n, len(s) + 1, generator=g, dtype=torch.float64) * 2, 1)
-            for s in sets]
-    active = active_specialists(p_g, membership(sets, p), top_n=2)
-    active[0] = False  # one frame with no specialist
-    assert active.any()
-    ref = _em_reference(p_g, spec, sets, active)
-    q = combine(p_g, spec, sets, active, steps=3000).exp()
-    assert torch.allclose(q, ref, atol=1e-4)
-    assert torch.allclose(q[0], p_g[0], atol=1e-12)
-    assert torch.allclose(combine(p_g, spec, sets, active, steps=100, method="em").exp(), ref,
-                          atol=1e-9)
-    # a few steps (the default) already lower the objective below the EM start and p_g
-    obj = combination_objective(q, p_g, spec, sets, active)
-    few = combination_objective(combine(p_g, spec, sets, active, steps=10).exp(), p_g, spec,
-                                sets, active)
-    start = combination_objective(combine(p_g, spec, sets, active, steps=0).exp(), p_g, spec,
-                                  sets, active)
-    base = combination_objective(p_g, p_g, spec, sets, active)
-    assert (few <= start + 1e-12).all() and (start <= base + 1e-12).all()
-    assert (obj <= few + 1e-9).all() and (few - obj).max() < 0.02
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-def test_combination_on_gpu_matches_cpu():
-    g = torch.Generator().manual_seed(1)
-    p_g = torch.softmax(torch.randn(300, 40, generator=g), 1)
-    sets = [list(range(0, 12)), list(range(8, 30)), [35, 36]]
-    spec = [torch.softmax(torch.randn(300, len(s) + 1, generator=g), 1) for s in sets]
-    active = active_specialists(p_g, membership(sets, 40), top_n=3)
-    cpu = combine(p_g, spec, sets, active)
-    gpu = combine(p_g.cuda(), [p.cuda() for p in spec], sets, active.cuda())
-    assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
-
-
-def test_active_specialists_from_top_n():
-    p_g = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.1, 0.2, 0.6]])
-    member = membership([[0], [1, 2], [3]], 4)
-    assert active_specialists(p_g, member, 1).tolist() == [[True, False, False],
-                                                           [False, False, True]]
-    assert active_specialists(p_g, member, 2).tolist() == [[True, True, False],
-                                                           [False, True, True]]
-
-
-# --- (b) dustbin targets ----------------------------------------------------------------------
+# --- dustbin targets --------------------------------------------------------------------------
 
 
 def test_dustbin_correction_against_counts():
@@ -136,9 +59,6 @@ def test_specialist_frames_when_the_set_dominates():
 
 @pytest.mark.parametrize("pooled", [True, False])
 def test_untrained_specialists_leave_the_generalist_unchanged(pooled):
-    from asrkd.models import ModelConfig, build_model
-    from asrkd.specialists import specialist_from_generalist, specialist_logits
-
     torch.manual_seed(0)
     gen = build_model(ModelConfig(feat_dim=4, num_pdfs=9, left_context=1, right_context=1,
                                   hidden_dims=[16])).eval()
@@ -163,71 +83,18 @@ def test_untrained_specialists_leave_the_generalist_unchanged(pooled):
         assert (q.argmax(1) == p_g.argmax(1)).float().mean() > 0.6
 
 
-# --- (a) confusable sets ----------------------------------------------------------------------
-
-
-def _block_posteriors(sizes, n=4000, seed=0):
-    """Posteriors whose mass stays inside one planted block of pdfs per frame."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(sum(sizes))  # the blocks are not contiguous ids
-    blocks = np.split(perm, np.cumsum(sizes)[:-1])
-    probs = np.zeros((n, sum(sizes)))
-    for i in range(n):
-        b = blocks[rng.integers(len(blocks))]
-        probs[i] = 0.01 / sum(sizes)
-        probs[i, b] += 0.99 * rng.dirichlet(np.ones(len(b)))
-    return probs, [sorted(b.tolist()) for b in blocks]
-
-
-def test_covariance_accumulator_matches_numpy():
-    probs, _ = _block_posteriors([3, 4], n=500)
-    acc = CovarianceAccumulator(7)
-    for s in range(0, 500, 64):  # in batches
-        acc.add(probs[s:s + 64])
-    assert acc.n == 500
-    assert np.allclose(acc.covariance(), np.cov(probs.T, bias=True), atol=1e-6)
-
-
-def test_kmeans_on_a_planted_block_covariance_recovers_the_blocks():
-    sizes = [4, 5, 7, 8, 6]
-    probs, blocks = _block_posteriors(sizes)
-    acc = CovarianceAccumulator(sum(sizes))
-    acc.add(probs)
-    cov = acc.covariance()
-    found = confusable_sets(cov, num_sets=5, clusterings=1)
-    assert sorted(s["pdfs"] for s in found) == sorted(blocks)
-    # overlap: two clusterings (two seeds) of 5 sets each, both recover the blocks
-    found = confusable_sets(cov, num_sets=10, clusterings=2)
-    assert sorted(s["pdfs"] for s in found) == sorted(blocks * 2)
-    assert {s["clustering"] for s in found} == {0, 1}
-    # a size bound: no set above it, each set still inside one block
-    small = confusable_sets(cov, num_sets=5, clusterings=1, set_size_max=5)
-    assert max(len(s["pdfs"]) for s in small) <= 5
-    assert all(any(set(s["pdfs"]) <= set(b) for b in blocks) for s in small)
-
-
-def test_online_kmeans_size_bound_leaves_the_farthest_out():
-    x = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [9.0]])
-    labels = online_kmeans(x, 2, seed=0, max_size=2)
-    assert np.bincount(labels[labels >= 0]).max() <= 2
-    assert (labels == -1).sum() == 2
-
-
 def test_config_rejects_too_few_sets():
     with pytest.raises(UserError, match="too few"):
         SpecialistConfig(num_sets=3, clusterings=2)
 
 
-# --- training and inference end to end --------------------------------------------------------
+# --- training and inference end to end ------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from test_distill import make_learnable_data
     from test_train import MC, TC
-
-    from asrkd.specialists import train_specialists
-    from asrkd.train import train_model
 
     root = tmp_path_factory.mktemp("spec")
     data, ali = (str(p) for p in make_learnable_data(root / "c", num_spk=5, utts_per_spk=8,
@@ -240,10 +107,6 @@ def trained(tmp_path_factory):
 
 
 def test_train_specialists_writes_a_decodable_dir(trained):
-    from asrkd.decode import make_scorer
-    from asrkd.specialists import SpecialistScorer
-    from asrkd.train import frame_accuracy
-
     d = trained["spec_dir"]
     with open(os.path.join(d, "specialists.json")) as f:
         man = json.load(f)
@@ -271,8 +134,6 @@ def test_train_specialists_writes_a_decodable_dir(trained):
 
 
 def test_specialist_report_counts_every_frame(trained):
-    from asrkd.specialists import specialist_report
-
     r = specialist_report(trained["spec_dir"], trained["data"], trained["ali"], name="train",
                           timing_frames=200)
     total = sum(row["frames"] for row in r["coverage"])
@@ -286,8 +147,6 @@ def test_specialist_report_counts_every_frame(trained):
 
 
 def test_cli_train_specialists_bad_input(trained, capsys):
-    from asrkd.cli import main
-
     rc = main(["train-specialists", trained["gen"], trained["data"], trained["ali"],
                os.path.join(trained["spec_dir"], "x"), "--num-sets", "1"])
     assert rc == 1 and "too few" in capsys.readouterr().err

@@ -367,7 +367,7 @@ def test_train_utts_and_frame_accuracy_verb_on_them(tmp_path, capsys):
     """Training lists the utterances it saw; `asrkd frame-accuracy --utts` scores just those,
     as `asrkd report` reads a decode dir."""
     from asrkd.cli import main
-    from asrkd.report import read_frame_acc, read_per_utt
+    from asrkd.report.artefacts import read_frame_acc, read_per_utt
     from asrkd.train import read_utt_list
 
     data, ali = make_corpus(str(tmp_path / "c"))

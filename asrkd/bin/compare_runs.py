@@ -1,7 +1,5 @@
 """asrkd compare-runs EXP_DIR...: several runs' headline figures side by side (e.g. seeds)."""
 
-from asrkd.report import compare_runs
-
 
 def add_arguments(parser):
     parser.add_argument("exp_dirs", nargs="+", metavar="EXP_DIR",
@@ -13,6 +11,7 @@ def add_arguments(parser):
 
 def main(args):
     from asrkd.errors import UserError
+    from asrkd.report import compare_runs
 
     names = args.names.split(",") if args.names else None
     if names is not None and len(names) != len(args.exp_dirs):

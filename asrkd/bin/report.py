@@ -3,7 +3,6 @@
 import os
 
 from asrkd.bootstrap import DEFAULT_RESAMPLES
-from asrkd.report import write_report
 
 
 def add_arguments(parser):
@@ -29,6 +28,8 @@ def add_arguments(parser):
 
 
 def main(args):
+    from asrkd.report import write_report
+
     res = write_report(args.exp_dir, test_sets=args.test_sets, manifest=args.systems,
                        data_root=args.data, resamples=args.resamples,
                        train_set=args.train_set)

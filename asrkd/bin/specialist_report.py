@@ -15,7 +15,7 @@ def add_arguments(parser):
 
 
 def main(args):
-    from asrkd.specialists import specialist_report
+    from asrkd.specialists.report import specialist_report
 
     r = specialist_report(args.spec_dir, args.data, args.ali_dir, ensemble_dir=args.ensemble,
                           name=args.name, timing_frames=args.timing_frames)

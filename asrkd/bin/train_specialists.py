@@ -50,7 +50,7 @@ def add_arguments(parser):
 
 
 def main(args):
-    from asrkd.specialists import SpecialistConfig, train_specialists
+    from asrkd.specialists.train import SpecialistConfig, train_specialists
 
     config = SpecialistConfig(num_sets=args.num_sets, set_size_max=args.set_size_max,
                               clusterings=args.clusterings, hard_targets=args.hard_targets,

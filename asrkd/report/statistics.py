@@ -1,0 +1,206 @@
+"""The report's figures for one test set: ``collect`` (what results.json holds).
+
+Intervals (asrkd.bootstrap): per-speaker bootstrap, 95 % percentile intervals from a fixed
+seed, the same draws for every system (paired). The mean single model is the mean of the singles
+on each draw. "Gain recovered" = (system - its own-size baseline) / (ensemble - mean single), per
+draw; for frame accuracy on every student row, for WER only where the ensemble's WER gain over
+the mean single is itself significant (its interval excludes zero), and never for other rows.
+
+Rows of kind ``single`` are aggregated into "mean ± std" and "best" rows (best frame accuracy and
+best WER are taken separately, so they may come from different seeds).
+"""
+
+import math
+import os
+
+import numpy as np
+
+from asrkd.bootstrap import DEFAULT_RESAMPLES, SpeakerBootstrap, excludes_zero, interval
+from asrkd.errors import UserError
+from asrkd.report.artefacts import (METRICS, count_params, model_dir, read_acwt, read_curve,
+                                    read_distill_info, read_frame_acc, read_per_utt,
+                                    read_utt2spk, read_wer)
+
+
+def collect(exp_dir, systems, test_set="test", data_root=None, resamples=DEFAULT_RESAMPLES):
+    """All figures of the report for one test set as a dict (what results.json holds)."""
+    if not os.path.isdir(exp_dir):
+        raise UserError(f"{exp_dir}: not a directory")
+    measured = [_measure(exp_dir, s, test_set) for s in systems]
+    boots, notes = _bootstrap(measured, test_set, data_root, resamples)
+    singles = [m for m in measured if m["kind"] == "single"]
+    rows = [m for m in measured if m["kind"] != "single"]
+    if singles:
+        # singles not decoded on this test set are left out of the mean (n counts the rest)
+        singles = [m for m in singles if m["present"]] or singles
+        agg, best = _single_rows(singles)
+        gmm = [r for r in rows if r["kind"] == "gmm"]
+        rows = gmm + [agg, best] + [r for r in rows if r["kind"] != "gmm"]
+    by_key = {r["key"]: r for r in rows}
+    ens = next((r for r in rows if r["kind"] == "ensemble"), None)
+    if ens is not None and singles:
+        ens["label"] = f"{len(singles)}x {ens['label']}" if not ens["label"][0].isdigit() \
+            else ens["label"]
+    _paired_differences(rows, by_key)
+    _gains_recovered(rows, by_key, ens)
+    curves = {m["key"]: m["_curve"] for m in measured if m.get("_curve")}
+    out_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    out_singles = [{k: v for k, v in m.items() if not k.startswith("_")} for m in singles]
+    return {
+        "exp_dir": os.path.abspath(exp_dir),
+        "test_set": test_set,
+        "bootstrap": {metric: {"speakers": len(b.speakers), "resamples": len(b.weights),
+                               "utterances": len({u for m in measured
+                                                  for u in (m["_per_utt"][metric] or {})})}
+                      for metric, (b, _) in boots.items()},
+        "notes": notes,
+        "systems": out_rows,
+        "singles": out_singles,
+        "curves": {k: {"epoch": e, "valid_frame_acc": a} for k, (e, a) in curves.items()},
+    }
+
+
+def _measure(exp_dir, s, test_set):
+    """One system's point figures on a test set; per-utterance counts and the validation curve
+    under ``_per_utt`` and ``_curve`` (keys with ``_`` stay out of results.json)."""
+    mdir = model_dir(exp_dir, s)
+    d = os.path.join(mdir, "decode_" + test_set)
+    m = {"key": s.key, "label": s.label, "kind": s.kind, "model_dir": s.model,
+         "compare": list(s.compare), "decode_dir": os.path.relpath(d, exp_dir),
+         "present": os.path.isdir(d), "frame_acc": read_frame_acc(d), "wer": read_wer(d),
+         "acwt": read_acwt(d), "params": count_params(mdir, s.kind)}
+    if s.kind in ("student", "control", "other"):
+        m["distill"] = read_distill_info(mdir)
+    m["_per_utt"] = {k: read_per_utt(d, k) for k in METRICS}
+    m["_curve"] = read_curve(mdir) if s.kind != "gmm" else None
+    return m
+
+
+def _bootstrap(measured, test_set, data_root, resamples):
+    """One bootstrap per metric, over the speakers of that metric's scored utterances: each
+    system's figure becomes the per-speaker ratio, with its draws (``_samples``) and interval.
+    Returns ({metric: (SpeakerBootstrap, utt2spk)}, notes)."""
+    boots, notes = {}, []
+    for metric in METRICS:
+        utts = set()
+        for m in measured:
+            if m["_per_utt"][metric]:
+                utts |= set(m["_per_utt"][metric])
+        if not utts:
+            continue
+        u2s = read_utt2spk(data_root, test_set, utts)
+        boot = SpeakerBootstrap({u2s.get(u, u.split("-")[0]) for u in utts}, resamples)
+        boots[metric] = (boot, u2s)
+        for m in measured:
+            pu = m["_per_utt"][metric]
+            m.setdefault("_samples", {})[metric] = None
+            if not pu:
+                continue
+            try:
+                num, den = boot.per_speaker(pu, u2s, what=m["key"])
+            except UserError as e:
+                notes.append(f"{metric}: {e}; no interval")
+                continue
+            point, samples = boot.ratio(num, den)
+            m[metric] = point
+            m["_samples"][metric] = samples
+            m[metric + "_ci"] = _ci(samples)
+    return boots, notes
+
+
+def _single_rows(singles):
+    """The "single DNN, mean ± std" and "single DNN, best" rows of the single models; the mean's
+    draws are the mean of the singles' draws."""
+    agg = {"key": "single", "label": "single DNN, mean ± std", "kind": "single",
+           "n": sum(m["present"] for m in singles),
+           "present": any(m["present"] for m in singles),
+           "params": next((m["params"] for m in singles if m["params"]), None),
+           "compare": [], "_samples": {}}
+    best = {"key": "single_best", "label": "single DNN, best", "kind": "single",
+            "n": agg["n"], "present": agg["present"], "params": agg["params"],
+            "compare": []}
+    acwts = sorted({m["acwt"] for m in singles if m["acwt"] is not None})
+    agg["acwt"] = acwts[0] if len(acwts) == 1 else None
+    agg["acwt_range"] = [acwts[0], acwts[-1]] if acwts else None
+    for metric in METRICS:
+        vals = [m[metric] for m in singles]
+        agg[metric], agg[metric + "_std"] = _mean_std(vals)
+        ok = [v for v in vals if v is not None]
+        best[metric] = (max(ok) if metric == "frame_acc" else min(ok)) if ok else None
+        samp = [m.get("_samples", {}).get(metric) for m in singles]
+        if samp and all(x is not None for x in samp):
+            agg["_samples"][metric] = np.mean(samp, axis=0)
+            agg[metric + "_ci"] = _ci(agg["_samples"][metric])
+    return agg, best
+
+
+def _paired_differences(rows, by_key):
+    """Each row's ``vs``: {other key: {metric: paired difference}} for the keys it compares with."""
+    for r in rows:
+        r["vs"] = {}
+        for other in r.get("compare", []):
+            o = by_key.get(other)
+            if o is None:
+                continue
+            r["vs"][other] = {metric: _difference(r, o, metric) for metric in METRICS}
+
+
+def _gains_recovered(rows, by_key, ens):
+    """A student's ``baseline`` and ``gain_<metric>`` (+ ``_ci``): its share of the ensemble's
+    gain over the mean single; for WER only where that gain is significant."""
+    denom = {}
+    if ens is not None and "single" in by_key:
+        for metric in METRICS:
+            denom[metric] = _difference(ens, by_key["single"], metric)
+    for r in rows:
+        if r["kind"] != "student" or not r.get("compare") or not denom:
+            continue
+        base = by_key.get(r["compare"][0])
+        if base is None:
+            continue
+        r["baseline"] = base["key"]
+        for metric in METRICS:
+            d = denom.get(metric)
+            if metric == "wer" and not (d and d["significant"]):
+                r["gain_wer"] = None
+                r["gain_wer_note"] = "ensemble's WER gain not significant"
+                continue
+            r["gain_" + metric], r["gain_" + metric + "_ci"] = _share(r, base, ens, by_key,
+                                                                     metric)
+
+
+def _mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, s
+
+
+def _ci(samples):
+    return list(interval(samples)) if samples is not None else None
+
+
+def _difference(a, b, metric):
+    """Paired difference a - b of a metric: {"diff", "ci", "significant"}; None if unscored."""
+    if a.get(metric) is None or b.get(metric) is None:
+        return None
+    sa, sb = a.get("_samples", {}).get(metric), b.get("_samples", {}).get(metric)
+    ci = _ci(sa - sb) if sa is not None and sb is not None else None
+    return {"diff": a[metric] - b[metric], "ci": ci, "significant": excludes_zero(ci)}
+
+
+def _share(row, base, ens, by_key, metric):
+    """100 * (row - base) / (ensemble - mean single) and its interval (per draw)."""
+    single = by_key["single"]
+    vals = [row.get(metric), base.get(metric), ens.get(metric), single.get(metric)]
+    if any(v is None for v in vals) or abs(vals[2] - vals[3]) < 1e-9:
+        return None, None
+    point = 100.0 * (vals[0] - vals[1]) / (vals[2] - vals[3])
+    s = [x.get("_samples", {}).get(metric) for x in (row, base, ens, single)]
+    if any(x is None for x in s):
+        return point, None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = 100.0 * (s[0] - s[1]) / (s[2] - s[3])
+    return point, _ci(draws)

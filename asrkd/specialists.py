@@ -421,7 +421,7 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
                           valid_frames, seed):
     """Train one specialist into out_dir/final.pt; returns its summary dict."""
     from asrkd.models import load_model
-    from asrkd.train import FrameCache
+    from asrkd.frames import FrameCache
 
     cfg = SpecialistConfig.from_dict(cfg_dict)
     final = os.path.join(out_dir, "final.pt")
@@ -584,7 +584,7 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
     """
     from asrkd.jobs import run_jobs
     from asrkd.models import load_model
-    from asrkd.train import build_frame_cache, split_by_speaker
+    from asrkd.frames import build_frame_cache, split_by_speaker
 
     config = config or SpecialistConfig()
     t_start = time.time()

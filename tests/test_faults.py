@@ -179,7 +179,8 @@ def test_out_of_range_pdf_id_in_an_alignment_is_an_error(tmp_path, capsys):
 
 def test_nan_loss_stops_training_naming_epoch_and_utterances(tmp_path):
     """Poisoned extra (soft) targets for one utterance: training must not write a model."""
-    from asrkd.train import split_by_speaker, train_model
+    from asrkd.frames import split_by_speaker
+    from asrkd.train import train_model
 
     data, ali = make_corpus(str(tmp_path / "c"))
     frames = dict(line.split() for line in open(os.path.join(data, "utt2num_frames")))

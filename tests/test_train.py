@@ -11,8 +11,8 @@ from asrkd.errors import UserError
 from asrkd.models import ModelConfig, load_model
 from asrkd.table import ArkWriter, write_table
 from test_distill import make_learnable_data
-from asrkd.train import (TrainConfig, build_frame_cache, frame_accuracy, load_conf,
-                         split_by_speaker, train_ensemble, train_model)
+from asrkd.frames import build_frame_cache, split_by_speaker
+from asrkd.train import TrainConfig, frame_accuracy, load_conf, train_ensemble, train_model
 
 D, P = 8, 6
 
@@ -122,20 +122,6 @@ def test_fixed_schedule_halves_from_its_epoch_and_keeps_every_epoch(tmp_path):
     with open(os.path.join(str(tmp_path / "nb"), "train_log.csv")) as f:
         lrs = [float(r["lr"]) for r in csv.DictReader(f)]
     assert lrs == [0.01, 0.005]
-
-
-def test_window_gather_clamps_at_utterance_edges(tmp_path):
-    data, ali = make_corpus(str(tmp_path / "c"), num_spk=2, utts_per_spk=2)
-    cache = build_frame_cache(data, ali, str(tmp_path / "frames"))
-    start, end = cache.offsets[1], cache.offsets[2]  # second utterance
-    win = cache.windows(np.array([start, end - 1]), 2, 1)
-    feats = np.asarray(cache.feats)
-    np.testing.assert_array_equal(win[0], feats[[start, start, start, start + 1]])
-    np.testing.assert_array_equal(win[1], feats[[end - 3, end - 2, end - 1, end - 1]])
-    # CMVN (meanvar) was applied per speaker.
-    spk0 = feats[cache.offsets[0]:cache.offsets[2]]
-    np.testing.assert_allclose(spk0.mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(spk0.std(0), 1, atol=1e-3)
 
 
 def test_same_seed_same_model_different_seed_differs(tmp_path):
@@ -306,43 +292,6 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert any(not torch.equal(w32[k], w16[k]) for k in w32)  # bfloat16 did run
     with pytest.raises(UserError, match="precision"):
         TrainConfig(precision="fp16")
-
-
-def test_npy_row_writer_streams_rows_and_zero_fills(tmp_path):
-    from asrkd.train import NpyRowWriter
-
-    path = tmp_path / "a.npy"
-    w = NpyRowWriter(path, np.float32, (7, 3))
-    w.write(np.ones((2, 3)))
-    w.skip_to(4)
-    w.write(np.full((1, 3), 5.0))
-    with pytest.raises(ValueError, match="do not fit"):
-        w.write(np.ones((3, 3)))
-    w.close()
-    a = np.load(path, mmap_mode="r")
-    want = np.zeros((7, 3), np.float32)
-    want[:2], want[4] = 1, 5
-    assert a.dtype == np.float32 and np.array_equal(a, want)
-
-
-def _rss_file_kb():
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("RssFile"))
-
-
-def test_released_pages_leave_the_resident_set(tmp_path):
-    from asrkd.train import release_pages
-
-    path = tmp_path / "big.npy"
-    np.save(path, np.ones((4096, 1024), np.float32))  # 16 MB
-    a = np.load(path, mmap_mode="r")
-    before = _rss_file_kb()
-    assert float(a[::64].sum()) == 64 * 1024  # touches every page
-    touched = _rss_file_kb()
-    release_pages(a)
-    assert touched - before > 12_000  # the mapping was resident ...
-    assert _rss_file_kb() - before < 2_000  # ... and is no longer
-    assert float(a[::64].sum()) == 64 * 1024  # still readable (from the page cache)
 
 
 def test_soft_target_store_keeps_few_shards_mapped(tmp_path):

@@ -41,6 +41,7 @@ from asrkd.errors import UserError
 from asrkd.frames import PageBudget, build_frame_cache, extra_memmap, split_by_speaker
 from asrkd.identity import check_features, check_tree, feature_config
 from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
+from asrkd.score import write_utt_list
 from asrkd.table import atomic_path
 
 
@@ -551,89 +552,6 @@ def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, ex
         if writer is not None:
             writer.close()
     return final
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None):
-    """Fraction of aligned frames whose argmax posterior is the aligned pdf.
-
-    Accepts a model (nn.Module), checkpoint path(s) (an ensemble: mean of posteriors), or a
-    scorer from ``make_scorer`` (its posteriors are used, not the prior-divided scores); any
-    other callable ``utt -> (T, P)`` is taken as is. With ``per_utt`` returns
-    ``(fraction, {utt: (correct, frames)})``, what a speaker bootstrap resamples. ``utts``:
-    only these utterances of data_dir (e.g. a model's ``train_utts``); UserError if one is not
-    in data_dir.
-    """
-    from asrkd.data import DataDir
-    from asrkd.features import FeatureReader
-    from asrkd.models import Scorer, load_model
-
-    ali = AlignmentDir(ali_dir).check()
-    pdf_scp, num_pdfs = ali.pdf_scp, ali.num_pdfs
-    scorer = model_or_scorer
-    if isinstance(scorer, (str, os.PathLike)):
-        scorer = [scorer]
-    if isinstance(scorer, (list, tuple)):
-        scorer = [load_model(p) for p in scorer]
-    elif isinstance(scorer, torch.nn.Module):
-        scorer = [scorer.cpu().eval()]
-    if isinstance(scorer, list):
-        scorer = Scorer(scorer, FeatureReader(data_dir, cmvn=scorer[0].config.cmvn))
-    score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
-    correct = total = 0
-    counts = {}
-    todo = DataDir(data_dir).utts
-    if utts is not None:
-        missing = sorted(set(utts) - set(todo))
-        if missing:
-            raise UserError(f"{data_dir}: no utterance {missing[0]} (of {len(missing)} asked "
-                            "for)")
-        wanted = set(utts)
-        todo = [u for u in todo if u in wanted]
-    for utt in todo:
-        if utt not in pdf_scp:
-            continue
-        y = np.asarray(pdf_scp[utt])
-        s = np.asarray(score(utt))
-        if s.shape[1] != num_pdfs:
-            # e.g. a monophone GMM against triphone alignments: different pdf sets
-            raise UserError(f"the model scores {s.shape[1]} pdfs but {ali_dir} has {num_pdfs}: "
-                            "frame accuracy needs alignments of the model's own tree")
-        if s.shape[0] != y.shape[0]:
-            raise UserError(f"{utt}: {s.shape[0]} scored frames but {y.shape[0]} aligned")
-        counts[utt] = (int((s.argmax(-1) == y).sum()), len(y))
-        correct += counts[utt][0]
-        total += len(y)
-    if total == 0:
-        raise UserError(f"{ali_dir}: no aligned utterance of {data_dir}")
-    return (correct / total, counts) if per_utt else correct / total
-
-
-def write_utt_list(path, utts):
-    """One utterance id per line."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.writelines(f"{u}\n" for u in utts)
-
-
-def read_utt_list(path):
-    """Utterance ids of a file with one per line (the first field of each line)."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such utterance list")
-    with open(path) as f:
-        return [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
-
-
-def write_frame_accuracy(out_dir, acc, counts):
-    """out_dir/frame_acc (the fraction) and frame_acc_per_utt (``utt correct frames`` lines)."""
-    os.makedirs(out_dir, exist_ok=True)
-    with atomic_path(os.path.join(out_dir, "frame_acc_per_utt")) as tmp, open(tmp, "w") as f:
-        f.write("# utt correct frames\n")
-        f.writelines(f"{u} {c} {n}\n" for u, (c, n) in sorted(counts.items()))
-    with atomic_path(os.path.join(out_dir, "frame_acc")) as tmp, open(tmp, "w") as f:
-        f.write(f"{acc:.6f}\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -241,8 +241,8 @@ def trained(tmp_path_factory):
 
 def test_train_specialists_writes_a_decodable_dir(trained):
     from asrkd.decode import make_scorer
+    from asrkd.score import frame_accuracy
     from asrkd.specialists import SpecialistScorer
-    from asrkd.train import frame_accuracy
 
     d = trained["spec_dir"]
     with open(os.path.join(d, "specialists.json")) as f:

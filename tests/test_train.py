@@ -12,7 +12,8 @@ from asrkd.models import ModelConfig, load_model
 from asrkd.table import ArkWriter, write_table
 from test_distill import make_learnable_data
 from asrkd.frames import build_frame_cache, split_by_speaker
-from asrkd.train import TrainConfig, frame_accuracy, load_conf, train_ensemble, train_model
+from asrkd.score import frame_accuracy, read_utt_list
+from asrkd.train import TrainConfig, load_conf, train_ensemble, train_model
 
 D, P = 8, 6
 
@@ -317,8 +318,6 @@ def test_train_utts_and_frame_accuracy_verb_on_them(tmp_path, capsys):
     as `asrkd report` reads a decode dir."""
     from asrkd.cli import main
     from asrkd.report import read_frame_acc, read_per_utt
-    from asrkd.train import read_utt_list
-
     data, ali = make_corpus(str(tmp_path / "c"))
     exp = str(tmp_path / "exp")
     tc = TrainConfig(**{**TC.to_dict(), "epochs": 2, "min_epochs": 2})

@@ -1,4 +1,4 @@
-"""Training: frame cache, learnability, determinism, resume, errors, ensembles."""
+"""Training: learnability, schedules, determinism, resume, hooks, errors, configs."""
 
 import csv
 import os
@@ -13,7 +13,7 @@ from asrkd.table import ArkWriter, write_table
 from test_distill import make_learnable_data
 from asrkd.frames import build_frame_cache, split_by_speaker
 from asrkd.score import frame_accuracy, read_utt_list
-from asrkd.train import TrainConfig, load_conf, train_ensemble, train_model
+from asrkd.train import TrainConfig, load_conf, train_model
 
 D, P = 8, 6
 
@@ -208,28 +208,6 @@ def test_chunk_starts_cover_each_utterance(tmp_path):
     np.testing.assert_array_equal(covered, frames)  # every frame, none outside its utterance
     u = cache.utt_index[starts]
     assert np.all(starts + 7 <= cache.offsets[u + 1])
-
-
-def test_train_ensemble_skips_finished_models(tmp_path):
-    data, ali = make_corpus(str(tmp_path / "c"), num_spk=4, utts_per_spk=2)
-    tc = TrainConfig(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1, "num_threads": 0})
-    exp = str(tmp_path / "ens")
-    paths = train_ensemble(data, ali, exp, MC, tc, num_models=2, nj=2)
-    assert paths == [os.path.join(exp, f"model{i}", "final.pt") for i in (1, 2)]
-    assert not _same(_weights(paths[0]), _weights(paths[1]))
-    assert os.path.isfile(os.path.join(exp, "log", "train.2.log"))
-    assert len(os.listdir(os.path.join(exp, "frames"))) == 1  # one shared cache
-    assert not os.path.exists(os.path.join(exp, "model1", "frames"))
-    # Ensemble frame accuracy through paths and through a scorer agree.
-    from asrkd.features import FeatureReader
-    from asrkd.models import make_scorer
-
-    acc = frame_accuracy(paths, data, ali)
-    assert acc > 0.5
-    assert acc == frame_accuracy(make_scorer(paths, FeatureReader(data, cmvn="meanvar")), data, ali)
-    mtime = os.path.getmtime(paths[0])
-    train_ensemble(data, ali, exp, MC, tc, num_models=2, nj=1)
-    assert os.path.getmtime(paths[0]) == mtime
 
 
 def test_load_conf(tmp_path):

@@ -13,7 +13,7 @@ from asrkd.table import ArkWriter, write_table
 from test_distill import make_learnable_data
 from asrkd.frames import build_frame_cache, split_by_speaker
 from asrkd.score import frame_accuracy, read_utt_list
-from asrkd.train import TrainConfig, load_conf, train_model
+from asrkd.train import TrainConfig, TrainHooks, load_conf, train_model
 
 D, P = 8, 6
 
@@ -154,7 +154,8 @@ def test_resume_after_interruption_gives_same_model(tmp_path, family):
 
     exp = str(tmp_path / "resumed")
     with pytest.raises(Killed):
-        train_model(data, ali, exp, mc, tc, seed=5, on_epoch_end=kill_after_2)
+        train_model(data, ali, exp, mc, tc, seed=5,
+                    hooks=TrainHooks(on_epoch_end=kill_after_2))
     assert not os.path.exists(os.path.join(exp, "epoch3.pt"))
     resumed = train_model(data, ali, exp, mc, tc, seed=5)
     assert _same(_weights(full), _weights(resumed))
@@ -189,8 +190,8 @@ def test_extra_targets_loss_fn_and_train_fraction(tmp_path):
         return torch.nn.functional.cross_entropy(logits, batch["y"])
 
     tc = TrainConfig(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1})
-    train_model(data, ali, str(tmp_path / "exp"), MC, tc, seed=1, extra_targets=extra,
-                loss_fn=loss_fn, train_fraction=0.25)
+    train_model(data, ali, str(tmp_path / "exp"), MC, tc, seed=1, train_fraction=0.25,
+                hooks=TrainHooks(targets=extra, loss=loss_fn))
     cache = build_frame_cache(data, ali, str(tmp_path / "exp" / "frames"))
     train_utts, _ = split_by_speaker(cache.spk, tc.valid_fraction)
     n_train = sum(cache.offsets[u + 1] - cache.offsets[u] for u in train_utts)
@@ -252,8 +253,7 @@ def test_repo_confs_parse():
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    from asrkd.models import ModelConfig, load_checkpoint
-    from asrkd.train import TrainConfig, train_model
+    from asrkd.models import load_checkpoint
 
     data, ali = make_learnable_data(tmp_path, num_spk=3, utts_per_spk=6, num_pdfs=5, dim=6)
     mc = ModelConfig(left_context=1, right_context=1, hidden_dims=[32])

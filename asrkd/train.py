@@ -682,9 +682,10 @@ def _checkpoint(run, epoch, accepted):
     """final.pt of an accepted epoch, the best epoch back after a rejected one (when the
     schedule says so), then epoch{N}.pt and train_log.csv (rank 0 writes, all wait)."""
     model, opt, world, row = run.model, run.opt, run.world, run.history[-1]
-    if accepted and world.is_main:
-        model.save(os.path.join(run.exp_dir, "final.pt"), epoch=epoch, valid_acc=row["valid_acc"],
-                   **run.common)
+    if accepted:  # on every rank (the other ranks must not reload: epoch{N}.pt is not there)
+        if world.is_main:
+            model.save(os.path.join(run.exp_dir, "final.pt"), epoch=epoch,
+                       valid_acc=row["valid_acc"], **run.common)
     elif run.schedule.reload_rejected:
         best = load_checkpoint(os.path.join(run.exp_dir, f"epoch{run.schedule.best_epoch}.pt"))
         model.load_state_dict(best["state_dict"])

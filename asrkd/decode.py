@@ -286,7 +286,7 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode (a
     ``{model}`` in it is replaced by ``model``: each system its own dev-tuned scale), else the
     best of ``acwt_grid`` on this data dir. With ``ali_dir`` also writes decode_dir/frame_acc
-    and frame_acc_per_utt (asrkd.train.frame_accuracy of the scorer) on ``frame_acc_data``
+    and frame_acc_per_utt (asrkd.score.frame_accuracy of the scorer) on ``frame_acc_data``
     (default data_dir; ali_dir aligns it): frame accuracy needs only a forward pass, so it can
     be measured on a larger set than the one decoded for WER."""
     from asrkd.data import DataDir
@@ -315,7 +315,7 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
         print(f"decode: {decode_dir}: %WER {w['wer']:.2f} ({w['words']} words, acwt "
               f"{_fmt(res['acwt'])})", file=sys.stderr)
     if ali_dir is not None:
-        from asrkd.train import frame_accuracy, write_frame_accuracy
+        from asrkd.score import frame_accuracy, write_frame_accuracy
 
         fa_data = data_dir if frame_acc_data is None else frame_acc_data
         fa_scorer = scorer if frame_acc_data is None else make_scorer(model, fa_data)
@@ -332,7 +332,7 @@ def measure_frame_accuracy(model, data_dir, ali_dir, out_dir, utts=None):
 
     out_dir is laid out as a decode dir's frame-accuracy files, so `asrkd report` reads it as
     ``MODEL/decode_<set>`` (e.g. a training set, which is too large to decode)."""
-    from asrkd.train import frame_accuracy, write_frame_accuracy
+    from asrkd.score import frame_accuracy, write_frame_accuracy
 
     scorer = make_scorer(model, data_dir)
     check_scorer_tree(scorer, ali_dir)  # pdf ids of another tree would score as noise

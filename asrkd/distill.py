@@ -49,10 +49,13 @@ import torch
 import torch.nn.functional as F
 
 from asrkd.alignment import AlignmentDir
+from asrkd.data import DataDir
+from asrkd.distributed import init_world
 from asrkd.errors import UserError
 from asrkd.identity import check_tree
 from asrkd.jobs import fixed_mmap_threshold, run_jobs, split_evenly
 from asrkd.table import atomic_path, read_table, write_table
+from asrkd.train import TrainHooks, train_model
 
 COMBINES = ("arith", "geo")
 
@@ -586,9 +589,6 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
     apply, topk=0 keeps the dense distribution) is given. Utterances of ``data_dir`` with no
     alignment in ``ali_dir`` form the transfer set: soft targets only, never validated on.
     """
-    from asrkd.data import DataDir
-    from asrkd.train import train_model
-
     if (soft_dir is None) == (teachers_dir is None):
         raise UserError("give exactly one of a soft-target dir and a teachers dir")
     if not 0 <= alpha <= 1:
@@ -610,15 +610,13 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
             raise UserError(f"soft targets have {store.num_pdfs} pdfs, {ali_dir} has {num_pdfs}")
         check_tree(f"the soft targets {soft_dir}", store.meta.get("tree_id"), ali_dir,
                    ali.tree_id)
-        extra = PackedTargets(store)
-        loss_fn = StoredKDLoss(temperature, alpha, store.topk)
+        hooks = TrainHooks(targets=PackedTargets(store),
+                           loss=StoredKDLoss(temperature, alpha, store.topk), unlabeled=True)
         info.update(soft_dir=os.path.abspath(soft_dir), soft_meta=store.meta)
     else:
         temperature = 1.0 if temperature is None else temperature
         if temperature <= 0:
             raise UserError(f"temperature must be positive, got {temperature}")
-        from asrkd.distributed import init_world
-
         _, device = init_world(train_config.device)  # this rank's GPU under torchrun
         ens = Ensemble(find_teachers(teachers_dir), device=device,
                        precision=train_config.precision)
@@ -626,9 +624,9 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         check_tree(ens.models[0].source, ens.models[0].tree_id, ali_dir, ali.tree_id)
         if ens.cmvn != model_config.cmvn:
             raise UserError(f"teachers use cmvn={ens.cmvn!r}, the student {model_config.cmvn!r}")
-        extra = None
         context = (model_config.left_context, model_config.right_context)
-        loss_fn = OnTheFlyKDLoss(ens, temperature, alpha, combine, topk, student_context=context)
+        hooks = TrainHooks(loss=OnTheFlyKDLoss(ens, temperature, alpha, combine, topk,
+                                               student_context=context), unlabeled=True)
         info.update(teachers=ens.paths, combine=combine, topk=topk)
     info["temperature"] = float(temperature)
     data = DataDir(data_dir)
@@ -643,5 +641,5 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
     os.makedirs(exp_dir, exist_ok=True)
     _write_json(os.path.join(exp_dir, "distill.json"), info)
     return train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed,
-                       extra_targets=extra, loss_fn=loss_fn, init_from=init_from,
-                       train_fraction=train_fraction, cache_dir=cache_dir, unlabeled=True)
+                       init_from=init_from, train_fraction=train_fraction, cache_dir=cache_dir,
+                       hooks=hooks)

@@ -1,14 +1,27 @@
-"""Word error rate scoring (Kaldi's compute-wer / sclite-style alignment via kaldialign).
+"""Scores of acoustic models: word error rate and frame accuracy.
 
+Word error rate (Kaldi's compute-wer / sclite-style alignment via kaldialign): ``score``.
 Deviation from Kaldi's score.sh: no LM-weight sweep (there are no lattices), and an utterance of
 the reference without a hypothesis is scored as all deletions and listed, instead of failing.
+
+Frame accuracy against alignments (a forward pass, no decoding): ``frame_accuracy`` and its files
+``frame_acc``/``frame_acc_per_utt`` (``write_frame_accuracy``), as a decode dir holds them; the
+utterance lists a score can be restricted to (``write_utt_list``/``read_utt_list``, e.g. the
+``train_utts`` a training run saw).
 """
 
 import json
 import os
 import sys
 
+import numpy as np
+import torch
+
+from asrkd.alignment import AlignmentDir
+from asrkd.data import DataDir
 from asrkd.errors import UserError
+from asrkd.features import FeatureReader
+from asrkd.models import Scorer, load_model
 from asrkd.table import atomic_path, read_table
 
 EPS = "***"
@@ -90,3 +103,82 @@ def score(ref_text_path, hyp_path, out_dir):
 def _write(path, s):
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Frame accuracy
+
+
+def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None):
+    """Fraction of aligned frames whose argmax posterior is the aligned pdf.
+
+    Accepts a model (nn.Module), checkpoint path(s) (an ensemble: mean of posteriors), or a
+    scorer from ``make_scorer`` (its posteriors are used, not the prior-divided scores); any
+    other callable ``utt -> (T, P)`` is taken as is. With ``per_utt`` returns
+    ``(fraction, {utt: (correct, frames)})``, what a speaker bootstrap resamples. ``utts``:
+    only these utterances of data_dir (e.g. a model's ``train_utts``); UserError if one is not
+    in data_dir.
+    """
+    ali = AlignmentDir(ali_dir).check()
+    pdf_scp, num_pdfs = ali.pdf_scp, ali.num_pdfs
+    scorer = model_or_scorer
+    if isinstance(scorer, (str, os.PathLike)):
+        scorer = [scorer]
+    if isinstance(scorer, (list, tuple)):
+        scorer = [load_model(p) for p in scorer]
+    elif isinstance(scorer, torch.nn.Module):
+        scorer = [scorer.cpu().eval()]
+    if isinstance(scorer, list):
+        scorer = Scorer(scorer, FeatureReader(data_dir, cmvn=scorer[0].config.cmvn))
+    score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
+    correct = total = 0
+    counts = {}
+    todo = DataDir(data_dir).utts
+    if utts is not None:
+        missing = sorted(set(utts) - set(todo))
+        if missing:
+            raise UserError(f"{data_dir}: no utterance {missing[0]} (of {len(missing)} asked "
+                            "for)")
+        wanted = set(utts)
+        todo = [u for u in todo if u in wanted]
+    for utt in todo:
+        if utt not in pdf_scp:
+            continue
+        y = np.asarray(pdf_scp[utt])
+        s = np.asarray(score(utt))
+        if s.shape[1] != num_pdfs:
+            # e.g. a monophone GMM against triphone alignments: different pdf sets
+            raise UserError(f"the model scores {s.shape[1]} pdfs but {ali_dir} has {num_pdfs}: "
+                            "frame accuracy needs alignments of the model's own tree")
+        if s.shape[0] != y.shape[0]:
+            raise UserError(f"{utt}: {s.shape[0]} scored frames but {y.shape[0]} aligned")
+        counts[utt] = (int((s.argmax(-1) == y).sum()), len(y))
+        correct += counts[utt][0]
+        total += len(y)
+    if total == 0:
+        raise UserError(f"{ali_dir}: no aligned utterance of {data_dir}")
+    return (correct / total, counts) if per_utt else correct / total
+
+
+def write_utt_list(path, utts):
+    """One utterance id per line."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.writelines(f"{u}\n" for u in utts)
+
+
+def read_utt_list(path):
+    """Utterance ids of a file with one per line (the first field of each line)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such utterance list")
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
+
+
+def write_frame_accuracy(out_dir, acc, counts):
+    """out_dir/frame_acc (the fraction) and frame_acc_per_utt (``utt correct frames`` lines)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_path(os.path.join(out_dir, "frame_acc_per_utt")) as tmp, open(tmp, "w") as f:
+        f.write("# utt correct frames\n")
+        f.writelines(f"{u} {c} {n}\n" for u, (c, n) in sorted(counts.items()))
+    with atomic_path(os.path.join(out_dir, "frame_acc")) as tmp, open(tmp, "w") as f:
+        f.write(f"{acc:.6f}\n")

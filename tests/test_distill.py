@@ -387,7 +387,8 @@ def test_compute_soft_targets_matches_the_ensemble(tmp_path, combine):
 def test_train_soft_targets_distill_end_to_end(tmp_path):
     from asrkd.distill import compute_soft_targets, distill
     from asrkd.models import ModelConfig, load_model
-    from asrkd.train import TrainConfig, frame_accuracy, train_model
+    from asrkd.score import frame_accuracy
+    from asrkd.train import TrainConfig, train_model
 
     torch.set_num_threads(1)
     num_pdfs = 6
@@ -432,8 +433,9 @@ def test_distill_trains_on_a_transfer_set_without_alignments(tmp_path):
     """Utterances with soft targets but no alignment are learned from the teachers alone."""
     from asrkd.distill import compute_soft_targets, distill
     from asrkd.models import ModelConfig
+    from asrkd.score import frame_accuracy
     from asrkd.table import ArkWriter, read_scp
-    from asrkd.train import TrainConfig, frame_accuracy, train_model
+    from asrkd.train import TrainConfig, train_model
 
     torch.set_num_threads(1)
     data, ali = make_learnable_data(tmp_path, num_spk=4, utts_per_spk=6, num_pdfs=6)

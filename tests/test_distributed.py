@@ -91,6 +91,24 @@ def test_two_gloo_ranks_equal_one_process_and_resume(tmp_path):
     assert _max_diff(_weights(part / "final.pt"), two) == 0.0
 
 
+def test_two_gloo_ranks_reject_epochs_as_one_process(tmp_path):
+    """reject_worse (the default): after a rejected epoch every rank goes back to the best one,
+    and no rank reads an epoch checkpoint before rank 0 has written it."""
+    data, ali = make_learnable_data(tmp_path, num_spk=4, utts_per_spk=6, num_pdfs=6, dim=8)
+    conf = tmp_path / "dnn.yaml"
+    conf.write_text(CONF.replace("reject_worse: false", "reject_worse: true\n  optimizer: sgd")
+                    .replace("lr: 0.003", "lr: 0.3").replace("epochs: 3", "epochs: 4"))
+    common = ["train", "--conf", str(conf), "--seed", "3", str(data), str(ali)]
+    _asrkd(common + [str(tmp_path / "one")])
+    _asrkd(common + [str(tmp_path / "two")], nproc=2)
+    h1, h2 = (torch.load(tmp_path / d / "epoch4.pt", weights_only=True)["history"]
+              for d in ("one", "two"))
+    assert [h["accepted"] for h in h1] == [h["accepted"] for h in h2] == [True, True, False,
+                                                                          False]
+    one, two = _weights(tmp_path / "one/final.pt"), _weights(tmp_path / "two/final.pt")
+    assert _max_diff(one, two) < TOLERANCE
+
+
 def test_distill_on_two_gloo_ranks_equals_one_process(tmp_path):
     from asrkd.distill import save_soft_targets
 

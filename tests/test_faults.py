@@ -179,7 +179,8 @@ def test_out_of_range_pdf_id_in_an_alignment_is_an_error(tmp_path, capsys):
 
 def test_nan_loss_stops_training_naming_epoch_and_utterances(tmp_path):
     """Poisoned extra (soft) targets for one utterance: training must not write a model."""
-    from asrkd.train import split_by_speaker, train_model
+    from asrkd.frames import split_by_speaker
+    from asrkd.train import TrainHooks, train_model
 
     data, ali = make_corpus(str(tmp_path / "c"))
     frames = dict(line.split() for line in open(os.path.join(data, "utt2num_frames")))
@@ -195,7 +196,8 @@ def test_nan_loss_stops_training_naming_epoch_and_utterances(tmp_path):
     exp = str(tmp_path / "exp")
     with pytest.raises(UserError, match=rf"epoch 1: the loss is NaN or Inf; non-finite values "
                                         rf"in the batch rows of {bad};"):
-        train_model(data, ali, exp, MC, TC, seed=1, extra_targets=extra, loss_fn=loss_fn)
+        train_model(data, ali, exp, MC, TC, seed=1,
+                    hooks=TrainHooks(targets=extra, loss=loss_fn))
     assert glob.glob(os.path.join(exp, "*.pt")) == []
 
 

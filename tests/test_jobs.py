@@ -25,7 +25,8 @@ def test_parse_launcher():
 def test_ensemble_as_submitit_job_array(tmp_path):
     pytest.importorskip("submitit")
     from asrkd.models import ModelConfig
-    from asrkd.train import TrainConfig, is_finished, train_ensemble
+    from asrkd.teachers import train_ensemble
+    from asrkd.train import TrainConfig, is_finished
 
     data, ali = make_learnable_data(tmp_path, num_spk=3, utts_per_spk=4, num_pdfs=5, dim=6)
     mc = ModelConfig(left_context=1, right_context=1, hidden_dims=[16])

@@ -16,7 +16,8 @@ from asrkd.specialists.report import specialist_report
 from asrkd.specialists.scorer import SpecialistScorer
 from asrkd.specialists.train import (SpecialistConfig, local_labels, specialist_frames,
                                      specialist_from_generalist, train_specialists)
-from asrkd.train import frame_accuracy, train_model
+from asrkd.score import frame_accuracy
+from asrkd.train import train_model
 
 # --- dustbin targets --------------------------------------------------------------------------
 

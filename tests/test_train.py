@@ -1,4 +1,4 @@
-"""Training: frame cache, learnability, determinism, resume, errors, ensembles."""
+"""Training: learnability, schedules, determinism, resume, hooks, errors, configs."""
 
 import csv
 import os
@@ -11,8 +11,9 @@ from asrkd.errors import UserError
 from asrkd.models import ModelConfig, load_model
 from asrkd.table import ArkWriter, write_table
 from test_distill import make_learnable_data
-from asrkd.train import (TrainConfig, build_frame_cache, frame_accuracy, load_conf,
-                         split_by_speaker, train_ensemble, train_model)
+from asrkd.frames import build_frame_cache, split_by_speaker
+from asrkd.score import frame_accuracy, read_utt_list
+from asrkd.train import TrainConfig, TrainHooks, load_conf, train_model
 
 D, P = 8, 6
 
@@ -124,20 +125,6 @@ def test_fixed_schedule_halves_from_its_epoch_and_keeps_every_epoch(tmp_path):
     assert lrs == [0.01, 0.005]
 
 
-def test_window_gather_clamps_at_utterance_edges(tmp_path):
-    data, ali = make_corpus(str(tmp_path / "c"), num_spk=2, utts_per_spk=2)
-    cache = build_frame_cache(data, ali, str(tmp_path / "frames"))
-    start, end = cache.offsets[1], cache.offsets[2]  # second utterance
-    win = cache.windows(np.array([start, end - 1]), 2, 1)
-    feats = np.asarray(cache.feats)
-    np.testing.assert_array_equal(win[0], feats[[start, start, start, start + 1]])
-    np.testing.assert_array_equal(win[1], feats[[end - 3, end - 2, end - 1, end - 1]])
-    # CMVN (meanvar) was applied per speaker.
-    spk0 = feats[cache.offsets[0]:cache.offsets[2]]
-    np.testing.assert_allclose(spk0.mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(spk0.std(0), 1, atol=1e-3)
-
-
 def test_same_seed_same_model_different_seed_differs(tmp_path):
     data, ali = make_corpus(str(tmp_path / "c"))
     tc = TrainConfig(**{**TC.to_dict(), "epochs": 2, "min_epochs": 2})
@@ -167,7 +154,8 @@ def test_resume_after_interruption_gives_same_model(tmp_path, family):
 
     exp = str(tmp_path / "resumed")
     with pytest.raises(Killed):
-        train_model(data, ali, exp, mc, tc, seed=5, on_epoch_end=kill_after_2)
+        train_model(data, ali, exp, mc, tc, seed=5,
+                    hooks=TrainHooks(on_epoch_end=kill_after_2))
     assert not os.path.exists(os.path.join(exp, "epoch3.pt"))
     resumed = train_model(data, ali, exp, mc, tc, seed=5)
     assert _same(_weights(full), _weights(resumed))
@@ -202,8 +190,8 @@ def test_extra_targets_loss_fn_and_train_fraction(tmp_path):
         return torch.nn.functional.cross_entropy(logits, batch["y"])
 
     tc = TrainConfig(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1})
-    train_model(data, ali, str(tmp_path / "exp"), MC, tc, seed=1, extra_targets=extra,
-                loss_fn=loss_fn, train_fraction=0.25)
+    train_model(data, ali, str(tmp_path / "exp"), MC, tc, seed=1, train_fraction=0.25,
+                hooks=TrainHooks(targets=extra, loss=loss_fn))
     cache = build_frame_cache(data, ali, str(tmp_path / "exp" / "frames"))
     train_utts, _ = split_by_speaker(cache.spk, tc.valid_fraction)
     n_train = sum(cache.offsets[u + 1] - cache.offsets[u] for u in train_utts)
@@ -221,28 +209,6 @@ def test_chunk_starts_cover_each_utterance(tmp_path):
     np.testing.assert_array_equal(covered, frames)  # every frame, none outside its utterance
     u = cache.utt_index[starts]
     assert np.all(starts + 7 <= cache.offsets[u + 1])
-
-
-def test_train_ensemble_skips_finished_models(tmp_path):
-    data, ali = make_corpus(str(tmp_path / "c"), num_spk=4, utts_per_spk=2)
-    tc = TrainConfig(**{**TC.to_dict(), "epochs": 1, "min_epochs": 1, "num_threads": 0})
-    exp = str(tmp_path / "ens")
-    paths = train_ensemble(data, ali, exp, MC, tc, num_models=2, nj=2)
-    assert paths == [os.path.join(exp, f"model{i}", "final.pt") for i in (1, 2)]
-    assert not _same(_weights(paths[0]), _weights(paths[1]))
-    assert os.path.isfile(os.path.join(exp, "log", "train.2.log"))
-    assert len(os.listdir(os.path.join(exp, "frames"))) == 1  # one shared cache
-    assert not os.path.exists(os.path.join(exp, "model1", "frames"))
-    # Ensemble frame accuracy through paths and through a scorer agree.
-    from asrkd.features import FeatureReader
-    from asrkd.models import make_scorer
-
-    acc = frame_accuracy(paths, data, ali)
-    assert acc > 0.5
-    assert acc == frame_accuracy(make_scorer(paths, FeatureReader(data, cmvn="meanvar")), data, ali)
-    mtime = os.path.getmtime(paths[0])
-    train_ensemble(data, ali, exp, MC, tc, num_models=2, nj=1)
-    assert os.path.getmtime(paths[0]) == mtime
 
 
 def test_load_conf(tmp_path):
@@ -287,8 +253,7 @@ def test_repo_confs_parse():
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    from asrkd.models import ModelConfig, load_checkpoint
-    from asrkd.train import TrainConfig, train_model
+    from asrkd.models import load_checkpoint
 
     data, ali = make_learnable_data(tmp_path, num_spk=3, utts_per_spk=6, num_pdfs=5, dim=6)
     mc = ModelConfig(left_context=1, right_context=1, hidden_dims=[32])
@@ -306,43 +271,6 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert any(not torch.equal(w32[k], w16[k]) for k in w32)  # bfloat16 did run
     with pytest.raises(UserError, match="precision"):
         TrainConfig(precision="fp16")
-
-
-def test_npy_row_writer_streams_rows_and_zero_fills(tmp_path):
-    from asrkd.train import NpyRowWriter
-
-    path = tmp_path / "a.npy"
-    w = NpyRowWriter(path, np.float32, (7, 3))
-    w.write(np.ones((2, 3)))
-    w.skip_to(4)
-    w.write(np.full((1, 3), 5.0))
-    with pytest.raises(ValueError, match="do not fit"):
-        w.write(np.ones((3, 3)))
-    w.close()
-    a = np.load(path, mmap_mode="r")
-    want = np.zeros((7, 3), np.float32)
-    want[:2], want[4] = 1, 5
-    assert a.dtype == np.float32 and np.array_equal(a, want)
-
-
-def _rss_file_kb():
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("RssFile"))
-
-
-def test_released_pages_leave_the_resident_set(tmp_path):
-    from asrkd.train import release_pages
-
-    path = tmp_path / "big.npy"
-    np.save(path, np.ones((4096, 1024), np.float32))  # 16 MB
-    a = np.load(path, mmap_mode="r")
-    before = _rss_file_kb()
-    assert float(a[::64].sum()) == 64 * 1024  # touches every page
-    touched = _rss_file_kb()
-    release_pages(a)
-    assert touched - before > 12_000  # the mapping was resident ...
-    assert _rss_file_kb() - before < 2_000  # ... and is no longer
-    assert float(a[::64].sum()) == 64 * 1024  # still readable (from the page cache)
 
 
 def test_soft_target_store_keeps_few_shards_mapped(tmp_path):
@@ -368,8 +296,6 @@ def test_train_utts_and_frame_accuracy_verb_on_them(tmp_path, capsys):
     as `asrkd report` reads a decode dir."""
     from asrkd.cli import main
     from asrkd.report.artefacts import read_frame_acc, read_per_utt
-    from asrkd.train import read_utt_list
-
     data, ali = make_corpus(str(tmp_path / "c"))
     exp = str(tmp_path / "exp")
     tc = TrainConfig(**{**TC.to_dict(), "epochs": 2, "min_epochs": 2})

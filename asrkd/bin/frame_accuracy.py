@@ -1,6 +1,7 @@
 """asrkd frame-accuracy DATA ALI_DIR MODEL OUT_DIR: frame accuracy with no decoding."""
 
 from asrkd.decode import measure_frame_accuracy
+from asrkd.score import read_utt_list
 
 
 def add_arguments(parser):
@@ -17,9 +18,5 @@ def add_arguments(parser):
 
 
 def main(args):
-    utts = None
-    if args.utts:
-        from asrkd.train import read_utt_list
-
-        utts = read_utt_list(args.utts)
+    utts = read_utt_list(args.utts) if args.utts else None
     measure_frame_accuracy(args.model, args.data, args.ali_dir, args.out_dir, utts=utts)

@@ -1,5 +1,7 @@
 """asrkd train: train one DNN acoustic model on alignment pdf targets."""
 
+from asrkd.train import load_conf, train_model
+
 
 def add_arguments(parser):
     parser.add_argument("data", help="training data dir (fbank feats.scp, cmvn.scp)")
@@ -19,8 +21,6 @@ def add_arguments(parser):
 
 
 def main(args):
-    from asrkd.train import load_conf, train_model
-
     model_config, train_config = load_conf(args.conf, num_threads=args.num_threads)
     path = train_model(args.data, args.ali_dir, args.exp_dir, model_config, train_config,
                        args.seed, init_from=args.init_from, train_fraction=args.train_fraction,

@@ -1,5 +1,9 @@
 """asrkd train-ensemble: train N DNN acoustic models with different seeds, in parallel jobs."""
 
+from asrkd.errors import UserError
+from asrkd.teachers import train_ensemble
+from asrkd.train import load_conf
+
 
 def add_arguments(parser):
     parser.add_argument("data", help="training data dir (fbank feats.scp, cmvn.scp)")
@@ -21,9 +25,6 @@ def add_arguments(parser):
 
 
 def main(args):
-    from asrkd.errors import UserError
-    from asrkd.train import load_conf, train_ensemble
-
     seeds = None
     if args.seeds:
         try:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
+from asrkd.frames import FrameCache, build_frame_cache, split_by_speaker
 from asrkd.jobs import run_jobs
 from asrkd.models import ModelConfig, build_model, load_model
 from asrkd.specialists.combine import (collapse, corrected_logits, dustbin_log_correction,
@@ -42,7 +43,6 @@ from asrkd.specialists.combine import (collapse, corrected_logits, dustbin_log_c
 from asrkd.specialists.sets import (confusable_sets, generalist_covariance, pdf_states,
                                     sets_markdown)
 from asrkd.table import atomic_path
-from asrkd.train import FrameCache, build_frame_cache, split_by_speaker
 
 
 @dataclasses.dataclass

@@ -26,6 +26,7 @@ import shutil
 import sys
 
 from asrkd.errors import DataDirError, UserError
+from asrkd.featconf import FEATURE_CONFIG, feature_config, feature_dim
 from asrkd.table import read_table, write_table
 
 # Files that describe utterances (copied by copy_data_dir); features are per-directory.
@@ -322,7 +323,7 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
 # --------------------------------------------------------------------------------------------
 # Validation
 
-FEATURE_FILES = ("feats.scp", "utt2num_frames", "cmvn.scp", "feat_config.yaml")
+FEATURE_FILES = ("feats.scp", "utt2num_frames", "cmvn.scp", FEATURE_CONFIG)
 UTT_FILES = ("wav.scp", "text", "utt2spk", "utt2dur", "feats.scp", "utt2num_frames")
 
 
@@ -340,8 +341,7 @@ def _check_sorted(path):
             prev = key
 
 
-def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True,
-                      check_values=False):
+def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True):
     """Check a data dir and return it as a DataDir; raise DataDirError on the first problem.
 
     Checks: the files in ``need`` exist; every table present is sorted with unique keys; all
@@ -350,8 +350,8 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
     absolute paths of existing files (unless ``check_audio=False``, for stages that only read
     features); utt2dur / utt2num_frames are positive numbers; feats.scp frame counts equal
     utt2num_frames; cmvn.scp covers exactly the speakers, with 2 x (dim + 1) stats whose frame
-    count is the speaker's total. ``check_values`` also reads every feature matrix and CMVN
-    stat (NaN/Inf, frame counts): a pass over all the features, so off by default.
+    count is the speaker's total. The feature values themselves (NaN/Inf) are a pass over all
+    the features, left to asrkd.features.check_feature_values (``validate-data-dir --values``).
     """
     d = DataDir(path)
     for name in need:
@@ -416,9 +416,7 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
         if len(dims) != 1:
             raise DataDirError(f"{d.file('feats.scp')}: features have several dims {sorted(dims)}")
         (dim,) = dims
-        if d.has("feat_config.yaml"):
-            from asrkd.identity import feature_config, feature_dim
-
+        if d.has(FEATURE_CONFIG):
             want = feature_dim(feature_config(d.path))
             if want != dim:
                 raise DataDirError(f"{d.file('feats.scp')}: features have dim {dim} but "
@@ -451,14 +449,6 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
             if frames is not None and round(stats[0, -1]) != per_spk[spk]:
                 raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: frame count {stats[0, -1]:g} "
                                    f"!= {per_spk[spk]} frames in feats; rerun compute-cmvn")
-    if check_values and d.has("feats.scp"):
-        from tqdm import tqdm
-
-        from asrkd.features import FeatureReader
-
-        reader = FeatureReader(d.path, cmvn="mean" if d.has("cmvn.scp") else None)
-        for utt in tqdm(reader.utts, desc="validate values", unit="utt", disable=None):
-            reader.raw(utt)  # NaN/Inf and frame counts are checked on every read
     return d
 
 
@@ -550,8 +540,6 @@ def combine_data_dirs(out, srcs):
         d = validate_data_dir(src, need=("wav.scp", "text", "utt2spk", "spk2utt"),
                               check_audio=False)
         if d.has("feats.scp"):
-            from asrkd.identity import feature_config
-
             feat_configs[src] = feature_config(src)
         for name, merged in tables.items():
             if name == "utt2dur" and not d.has(name):

@@ -44,7 +44,8 @@ from tqdm import tqdm
 from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
-from asrkd.identity import check_features, check_tree, feature_config
+from asrkd.featconf import feature_config
+from asrkd.identity import check_features, check_tree
 from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
 from asrkd.table import atomic_path
 

@@ -99,7 +99,7 @@ class _ComputedFeatures(Mapping):
 
 def model_info(model, feat_conf=None):
     """(cmvn mode, FbankConfig, acwt from the model or None, feat_dim) of MODEL."""
-    from asrkd.features import FbankConfig, load_feature_config
+    from asrkd.featconf import FbankConfig, load_feature_config
 
     if os.fspath(model).endswith(".onnx"):
         from asrkd.export import OnnxModel

@@ -12,6 +12,11 @@ import os
 import signal
 import sys
 
+# Only these two small modules at start-up: the library (and torch) is imported by the verb
+# that runs, so `asrkd --help` stays fast.
+from asrkd import __version__
+from asrkd.errors import UserError
+
 # verb -> one-line summary (shown by `asrkd --help`)
 VERBS = {
     "synth-corpus": "generate the synthetic espeak-ng corpus in the LibriSpeech layout",
@@ -71,8 +76,6 @@ def build_parser(verb=None):
 
 
 def _version():
-    from asrkd import __version__
-
     return f"asrkd {__version__}"
 
 
@@ -96,7 +99,7 @@ def main(argv=None):
     recipe = os.environ.get("ASRKD_DIE_WITH_PARENT", "")
     if recipe.isdigit():
         # set by the recipes (their shell's pid): a killed recipe must not leave its stages
-        # running on their own
+        # running on their own (imported here, not at start-up: see the imports above)
         from asrkd.jobs import die_with_parent
 
         die_with_parent(os.getppid())
@@ -129,8 +132,6 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
-
-from asrkd.errors import UserError  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,12 @@ import os
 import shutil
 import sys
 
+import kaldiio
+import numpy as np
+import soundfile
+
 from asrkd.errors import DataDirError, UserError
+from asrkd.featconf import FEATURE_CONFIG, feature_config, feature_dim
 from asrkd.table import read_table, write_table
 
 # Files that describe utterances (copied by copy_data_dir); features are per-directory.
@@ -180,9 +185,6 @@ def _find_chapters(corpus_dir):
 def _decode_audio(audio):
     """Decode a whole file in blocks: (samples, None), or (samples so far, (reason, detail)) if
     it stops decoding partway or holds NaN/Inf (a header alone says neither)."""
-    import numpy as np
-    import soundfile
-
     n, bad = 0, 0
     try:
         with soundfile.SoundFile(audio) as f:
@@ -202,19 +204,14 @@ def _decode_audio(audio):
     return n, None
 
 
-def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
-    """Turn a LibriSpeech subset dir (``<spk>/<chap>/<spk>-<chap>-<utt>.flac`` plus
-    ``<spk>-<chap>.trans.txt``) into a Kaldi data dir; return a PrepResult.
+def _reject(rejected, utt, reason, detail=""):
+    """Record an utterance's first rejection reason."""
+    rejected.setdefault(utt, (reason, detail))
 
-    Every file is decoded to its end, one block at a time: a truncated file's header still
-    gives its full length, and a header says nothing of NaN samples. Utterances that cannot be
-    used are left out and listed in ``data_dir/log/rejected.txt`` as ``utt reason [detail]``.
-    Features or CMVN left in ``data_dir`` by an earlier run are removed, since they would no
-    longer match.
-    """
-    import soundfile
 
-    corpus_dir = os.path.abspath(os.fspath(corpus_dir))
+def _transcript_files(corpus_dir):
+    """[(spk, chap, chapter_dir, transcript path)] of a subset dir; a UserError naming a subset
+    when ``corpus_dir`` is a LibriSpeech root (or anything else) instead."""
     if not os.path.isdir(corpus_dir):
         raise UserError(f"{corpus_dir}: no such directory")
     chapters = list(_find_chapters(corpus_dir))
@@ -231,14 +228,15 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
             f"{corpus_dir}: not a LibriSpeech subset: no <spk>/<chap>/<spk>-<chap>.trans.txt"
             + hint
         )
+    return trans_files
 
-    rejected = {}
+
+def _read_chapters(trans_files, rejected):
+    """Transcript lines and audio files of every chapter: (utt -> (words, audio path), ids
+    seen twice, audio paths present). Ids that do not match their chapter and audio without a
+    transcript go into ``rejected``."""
     seen = {}  # utt -> (words, audio path or None)
     dups = set()
-
-    def reject(utt, reason, detail=""):
-        rejected.setdefault(utt, (reason, detail))
-
     audio_seen = set()
     for spk, chap, chap_dir, trans in trans_files:
         prefix = f"{spk}-{chap}-"
@@ -255,14 +253,53 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
             audio = os.path.join(chap_dir, utt + ".flac")
             seen[utt] = (words, audio)
             if not utt.startswith(prefix) or not utt[len(prefix):]:
-                reject(utt, "bad-utt-id", f"expected {prefix}<n> in {trans}")
+                _reject(rejected, utt, "bad-utt-id", f"expected {prefix}<n> in {trans}")
         for name in sorted(os.listdir(chap_dir)):
             if not name.endswith(".flac"):
                 continue
             utt = name[: -len(".flac")]
             audio_seen.add(os.path.join(chap_dir, name))
             if utt not in seen:
-                reject(utt, "no-transcript", os.path.join(chap_dir, name))
+                _reject(rejected, utt, "no-transcript", os.path.join(chap_dir, name))
+    return seen, dups, audio_seen
+
+
+def _audio_duration(audio, sample_rate):
+    """(seconds, None) for a usable audio file, (None, (reason, detail)) for one to reject."""
+    try:
+        info = soundfile.info(audio)
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types
+        return None, ("unreadable-audio", str(e).splitlines()[0] if str(e) else audio)
+    n, problem = _decode_audio(audio)
+    known = info.frames < 2**62  # 2**62 and up: the header gives no length
+    # (libsndfile also fails at the end of a sample-less stream: that one is empty-audio)
+    if problem is not None and (n > 0 or (known and info.frames > 0)):
+        return None, problem
+    if known and n != info.frames:
+        return None, ("corrupt-audio", f"header says {info.frames} samples, {n} decode")
+    if n <= 0:
+        return None, ("empty-audio", "")
+    if info.samplerate != sample_rate:
+        return None, ("wrong-sample-rate", f"{info.samplerate} Hz, expected {sample_rate}")
+    if n < _MIN_SAMPLES_SECONDS * sample_rate:
+        return None, ("too-short", f"{n} samples")
+    return n / info.samplerate, None
+
+
+def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
+    """Turn a LibriSpeech subset dir (``<spk>/<chap>/<spk>-<chap>-<utt>.flac`` plus
+    ``<spk>-<chap>.trans.txt``) into a Kaldi data dir; return a PrepResult.
+
+    Every file is decoded to its end, one block at a time: a truncated file's header still
+    gives its full length, and a header says nothing of NaN samples. Utterances that cannot be
+    used are left out and listed in ``data_dir/log/rejected.txt`` as ``utt reason [detail]``.
+    Features or CMVN left in ``data_dir`` by an earlier run are removed, since they would no
+    longer match.
+    """
+    corpus_dir = os.path.abspath(os.fspath(corpus_dir))
+    trans_files = _transcript_files(corpus_dir)
+    rejected = {}
+    seen, dups, audio_seen = _read_chapters(trans_files, rejected)
 
     wav, text, utt2spk, utt2dur = {}, {}, {}, {}
     for utt in dups:
@@ -271,38 +308,19 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
         if utt in rejected:
             continue
         if audio not in audio_seen:
-            reject(utt, "no-audio", audio)
+            _reject(rejected, utt, "no-audio", audio)
             continue
         if not words:
-            reject(utt, "empty-transcript")
+            _reject(rejected, utt, "empty-transcript")
             continue
-        try:
-            info = soundfile.info(audio)
-        except Exception as e:  # noqa: BLE001 - libsndfile raises several types
-            reject(utt, "unreadable-audio", str(e).splitlines()[0] if str(e) else audio)
-            continue
-        n, problem = _decode_audio(audio)
-        known = info.frames < 2**62  # 2**62 and up: the header gives no length
-        # (libsndfile also fails at the end of a sample-less stream: that one is empty-audio)
-        if problem is not None and (n > 0 or (known and info.frames > 0)):
-            reject(utt, *problem)
-            continue
-        if known and n != info.frames:
-            reject(utt, "corrupt-audio", f"header says {info.frames} samples, {n} decode")
-            continue
-        if n <= 0:
-            reject(utt, "empty-audio")
-            continue
-        if info.samplerate != sample_rate:
-            reject(utt, "wrong-sample-rate", f"{info.samplerate} Hz, expected {sample_rate}")
-            continue
-        if n < _MIN_SAMPLES_SECONDS * sample_rate:
-            reject(utt, "too-short", f"{n} samples")
+        seconds, problem = _audio_duration(audio, sample_rate)
+        if problem is not None:
+            _reject(rejected, utt, *problem)
             continue
         wav[utt] = audio
         text[utt] = words
         utt2spk[utt] = utt.split("-")[0]
-        utt2dur[utt] = n / info.samplerate
+        utt2dur[utt] = seconds
 
     data_dir = os.fspath(data_dir)
     os.makedirs(data_dir, exist_ok=True)
@@ -322,7 +340,7 @@ def prepare_librispeech(corpus_dir, data_dir, sample_rate=16000):
 # --------------------------------------------------------------------------------------------
 # Validation
 
-FEATURE_FILES = ("feats.scp", "utt2num_frames", "cmvn.scp", "feat_config.yaml")
+FEATURE_FILES = ("feats.scp", "utt2num_frames", "cmvn.scp", FEATURE_CONFIG)
 UTT_FILES = ("wav.scp", "text", "utt2spk", "utt2dur", "feats.scp", "utt2num_frames")
 
 
@@ -340,8 +358,7 @@ def _check_sorted(path):
             prev = key
 
 
-def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True,
-                      check_values=False):
+def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), check_audio=True):
     """Check a data dir and return it as a DataDir; raise DataDirError on the first problem.
 
     Checks: the files in ``need`` exist; every table present is sorted with unique keys; all
@@ -350,8 +367,8 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
     absolute paths of existing files (unless ``check_audio=False``, for stages that only read
     features); utt2dur / utt2num_frames are positive numbers; feats.scp frame counts equal
     utt2num_frames; cmvn.scp covers exactly the speakers, with 2 x (dim + 1) stats whose frame
-    count is the speaker's total. ``check_values`` also reads every feature matrix and CMVN
-    stat (NaN/Inf, frame counts): a pass over all the features, so off by default.
+    count is the speaker's total. The feature values themselves (NaN/Inf) are a pass over all
+    the features, left to asrkd.features.check_feature_values (``validate-data-dir --values``).
     """
     d = DataDir(path)
     for name in need:
@@ -365,13 +382,28 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
     utt2spk = d.utt2spk
     if not utt2spk:
         raise DataDirError(f"{d.path}: utt2spk is empty")
-    utts = set(utt2spk)
+    _check_speakers(d, utt2spk)
+    _check_same_utterances(d, set(utt2spk))
+    if d.has("spk2utt"):
+        _check_spk2utt(d, utt2spk)
+    _check_entries(d, check_audio)
+    dim = _check_feats(d) if d.has("feats.scp") else None
+    if d.has("cmvn.scp"):
+        _check_cmvn(d, utt2spk, dim)
+    return d
+
+
+def _check_speakers(d, utt2spk):
     for utt, spk in utt2spk.items():
         if not spk or len(spk.split()) != 1:
             raise DataDirError(f"{d.file('utt2spk')}: {utt}: bad speaker {spk!r}")
         if not utt.startswith(spk):
             raise DataDirError(f"{d.file('utt2spk')}: utterance {utt} does not start with its "
                                f"speaker id {spk}")
+
+
+def _check_same_utterances(d, utts):
+    """Every per-utterance table present lists exactly the utterances of utt2spk."""
     for name in UTT_FILES:
         if name == "utt2spk" or not d.has(name):
             continue
@@ -384,13 +416,19 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
             if extra:
                 msg.append(f"has {len(extra)} utterances not in utt2spk (e.g. {extra[0]})")
             raise DataDirError(f"{d.file(name)}: " + "; ".join(msg))
-    if d.has("spk2utt"):
-        expect = spk2utt_from_utt2spk(utt2spk)
-        got = d.spk2utt
-        if got != expect:
-            bad = next((s for s in sorted(set(got) | set(expect)) if got.get(s) != expect.get(s)))
-            raise DataDirError(f"{d.file('spk2utt')}: speaker {bad} disagrees with utt2spk "
-                               "(regenerate spk2utt from utt2spk)")
+
+
+def _check_spk2utt(d, utt2spk):
+    expect = spk2utt_from_utt2spk(utt2spk)
+    got = d.spk2utt
+    if got != expect:
+        bad = next((s for s in sorted(set(got) | set(expect)) if got.get(s) != expect.get(s)))
+        raise DataDirError(f"{d.file('spk2utt')}: speaker {bad} disagrees with utt2spk "
+                           "(regenerate spk2utt from utt2spk)")
+
+
+def _check_entries(d, check_audio):
+    """Non-empty transcripts, existing audio files, positive durations and frame counts."""
     if d.has("text"):
         for utt, words in d.text.items():
             if not words.strip():
@@ -409,57 +447,51 @@ def validate_data_dir(path, need=("wav.scp", "text", "utt2spk", "spk2utt"), chec
                     ok = False
                 if not ok:
                     raise DataDirError(f"{d.file(name)}: {utt}: bad value {v!r}")
-    dim = None
-    if d.has("feats.scp"):
-        shapes = {u: matrix_shape(spec) for u, spec in d.table("feats.scp").items()}
-        dims = {s[1] for s in shapes.values()}
-        if len(dims) != 1:
-            raise DataDirError(f"{d.file('feats.scp')}: features have several dims {sorted(dims)}")
-        (dim,) = dims
-        if d.has("feat_config.yaml"):
-            from asrkd.identity import feature_config, feature_dim
 
-            want = feature_dim(feature_config(d.path))
-            if want != dim:
-                raise DataDirError(f"{d.file('feats.scp')}: features have dim {dim} but "
-                                   f"feat_config.yaml describes {want}-dim ones; rerun "
-                                   "compute-feats")
-        if d.has("utt2num_frames"):
-            n = d.utt2num_frames
-            for utt, (t, _) in shapes.items():
-                if t != n[utt]:
-                    raise DataDirError(f"{d.file('feats.scp')}: {utt} has {t} frames, "
-                                       f"utt2num_frames says {n[utt]}")
-    if d.has("cmvn.scp"):
-        spks = set(spk2utt_from_utt2spk(utt2spk))
-        cmvn = d.table("cmvn.scp")
-        if set(cmvn) != spks:
-            raise DataDirError(f"{d.file('cmvn.scp')}: speakers differ from utt2spk "
-                               f"({len(cmvn)} vs {len(spks)}); rerun compute-cmvn")
-        frames = d.utt2num_frames if d.has("utt2num_frames") else None
-        import kaldiio
 
-        per_spk = {}
-        if frames is not None:
-            for utt, spk in utt2spk.items():
-                per_spk[spk] = per_spk.get(spk, 0) + frames[utt]
-        for spk, spec in cmvn.items():
-            stats = kaldiio.load_mat(spec)
-            if stats.ndim != 2 or stats.shape[0] != 2 or (dim and stats.shape[1] != dim + 1):
-                raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: stats shape {stats.shape}, "
-                                   f"expected (2, {dim + 1 if dim else 'dim+1'})")
-            if frames is not None and round(stats[0, -1]) != per_spk[spk]:
-                raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: frame count {stats[0, -1]:g} "
-                                   f"!= {per_spk[spk]} frames in feats; rerun compute-cmvn")
-    if check_values and d.has("feats.scp"):
-        from tqdm import tqdm
+def _check_feats(d):
+    """feats.scp's matrices (from their headers) against feat_config.yaml and utt2num_frames;
+    returns the feature dim."""
+    shapes = {u: matrix_shape(spec) for u, spec in d.table("feats.scp").items()}
+    dims = {s[1] for s in shapes.values()}
+    if len(dims) != 1:
+        raise DataDirError(f"{d.file('feats.scp')}: features have several dims {sorted(dims)}")
+    (dim,) = dims
+    if d.has(FEATURE_CONFIG):
+        want = feature_dim(feature_config(d.path))
+        if want != dim:
+            raise DataDirError(f"{d.file('feats.scp')}: features have dim {dim} but "
+                               f"feat_config.yaml describes {want}-dim ones; rerun "
+                               "compute-feats")
+    if d.has("utt2num_frames"):
+        n = d.utt2num_frames
+        for utt, (t, _) in shapes.items():
+            if t != n[utt]:
+                raise DataDirError(f"{d.file('feats.scp')}: {utt} has {t} frames, "
+                                   f"utt2num_frames says {n[utt]}")
+    return dim
 
-        from asrkd.features import FeatureReader
 
-        reader = FeatureReader(d.path, cmvn="mean" if d.has("cmvn.scp") else None)
-        for utt in tqdm(reader.utts, desc="validate values", unit="utt", disable=None):
-            reader.raw(utt)  # NaN/Inf and frame counts are checked on every read
-    return d
+def _check_cmvn(d, utt2spk, dim):
+    """cmvn.scp: one 2 x (dim + 1) stats matrix per speaker, counting the speaker's frames."""
+    spks = set(spk2utt_from_utt2spk(utt2spk))
+    cmvn = d.table("cmvn.scp")
+    if set(cmvn) != spks:
+        raise DataDirError(f"{d.file('cmvn.scp')}: speakers differ from utt2spk "
+                           f"({len(cmvn)} vs {len(spks)}); rerun compute-cmvn")
+    frames = d.utt2num_frames if d.has("utt2num_frames") else None
+    per_spk = {}
+    if frames is not None:
+        for utt, spk in utt2spk.items():
+            per_spk[spk] = per_spk.get(spk, 0) + frames[utt]
+    for spk, spec in cmvn.items():
+        stats = kaldiio.load_mat(spec)
+        if stats.ndim != 2 or stats.shape[0] != 2 or (dim and stats.shape[1] != dim + 1):
+            raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: stats shape {stats.shape}, "
+                               f"expected (2, {dim + 1 if dim else 'dim+1'})")
+        if frames is not None and round(stats[0, -1]) != per_spk[spk]:
+            raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: frame count {stats[0, -1]:g} "
+                               f"!= {per_spk[spk]} frames in feats; rerun compute-cmvn")
 
 
 def matrix_shape(spec):
@@ -475,8 +507,6 @@ def matrix_shape(spec):
         raise DataDirError(f"cannot read {spec}: {e.strerror}") from None
     # "\0B" then "FM " / "DM ", then two (size byte 4, int32) pairs.
     if len(head) != 15 or head[:2] != b"\0B" or head[2:5] not in (b"FM ", b"DM "):
-        import kaldiio
-
         return kaldiio.load_mat(spec).shape
     rows = int.from_bytes(head[6:10], "little", signed=True)
     cols = int.from_bytes(head[11:15], "little", signed=True)
@@ -550,8 +580,6 @@ def combine_data_dirs(out, srcs):
         d = validate_data_dir(src, need=("wav.scp", "text", "utt2spk", "spk2utt"),
                               check_audio=False)
         if d.has("feats.scp"):
-            from asrkd.identity import feature_config
-
             feat_configs[src] = feature_config(src)
         for name, merged in tables.items():
             if name == "utt2dur" and not d.has(name):

@@ -101,7 +101,8 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     """
     import onnx
 
-    from asrkd.features import FbankConfig, FeatureReader, check_feature_config
+    from asrkd.featconf import FbankConfig
+    from asrkd.features import FeatureReader, check_feature_config
     from asrkd.models import load_checkpoint, load_model
 
     if not tolerance >= 0:
@@ -214,7 +215,7 @@ class OnnxModel:
 
     @property
     def feature_config(self):
-        from asrkd.features import config_from_dict
+        from asrkd.featconf import config_from_dict
 
         return config_from_dict(json.loads(self.meta["feature_config"]))
 

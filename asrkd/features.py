@@ -13,123 +13,39 @@ agree to float32 rounding: measured max abs difference ~7e-5 on 40 log-mels and 
 MFCCs (C0 sums all bins); tests assert 2e-4 and 1e-3. A third, ``torchaudio``
 (torchaudio.compliance.kaldi), is used where torchaudio is installed.
 
+The configs (FbankConfig, MfccConfig: their options, defaults and where those differ from
+Kaldi's) are asrkd.featconf.
+
 Where we deviate from Kaldi:
-- ``dither`` defaults to 0.0 (Kaldi: 1.0) so features are reproducible bit for bit across runs
-  and backends; set ``dither: 1.0`` in the YAML to get Kaldi's behaviour.
-- ``FbankConfig.num_mel_bins`` defaults to 40 (Kaldi: 23), the paper's setting.
 - Audio is read with soundfile as float and scaled by 32768, i.e. Kaldi's int16 sample values;
   multi-channel audio uses the first channel (Kaldi refuses it unless told a channel).
 - Features are stored uncompressed (Kaldi's compute-*-feats often compresses).
 """
 
 import collections.abc
-import dataclasses
 import glob
+import math
 import os
 
+import kaldi_native_fbank as knf
+import kaldiio
 import numpy as np
-import yaml
+import soundfile
+from numpy.lib.stride_tricks import sliding_window_view
+from tqdm import tqdm
 
 from asrkd.data import DataDir, validate_data_dir
 from asrkd.errors import DataDirError, UserError
+from asrkd.featconf import FEATURE_CONFIG, config_from_dict, write_feature_config
 from asrkd.finite import check_finite
-from asrkd.identity import FEATURE_CONFIG, write_feature_config
 from asrkd.jobs import run_jobs, split_evenly
 from asrkd.table import ArkWriter, atomic_path
 
+# torch is imported by the functions that run it: reading features, CMVN and deltas are numpy,
+# and the stages that only read features (compute-cmvn, validate-data-dir, the GMM stages) start
+# without loading it.
+
 BACKENDS = ("torch", "kaldi-native-fbank", "torchaudio")
-
-
-@dataclasses.dataclass
-class _FrameOptions:
-    """Framing, window and energy options that fbank and MFCC share (Kaldi's
-    FrameExtractionOptions and MelBanksOptions' frequency range)."""
-
-    sample_rate: int = 16000
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    dither: float = 0.0
-    preemphasis: float = 0.97
-    remove_dc_offset: bool = True
-    window_type: str = "povey"
-    round_to_power_of_two: bool = True
-    snip_edges: bool = True
-    low_freq: float = 20.0
-    high_freq: float = 0.0
-    energy_floor: float = 0.0
-    raw_energy: bool = True
-
-    def to_dict(self):
-        return {"type": self.kind, **dataclasses.asdict(self)}
-
-
-@dataclasses.dataclass
-class FbankConfig(_FrameOptions):
-    """Kaldi ``compute-fbank-feats`` options (Kaldi's defaults except dither and num_mel_bins)."""
-
-    num_mel_bins: int = 40
-    use_energy: bool = False
-    use_log_fbank: bool = True
-    use_power: bool = True
-
-    kind = "fbank"
-
-    @property
-    def dim(self):
-        return self.num_mel_bins + (1 if self.use_energy else 0)
-
-
-@dataclasses.dataclass
-class MfccConfig(_FrameOptions):
-    """Kaldi ``compute-mfcc-feats`` options (Kaldi's defaults except dither)."""
-
-    num_mel_bins: int = 23
-    num_ceps: int = 13
-    cepstral_lifter: float = 22.0
-    use_energy: bool = True
-
-    kind = "mfcc"
-
-    @property
-    def dim(self):
-        return self.num_ceps
-
-
-CONFIGS = {"fbank": FbankConfig, "mfcc": MfccConfig}
-
-
-def config_from_dict(d):
-    d = dict(d or {})
-    kind = d.pop("type", "fbank")
-    if kind not in CONFIGS:
-        raise UserError(f"feature type {kind!r} unknown; use one of {sorted(CONFIGS)}")
-    cls = CONFIGS[kind]
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise UserError(f"unknown {kind} option(s) {unknown}; known: {sorted(names)}")
-    return cls(**d)
-
-
-def load_feature_config(yaml_path):
-    """FbankConfig or MfccConfig from a YAML file (``type: fbank|mfcc`` plus non-default values)."""
-    try:
-        with open(yaml_path, encoding="utf-8") as f:
-            d = yaml.safe_load(f)
-    except OSError as e:
-        raise UserError(f"{yaml_path}: {e.strerror}") from None
-    if d is not None and not isinstance(d, dict):
-        raise UserError(f"{yaml_path}: expected a mapping of option: value")
-    return config_from_dict(d)
-
-
-def num_frames(num_samples, config):
-    """Kaldi's frame count (feature-window.cc NumFrames)."""
-    shift = int(config.sample_rate * config.frame_shift_ms / 1000)
-    length = int(config.sample_rate * config.frame_length_ms / 1000)
-    if config.snip_edges:
-        return 0 if num_samples < length else 1 + (num_samples - length) // shift
-    return (num_samples + shift // 2) // shift
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,8 +53,6 @@ def num_frames(num_samples, config):
 
 def read_audio(path):
     """(samples float32 in int16 range, sample rate): Kaldi's view of the waveform."""
-    import soundfile
-
     x, sr = soundfile.read(path, dtype="float32")
     if x.ndim == 2:
         x = np.ascontiguousarray(x[:, 0])
@@ -153,8 +67,6 @@ def resample(samples, orig_rate, new_rate, lowpass_filter_width=6, rolloff=0.99)
     cut-off at ``rolloff`` of the lower Nyquist frequency), one output phase per kernel row, run
     as a strided convolution. Output length ceil(T * new / orig).
     """
-    import math
-
     import torch
 
     orig, new = int(orig_rate), int(new_rate)
@@ -372,7 +284,7 @@ class _TorchaudioExtractor:
     def __init__(self, config, device="cpu"):
         import torch
 
-        try:
+        try:  # not a dependency: imported only when this backend is asked for
             import torchaudio.compliance.kaldi as tak
         except (ImportError, OSError) as e:
             raise UserError(f"the torchaudio backend needs a torchaudio that imports beside "
@@ -404,8 +316,6 @@ class _TorchaudioExtractor:
 
 class _KnfExtractor:
     def __init__(self, config, device="cpu"):
-        import kaldi_native_fbank as knf
-
         if device != "cpu":
             raise UserError("the kaldi-native-fbank backend runs on CPU only (--device cpu)")
         c = config
@@ -555,8 +465,6 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
 # CMVN
 
 def _read_feats(spec):
-    import kaldiio
-
     return kaldiio.load_mat(spec)
 
 
@@ -566,8 +474,6 @@ def compute_cmvn(data_dir):
     The archive goes next to the feature archives as ``cmvn_<set>.ark``. Returns the number of
     speakers.
     """
-    from tqdm import tqdm
-
     d = validate_data_dir(data_dir, need=("feats.scp", "utt2spk", "spk2utt"), check_audio=False)
     feats = d.table("feats.scp")
     first_ark = next(iter(feats.values())).rpartition(":")[0]
@@ -625,8 +531,6 @@ def delta_scales(order, window):
 
 def add_deltas(feats, order=2, window=2):
     """Kaldi ``add-deltas``: (T, D) -> (T, D * (order + 1)), frames clamped at the edges."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     feats = np.asarray(feats, dtype=np.float32)
     if order == 0:
         return feats
@@ -673,8 +577,6 @@ class FeatureReader(collections.abc.Mapping):
         if cmvn is not None:
             if not self.data.has("cmvn.scp"):
                 raise DataDirError(f"{self.data.path}: missing cmvn.scp; run compute-cmvn")
-            import kaldiio
-
             self._utt2spk = self.data.utt2spk
             for spk, spec in self.data.table("cmvn.scp").items():
                 stats = check_finite(kaldiio.load_mat(spec), f"{self.data.file('cmvn.scp')}: "
@@ -718,6 +620,18 @@ class FeatureReader(collections.abc.Mapping):
 
     def num_frames(self, utt):
         return self._frames[utt] if self._frames is not None else self.raw(utt).shape[0]
+
+
+def check_feature_values(data_dir):
+    """Read every feature matrix and CMVN stat of a data dir that validate_data_dir passed
+    (``validate-data-dir --values``): NaN/Inf, frame counts against utt2num_frames. A pass over
+    all the features."""
+    d = DataDir(data_dir)
+    if not d.has("feats.scp"):
+        return
+    reader = FeatureReader(d.path, cmvn="mean" if d.has("cmvn.scp") else None)
+    for utt in tqdm(reader.utts, desc="validate values", unit="utt", disable=None):
+        reader.raw(utt)  # NaN/Inf and frame counts are checked on every read
 
 
 def check_feature_config(config, data_dir, atol=1e-3):

@@ -14,6 +14,8 @@ from asrkd.errors import UserError
 def count_nonfinite(array):
     """Number of NaN/Inf entries of a numpy array or torch tensor (0 for integer arrays)."""
     if hasattr(array, "detach"):  # torch tensor
+        # imported here, where a tensor means it is loaded already: numpy-only callers (the
+        # feature readers, the GMM stages) start without loading torch
         import torch
 
         if not torch.is_floating_point(array):

@@ -21,8 +21,13 @@ import subprocess
 import sys
 import time
 
+import kaldi_hmm_gmm
+import kaldifst
+
 from asrkd.errors import UserError
+from asrkd.gmm import load_gmm
 from asrkd.identity import tree_id
+from asrkd.lang import Lang
 from asrkd.table import atomic_path
 
 ARPA2FST_TIMEOUT = 3600
@@ -62,8 +67,6 @@ def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
             raise UserError(f"kaldilm.arpa2fst on {arpa_path} did not finish in {timeout} s")
         if r.returncode != 0 or not os.path.getsize(tmp):
             raise UserError(f"kaldilm.arpa2fst failed on {arpa_path}: {r.stderr.strip()[-500:]}")
-    import kaldifst
-
     G = kaldifst.StdVectorFst.read(os.fspath(G_path))
     kaldifst.arcsort(G, sort_type="ilabel")
     return G
@@ -71,8 +74,6 @@ def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
 
 def _relabel_to_epsilon(fst, labels, num_labels):
     """fstrmsymbols: input labels in ``labels`` become epsilon (``num_labels``: largest label)."""
-    import kaldifst
-
     drop = set(labels)
     x = kaldifst.StdVectorFst()
     s = x.add_state()
@@ -86,8 +87,6 @@ def _relabel_to_epsilon(fst, labels, num_labels):
 
 def compose_LG(lang, G):
     """det(L_disambig o G), minimized: depends only on lang and LM, not on the model."""
-    import kaldifst
-
     L = lang.L_disambig_fst()
     kaldifst.arcsort(L, sort_type="olabel")
     kaldifst.arcsort(G, sort_type="ilabel")
@@ -105,9 +104,6 @@ def compile_hclg(lang, ctx_dep, trans_model, G, self_loop_scale=0.1, transition_
 
     ``LG`` may be given (from ``compose_LG``) to skip that step when several models share it.
     """
-    import kaldi_hmm_gmm
-    import kaldifst
-
     if LG is None:
         LG = compose_LG(lang, G)
     N, P = ctx_dep.context_width, ctx_dep.central_position
@@ -137,11 +133,6 @@ def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
 
     Skips work whose output is newer than its inputs (G.fst, HCLG.fst). Returns graph_dir.
     """
-    import kaldifst
-
-    from asrkd.gmm import load_gmm
-    from asrkd.lang import Lang
-
     lang = Lang(lang_dir)
     for f in ("final.mdl", "tree"):
         if not os.path.isfile(os.path.join(model_dir, f)):

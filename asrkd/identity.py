@@ -11,8 +11,9 @@ names, in one line, the two things that disagree:
   files; DNN checkpoints and soft-target stores record the id of the alignment they were
   trained from (``tree_id``).
 - the **feature config**: ``DATA_DIR/feat_config.yaml``, written by compute-feats (every
-  extraction option, ``type`` first; the dimension follows from it). Checkpoints record the
-  config of their training data (``feature_config``) next to ``model_config.feat_dim``.
+  extraction option, ``type`` first; the dimension follows from it; read and written by
+  asrkd.featconf). Checkpoints record the config of their training data (``feature_config``)
+  next to ``model_config.feat_dim``.
 
 Artefacts from before these ids existed carry none; they are then not compared.
 """
@@ -20,9 +21,10 @@ Artefacts from before these ids existed carry none; they are then not compared.
 import hashlib
 import os
 
-from asrkd.errors import UserError
+import numpy as np
 
-FEATURE_CONFIG = "feat_config.yaml"
+from asrkd.errors import UserError
+from asrkd.featconf import feature_config, feature_dim
 
 _TREE_IDS = {}  # (path, size, mtime) -> id: a decode or training run asks several times
 
@@ -30,8 +32,6 @@ _TREE_IDS = {}  # (path, size, mtime) -> id: a decode or training run asks sever
 def tree_id(model_dir):
     """Tree id (16 hex digits) of a model, alignment or graph dir (or a final.mdl); None
     when it holds no final.mdl."""
-    import numpy as np
-
     path = os.path.join(model_dir, "final.mdl") if os.path.isdir(model_dir) else model_dir
     if not os.path.isfile(path):
         return None
@@ -56,44 +56,6 @@ def check_tree(a_what, a_id, b_what, b_id):
     if a_id is not None and b_id is not None and a_id != b_id:
         raise UserError(f"{a_what} (tree {a_id}) and {b_what} (tree {b_id}) come from different "
                         "triphone trees: their pdf ids mean different states")
-
-
-def write_feature_config(data_dir, config):
-    """Write ``data_dir/feat_config.yaml`` (a FbankConfig / MfccConfig) atomically."""
-    import yaml
-
-    from asrkd.table import atomic_path
-
-    with atomic_path(os.path.join(data_dir, FEATURE_CONFIG)) as tmp, open(tmp, "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-
-
-def feature_config(data_dir):
-    """The feature config dict of a data dir's features, or None if it records none."""
-    import yaml
-
-    path = os.path.join(data_dir, FEATURE_CONFIG)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            d = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: unreadable feature config ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path}: not a feature config (expected option: value lines)")
-    try:
-        feature_dim(d)
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    return d
-
-
-def feature_dim(config_dict):
-    """Dimension of the features a config dict describes."""
-    from asrkd.features import config_from_dict
-
-    return config_from_dict(config_dict).dim
 
 
 def check_features(model_what, model_config, model_dim, data_dir, data_dim=None):

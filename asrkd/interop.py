@@ -16,22 +16,21 @@ top-k distribution, zero elsewhere) in an ark + scp, what nnet3's ``--use-dense-
 --targets-scp`` reads (e.g. steps/nnet3/train_raw_dnn.py).
 """
 
+import logging
 import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
+from asrkd.data import validate_data_dir, write_data_dir
+from asrkd.distill import SoftTargetStore
 from asrkd.errors import UserError
+from asrkd.table import ArkWriter
 
 MANIFESTS = ("recordings.jsonl.gz", "supervisions.jsonl.gz", "cuts.jsonl.gz")
 SOFT_FIELDS = ("soft_target_ids", "soft_target_probs")
 FRAME_SHIFT = 0.01
-
-
-def _soft_targets(soft_dir):
-    from asrkd.distill import SoftTargetStore
-
-    return SoftTargetStore(soft_dir)
 
 
 def export_soft_targets(soft_dir, out_dir):
@@ -41,11 +40,7 @@ def export_soft_targets(soft_dir, out_dir):
     The store keeps the top k and the mass of the other pdfs as one number; a dense target has
     to put that mass somewhere, so it is spread evenly over the other pdfs (each row sums to
     one, as nnet3's cross-entropy on dense targets expects)."""
-    from tqdm import tqdm
-
-    from asrkd.table import ArkWriter
-
-    store = _soft_targets(soft_dir)
+    store = SoftTargetStore(soft_dir)
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(out_dir, exist_ok=True)
     num_pdfs, frames = int(store.num_pdfs), 0
@@ -74,13 +69,9 @@ class _quiet_frame_count_warnings:
         return "possibly mismatched duration" not in record.getMessage()
 
     def __enter__(self):
-        import logging
-
         logging.getLogger().addFilter(self)
 
     def __exit__(self, *exc):
-        import logging
-
         logging.getLogger().removeFilter(self)
 
 
@@ -91,8 +82,6 @@ def export_lhotse(data_dir, out_dir, soft_dir=None):
     from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
     from lhotse.features.io import NumpyFilesWriter
     from lhotse.qa import validate, validate_recordings_and_supervisions
-
-    from asrkd.data import validate_data_dir
 
     d = validate_data_dir(data_dir, need=("wav.scp", "utt2spk", "spk2utt"))
     text = d.text if d.has("text") else {}
@@ -111,7 +100,7 @@ def export_lhotse(data_dir, out_dir, soft_dir=None):
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if soft_dir is not None:
-        store = _soft_targets(soft_dir)
+        store = SoftTargetStore(soft_dir)
         missing = [u for u in cuts.ids if u not in store]
         if missing:
             raise UserError(f"{soft_dir}: no soft targets for {len(missing)} utterance(s) of "
@@ -145,8 +134,6 @@ def import_lhotse(cuts_path, data_dir):
     it already (asrkd keeps speakers contiguous in sorted order). Text is upper-cased."""
     from lhotse import CutSet
     from lhotse.cut import MonoCut
-
-    from asrkd.data import write_data_dir
 
     if not os.path.isfile(cuts_path):
         raise UserError(f"{cuts_path}: no such cuts manifest")

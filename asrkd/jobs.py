@@ -26,11 +26,14 @@ times the CPU time for no gain (measured: a GMM realignment pass 5-7 s of CPU wi
 
 import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import multiprocessing as mp
 import os
 import signal
 import sys
+import time
 import traceback
 
 from tqdm import tqdm
@@ -61,6 +64,8 @@ def _run_one(payload):
         log.flush()
         try:
             if threads:
+                # torch only for a job that sets its threads: this module is on the CLI's
+                # start-up path (die_with_parent) and runs torch-free jobs (synth-corpus)
                 import torch
 
                 torch.set_num_threads(threads)
@@ -105,8 +110,6 @@ def _exit_on_signal(signum, frame):
 def die_with_parent(parent):
     """Have the kernel send SIGTERM to this process when its parent (pid ``parent``) dies
     (Linux PR_SET_PDEATHSIG; elsewhere nothing is done)."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -223,8 +226,6 @@ def _run_pool(payloads, workers, results, failed, bar):
 def _run_submitit(payloads, kind, params, log_dir, name, desc):
     """The payloads as one submitit job array; results in order, or a UserError naming the
     failed tasks' logs."""
-    import time
-
     try:
         import submitit
     except ImportError:
@@ -299,9 +300,6 @@ def fixed_mmap_threshold(nbytes=128 << 10):
     heap reached 270 MB where 110 MB was live. Fixing the threshold keeps memory bounded by
     the work in hand, not by how much was done before. A no-op outside glibc.
     """
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (also fixes it: no dynamic raise)
@@ -311,8 +309,6 @@ def fixed_mmap_threshold(nbytes=128 << 10):
 
 def _openblas():
     """numpy's OpenBLAS (ctypes handle, symbol suffix), or None where not found."""
-    import ctypes
-
     try:
         with open("/proc/self/maps") as f:
             paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}

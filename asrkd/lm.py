@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from asrkd.data import DataDir
 from asrkd.errors import UserError
 from asrkd.table import atomic_path
 
@@ -62,8 +63,6 @@ def filter_lm_text(text_path, out_path, held_out):
     the book). Returns counts: lines kept, dropped by chapter, dropped as a test sentence, and
     the held-out chapters. UserError when a held-out id or an LM line has no SPK-CHAPTER-UTT id.
     """
-    from asrkd.data import DataDir
-
     if not os.path.isfile(text_path):
         raise UserError(f"no such text file: {text_path}")
     chapters, sentences = set(), set()

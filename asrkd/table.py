@@ -8,6 +8,7 @@ import contextlib
 import os
 import tempfile
 
+import kaldiio
 import numpy as np
 
 
@@ -89,8 +90,6 @@ class ArkWriter:
         self._scp_lines = []
 
     def __setitem__(self, key, array):
-        import kaldiio
-
         array = np.asarray(array)
         if array.dtype.kind in "iu":
             array = array.astype(np.int32)
@@ -120,6 +119,4 @@ class ArkWriter:
 
 def read_scp(scp_path):
     """Lazy dict-like reader of a Kaldi scp (kaldiio, memory-mapped per entry)."""
-    import kaldiio
-
     return kaldiio.load_scp(os.fspath(scp_path))

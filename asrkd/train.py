@@ -67,8 +67,9 @@ from asrkd.config import DictConfig
 from asrkd.distributed import (World, all_reduce_gradients, all_reduce_sums, barrier,
                                broadcast_parameters, init_world, local_part, rank_seed)
 from asrkd.errors import UserError
+from asrkd.featconf import feature_config
 from asrkd.frames import FrameCache, PageBudget, build_frame_cache, extra_memmap, split_by_speaker
-from asrkd.identity import check_features, check_tree, feature_config
+from asrkd.identity import check_features, check_tree
 from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
 from asrkd.score import write_utt_list
 from asrkd.table import atomic_path

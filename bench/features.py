@@ -21,8 +21,8 @@ import torch
 
 from asrkd.data import prepare_librispeech
 from asrkd.errors import UserError
-from asrkd.features import (BACKENDS, FbankConfig, MfccConfig, compute_feats, make_extractor,
-                            read_audio)
+from asrkd.featconf import FbankConfig, MfccConfig
+from asrkd.features import BACKENDS, compute_feats, make_extractor, read_audio
 
 
 def make_corpus(root, seconds, sr=16000, utt_seconds=12.0, seed=0):

@@ -21,7 +21,8 @@ def tiny_data(tmp_path_factory):
     ``<set>_mfcc``; each has feats.scp, utt2num_frames and cmvn.scp.
     """
     from asrkd.data import copy_data_dir, prepare_librispeech
-    from asrkd.features import compute_cmvn, compute_feats, load_feature_config
+    from asrkd.featconf import load_feature_config
+    from asrkd.features import compute_cmvn, compute_feats
     from asrkd.synth import synth_corpus
 
     root = tmp_path_factory.mktemp("tiny")

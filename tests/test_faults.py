@@ -211,9 +211,8 @@ def systems(tmp_path_factory):
     alignments of corpus A by each, a data dir of corpus A, a DNN trained on A's alignments and
     the graphs of both trees."""
     from asrkd.align import align
-    from asrkd.features import MfccConfig
+    from asrkd.featconf import MfccConfig, write_feature_config
     from asrkd.gmmtrain import train_mono, train_tri
-    from asrkd.identity import write_feature_config
     from asrkd.train import train_model
 
     root = tmp_path_factory.mktemp("systems")
@@ -379,8 +378,8 @@ def test_gmm_archive_missing_key_nan_or_truncated_names_the_file(systems, tmp_pa
 
 def test_feature_config_travels_and_mismatches_are_named(tiny_data, tmp_path):
     from asrkd.data import combine_data_dirs, subset_data_dir, validate_data_dir
+    from asrkd.featconf import feature_config
     from asrkd.features import FeatureReader
-    from asrkd.identity import feature_config
     from asrkd.models import ModelConfig, build_model, make_scorer
 
     fb, mf = tiny_data["test"], tiny_data["test_mfcc"]

@@ -3,7 +3,8 @@
 import time
 
 from asrkd.data import DataDir
-from asrkd.features import BACKENDS, compute_feats, load_feature_config
+from asrkd.featconf import load_feature_config
+from asrkd.features import BACKENDS, compute_feats
 
 
 def add_arguments(parser):

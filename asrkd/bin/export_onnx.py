@@ -26,7 +26,7 @@ def add_arguments(parser):
 
 
 def main(args):
-    from asrkd.features import load_feature_config
+    from asrkd.featconf import load_feature_config
 
     fc = load_feature_config(args.feat_conf) if args.feat_conf else None
     export_onnx(args.model, args.out, data_dir=args.data_dir, num_utts=args.num_utts,

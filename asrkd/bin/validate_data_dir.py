@@ -1,6 +1,7 @@
 """asrkd validate-data-dir DATA_DIR"""
 
 from asrkd.data import validate_data_dir
+from asrkd.features import check_feature_values
 
 
 def add_arguments(parser):
@@ -13,7 +14,9 @@ def add_arguments(parser):
 
 
 def main(args):
-    d = validate_data_dir(args.data_dir, need=tuple(args.need), check_values=args.values)
+    d = validate_data_dir(args.data_dir, need=tuple(args.need))
+    if args.values:
+        check_feature_values(d.path)
     present = [n for n in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur", "feats.scp",
                            "utt2num_frames", "cmvn.scp") if d.has(n)]
     print(f"{d.path}: OK, {len(d)} utterances, {len(d.spk2utt) if d.has('spk2utt') else '?'} "

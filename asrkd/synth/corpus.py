@@ -47,8 +47,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from asrkd.errors import UserError
+from asrkd.jobs import run_jobs, split_evenly
 from asrkd.synth import espeak, room, text
 from asrkd.synth.resample import resample
 
@@ -299,8 +301,6 @@ _fork_bank = None  # the babble bank, set in the parent just before forking work
 
 def synth_items(out_dir, items, condition, bank=None, progress=False):
     """Render and write a list of planned utterances; returns their durations in seconds."""
-    from tqdm import tqdm
-
     bank = _fork_bank if bank is None else bank
 
     durs = []
@@ -357,8 +357,6 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
     Returns:
         dict with the arguments, per-subset speakers / utterances / hours, and out_dir.
     """
-    from asrkd.jobs import run_jobs, split_evenly
-
     cfg = SynthConfig(**asdict(config)) if config is not None else SynthConfig()
     cfg.hours, cfg.condition, cfg.seed, cfg.num_speakers = hours, condition, seed, num_speakers
     cfg.unlabeled_hours = unlabeled_hours

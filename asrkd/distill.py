@@ -149,7 +149,7 @@ class Ensemble:
     """Teacher models evaluated together: logits (M, N, P) for a batch or utterance.
 
     An utterance is read, normalised and spliced once for all members
-    (``asrkd.models.ensemble_utterance_logits``); ``device``/``precision`` ("bf16": autocast)
+    (``asrkd.ensemble.ensemble_utterance_logits``); ``device``/``precision`` ("bf16": autocast)
     say where and how the members run.
     """
 
@@ -165,7 +165,8 @@ class Ensemble:
     @torch.no_grad()
     def utterance_logits(self, feats):
         """feats (T, D) -> (M, T, P) float32 logits (on the CPU)."""
-        from asrkd.models import autocast, ensemble_utterance_logits
+        from asrkd.ensemble import ensemble_utterance_logits
+        from asrkd.models import autocast
 
         with autocast(self.device, self.precision):
             return ensemble_utterance_logits(self.models, feats).float().cpu()
@@ -373,7 +374,7 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
 def _check_teachers(teachers, data_dir):
     """The teachers' common tree id; UserError if they disagree or do not fit the features."""
     from asrkd.features import FeatureReader
-    from asrkd.models import check_members
+    from asrkd.ensemble import check_members
 
     return check_members(teachers, data_dir, FeatureReader(data_dir, cmvn=None).dim)
 

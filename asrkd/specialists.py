@@ -50,7 +50,7 @@ from tqdm import tqdm
 from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
-from asrkd.models import Scorer
+from asrkd.ensemble import Scorer
 from asrkd.table import atomic_path
 
 

@@ -841,7 +841,8 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None)
     """
     from asrkd.data import DataDir
     from asrkd.features import FeatureReader
-    from asrkd.models import Scorer, load_model
+    from asrkd.ensemble import Scorer
+    from asrkd.models import load_model
 
     ali = AlignmentDir(ali_dir).check()
     pdf_scp, num_pdfs = ali.pdf_scp, ali.num_pdfs

@@ -18,8 +18,18 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 
+from asrkd.decode import cached_graph, decode_loglikes, make_decoder, read_best_acwt
+from asrkd.ensemble import resolve_checkpoints
 from asrkd.errors import UserError
+from asrkd.export import OnnxModel, find_acwt
+from asrkd.features import (FbankConfig, check_feature_config, cmvn_transform, load_feature_config,
+                            make_extractor, read_audio)
+from asrkd.features import resample as resample_audio
+from asrkd.models import load_checkpoint, load_model
+from asrkd.scorer import make_scorer
+from asrkd.table import read_table
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".sph")
 
@@ -31,8 +41,6 @@ def read_inputs(audio, stdin=None):
     utt; an ``utt2spk`` beside it gives the speakers), or ``-``: paths (or ``utt path`` lines)
     from ``stdin``. ``keyed``: the key is an utterance id (printed before the words).
     """
-    from asrkd.table import read_table
-
     items, utt2spk = [], {}
     for a in audio:
         if a == "-":
@@ -66,8 +74,6 @@ class _ComputedFeatures(Mapping):
     """key -> CMVN'd float32 (T, D): features computed here, normalised per speaker group."""
 
     def __init__(self, raw, groups, cmvn):
-        from asrkd.features import cmvn_transform
-
         self.raw, self.cmvn = raw, cmvn
         self._transform = {}
         if cmvn is not None:
@@ -99,21 +105,13 @@ class _ComputedFeatures(Mapping):
 
 def model_info(model, feat_conf=None):
     """(cmvn mode, FbankConfig, acwt from the model or None, feat_dim) of MODEL."""
-    from asrkd.features import FbankConfig, load_feature_config
-
     if os.fspath(model).endswith(".onnx"):
-        from asrkd.export import OnnxModel
-
         m = OnnxModel(model)
         fc = load_feature_config(feat_conf) if feat_conf else m.feature_config
         return m.cmvn, fc, m.acwt, m.feat_dim
     if os.path.isfile(os.path.join(model, "final.mdl")):
         raise UserError(f"{model}: a GMM dir; transcribe runs DNN models (final.pt, a dir of "
                         "model*/final.pt, or an .onnx file)")
-    from asrkd.export import find_acwt, resolve_checkpoints
-    from asrkd.features import check_feature_config
-    from asrkd.models import load_checkpoint, load_model
-
     ckpt = resolve_checkpoints(model)[0]
     cfg = load_model(ckpt).config
     fc = load_feature_config(feat_conf) if feat_conf else FbankConfig()
@@ -132,13 +130,6 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     real-time factor counts feature extraction, the network and the search, not the loading of
     the graph and model (``load_s``).
     """
-    import torch
-
-    from asrkd.decode import cached_graph, decode_loglikes, make_decoder, make_scorer, \
-        read_best_acwt
-    from asrkd.features import make_extractor, read_audio
-    from asrkd.features import resample as resample_audio
-
     out = sys.stdout if out is None else out
     t_load = time.perf_counter()
     items, utt2spk = read_inputs(audio, stdin)

@@ -240,7 +240,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_specialists_writes_a_decodable_dir(trained):
-    from asrkd.decode import make_scorer
+    from asrkd.scorer import make_scorer
     from asrkd.specialists import SpecialistScorer
     from asrkd.train import frame_accuracy
 

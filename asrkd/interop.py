@@ -29,7 +29,7 @@ FRAME_SHIFT = 0.01
 
 
 def _soft_targets(soft_dir):
-    from asrkd.distill import SoftTargetStore
+    from asrkd.softtargets import SoftTargetStore
 
     return SoftTargetStore(soft_dir)
 

@@ -800,7 +800,7 @@ def specialist_report(spec_dir, data_dir, ali_dir, ensemble_dir=None, name=None,
     Writes spec_dir/report_<name>.json and .md (name: data_dir's basename). Returns the dict.
     """
     from asrkd.data import DataDir
-    from asrkd.distill import find_teachers
+    from asrkd.ensemble import find_teachers
     from asrkd.models import load_model
 
     if not is_specialists_dir(spec_dir):

@@ -1,6 +1,8 @@
 """Ensembles: the one average of tempered posteriors, the one feature pass for all members,
 the hybrid scorer (log mean posterior - log prior) and its checks."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,27 @@ D, P = 6, 11
 
 def _config(family, **kw):
     return ModelConfig(family=family, feat_dim=D, num_pdfs=P, hidden_dims=[16, 16, 12], **kw)
+
+
+def test_arith_vs_geo_hand_case():
+    z = torch.tensor([[[math.log(0.8), math.log(0.2)]], [[math.log(0.2), math.log(0.8)]],
+                      [[math.log(0.5), math.log(0.5)]]])  # (M=3, T=1, P=2)
+    arith = average_posteriors(z, 1.0, "arith")
+    assert torch.allclose(arith, torch.tensor([[0.5, 0.5]]))
+    geo = average_posteriors(z, 1.0, "geo")
+    assert torch.allclose(geo, torch.tensor([[0.5, 0.5]]), atol=1e-6)
+    # asymmetric: teachers (0.9, 0.1) and (0.5, 0.5)
+    z = torch.log(torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]]))
+    arith = average_posteriors(z, 1.0, "arith")
+    assert torch.allclose(arith, torch.tensor([[0.7, 0.3]]))
+    g = torch.tensor([math.sqrt(0.45), math.sqrt(0.05)])
+    geo = average_posteriors(z, 1.0, "geo")
+    assert torch.allclose(geo, (g / g.sum())[None], atol=1e-6)
+    # temperature: geo at T equals softmax(mean z / T)
+    geo2 = average_posteriors(z, 2.0, "geo")
+    assert torch.allclose(geo2, torch.softmax(z.mean(0) / 2.0, -1))
+    with pytest.raises(UserError):
+        average_posteriors(z, 1.0, "median")
 
 
 def test_scorer_is_log_mean_posterior_minus_log_prior(tmp_path):

@@ -284,7 +284,8 @@ def test_gmm_decode_over_another_trees_graph_is_an_error(systems, tmp_path, caps
 
 
 def test_distilling_with_another_trees_alignments_is_an_error(systems, tmp_path):
-    from asrkd.distill import compute_soft_targets, distill
+    from asrkd.distill import distill
+    from asrkd.softtargets import compute_soft_targets
 
     soft = str(tmp_path / "soft")
     meta = compute_soft_targets(systems["data"], str(systems["root"] / "teachers"), soft)

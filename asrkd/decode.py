@@ -1,7 +1,8 @@
 """Decoding over HCLG with one core for GMMs, DNNs and DNN ensembles (Kaldi decode.sh).
 
 A scorer is any callable ``utt -> np.float32 (T, num_pdfs)`` of per-pdf log-likelihoods (GMM
-log-likelihoods, or a DNN's log-posteriors minus log-priors). ``decode_loglikes`` maps pdfs to
+log-likelihoods, or a DNN's log-posteriors minus log-priors); asrkd.scorer's ``make_scorer``
+makes the one a MODEL argument names. ``decode_loglikes`` maps pdfs to
 transition-id columns, applies the acoustic scale itself (DecodableCtc does not) and runs
 kaldi_hmm_gmm's LatticeFasterDecoder; we keep only its best path.
 
@@ -14,18 +15,26 @@ Log-likelihoods are computed once per utterance and decoded for every grid value
 import os
 import sys
 
+import kaldi_hmm_gmm as khg
+import kaldifst
 import numpy as np
 
+from asrkd import gmm
+from asrkd.data import DataDir
 from asrkd.errors import UserError
 from asrkd.finite import check_finite
+from asrkd.graph import hclg_tree_id
+from asrkd.identity import check_tree, tree_id
+from asrkd.jobs import run_jobs, split_evenly
+from asrkd.lang import read_symbols
+from asrkd.score import frame_accuracy, score, write_frame_accuracy
+from asrkd.scorer import check_scorer_tree, make_scorer
 from asrkd.table import atomic_path, write_table
 
 DEFAULT_GRID = (0.05, 0.067, 0.083, 0.1, 0.125)
 
 
 def make_decoder(hclg, beam=16.0, lattice_beam=8.0, max_active=7000):
-    import kaldi_hmm_gmm as khg
-
     cfg = khg.LatticeFasterDecoderConfig(beam=beam, lattice_beam=lattice_beam,
                                          max_active=max_active)
     return khg.LatticeFasterDecoder(hclg, cfg)
@@ -51,8 +60,6 @@ def decode_loglikes(hclg, trans_model, loglikes, acwt, beam=16.0, lattice_beam=8
     Pass a ``decoder`` from make_decoder(hclg, ...) to reuse one across utterances.
     Returns [] when no final state is reached even with partial output allowed.
     """
-    import kaldi_hmm_gmm as khg
-
     loglikes = np.asarray(loglikes, dtype=np.float32)
     tid2pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     if loglikes.ndim != 2 or loglikes.shape[1] != trans_model.num_pdfs:
@@ -69,40 +76,15 @@ def decode_loglikes(hclg, trans_model, loglikes, acwt, beam=16.0, lattice_beam=8
     return list(words) if ok else []
 
 
-class GmmScorer:
-    """utt -> per-pdf GMM log-likelihoods (T, num_pdfs) for a feature mapping."""
-
-    def __init__(self, model, feats):
-        from asrkd.gmm import PackedGmm
-
-        self.packed = PackedGmm(model.am)
-        self.feats = feats
-
-    def __call__(self, utt):
-        x = self.feats[utt]
-        if x.shape[1] != self.packed.dim:
-            raise UserError(f"{utt}: {x.shape[1]}-dim features but the GMMs take "
-                            f"{self.packed.dim} (MFCC + deltas: decode the *_mfcc data dir)")
-        return self.packed.pdf_loglikes(x)
-
-
 def load_graph(graph_dir):
     """(HCLG StdVectorFst, TransitionModel, id -> word) of a graph dir."""
-    import kaldifst
-
-    from asrkd.gmm import load_gmm
-    from asrkd.lang import read_symbols
-
     for f in ("HCLG.fst", "words.txt", "final.mdl"):
         if not os.path.isfile(os.path.join(graph_dir, f)):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
-    from asrkd.graph import hclg_tree_id
-    from asrkd.identity import check_tree, tree_id
-
     check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
                os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
     hclg = kaldifst.StdVectorFst.read(os.path.join(graph_dir, "HCLG.fst"))
-    tm = load_gmm(graph_dir).tm
+    tm = gmm.load_gmm(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}
     return hclg, tm, words
 
@@ -151,9 +133,6 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     the final hyp.txt is scored into decode_dir (wer, errors, per_utt). Returns
     {"acwt": chosen, "wer": {acwt: score dict} (empty without ref_text)}.
     """
-    from asrkd.jobs import run_jobs, split_evenly
-    from asrkd.score import score
-
     check_decoder_options(beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
     if not grid or not all(a > 0 for a in grid):  # (NaN too)
@@ -212,72 +191,6 @@ def read_best_acwt(decode_dir):
         return float(f.read().split()[0])
 
 
-def make_scorer(model, data_dir, feats=None, device="cpu", precision="fp32"):
-    """Scorer for MODEL (a GMM model dir with final.mdl, DNN checkpoint(s)/an ensemble dir, or an
-    .onnx file from export-onnx, run by onnxruntime) on data_dir: GMMs read MFCC + deltas + mean
-    CMVN, DNNs fbank + mean/var CMVN (run on ``device``, "bf16" ``precision``: under
-    autocast)."""
-    from asrkd.features import FeatureReader
-
-    models = model if isinstance(model, (list, tuple)) else [model]
-    if len(models) == 1 and os.path.isfile(os.path.join(models[0], "specialists.json")):
-        # a generalist + specialists dir (train-specialists)
-        from asrkd.specialists.scorer import make_scorer as make_specialist_scorer
-
-        return make_specialist_scorer(models[0], data_dir, feats)
-    if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
-        from asrkd.gmm import load_gmm
-        from asrkd.identity import tree_id
-
-        m = load_gmm(models[0])
-        if m.am is None:
-            raise UserError(f"{models[0]}: model has no GMMs")
-        scorer = GmmScorer(m, feats if feats is not None else
-                           FeatureReader(data_dir, cmvn="mean", deltas=2))
-        scorer.tree_id, scorer.source = tree_id(models[0]), models[0]
-        return scorer
-    if len(models) == 1 and os.fspath(models[0]).endswith(".onnx"):
-        from asrkd.export import onnx_scorer
-
-        return onnx_scorer(models[0], data_dir, feats)
-    ckpts = _dnn_checkpoints(models)
-    from asrkd import models as dnn
-
-    if feats is None:
-        # the checkpoints know their features' CMVN mode (the paper's: mean and variance)
-        feats = FeatureReader(data_dir, cmvn=dnn.load_model(ckpts[0]).config.cmvn)
-    return dnn.make_scorer(ckpts, feats, device=device, precision=precision)
-
-
-def _dnn_checkpoints(models):
-    """DNN checkpoint paths of MODEL arguments (files, dirs with final.pt, ensemble dirs)."""
-    ckpts = []
-    for m in models:
-        if os.path.isdir(m):
-            found = sorted(os.path.join(m, d, "final.pt") for d in os.listdir(m)
-                           if os.path.isfile(os.path.join(m, d, "final.pt")))
-            if os.path.isfile(os.path.join(m, "final.pt")):
-                found = [os.path.join(m, "final.pt")]
-            if not found:
-                raise UserError(f"{m}: neither a GMM dir (final.mdl) nor DNN checkpoints "
-                                "(final.pt or */final.pt)")
-            ckpts += found
-        elif os.path.isfile(m):
-            ckpts.append(m)
-        else:
-            raise UserError(f"{m}: no such model file or directory")
-    return ckpts
-
-
-def check_scorer_tree(scorer, graph_dir, ali_dir=None):
-    """UserError unless the scorer's model has the tree of the graph (and of the alignments)."""
-    from asrkd.identity import check_tree, tree_id
-
-    for other in (graph_dir, ali_dir):
-        if other is not None and getattr(scorer, "tree_id", None) is not None:
-            check_tree(scorer.source, scorer.tree_id, other, tree_id(other))
-
-
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
            acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None,
            frame_acc_data=None, device="cpu", precision="fp32"):
@@ -289,8 +202,6 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     and frame_acc_per_utt (asrkd.score.frame_accuracy of the scorer) on ``frame_acc_data``
     (default data_dir; ali_dir aligns it): frame accuracy needs only a forward pass, so it can
     be measured on a larger set than the one decoded for WER."""
-    from asrkd.data import DataDir
-
     check_decoder_options(beam, lattice_beam, max_active)
     data = DataDir(data_dir)
     if frame_acc_data is not None and ali_dir is None:
@@ -315,8 +226,6 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
         print(f"decode: {decode_dir}: %WER {w['wer']:.2f} ({w['words']} words, acwt "
               f"{_fmt(res['acwt'])})", file=sys.stderr)
     if ali_dir is not None:
-        from asrkd.score import frame_accuracy, write_frame_accuracy
-
         fa_data = data_dir if frame_acc_data is None else frame_acc_data
         fa_scorer = scorer if frame_acc_data is None else make_scorer(model, fa_data)
         res["frame_acc"], counts = frame_accuracy(fa_scorer, fa_data, ali_dir, per_utt=True)
@@ -332,8 +241,6 @@ def measure_frame_accuracy(model, data_dir, ali_dir, out_dir, utts=None):
 
     out_dir is laid out as a decode dir's frame-accuracy files, so `asrkd report` reads it as
     ``MODEL/decode_<set>`` (e.g. a training set, which is too large to decode)."""
-    from asrkd.score import frame_accuracy, write_frame_accuracy
-
     scorer = make_scorer(model, data_dir)
     check_scorer_tree(scorer, ali_dir)  # pdf ids of another tree would score as noise
     acc, counts = frame_accuracy(scorer, data_dir, ali_dir, per_utt=True, utts=utts)

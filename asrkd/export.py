@@ -1,10 +1,10 @@
-"""ONNX export of acoustic models, and hybrid scoring with onnxruntime.
+"""ONNX export of acoustic models, and the exported models run with onnxruntime.
 
 ``export_onnx`` writes one self-contained graph per MODEL (a DNN or TDNN checkpoint, a student,
 or an ensemble dir, whose members are averaged inside the graph):
 
     input  ``feats``          float32 (T, D)  CMVN'd features of one utterance
-    output ``log_posteriors`` float32 (T, P)  log of the (members' mean) softmax
+    output ``log_posteriors`` float32 (T, P)  log of the (members' mean) softmax, floored
 
 The splicing (edge frames repeated, as ``utterance_logits``) is part of the graph, so a caller
 needs nothing but features. The metadata (``metadata_props``, strings) carry what decoding
@@ -15,6 +15,8 @@ needs besides the weights: ``asrkd_format``, ``pdf_counts`` (JSON list: the prio
 The verb checks parity before it returns: onnxruntime and PyTorch log-posteriors on real
 features of a data dir must agree within ``tolerance`` (max absolute difference; float32
 rounding gives ~1e-5 here). The legacy TorchScript exporter is used: it needs no onnxscript.
+The members are averaged by asrkd.ensemble's ``log_mean_posteriors``, traced into the graph, as
+`asrkd decode` averages them on checkpoints; ``asrkd.scorer.OnnxScorer`` decodes with the graph.
 """
 
 import json
@@ -26,8 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from asrkd.ensemble import Ensemble, Scorer, log_mean_posteriors, resolve_checkpoints
 from asrkd.errors import UserError
-from asrkd.models import Scorer, log_priors
+from asrkd.featconf import FbankConfig, config_from_dict
+from asrkd.features import FeatureReader, check_feature_config
+from asrkd.models import load_checkpoint
 
 ONNX_FORMAT = "asrkd-onnx-1"
 DEFAULT_TOLERANCE = 1e-3
@@ -47,29 +52,19 @@ class _UtteranceGraph(nn.Module):
 
     def forward(self, feats):
         t = feats.shape[0]
-        probs = None
+        logits = []
         for m in self.members:
             left, right = m.config.left_context, m.config.right_context
             idx = (torch.arange(t + left + right) - left).clamp(min=0)
             idx = torch.minimum(idx, (t - 1) * torch.ones_like(idx))
             padded = feats.index_select(0, idx)  # (T + left + right, D)
             if m.config.family == "tdnn":
-                logits = m.chunk_logits(padded.unsqueeze(0))[0]  # (T, P)
+                logits.append(m.chunk_logits(padded.unsqueeze(0))[0])  # (T, P)
             else:
                 win = torch.arange(t).unsqueeze(1) + torch.arange(m.config.context).unsqueeze(0)
                 x = padded[win]  # (T, C, D)
-                logits = m(x.reshape(x.shape[0], -1))  # (T, P)
-            p = torch.softmax(logits, dim=-1)
-            probs = p if probs is None else probs + p
-        probs = probs / len(self.members)
-        return torch.log(probs.clamp_min(1e-30))
-
-
-def resolve_checkpoints(model):
-    """MODEL (a checkpoint, a dir with final.pt, or a dir of model*/final.pt) -> [paths]."""
-    from asrkd.decode import _dnn_checkpoints
-
-    return _dnn_checkpoints([model] if isinstance(model, (str, os.PathLike)) else model)
+                logits.append(m(x.reshape(x.shape[0], -1)))  # (T, P)
+        return log_mean_posteriors(torch.stack(logits))  # (M, T, P) -> (T, P)
 
 
 def find_acwt(model):
@@ -96,19 +91,17 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     ``data_dir``: an fbank data dir with feats.scp and cmvn.scp (default: the checkpoint's own
     training data dir). ``feature_config``: FbankConfig stored in the metadata (default: the
     recipe's, i.e. FbankConfig()); it must recompute the features of the model's training data
-    dir and of ``data_dir`` (features.check_feature_config). ``acwt``: stored in the metadata (default: find_acwt).
+    dir and of ``data_dir`` (features.check_feature_config). ``acwt``: stored in the metadata
+    (default: find_acwt).
     Returns {"path", "bytes", "max_abs_diff", "frames", "tolerance"}.
     """
     import onnx
 
-    from asrkd.featconf import FbankConfig
-    from asrkd.features import FeatureReader, check_feature_config
-    from asrkd.models import load_checkpoint, load_model
-
     if not tolerance >= 0:
         raise UserError(f"the parity tolerance must be >= 0, got {tolerance}")
     ckpts = resolve_checkpoints(model)
-    members = [load_model(p) for p in ckpts]
+    ensemble = Ensemble(ckpts)
+    members = ensemble.models
     if len({m.config.num_pdfs for m in members}) != 1 or len({m.config.cmvn for m in members}) != 1:
         raise UserError(f"{model}: members disagree on the number of pdfs or the CMVN mode")
     counts = np.mean([m.pdf_counts.numpy() for m in members], axis=0)
@@ -140,6 +133,34 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
                           output_names=["log_posteriors"], opset_version=OPSET,
                           dynamic_axes={"feats": {0: "T"}, "log_posteriors": {0: "T"}})
     proto = onnx.load(tmp)
+    del proto.metadata_props[:]
+    for k, v in _metadata(members, counts, fc, acwt).items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name = "asrkd"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, tmp)
+    # Parity on utterances other than the traced one too (dynamic T, other lengths).
+    try:
+        worst, frames = _parity(OnnxModel(tmp), Scorer(ensemble, reader),
+                                reader.utts[:max(1, num_utts)])
+    except UserError:
+        os.unlink(tmp)
+        raise
+    if not worst <= tolerance:
+        os.unlink(tmp)
+        raise UserError(f"ONNX parity failed: max |log-posterior difference| {worst:.3g} > "
+                        f"{tolerance:g} on {frames} frames of {data_dir}")
+    os.replace(tmp, out_path)
+    size = os.path.getsize(out_path)
+    print(f"export-onnx: {out_path}: {len(members)} model(s), {size / 1e6:.2f} MB; parity with "
+          f"PyTorch on {frames} frames of {data_dir}: max |diff| {worst:.2e} (tolerance "
+          f"{tolerance:g})" + (f"; acwt {acwt:g}" if acwt is not None else ""), file=sys.stderr)
+    return {"path": out_path, "bytes": size, "max_abs_diff": worst, "frames": frames,
+            "tolerance": tolerance, "acwt": acwt}
+
+
+def _metadata(members, counts, fc, acwt):
+    """The graph's metadata_props (strings): what decoding needs besides the weights."""
     meta = {
         "asrkd_format": ONNX_FORMAT,
         "pdf_counts": json.dumps([float(c) for c in counts]),
@@ -153,36 +174,22 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     }
     if acwt is not None:
         meta["acwt"] = f"{acwt:g}"
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.producer_name = "asrkd"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, tmp)
-    # Parity on utterances other than the traced one too (dynamic T, other lengths).
-    sess = OnnxModel(tmp)
+    return meta
+
+
+@torch.no_grad()
+def _parity(onnx_model, torch_scorer, utts):
+    """(max |log-posterior difference|, frames) of an OnnxModel against the PyTorch Scorer (what
+    `asrkd decode` runs on the checkpoints) on ``utts`` of the scorer's reader."""
     worst, frames = 0.0, 0
-    torch_scorer = Scorer(members, reader)  # what `asrkd decode` runs on the checkpoints
-    with torch.no_grad():
-        for utt in reader.utts[:max(1, num_utts)]:
-            ref = torch_scorer.log_posteriors(utt)
-            got = sess.log_posteriors(reader[utt])
-            if got.shape != ref.shape:
-                os.unlink(tmp)
-                raise UserError(f"{utt}: ONNX output {got.shape} but PyTorch {ref.shape}")
-            worst = max(worst, float(np.abs(got - ref).max()))
-            frames += len(ref)
-    if not worst <= tolerance:
-        os.unlink(tmp)
-        raise UserError(f"ONNX parity failed: max |log-posterior difference| {worst:.3g} > "
-                        f"{tolerance:g} on {frames} frames of {data_dir}")
-    os.replace(tmp, out_path)
-    size = os.path.getsize(out_path)
-    print(f"export-onnx: {out_path}: {len(members)} model(s), {size / 1e6:.2f} MB; parity with "
-          f"PyTorch on {frames} frames of {data_dir}: max |diff| {worst:.2e} (tolerance "
-          f"{tolerance:g})" + (f"; acwt {acwt:g}" if acwt is not None else ""), file=sys.stderr)
-    return {"path": out_path, "bytes": size, "max_abs_diff": worst, "frames": frames,
-            "tolerance": tolerance, "acwt": acwt}
+    for utt in utts:
+        ref = torch_scorer.log_posteriors(utt)
+        got = onnx_model.log_posteriors(torch_scorer.reader[utt])
+        if got.shape != ref.shape:
+            raise UserError(f"{utt}: ONNX output {got.shape} but PyTorch {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+        frames += len(ref)
+    return worst, frames
 
 
 class OnnxModel:
@@ -215,8 +222,6 @@ class OnnxModel:
 
     @property
     def feature_config(self):
-        from asrkd.featconf import config_from_dict
-
         return config_from_dict(json.loads(self.meta["feature_config"]))
 
     def _sess(self):
@@ -236,32 +241,3 @@ class OnnxModel:
             raise UserError(f"{self.path}: features of shape {x.shape}, the model takes "
                             f"(T, {self.feat_dim})")
         return self._sess().run(["log_posteriors"], {"feats": x})[0]
-
-
-class OnnxScorer(Scorer):
-    """utt -> np.float32 (T, P) hybrid scores of an ONNX model, as models.Scorer (a subclass, so
-    that frame accuracy reads its posteriors): ``log_posteriors(utt) - log(prior)``."""
-
-    def __init__(self, onnx_model, feature_reader):
-        self.model, self.reader = onnx_model, feature_reader
-        self.log_prior = log_priors(onnx_model.pdf_counts)
-
-    def log_posteriors(self, utt):
-        return self.model.log_posteriors(self.reader[utt])
-
-    def __call__(self, utt):
-        return (self.log_posteriors(utt) - self.log_prior).astype(np.float32)
-
-
-def onnx_scorer(path, data_dir=None, feats=None):
-    """OnnxScorer over DATA_DIR's features (with the model's CMVN mode) or a given mapping."""
-    from asrkd.features import FeatureReader
-
-    model = OnnxModel(path)
-    if feats is None:
-        feats = FeatureReader(data_dir, cmvn=model.cmvn)
-    elif getattr(feats, "cmvn", model.cmvn) != model.cmvn:
-        raise UserError(f"{path} was trained with cmvn={model.cmvn!r} but the feature reader "
-                        f"applies {feats.cmvn!r}")
-    return OnnxScorer(model, feats)
-

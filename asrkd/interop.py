@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asrkd.data import validate_data_dir, write_data_dir
-from asrkd.distill import SoftTargetStore
+from asrkd.softtargets import SoftTargetStore
 from asrkd.errors import UserError
 from asrkd.table import ArkWriter
 

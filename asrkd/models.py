@@ -22,15 +22,20 @@ Deviations from Kaldi: no LDA/fixed affine input layer, no nnet3 xconfig; priors
 alignment counts (Kaldi nnet3 re-estimates them from the network's posteriors).
 """
 
+import contextlib
 import dataclasses
+import io
 import os
+import pickle
+import zipfile
 
-import numpy as np
 import torch
 from torch import nn
 
 from asrkd.config import DictConfig
 from asrkd.errors import UserError
+from asrkd.finite import check_finite
+from asrkd.table import atomic_path
 
 CHECKPOINT_FORMAT = "asrkd-acoustic-model-1"
 PRECISIONS = ("fp32", "bf16")
@@ -39,8 +44,6 @@ PRECISIONS = ("fp32", "bf16")
 def autocast(device, precision):
     """Context for a forward pass: bfloat16 autocast for ``precision="bf16"`` (weights stay
     float32), else a no-op."""
-    import contextlib
-
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "bf16":
@@ -98,7 +101,6 @@ class ModelConfig(DictConfig):
     def context(self):
         """Frames per input window, C = left + 1 + right."""
         return self.left_context + 1 + self.right_context
-
 
 
 def _nonlinearity(dim, config):
@@ -168,10 +170,6 @@ class _AcousticModel(nn.Module):
                 "state_dict": self.state_dict(), **extra}
 
     def save(self, path, **extra):
-        import io
-
-        from asrkd.table import atomic_path
-
         # serialised in memory, written by Python: a full disk is then an OSError (ENOSPC)
         # with the file's name, not torch's internal "unexpected pos" RuntimeError
         buf = io.BytesIO()
@@ -254,9 +252,6 @@ def build_model(config):
 def load_checkpoint(path):
     """Load a checkpoint dict without unpickling code (weights_only); a UserError names the
     file and what is wrong with it."""
-    import pickle
-    import zipfile
-
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such checkpoint")
     try:
@@ -286,8 +281,6 @@ def load_model(path_or_dict):
     ("meta") copy of the model before anything is allocated, and the weights must be finite.
     The model gets ``tree_id``, ``feature_config`` and ``source`` (the file) from the checkpoint.
     """
-    from asrkd.finite import check_finite
-
     ckpt = load_checkpoint(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
     where = ckpt.get("path", "checkpoint")
     try:
@@ -311,158 +304,3 @@ def load_model(path_or_dict):
     model.feature_config = ckpt.get("feature_config")
     model.source = where
     return model.eval()
-
-
-def ensemble_utterance_logits(models, feats, chunk=4096, batched=None):
-    """All members on one utterance, its features spliced once: feats (T, D) -> (M, T, P).
-
-    Equal to stacking the members' ``utterance_logits`` (up to float rounding when batched);
-    see ``ensemble_chunks``.
-    """
-    parts = list(ensemble_chunks(models, feats, chunk, batched))
-    if not parts:
-        return torch.zeros(len(models), 0, models[0].config.num_pdfs)
-    return torch.cat(parts, dim=1)
-
-
-def ensemble_chunks(models, feats, chunk=4096, batched=None):
-    """Yield the members' logits (M, t, P) on successive chunks of t <= ``chunk`` frames.
-
-    One feature pass: members are grouped by context and a group of DNNs shares each chunk's
-    windows (t, C, D) instead of splicing per member. ``batched`` (default: on a CUDA device)
-    runs a group of same-shaped DNNs without batch norm as one batched matmul per layer,
-    (M, t, C*D) @ (M, C*D, H), which a GPU runs at a far higher share of its peak than M small
-    products. Other members (TDNNs) run their own ``utterance_logits`` once per utterance.
-    """
-    models = list(models)
-    feats = torch.as_tensor(feats, dtype=torch.float32)
-    device = next(models[0].parameters()).device
-    feats = feats.to(device)
-    batched = device.type == "cuda" if batched is None else batched
-    t = feats.shape[0]
-    groups, own = {}, {}
-    for i, m in enumerate(models):
-        if isinstance(m, DNNAcousticModel):
-            groups.setdefault((m.left_context, m.right_context), []).append(i)
-        else:
-            own[i] = m.utterance_logits(feats)
-    stacks = {key: _stack_dnns([models[i] for i in members]) if batched else None
-              for key, members in groups.items()}
-    with torch.no_grad():
-        for s in range(0, t, chunk):
-            e = min(s + chunk, t)
-            out = [None] * len(models)
-            for i, z in own.items():
-                out[i] = z[s:e]
-            for (left, right), members in groups.items():
-                idx = torch.arange(s, e, device=device)[:, None] + torch.arange(
-                    -left, right + 1, device=device)
-                win = feats[idx.clamp_(0, t - 1)]  # (t, C, D), shared by the group
-                stack = stacks[(left, right)]
-                if stack is not None:
-                    for j, z in zip(members, _stacked_forward(stack, win.reshape(e - s, -1))):
-                        out[j] = z
-                else:
-                    for j in members:
-                        out[j] = models[j](win)
-            yield torch.stack(out)
-
-
-def _stack_dnns(dnns):
-    """[(W (M, in, out), b (M, 1, out))] per layer for same-shaped DNNs, else None."""
-    first = dnns[0].config
-    if first.batchnorm or any(m.config.hidden_dims != first.hidden_dims
-                              or m.config.num_pdfs != first.num_pdfs for m in dnns):
-        return None
-    linears = [[mod for mod in list(m.hidden) + [m.output] if isinstance(mod, nn.Linear)]
-               for m in dnns]
-    return [(torch.stack([ls[k].weight.t() for ls in linears]),
-             torch.stack([ls[k].bias[None] for ls in linears])) for k in range(len(linears[0]))]
-
-
-def _stacked_forward(stack, x):
-    """x (N, C*D) -> (M, N, P) through stacked layers (ReLU between; dropout is off in eval)."""
-    h = x.expand(stack[0][0].shape[0], *x.shape)
-    for k, (w, b) in enumerate(stack):
-        h = torch.baddbmm(b, h, w)
-        if k < len(stack) - 1:
-            h = torch.relu(h)
-    return h
-
-
-def log_priors(pdf_counts):
-    """log p(pdf) from alignment counts; unseen pdfs floored to a count of 1 (finite scores)."""
-    counts = np.maximum(np.asarray(pdf_counts, dtype=np.float64), 1.0)
-    return np.log(counts / counts.sum()).astype(np.float32)
-
-
-class Scorer:
-    """utt -> np.float32 (T, P) hybrid pseudo log-likelihoods of one model or an ensemble.
-
-    ``scorer(utt) = log(mean_m softmax_m) - log(prior)``; ``scorer.log_posteriors(utt)`` gives the
-    first term alone (what frame accuracy is measured on).
-    """
-
-    def __init__(self, models, feature_reader, device="cpu", precision="fp32"):
-        self.models = [m.to(device) for m in models]
-        self.reader = feature_reader
-        self.device, self.precision = device, precision
-        counts = [m.pdf_counts.cpu().numpy() for m in self.models]
-        if any(c.shape != counts[0].shape for c in counts):
-            raise UserError("ensemble members disagree on the number of pdfs")
-        if not counts[0].any():
-            raise UserError("checkpoint holds no pdf counts (priors); was it trained by asrkd?")
-        self.log_prior = log_priors(np.mean(counts, axis=0))
-
-    @torch.no_grad()
-    def log_posteriors(self, utt):
-        feats = torch.from_numpy(np.ascontiguousarray(self.reader[utt], dtype=np.float32))
-        out = []
-        # one feature pass for all members; chunks keep (M, t, P) small with thousands of pdfs
-        with autocast(self.device, self.precision):
-            for logits in ensemble_chunks(self.models, feats, chunk=1024):  # (M, t, P)
-                probs = torch.softmax(logits.float(), dim=-1).mean(dim=0)
-                out.append(torch.log(probs.clamp_min(1e-30)))
-        if not out:
-            return np.zeros((0, self.log_prior.shape[0]), dtype=np.float32)
-        return torch.cat(out).cpu().numpy()
-
-    def __call__(self, utt):
-        return (self.log_posteriors(utt) - self.log_prior).astype(np.float32)
-
-
-def check_members(models, data_dir=None, dim=None):
-    """UserError unless the models share one tree and (given a data dir) fit its features;
-    returns their tree id."""
-    from asrkd.identity import check_features, check_tree
-
-    for m in models[1:]:
-        check_tree(models[0].source, models[0].tree_id, m.source, m.tree_id)
-    if data_dir is not None:
-        for m in models:
-            check_features(m.source, m.feature_config, m.config.feat_dim, data_dir, dim)
-    return models[0].tree_id
-
-
-def make_scorer(ckpt_paths, feature_reader, device="cpu", precision="fp32"):
-    """Checkpoint path(s) + a FeatureReader -> Scorer (callable utt -> np.float32 (T, P))."""
-    if isinstance(ckpt_paths, (str, os.PathLike)):
-        ckpt_paths = [ckpt_paths]
-    if not ckpt_paths:
-        raise UserError("no model checkpoints given")
-    models = [load_model(p) for p in ckpt_paths]
-    cmvn = {m.config.cmvn for m in models}
-    if len(cmvn) > 1:
-        raise UserError(f"ensemble members use different CMVN modes {sorted(map(str, cmvn))}")
-    reader_cmvn = getattr(feature_reader, "cmvn", models[0].config.cmvn)
-    if reader_cmvn != models[0].config.cmvn:
-        raise UserError(f"models were trained with cmvn={models[0].config.cmvn!r} but the "
-                        f"feature reader applies {reader_cmvn!r}")
-    data = getattr(feature_reader, "data", None)  # a FeatureReader over a data dir, or not
-    if data is not None:
-        check_members(models, data.path, feature_reader.dim)
-    else:
-        check_members(models)
-    scorer = Scorer(models, feature_reader, device=device, precision=precision)
-    scorer.tree_id, scorer.source = models[0].tree_id, models[0].source
-    return scorer

@@ -21,7 +21,8 @@ from asrkd.alignment import AlignmentDir
 from asrkd.data import DataDir
 from asrkd.errors import UserError
 from asrkd.features import FeatureReader
-from asrkd.models import Scorer, load_model
+from asrkd.ensemble import Scorer
+from asrkd.models import load_model
 from asrkd.table import atomic_path, read_table
 
 EPS = "***"

@@ -20,13 +20,15 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from asrkd.decode import cached_graph, decode_loglikes, make_decoder, make_scorer, read_best_acwt
+from asrkd.decode import cached_graph, decode_loglikes, make_decoder, read_best_acwt
+from asrkd.ensemble import resolve_checkpoints
 from asrkd.errors import UserError
-from asrkd.export import OnnxModel, find_acwt, resolve_checkpoints
+from asrkd.export import OnnxModel, find_acwt
 from asrkd.featconf import FbankConfig, load_feature_config
 from asrkd.features import check_feature_config, cmvn_transform, make_extractor, read_audio
 from asrkd.features import resample as resample_audio
 from asrkd.models import load_checkpoint, load_model
+from asrkd.scorer import make_scorer
 from asrkd.table import read_table
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".sph")

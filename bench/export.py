@@ -19,7 +19,8 @@ import time
 import numpy as np
 import torch
 
-from asrkd.export import OnnxModel, _UtteranceGraph, export_onnx, resolve_checkpoints
+from asrkd.ensemble import resolve_checkpoints
+from asrkd.export import OnnxModel, _UtteranceGraph, export_onnx
 from asrkd.models import ModelConfig, build_model, load_model
 
 

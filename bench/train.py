@@ -7,9 +7,9 @@ For each model shape (the demo's 11 x 40 -> 3 x 256 -> 1000 pdfs, and the paper'
   training batch, and of the forward pass at a decoding chunk, as bare ``torch.mm`` calls;
 - train: ``asrkd.train.train_model`` itself (frame cache reads, splicing, batching, loss,
   backward, optimizer) on a stand-in corpus (bench/fake_corpus.py), frames/s of its epoch;
-- soft targets: ``asrkd.distill.compute_soft_targets`` with ``--teachers`` members (one
+- soft targets: ``asrkd.softtargets.compute_soft_targets`` with ``--teachers`` members (one
   feature pass, top-k, the store written);
-- decode forward: ``asrkd.models.Scorer`` (log posteriors minus log priors) of one model over
+- decode forward: ``asrkd.ensemble.Scorer`` (log posteriors minus log priors) of one model over
   whole utterances, the part of ``asrkd decode`` that runs the network.
 A share is (frames/s x the stage's FLOPs per frame) / the matmul FLOP/s at its shapes.
 
@@ -78,9 +78,10 @@ def flops_per_frame(layers, training):
 
 
 def bench_shape(name, args, root):
-    from asrkd.distill import compute_soft_targets
+    from asrkd.ensemble import Scorer
     from asrkd.features import FeatureReader
-    from asrkd.models import ModelConfig, Scorer, build_model
+    from asrkd.models import ModelConfig, build_model
+    from asrkd.softtargets import compute_soft_targets
     from asrkd.train import TrainConfig, train_model
 
     left, right, hidden, pdfs, batch, optimizer = SHAPES[name]

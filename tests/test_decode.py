@@ -7,10 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from asrkd.decode import GmmScorer, decode_data_dir, decode_loglikes, read_best_acwt
+from asrkd.decode import decode_data_dir, decode_loglikes, read_best_acwt
 from asrkd.errors import UserError
 from asrkd.gmm import load_gmm
 from asrkd.gmmtrain import train_mono, train_tri
+from asrkd.scorer import GmmScorer
 from conftest import word_loop_graph
 from test_gmmtrain import make_corpus
 
@@ -207,7 +208,7 @@ def test_mono_on_tiny_speech(tiny_data, tmp_path):
     than chance over a word loop of the dev vocabulary."""
     from asrkd.align import align
     from asrkd.data import DataDir
-    from asrkd.decode import make_scorer
+    from asrkd.scorer import make_scorer
     from asrkd.lang import prepare_lang
 
     lang = prepare_lang(str(tmp_path / "lang"), [os.path.join(tiny_data["train"], "text"),

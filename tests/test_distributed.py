@@ -110,7 +110,7 @@ def test_two_gloo_ranks_reject_epochs_as_one_process(tmp_path):
 
 
 def test_distill_on_two_gloo_ranks_equals_one_process(tmp_path):
-    from asrkd.distill import save_soft_targets
+    from asrkd.softtargets import save_soft_targets
 
     data, ali = make_learnable_data(tmp_path, num_spk=4, utts_per_spk=6, num_pdfs=6, dim=8)
     conf = tmp_path / "dnn.yaml"

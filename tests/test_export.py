@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from asrkd.cli import main
-from asrkd.decode import decode, make_scorer
+from asrkd.decode import decode
 from asrkd.errors import UserError
 from asrkd.export import OnnxModel, export_onnx
 from asrkd.features import FeatureReader
 from asrkd.models import ModelConfig, build_model, load_model
+from asrkd.scorer import make_scorer
 from asrkd.table import read_table
 from asrkd.transcribe import transcribe
 

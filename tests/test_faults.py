@@ -285,7 +285,8 @@ def test_gmm_decode_over_another_trees_graph_is_an_error(systems, tmp_path, caps
 
 
 def test_distilling_with_another_trees_alignments_is_an_error(systems, tmp_path):
-    from asrkd.distill import compute_soft_targets, distill
+    from asrkd.distill import distill
+    from asrkd.softtargets import compute_soft_targets
 
     soft = str(tmp_path / "soft")
     meta = compute_soft_targets(systems["data"], str(systems["root"] / "teachers"), soft)
@@ -380,7 +381,8 @@ def test_feature_config_travels_and_mismatches_are_named(tiny_data, tmp_path):
     from asrkd.data import combine_data_dirs, subset_data_dir, validate_data_dir
     from asrkd.featconf import feature_config
     from asrkd.features import FeatureReader
-    from asrkd.models import ModelConfig, build_model, make_scorer
+    from asrkd.models import ModelConfig, build_model
+    from asrkd.scorer import make_scorer
 
     fb, mf = tiny_data["test"], tiny_data["test_mfcc"]
     assert feature_config(fb)["type"] == "fbank" and feature_config(mf)["type"] == "mfcc"
@@ -396,11 +398,11 @@ def test_feature_config_travels_and_mismatches_are_named(tiny_data, tmp_path):
     m.save(ck, feature_config=feature_config(fb))
     with pytest.raises(UserError, match=r"m.pt was trained on other features than .*test_mfcc "
                                         r"has \(type='fbank' vs 'mfcc', "):
-        make_scorer(ck, FeatureReader(mf, cmvn="meanvar"))
+        make_scorer(ck, feats=FeatureReader(mf, cmvn="meanvar"))
     # without a recorded config the dims still disagree, in one line
     m.save(ck)
     with pytest.raises(UserError, match=r"takes 40-dim features but .*test_mfcc has 13-dim"):
-        make_scorer(ck, FeatureReader(mf, cmvn="meanvar"))
+        make_scorer(ck, feats=FeatureReader(mf, cmvn="meanvar"))
     # a feat_config.yaml that does not describe the stored features
     with open(os.path.join(s1, "feat_config.yaml"), "a") as f:
         f.write("num_mel_bins: 23\n")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from asrkd.cli import main
-from asrkd.distill import SoftTargetStore, save_soft_targets
+from asrkd.softtargets import SoftTargetStore, save_soft_targets
 from asrkd.errors import UserError
 from asrkd.interop import export_lhotse, export_soft_targets, import_lhotse
 

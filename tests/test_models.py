@@ -6,7 +6,7 @@ import torch
 
 from asrkd.errors import UserError
 from asrkd.models import (DNNAcousticModel, ModelConfig, TDNNAcousticModel, build_model,
-                          load_model, log_priors, make_scorer)
+                          load_model)
 
 D, P = 6, 11
 
@@ -71,37 +71,6 @@ def test_checkpoint_round_trip_weights_only(tmp_path, family):
     assert type(model).from_checkpoint(str(path)).config == model.config
 
 
-def test_scorer_is_log_mean_posterior_minus_log_prior(tmp_path):
-    feats = {"a": np.random.default_rng(0).normal(size=(9, D)).astype(np.float32)}
-
-    class Reader(dict):
-        cmvn = "meanvar"
-
-    paths, models = [], []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        m = build_model(_config("dnn")).eval()
-        m.pdf_counts.copy_(torch.tensor([0, 5, 3, 1, 1, 1, 1, 1, 1, 1, 10]))
-        paths.append(str(tmp_path / f"m{seed}.pt"))
-        m.save(paths[-1])
-        models.append(m)
-    scorer = make_scorer(paths, Reader(feats))
-    out = scorer("a")
-    assert out.dtype == np.float32 and out.shape == (9, P)
-    x = torch.from_numpy(feats["a"])
-    post = sum(torch.softmax(m.utterance_logits(x), -1) for m in models) / 2
-    prior = log_priors([0, 5, 3, 1, 1, 1, 1, 1, 1, 1, 10])
-    assert np.isfinite(prior).all() and prior[0] == prior[3]  # unseen pdf floored to count 1
-    np.testing.assert_allclose(out, np.log(post.numpy()) - prior, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(scorer.log_posteriors("a"), np.log(post.numpy()), atol=1e-5)
-
-    class MeanOnly(dict):
-        cmvn = "mean"
-
-    with pytest.raises(UserError):
-        make_scorer(paths, MeanOnly(feats))
-
-
 def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
     """The checkpoint's zip records no temporary file name (torch names them after the file)."""
     from asrkd.models import ModelConfig, build_model
@@ -113,36 +82,3 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_ensemble_feature_pass_equals_each_member_on_its_own(batched):
-    from asrkd.models import ensemble_utterance_logits
-
-    torch.manual_seed(0)
-    members = [build_model(_config("dnn")) for _ in range(3)]
-    members.append(build_model(_config("dnn", left_context=1, right_context=4)))
-    members.append(build_model(_config("tdnn")))
-    for m in members:
-        m.eval()
-    feats = torch.randn(23, D)
-    want = torch.stack([m.utterance_logits(feats) for m in members])
-    got = ensemble_utterance_logits(members, feats, chunk=7, batched=batched)  # 4 chunks
-    assert got.shape == want.shape == (5, 23, P)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert ensemble_utterance_logits(members, torch.zeros(0, D)).shape == (5, 0, P)
-
-
-def test_scorer_in_bf16_is_close_to_fp32(tmp_path):
-    from asrkd.models import Scorer
-
-    torch.manual_seed(1)
-    models = [build_model(_config("dnn")) for _ in range(2)]
-    for m in models:
-        m.pdf_counts.fill_(3)
-        m.eval()
-    feats = {"u": np.random.default_rng(0).normal(size=(40, D)).astype(np.float32)}
-    fp32 = Scorer(models, feats).log_posteriors("u")
-    bf16 = Scorer(models, feats, precision="bf16").log_posteriors("u")
-    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
-    assert 0 < np.abs(bf16 - fp32).max() < 0.05  # bfloat16 really ran, and is close
-    with pytest.raises(UserError, match="precision"):
-        Scorer(models, feats, precision="fp8").log_posteriors("u")

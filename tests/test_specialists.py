@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from asrkd.cli import main
-from asrkd.decode import make_scorer
 from asrkd.errors import UserError
 from asrkd.models import ModelConfig, build_model
+from asrkd.score import frame_accuracy
+from asrkd.scorer import make_scorer
 from asrkd.specialists.combine import collapse, combine, corrected_logits, specialist_logits
 from asrkd.specialists.report import specialist_report
 from asrkd.specialists.scorer import SpecialistScorer
 from asrkd.specialists.train import (SpecialistConfig, local_labels, specialist_frames,
                                      specialist_from_generalist, train_specialists)
-from asrkd.score import frame_accuracy
 from asrkd.train import train_model
 
 # --- dustbin targets --------------------------------------------------------------------------

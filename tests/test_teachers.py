@@ -21,11 +21,11 @@ def test_train_ensemble_skips_finished_models(tmp_path):
     assert not os.path.exists(os.path.join(exp, "model1", "frames"))
     # Ensemble frame accuracy through paths and through a scorer agree.
     from asrkd.features import FeatureReader
-    from asrkd.models import make_scorer
+    from asrkd.scorer import make_scorer
 
     acc = frame_accuracy(paths, data, ali)
     assert acc > 0.5
-    assert acc == frame_accuracy(make_scorer(paths, FeatureReader(data, cmvn="meanvar")), data, ali)
+    assert acc == frame_accuracy(make_scorer(paths, feats=FeatureReader(data, cmvn="meanvar")), data, ali)
     mtime = os.path.getmtime(paths[0])
     train_ensemble(data, ali, exp, MC, tc, num_models=2, nj=1)
     assert os.path.getmtime(paths[0]) == mtime

@@ -273,23 +273,6 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
         TrainConfig(precision="fp16")
 
 
-def test_soft_target_store_keeps_few_shards_mapped(tmp_path):
-    from asrkd.distill import OPEN_SHARDS, SoftTargetStore, _finish_store, _write_shard
-
-    rng = np.random.default_rng(0)
-    indexes = []
-    for shard in range(1, 6):
-        items = [(f"u{shard}{i}", rng.integers(0, 9, (4, 2)), np.full((4, 2), 0.5),
-                  np.zeros(4)) for i in range(3)]
-        indexes.append(_write_shard(str(tmp_path), shard, items, 9))
-    _finish_store(str(tmp_path), indexes, 9, 1.0, "arith", 2, [])
-    store = SoftTargetStore(tmp_path)
-    for utt in sorted(store):
-        ids, probs = store[utt]
-        assert ids.shape == (4, 2) and len(store._shards) <= OPEN_SHARDS
-    assert np.allclose(store["u11"][1], 0.5)  # a dropped shard is mapped again on demand
-
-
 
 def test_train_utts_and_frame_accuracy_verb_on_them(tmp_path, capsys):
     """Training lists the utterances it saw; `asrkd frame-accuracy --utts` scores just those,

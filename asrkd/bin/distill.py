@@ -1,6 +1,7 @@
 """asrkd distill DATA ALI_DIR SOFT_DIR EXP_DIR: train a student on soft and hard targets."""
 
-from asrkd.distill import COMBINES, distill
+from asrkd.distill import distill
+from asrkd.ensemble import COMBINES
 
 
 def add_arguments(parser):

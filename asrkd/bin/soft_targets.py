@@ -1,6 +1,7 @@
 """asrkd soft-targets DATA TEACHERS_DIR OUT_DIR: store the ensemble's tempered posteriors."""
 
-from asrkd.distill import COMBINES, compute_soft_targets
+from asrkd.ensemble import COMBINES
+from asrkd.softtargets import compute_soft_targets
 
 
 def add_arguments(parser):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from asrkd.alignment import AlignmentDir
 from asrkd.data import DataDir
-from asrkd.distill import find_teachers
+from asrkd.ensemble import find_teachers
 from asrkd.errors import UserError
 from asrkd.models import load_model
 from asrkd.specialists.scorer import is_specialists_dir, make_scorer

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from asrkd.features import FeatureReader
-from asrkd.models import Scorer, load_model
+from asrkd.ensemble import Scorer
+from asrkd.models import load_model
 from asrkd.specialists.combine import (active_specialists, combine, corrected_logits,
                                        membership, specialist_logits)
 

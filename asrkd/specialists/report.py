@@ -18,9 +18,8 @@ from tqdm import tqdm
 
 from asrkd.alignment import AlignmentDir
 from asrkd.data import DataDir
-from asrkd.ensemble import find_teachers
+from asrkd.ensemble import Ensemble, average_posteriors, find_teachers
 from asrkd.errors import UserError
-from asrkd.models import load_model
 from asrkd.specialists.scorer import is_specialists_dir, make_scorer
 from asrkd.table import atomic_path
 
@@ -129,13 +128,12 @@ def _costs(scorer, utts, timing_frames, evaluations_per_frame, ensemble_dir):
                 "combined_us": 1e6 * _time_per_frame(scorer.frame_stats, timing, scorer.reader),
                 "evaluations_per_frame": evaluations_per_frame}
         if ensemble_dir is not None:
-            members = [load_model(p) for p in find_teachers(ensemble_dir)]
+            ens = Ensemble(find_teachers(ensemble_dir))
 
-            def ens_fn(x):
-                x = torch.from_numpy(x)
-                return sum(torch.softmax(m.utterance_logits(x), 1) for m in members)
+            def ens_fn(x):  # the ensemble as decoding runs it: one feature pass, one average
+                return average_posteriors(ens.utterance_logits(torch.from_numpy(x)))
 
-            cost["ensemble_size"] = len(members)
+            cost["ensemble_size"] = len(ens.models)
             cost["ensemble_us"] = 1e6 * _time_per_frame(ens_fn, timing, scorer.reader)
     finally:
         torch.set_num_threads(torch_threads)

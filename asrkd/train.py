@@ -7,14 +7,10 @@ every seed, so ensemble members are comparable), scored on whole utterances as i
 ``chunk_size > 1`` trains on shuffled runs of consecutive frames instead of single frames, so a
 TDNN computes its convolutions once per run (Kaldi's chunk training).
 
-Schedule: "newbob" as in Kaldi nnet1's train_scheduler.sh (``Newbob``), by default on the
-relative fall of the validation cross-entropy (``newbob_metric="acc"``: absolute gain in
-validation frame accuracy): an epoch that does not improve is rejected (weights and optimizer
-state go back to the best epoch); the learning rate is halved from the first epoch whose gain is
-below ``start_halving_impr``; training stops once halving and the gain is below
-``end_halving_impr`` (after ``min_epochs``), or at ``epochs``. ``halving_from_epoch`` replaces
-this with a fixed schedule (full rate, then halving every epoch). ``final.pt`` is the best epoch
-(the last one with ``reject_worse=False``). Frame accuracy is logged either way.
+Schedule: ``Newbob`` (asrkd.schedule), Kaldi nnet1's newbob on the validation cross-entropy or
+frame accuracy (``newbob_metric``), with rejection of an epoch that does not improve
+(``reject_worse``), or a fixed halving schedule (``halving_from_epoch``). ``final.pt`` is the best
+epoch. Frame accuracy is logged either way.
 
 Resume: every epoch writes ``epoch{N}.pt`` (model, optimizer, schedule, history) atomically; a
 rerun continues after the last one. Each epoch's shuffling and dropout are seeded from
@@ -37,9 +33,8 @@ plain cross-entropy training:
   ``max_frames_per_epoch``;
 - ``evaluate(model) -> (valid loss, valid acc)``: default the CE and frame accuracy on the
   validation utterances (``_evaluate_world``);
-- ``schedule``: an object with Newbob's interface (``lr``, ``epoch``, ``best_epoch``, ``done``,
-  ``reload_rejected``, ``update(epoch, valid_loss, valid_acc) -> accepted`` and a ``state`` dict
-  with ``epoch`` and ``stop`` that epoch checkpoints keep); default ``Newbob(train_config)``;
+- ``schedule``: an object with Newbob's interface (asrkd.schedule; ``BestLoss`` is another);
+  default ``Newbob(train_config)``;
 - ``on_epoch_end(epoch)``: called on rank 0 after each epoch's checkpoint is written.
 
 Deviation from the paper: the paper trained with asynchronous distributed SGD on ~700M frames; here
@@ -71,6 +66,7 @@ from asrkd.featconf import feature_config
 from asrkd.frames import FrameCache, PageBudget, build_frame_cache, extra_memmap, split_by_speaker
 from asrkd.identity import check_features, check_tree
 from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
+from asrkd.schedule import Newbob
 from asrkd.score import write_utt_list
 from asrkd.table import atomic_path
 
@@ -156,7 +152,7 @@ def _read_conf(path):
 
 
 # --------------------------------------------------------------------------------------------
-# Hooks, schedule, run
+# Hooks and run
 
 
 @dataclasses.dataclass
@@ -170,53 +166,6 @@ class TrainHooks:
     evaluate: Optional[Callable] = None  # evaluate(model) -> (valid loss, valid acc)
     schedule: Any = None  # an object like Newbob
     on_epoch_end: Optional[Callable] = None  # on_epoch_end(epoch), after its checkpoint
-
-
-class Newbob:
-    """Kaldi nnet1's newbob schedule, or the fixed one of ``halving_from_epoch`` (module
-    docstring); ``state`` is what an epoch checkpoint keeps as "schedule"."""
-
-    def __init__(self, train_config):
-        self.tc = train_config
-        self.state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": 0.0,
-                      "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
-
-    lr = property(lambda self: self.state["lr"])  # of the next epoch
-    epoch = property(lambda self: self.state["epoch"])  # the last one done
-    best_epoch = property(lambda self: self.state["best_epoch"])
-    reload_rejected = property(lambda self: self.tc.reject_worse)
-
-    @property
-    def done(self):
-        return self.state["stop"] or self.state["epoch"] >= self.tc.epochs
-
-    def update(self, epoch, valid_loss, valid_acc):
-        """Take epoch ``epoch``'s validation figures; return whether it is accepted."""
-        tc, state = self.tc, self.state
-        # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
-        if tc.newbob_metric == "loss":
-            score = -valid_loss
-            impr = ((state["best_loss"] - valid_loss) / max(state["best_loss"], 1e-12)
-                    if state["best_epoch"] else 1.0)
-        else:
-            score = valid_acc
-            impr = valid_acc - state["best_acc"] if state["best_epoch"] else 1.0
-        accepted = (not state["best_epoch"] or score > state["best_score"]
-                    or not tc.reject_worse)
-        if accepted:
-            state.update(best_acc=valid_acc, best_loss=valid_loss, best_score=score,
-                         best_epoch=epoch)
-        if tc.halving_from_epoch > 0:
-            state["halving"] = epoch >= tc.halving_from_epoch
-        else:  # newbob
-            if state["halving"] and impr < tc.end_halving_impr and epoch >= tc.min_epochs:
-                state["stop"] = True
-            if impr < tc.start_halving_impr:
-                state["halving"] = True
-        if state["halving"]:
-            state["lr"] *= tc.halving_factor
-        state["epoch"] = epoch
-        return accepted
 
 
 @dataclasses.dataclass

@@ -20,10 +20,13 @@ The loop: ``train_model`` sets a run up (``TrainRun``: frame cache, train/valid 
 optimizer, schedule, resumed state) and hands it to ``train_epochs``, which runs one epoch of
 minibatch updates, validates, asks the schedule, and checkpoints, until the schedule is done
 (a trainer with a model and frames of its own may build a TrainRun and call train_epochs).
-What a trainer built on it (distillation) changes is a ``TrainHooks``; every field defaults to
-plain cross-entropy training:
+What a trainer built on it (distillation, the specialists) changes is a ``TrainHooks``; every
+field defaults to plain cross-entropy training:
 - ``targets``: utt -> (T, ...) array of per-frame rows (soft targets), memory-mapped in cache
   frame order and batched as ``batch["extra"]``;
+- ``forward(model, batch) -> logits``: the (N, K) logits that the loss and the logged training
+  accuracy are on (a specialist's over its set + dustbin); default the model's over the pdfs;
+- ``labels(y) -> y``: ``batch["y"]`` (pdf ids, -1 for none) as classes of those logits;
 - ``loss(logits, batch) -> scalar``: replaces cross-entropy on ``batch["y"]``; ``batch["x"]``
   is the model input (N, C, D), or (B, chunk + left + right, D) with ``batch["chunk"]``;
 - ``unlabeled``: utterances without an alignment are trained on too, with ``batch["y"] == -1``
@@ -160,6 +163,8 @@ class TrainHooks:
     """What a trainer built on this loop changes (see the module docstring); None: default."""
 
     targets: Optional[Mapping] = None  # utt -> (T, ...) per-frame rows: batch["extra"]
+    forward: Optional[Callable] = None  # forward(model, batch) -> logits (N, K)
+    labels: Optional[Callable] = None  # labels(y) -> batch["y"] as classes of those logits
     loss: Optional[Callable] = None  # loss(logits, batch) -> scalar
     unlabeled: bool = False  # train on utterances without alignment too (batch["y"] == -1)
     frames: Optional[Callable] = None  # frames(epoch, train_frames) -> the epoch's order
@@ -566,7 +571,7 @@ def train_epochs(run, hooks):
             if world.is_main:
                 print(f"epoch {epoch}: lr {lr:.3g} train loss {row['train_loss']:.4f} "
                       f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "
-                      f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
+                      f"{valid_acc:.4f}{_mark(accepted, run.schedule)} | "
                       f"{row['seconds']:.1f}s", file=sys.stderr)
             _checkpoint(run, epoch, accepted)
             if writer is not None:
@@ -579,6 +584,14 @@ def train_epochs(run, hooks):
         if writer is not None:
             writer.close()
     return os.path.join(run.exp_dir, "final.pt")
+
+
+def _mark(accepted, schedule):
+    """The log's note on an epoch that is not final.pt: rejected (the best epoch is put back)
+    or just not the best (training goes on from it)."""
+    if accepted:
+        return ""
+    return " (rejected)" if schedule.reload_rejected else " (not best)"
 
 
 def _cross_entropy(logits, batch):
@@ -601,6 +614,7 @@ def _train_epoch(run, hooks, epoch, loss_fn):
     tc, world, model, opt = run.config, run.world, run.model, run.opt
     torch.manual_seed(rank_seed(_epoch_seed(run.seed, epoch), world))
     frames = (hooks.frames or (lambda e, f: _shuffled_frames(run, e, f)))(epoch, run.train_frames)
+    forward = hooks.forward or _forward
     _set_lr(opt, run.schedule.lr)
     model.train()
     tot_loss, tot_correct, tot_n, tot_labeled = 0.0, 0, 0, 0
@@ -608,11 +622,13 @@ def _train_epoch(run, hooks, epoch, loss_fn):
                file=sys.stderr, disable=None if world.is_main else True, unit_scale=True)
     for batch in _batches(run.cache, frames, model, tc.batch_size, run.extra, run.device,
                           tc.chunk_size, world):
+        if hooks.labels is not None:
+            batch["y"] = hooks.labels(batch["y"])
         n = len(batch["y"])
         opt.zero_grad(set_to_none=True)
         if n:  # a rank's part of a short last batch may be empty
             with autocast(run.device, tc.precision):
-                logits = _forward(model, batch)
+                logits = forward(model, batch)
                 loss = loss_fn(logits, batch)
             if not torch.isfinite(loss.detach()).item():
                 raise NonFiniteLoss(epoch, _batch_utts(run.cache, batch, logits), run.exp_dir)

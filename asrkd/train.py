@@ -7,14 +7,10 @@ every seed, so ensemble members are comparable), scored on whole utterances as i
 ``chunk_size > 1`` trains on shuffled runs of consecutive frames instead of single frames, so a
 TDNN computes its convolutions once per run (Kaldi's chunk training).
 
-Schedule: "newbob" as in Kaldi nnet1's train_scheduler.sh (``Newbob``), by default on the
-relative fall of the validation cross-entropy (``newbob_metric="acc"``: absolute gain in
-validation frame accuracy): an epoch that does not improve is rejected (weights and optimizer
-state go back to the best epoch); the learning rate is halved from the first epoch whose gain is
-below ``start_halving_impr``; training stops once halving and the gain is below
-``end_halving_impr`` (after ``min_epochs``), or at ``epochs``. ``halving_from_epoch`` replaces
-this with a fixed schedule (full rate, then halving every epoch). ``final.pt`` is the best epoch
-(the last one with ``reject_worse=False``). Frame accuracy is logged either way.
+Schedule: ``Newbob`` (asrkd.schedule), Kaldi nnet1's newbob on the validation cross-entropy or
+frame accuracy (``newbob_metric``), with rejection of an epoch that does not improve
+(``reject_worse``), or a fixed halving schedule (``halving_from_epoch``). ``final.pt`` is the best
+epoch. Frame accuracy is logged either way.
 
 Resume: every epoch writes ``epoch{N}.pt`` (model, optimizer, schedule, history) atomically; a
 rerun continues after the last one. Each epoch's shuffling and dropout are seeded from
@@ -24,10 +20,13 @@ The loop: ``train_model`` sets a run up (``TrainRun``: frame cache, train/valid 
 optimizer, schedule, resumed state) and hands it to ``train_epochs``, which runs one epoch of
 minibatch updates, validates, asks the schedule, and checkpoints, until the schedule is done
 (a trainer with a model and frames of its own may build a TrainRun and call train_epochs).
-What a trainer built on it (distillation) changes is a ``TrainHooks``; every field defaults to
-plain cross-entropy training:
+What a trainer built on it (distillation, the specialists) changes is a ``TrainHooks``; every
+field defaults to plain cross-entropy training:
 - ``targets``: utt -> (T, ...) array of per-frame rows (soft targets), memory-mapped in cache
   frame order and batched as ``batch["extra"]``;
+- ``forward(model, batch) -> logits``: the (N, K) logits that the loss and the logged training
+  accuracy are on (a specialist's over its set + dustbin); default the model's over the pdfs;
+- ``labels(y) -> y``: ``batch["y"]`` (pdf ids, -1 for none) as classes of those logits;
 - ``loss(logits, batch) -> scalar``: replaces cross-entropy on ``batch["y"]``; ``batch["x"]``
   is the model input (N, C, D), or (B, chunk + left + right, D) with ``batch["chunk"]``;
 - ``unlabeled``: utterances without an alignment are trained on too, with ``batch["y"] == -1``
@@ -37,9 +36,8 @@ plain cross-entropy training:
   ``max_frames_per_epoch``;
 - ``evaluate(model) -> (valid loss, valid acc)``: default the CE and frame accuracy on the
   validation utterances (``_evaluate_world``);
-- ``schedule``: an object with Newbob's interface (``lr``, ``epoch``, ``best_epoch``, ``done``,
-  ``reload_rejected``, ``update(epoch, valid_loss, valid_acc) -> accepted`` and a ``state`` dict
-  with ``epoch`` and ``stop`` that epoch checkpoints keep); default ``Newbob(train_config)``;
+- ``schedule``: an object with Newbob's interface (asrkd.schedule; ``BestLoss`` is another);
+  default ``Newbob(train_config)``;
 - ``on_epoch_end(epoch)``: called on rank 0 after each epoch's checkpoint is written.
 
 Deviation from the paper: the paper trained with asynchronous distributed SGD on ~700M frames; here
@@ -71,6 +69,7 @@ from asrkd.featconf import feature_config
 from asrkd.frames import FrameCache, PageBudget, build_frame_cache, extra_memmap, split_by_speaker
 from asrkd.identity import check_features, check_tree
 from asrkd.models import PRECISIONS, ModelConfig, autocast, build_model, load_checkpoint
+from asrkd.schedule import Newbob
 from asrkd.score import write_utt_list
 from asrkd.table import atomic_path
 
@@ -156,7 +155,7 @@ def _read_conf(path):
 
 
 # --------------------------------------------------------------------------------------------
-# Hooks, schedule, run
+# Hooks and run
 
 
 @dataclasses.dataclass
@@ -164,59 +163,14 @@ class TrainHooks:
     """What a trainer built on this loop changes (see the module docstring); None: default."""
 
     targets: Optional[Mapping] = None  # utt -> (T, ...) per-frame rows: batch["extra"]
+    forward: Optional[Callable] = None  # forward(model, batch) -> logits (N, K)
+    labels: Optional[Callable] = None  # labels(y) -> batch["y"] as classes of those logits
     loss: Optional[Callable] = None  # loss(logits, batch) -> scalar
     unlabeled: bool = False  # train on utterances without alignment too (batch["y"] == -1)
     frames: Optional[Callable] = None  # frames(epoch, train_frames) -> the epoch's order
     evaluate: Optional[Callable] = None  # evaluate(model) -> (valid loss, valid acc)
     schedule: Any = None  # an object like Newbob
     on_epoch_end: Optional[Callable] = None  # on_epoch_end(epoch), after its checkpoint
-
-
-class Newbob:
-    """Kaldi nnet1's newbob schedule, or the fixed one of ``halving_from_epoch`` (module
-    docstring); ``state`` is what an epoch checkpoint keeps as "schedule"."""
-
-    def __init__(self, train_config):
-        self.tc = train_config
-        self.state = {"epoch": 0, "lr": train_config.lr, "halving": False, "best_acc": 0.0,
-                      "best_loss": 0.0, "best_score": 0.0, "best_epoch": 0, "stop": False}
-
-    lr = property(lambda self: self.state["lr"])  # of the next epoch
-    epoch = property(lambda self: self.state["epoch"])  # the last one done
-    best_epoch = property(lambda self: self.state["best_epoch"])
-    reload_rejected = property(lambda self: self.tc.reject_worse)
-
-    @property
-    def done(self):
-        return self.state["stop"] or self.state["epoch"] >= self.tc.epochs
-
-    def update(self, epoch, valid_loss, valid_acc):
-        """Take epoch ``epoch``'s validation figures; return whether it is accepted."""
-        tc, state = self.tc, self.state
-        # Improvement: relative fall of validation CE (Kaldi nnet1) or gain in accuracy.
-        if tc.newbob_metric == "loss":
-            score = -valid_loss
-            impr = ((state["best_loss"] - valid_loss) / max(state["best_loss"], 1e-12)
-                    if state["best_epoch"] else 1.0)
-        else:
-            score = valid_acc
-            impr = valid_acc - state["best_acc"] if state["best_epoch"] else 1.0
-        accepted = (not state["best_epoch"] or score > state["best_score"]
-                    or not tc.reject_worse)
-        if accepted:
-            state.update(best_acc=valid_acc, best_loss=valid_loss, best_score=score,
-                         best_epoch=epoch)
-        if tc.halving_from_epoch > 0:
-            state["halving"] = epoch >= tc.halving_from_epoch
-        else:  # newbob
-            if state["halving"] and impr < tc.end_halving_impr and epoch >= tc.min_epochs:
-                state["stop"] = True
-            if impr < tc.start_halving_impr:
-                state["halving"] = True
-        if state["halving"]:
-            state["lr"] *= tc.halving_factor
-        state["epoch"] = epoch
-        return accepted
 
 
 @dataclasses.dataclass
@@ -617,7 +571,7 @@ def train_epochs(run, hooks):
             if world.is_main:
                 print(f"epoch {epoch}: lr {lr:.3g} train loss {row['train_loss']:.4f} "
                       f"acc {row['train_acc']:.4f} | valid loss {valid_loss:.4f} acc "
-                      f"{valid_acc:.4f}{'' if accepted else ' (rejected)'} | "
+                      f"{valid_acc:.4f}{_mark(accepted, run.schedule)} | "
                       f"{row['seconds']:.1f}s", file=sys.stderr)
             _checkpoint(run, epoch, accepted)
             if writer is not None:
@@ -630,6 +584,14 @@ def train_epochs(run, hooks):
         if writer is not None:
             writer.close()
     return os.path.join(run.exp_dir, "final.pt")
+
+
+def _mark(accepted, schedule):
+    """The log's note on an epoch that is not final.pt: rejected (the best epoch is put back)
+    or just not the best (training goes on from it)."""
+    if accepted:
+        return ""
+    return " (rejected)" if schedule.reload_rejected else " (not best)"
 
 
 def _cross_entropy(logits, batch):
@@ -652,6 +614,7 @@ def _train_epoch(run, hooks, epoch, loss_fn):
     tc, world, model, opt = run.config, run.world, run.model, run.opt
     torch.manual_seed(rank_seed(_epoch_seed(run.seed, epoch), world))
     frames = (hooks.frames or (lambda e, f: _shuffled_frames(run, e, f)))(epoch, run.train_frames)
+    forward = hooks.forward or _forward
     _set_lr(opt, run.schedule.lr)
     model.train()
     tot_loss, tot_correct, tot_n, tot_labeled = 0.0, 0, 0, 0
@@ -659,11 +622,13 @@ def _train_epoch(run, hooks, epoch, loss_fn):
                file=sys.stderr, disable=None if world.is_main else True, unit_scale=True)
     for batch in _batches(run.cache, frames, model, tc.batch_size, run.extra, run.device,
                           tc.chunk_size, world):
+        if hooks.labels is not None:
+            batch["y"] = hooks.labels(batch["y"])
         n = len(batch["y"])
         opt.zero_grad(set_to_none=True)
         if n:  # a rank's part of a short last batch may be empty
             with autocast(run.device, tc.precision):
-                logits = _forward(model, batch)
+                logits = forward(model, batch)
                 loss = loss_fn(logits, batch)
             if not torch.isfinite(loss.detach()).item():
                 raise NonFiniteLoss(epoch, _batch_utts(run.cache, batch, logits), run.exp_dir)

@@ -1,5 +1,7 @@
 """Specialists: dustbin targets, training, the scorer and the report."""
 
+import csv
+import glob
 import json
 import os
 
@@ -120,6 +122,12 @@ def test_train_specialists_writes_a_decodable_dir(trained):
         assert s["log_correction"] >= 0
         # pooled dustbin: the untrained specialist (= the generalist) competes as epoch 0
         assert s["valid_loss"] <= s["generalist_valid_loss"] + 1e-5
+        # asrkd.train's loop: its log, the training accuracy over set + dustbin (the
+        # specialist's own classes), and no epoch checkpoints left behind
+        with open(os.path.join(d, s["dir"], "train_log.csv")) as f:
+            log = list(csv.DictReader(f))
+        assert len(log) == 2 and all(float(r["train_acc"]) > 0.5 for r in log), log
+        assert not glob.glob(os.path.join(d, s["dir"], "epoch*.pt"))
     assert cover.tolist() == [2] * 8
     assert "| set |" in open(os.path.join(d, "sets.md")).read()
     scorer = make_scorer(d, trained["data"])

@@ -13,15 +13,23 @@ targets: the generalist's distribution collapsed onto S_m + dustbin (``collapse`
 the sample's class frequencies (dustbin mass / f, renormalised) so that soft and hard targets
 (``hard_targets=True``) both need the same correction.
 
+Training (``_train_specialist_job``): asrkd.train's loop (``train_epochs``, with the
+specialist's TrainHooks) under a ``BestLoss`` schedule (asrkd.schedule): Adam at a fixed rate for
+``epochs`` epochs, a new draw of the frames each epoch, and the epoch with the lowest validation
+loss (set + dustbin on all validation frames, corrected) kept; with the pooled dustbin the
+untrained specialist competes as epoch 0. As in every run of that loop, dropout (of a generalist
+that has it) is seeded per epoch from (seed, epoch).
+
 A specialists dir is one MODEL for ``asrkd decode`` (asrkd.specialists.scorer):
 ``specialists.json`` (sets, corrections, inference settings), ``generalist.pt`` (a copy) and
-``spec{m}/final.pt``.
+``spec{m}/final.pt`` (with ``spec{m}/train_log.csv``).
 
 Where we deviate from the paper: the paper's specialists were trained on hard targets (soft ones
 as a regulariser in its sec. 6); here soft targets are the default.
 """
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -34,15 +42,18 @@ import torch.nn.functional as F
 
 from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
+from asrkd.distributed import World
 from asrkd.errors import UserError
 from asrkd.frames import FrameCache, build_frame_cache, split_by_speaker
 from asrkd.jobs import run_jobs
-from asrkd.models import ModelConfig, build_model, load_model
+from asrkd.models import ModelConfig, build_model, load_checkpoint, load_model
+from asrkd.schedule import BestLoss
 from asrkd.specialists.combine import (collapse, corrected_logits, dustbin_log_correction,
                                        specialist_logits)
 from asrkd.specialists.sets import (confusable_sets, generalist_covariance, pdf_states,
                                     sets_markdown)
 from asrkd.table import atomic_path
+from asrkd.train import TrainConfig, TrainHooks, TrainRun, train_epochs
 
 
 @dataclasses.dataclass
@@ -210,32 +221,33 @@ def _evaluate(sp, valid_frames, valid_y, generalist=False):
     return loss / n, correct / n
 
 
-def _train_epoch(sp, opt, frames, cfg):
-    """One pass over the epoch's frames; returns (summed loss, frames)."""
-    sp.model.train()
-    tot, n = 0.0, 0
-    for s in range(0, len(frames), cfg.batch_size):
-        f = frames[s:s + cfg.batch_size]
-        x = sp.windows(f)
-        logits = specialist_logits(sp.model, x, sp.ids, sp.pooled)
-        if cfg.hard_targets:
-            y = sp.lut[torch.from_numpy(np.asarray(sp.cache.pdf[f], dtype=np.int64))]
-            loss = F.cross_entropy(logits, y)
-        else:
-            with torch.no_grad():
-                target = collapse(torch.softmax(sp.gen(x), 1), sp.ids, sp.corr)
-            loss = -(target * F.log_softmax(logits, 1)).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        tot += loss.item() * len(f)
-        n += len(f)
-    return tot, n
+def _hooks(sp, cfg, labels, in_set, valid_frames, valid_y, seed, drawn):
+    """The specialist's TrainHooks (asrkd.train): each epoch a new draw of its frames, seeded by
+    (seed, epoch) (``drawn``: epoch -> their number); logits, labels and targets over set +
+    dustbin (the training sample's, uncorrected); validation as ``_evaluate``."""
+
+    def frames(epoch, train_frames):
+        idx, _ = specialist_frames(labels, in_set, np.random.default_rng([seed, epoch]))
+        drawn[epoch] = len(idx)
+        return train_frames[idx]
+
+    def hard_loss(logits, batch):  # CE with the aligned class (batch["y"], mapped by labels)
+        return F.cross_entropy(logits, batch["y"])
+
+    def soft_loss(logits, batch):  # CE with the generalist's collapsed distribution
+        with torch.no_grad():
+            target = collapse(torch.softmax(sp.gen(batch["x"]), 1), sp.ids, sp.corr)
+        return -(target * F.log_softmax(logits, 1)).sum(1).mean()
+
+    return TrainHooks(
+        forward=lambda model, batch: specialist_logits(model, batch["x"], sp.ids, sp.pooled),
+        labels=lambda y: sp.lut[y], loss=hard_loss if cfg.hard_targets else soft_loss,
+        frames=frames, evaluate=lambda model: _evaluate(sp, valid_frames, valid_y))
 
 
 def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dict, train_frames,
                           valid_frames, seed):
-    """Train one specialist into out_dir/final.pt; returns its summary dict."""
+    """Train one specialist into out_dir/final.pt (module docstring); returns its summary."""
     cfg = SpecialistConfig.from_dict(cfg_dict)
     final = os.path.join(out_dir, "final.pt")
     if os.path.isfile(final):
@@ -251,28 +263,29 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
     gen_loss, gen_acc = _evaluate(sp, valid_frames, valid_y, generalist=True)
     print(f"generalist on set + dustbin: valid loss {gen_loss:.4f} acc {gen_acc:.4f}",
           file=sys.stderr)
-    best = (float("inf"), 0.0, None, 0)
+    t_start = time.time()
+    schedule = BestLoss(cfg.lr, cfg.epochs)
     if sp.pooled:  # epoch 0 (the generalist itself) competes: a specialist never ends up worse
-        best = (gen_loss, gen_acc, {k: v.clone() for k, v in model.state_dict().items()}, 0)
-    history, t_start = [], time.time()
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.time()
-        idx, _ = specialist_frames(labels, in_set, np.random.default_rng([seed, epoch]))
-        tot, n = _train_epoch(sp, opt, train_frames[idx], cfg)
-        vloss, vacc = _evaluate(sp, valid_frames, valid_y)
-        history.append({"epoch": epoch, "train_loss": tot / max(n, 1), "valid_loss": vloss,
-                        "valid_acc": vacc, "frames": int(n), "seconds": time.time() - t0})
-        print(f"epoch {epoch}: train loss {tot / max(n, 1):.4f} | valid loss {vloss:.4f} acc "
-              f"{vacc:.4f} (set + dustbin, corrected) | {time.time() - t0:.1f}s", file=sys.stderr)
-        if vloss < best[0]:
-            best = (vloss, vacc, {k: v.clone() for k, v in model.state_dict().items()}, epoch)
-    model.load_state_dict(best[2])
+        schedule = BestLoss(cfg.lr, cfg.epochs, gen_loss, gen_acc)
+        model.save(final, epoch=0)
+    tc = TrainConfig(epochs=cfg.epochs, min_epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
+                     tensorboard=False)
+    run = TrainRun(out_dir, tc, seed, World(), "cpu", sp.cache, model, opt, schedule, [],
+                   train_frames, [], {"seed": int(seed)})
+    drawn = {}
+    train_epochs(run, _hooks(sp, cfg, labels, in_set, valid_frames, valid_y, seed, drawn))
+    model.load_state_dict(load_checkpoint(final)["state_dict"])  # the best epoch
+    best = schedule.state
     info = {"set": [int(p) for p in set_pdfs], "log_correction": sp.corr,
             "num_pdfs": sp.gen.config.num_pdfs,
-            "best_epoch": best[3], "valid_loss": best[0], "valid_acc": best[1],
+            "best_epoch": best["best_epoch"], "valid_loss": best["best_loss"],
+            "valid_acc": best["best_acc"],
             "generalist_valid_loss": gen_loss, "generalist_valid_acc": gen_acc,
-            "train_seconds": time.time() - t_start, "history": history}
+            "train_seconds": time.time() - t_start,
+            "history": [{**h, "frames": drawn[h["epoch"]]} for h in run.history]}
     model.save(final, specialist=info)
+    for p in glob.glob(os.path.join(out_dir, "epoch*.pt")):
+        os.remove(p)  # a specialist does not resume: an unfinished one is trained anew
     return info
 
 

@@ -13,10 +13,14 @@ export ASRKD_DIE_WITH_PARENT=$$
 # own kernels are pinned to their AVX2 code paths. Left to choose, they pick kernels by the CPU
 # (AVX2 or AVX-512, Intel or AMD); the float differences change the tree's splits and the
 # mix-up, and with them every figure of the table (README: "Same numbers twice"). Measured on
-# the demo's training step: no slower on an AVX-512 machine. ASRKD_NATIVE_KERNELS=1 lets the
-# libraries choose.
+# the demo's training step: no slower on an AVX-512 machine. numpy 2.x dispatches its own
+# AVX-512 loops too (X86_V4, AVX512_ICL, AVX512_SPR: a monophone model's bytes differ with and
+# without them on a Sapphire Rapids Xeon), and oneDNN picks its ISA: both are capped at AVX2 as
+# well. On a machine without AVX-512 these settings change nothing and are silent.
+# ASRKD_NATIVE_KERNELS=1 lets the libraries choose.
 if [ "${ASRKD_NATIVE_KERNELS:-0}" != 1 ] && [ "$(uname -m)" = x86_64 ]; then
   export OPENBLAS_CORETYPE=Haswell MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2
+  export NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR" ONEDNN_MAX_CPU_ISA=AVX2
 fi
 
 log() {

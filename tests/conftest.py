@@ -101,3 +101,23 @@ def word_loop_graph(lang, model_dir, words, graph_dir):
     for f in ("final.mdl", "tree"):
         shutil.copyfile(os.path.join(model_dir, f), os.path.join(graph_dir, f))
     return graph_dir
+
+
+@pytest.fixture(scope="module")
+def gmm_corpus(tmp_path_factory):
+    """(train, test, lang) of the GMM tests' tiny corpus (test_gmmtrain.make_corpus)."""
+    from test_gmmtrain import make_corpus
+
+    return make_corpus(str(tmp_path_factory.mktemp("corpus")))
+
+
+@pytest.fixture(scope="module")
+def gmm_mono(gmm_corpus, tmp_path_factory):
+    """A monophone model dir trained on gmm_corpus."""
+    from asrkd.gmmtrain import train_mono
+
+    train, _, lang = gmm_corpus
+    d = str(tmp_path_factory.mktemp("mono"))
+    train_mono(train, lang, d, num_iters=10, num_gauss=100)
+    return d
+

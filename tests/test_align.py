@@ -4,32 +4,16 @@ the alignment dir it writes, failures, and alignment over only the pdfs a graph 
 import os
 
 import numpy as np
-import pytest
 
 from asrkd.align import UttGraph, align, align_utterance, compile_graphs
 from asrkd.alignment import AlignmentDir
 from asrkd.gmm import PackedGmm, load_gmm
 from asrkd.gmmdata import TrainData
-from asrkd.gmmtrain import train_mono
 from asrkd.table import read_scp
-from test_gmmtrain import make_corpus
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(str(tmp_path_factory.mktemp("corpus")))
-
-
-@pytest.fixture(scope="module")
-def mono(corpus, tmp_path_factory):
-    train, _, lang = corpus
-    d = str(tmp_path_factory.mktemp("mono"))
-    train_mono(train, lang, d, num_iters=10, num_gauss=100)
-    return d
-
-
-def test_align_and_failures(corpus, mono, tmp_path):
-    train, _, lang = corpus
+def test_align_and_failures(gmm_corpus, gmm_mono, tmp_path):
+    train, _, lang = gmm_corpus
     # an utterance whose transcript needs far more frames than its audio has
     feats = dict(train.feats)
     text = dict(train.text)
@@ -37,7 +21,7 @@ def test_align_and_failures(corpus, mono, tmp_path):
     feats["999-9-0000"] = feats[u0][:10]
     text["999-9-0000"] = "DATS DATS DATS DATS DATS"
     ali_dir = str(tmp_path / "ali")
-    failed = align(TrainData(feats, text), lang, mono, ali_dir)
+    failed = align(TrainData(feats, text), lang, gmm_mono, ali_dir)
     assert list(failed) == ["999-9-0000"]
     assert open(os.path.join(ali_dir, "failed")).read().startswith("999-9-0000 ")
     alis = AlignmentDir(ali_dir).transition_ids()
@@ -55,11 +39,11 @@ def test_align_and_failures(corpus, mono, tmp_path):
     assert int(open(os.path.join(ali_dir, "num_pdfs")).read()) == m.num_pdfs
 
 
-def test_graph_labels_and_subset_alignment_match_full(corpus, mono):
+def test_graph_labels_and_subset_alignment_match_full(gmm_corpus, gmm_mono):
     import kaldifst
 
-    train, _, lang = corpus
-    m = load_gmm(mono)
+    train, _, lang = gmm_corpus
+    m = load_gmm(gmm_mono)
     packed = PackedGmm(m.am)
     tid2pdf = np.asarray(m.tm.transition_id_to_pdf_array(), dtype=np.int64)
     utts = train.utts[:5]

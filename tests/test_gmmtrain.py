@@ -56,51 +56,38 @@ def make_corpus(root, n_utts=80, n_test=20, dim=13, seed=0, noise=0.6):
     return sets[0], sets[1], lang
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(str(tmp_path_factory.mktemp("corpus")))
-
-
-@pytest.fixture(scope="module")
-def mono(corpus, tmp_path_factory):
-    train, _, lang = corpus
-    d = str(tmp_path_factory.mktemp("mono"))
-    train_mono(train, lang, d, num_iters=10, num_gauss=100)
-    return d
-
-
-def test_monophone_training_is_repeatable(corpus, mono, tmp_path):
+def test_monophone_training_is_repeatable(gmm_corpus, gmm_mono, tmp_path):
     """A second run in the same process (the C rand() state has moved on) gives the same model:
     a recipe killed mid-stage and rerun must reach the same numbers."""
     import ctypes
 
-    train, _, lang = corpus
+    train, _, lang = gmm_corpus
     ctypes.CDLL(None).rand()  # disturb the state Kaldi's Gaussian splitting draws from
     again = str(tmp_path / "mono2")
     train_mono(train, lang, again, num_iters=10, num_gauss=100)
-    a, b = np.load(os.path.join(mono, "final.mdl")), np.load(os.path.join(again, "final.mdl"))
+    a, b = np.load(os.path.join(gmm_mono, "final.mdl")), np.load(os.path.join(again, "final.mdl"))
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:
         assert np.array_equal(a[k], b[k]), k
 
 
-def test_mono_training_improves_likelihood(mono):
-    lines = open(os.path.join(mono, "log", "train.log")).read().splitlines()
+def test_mono_training_improves_likelihood(gmm_mono):
+    lines = open(os.path.join(gmm_mono, "log", "train.log")).read().splitlines()
     ll = [float(line.split("loglike/frame ")[1].split()[0]) for line in lines]
     assert len(ll) == 10
     assert ll[-1] > ll[0] + 5  # flat start -> trained
     # close to the generating noise entropy: 13 * 0.5 * log(2 pi e 0.36) = -11.8
     assert ll[-1] > -13.0
-    m = load_gmm(mono)
+    m = load_gmm(gmm_mono)
     assert 90 <= m.am.num_gauss <= 110
-    assert open(os.path.join(mono, "failed")).read() == ""
+    assert open(os.path.join(gmm_mono, "failed")).read() == ""
 
 
 @pytest.fixture(scope="module")
-def tri(corpus, mono, tmp_path_factory):
-    train, _, lang = corpus
+def tri(gmm_corpus, gmm_mono, tmp_path_factory):
+    train, _, lang = gmm_corpus
     ali_dir = str(tmp_path_factory.mktemp("mono_ali"))
-    align(train, lang, mono, ali_dir)
+    align(train, lang, gmm_mono, ali_dir)
     d = str(tmp_path_factory.mktemp("tri"))
     train_tri(train, lang, ali_dir, d, num_leaves=60, num_gauss=200, num_iters=8, min_count=20)
     return d
@@ -115,11 +102,11 @@ def test_tri_training(tri):
     assert float(lines[-1].split("loglike/frame ")[1].split()[0]) > -13.0
 
 
-def test_mono_parallel_jobs_give_the_same_bytes(corpus, tmp_path, monkeypatch):
+def test_mono_parallel_jobs_give_the_same_bytes(gmm_corpus, tmp_path, monkeypatch):
     # nj > 1: forked jobs share the parent's features, graphs and model; statistics are summed
     # in fixed point over blocks fixed by the data, so the job count changes nothing
     monkeypatch.setattr(gmmtrain, "ACC_BATCH_FRAMES", 500)  # many blocks, split unlike by nj
-    train, _, lang = corpus
+    train, _, lang = gmm_corpus
     blocks = gmmtrain.acc_blocks(TrainData(dict(train.feats), train.text), sorted(train.feats))
     assert len(blocks) > 3
     logs, models = [], []

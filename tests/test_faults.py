@@ -694,3 +694,34 @@ def test_bad_alignment_and_training_options_are_refused(systems, tmp_path, capsy
 
     with pytest.raises(UserError, match="acoustic scales must be positive"):
         decode_data_dir(systems["graph_a"], None, ["u"], str(tmp_path / "d"), float("nan"))
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded readers: a truncated gzipped ARPA
+
+
+def test_a_truncated_gzipped_arpa_ends_in_one_line_fast(tmp_path):
+    import gzip
+
+    from asrkd.graph import arpa_to_G
+
+    text = tmp_path / "text"
+    text.write_text("A B A\nB A B B\nA A B\n")
+    arpa = tmp_path / "lm.arpa"
+    assert main(["train-lm", str(text), str(arpa), "--order", "2"]) == 0
+    words = tmp_path / "words.txt"
+    words.write_text("<eps> 0\n<s> 1\n</s> 2\nA 3\nB 4\n#0 5\n")
+    whole = arpa.read_bytes()
+    gz = gzip.compress(whole)
+    cases = {"cut.arpa.gz": (gz[: len(gz) // 2], "not a whole gzip file"),
+             "short.arpa.gz": (gzip.compress(whole[: len(whole) * 2 // 3]),
+                               r"the ARPA text ends before its \\end\\ line")}
+    for name, (data, what) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        t0 = time.time()
+        with pytest.raises(UserError, match=what):
+            arpa_to_G(str(tmp_path / name), str(words), str(tmp_path / "G.fst"), timeout=60)
+        assert time.time() - t0 < 30
+        assert not (tmp_path / "G.fst").exists()
+    (tmp_path / "lm.arpa.gz").write_bytes(gz)
+    assert arpa_to_G(str(tmp_path / "lm.arpa.gz"), str(words), str(tmp_path / "G.fst")).num_states

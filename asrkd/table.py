@@ -34,6 +34,15 @@ def atomic_path(path):
         raise
 
 
+def invalidate(*paths):
+    """Remove the files that declare a directory whole (a store's meta.json, a manifest) before
+    an overwrite of the directory starts, so that a killed overwrite reads as unfinished, never
+    as the old whole over a mix of old and new parts. The writer writes them again last."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def _umask():
     mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(mask)

@@ -697,6 +697,28 @@ def test_bad_alignment_and_training_options_are_refused(systems, tmp_path, capsy
 
 
 # --------------------------------------------------------------------------------------------
+# An overwrite interrupted: never read as whole
+
+
+def test_an_interrupted_soft_target_overwrite_never_reads_as_whole(tmp_path, capsys):
+    from asrkd.softtargets import SoftTargetStore, save_soft_targets
+
+    rng = np.random.default_rng(0)
+    dist = {f"u{i}": rng.dirichlet(np.ones(8), size=10).astype(np.float32) for i in range(3)}
+    soft = str(tmp_path / "soft")
+    save_soft_targets(soft, dist, temperature=2.0, topk=4)
+    assert SoftTargetStore(soft).temperature == 2.0
+    bad = dict(dist, u2=np.full((10, 8), np.nan, dtype=np.float32))  # stops the overwrite
+    with pytest.raises(UserError):
+        save_soft_targets(soft, bad, temperature=1.0, topk=4)
+    with pytest.raises(UserError, match="an unfinished soft-target store .* run soft-targets "
+                                         "again"):
+        SoftTargetStore(soft)
+    save_soft_targets(soft, dist, temperature=1.0, topk=4)
+    assert SoftTargetStore(soft).temperature == 1.0
+
+
+# --------------------------------------------------------------------------------------------
 # Bounded readers: a truncated gzipped ARPA
 
 

@@ -12,10 +12,11 @@ import os
 import signal
 import sys
 
-# Only these two small modules at start-up: the library (and torch) is imported by the verb
+# Only these small modules at start-up: the library (and torch) is imported by the verb
 # that runs, so `asrkd --help` stays fast.
 from asrkd import __version__
 from asrkd.errors import UserError
+from asrkd.options import check_args
 
 # verb -> one-line summary (shown by `asrkd --help`)
 VERBS = {
@@ -51,7 +52,6 @@ VERBS = {
     "import-lhotse": "lhotse cuts manifest -> Kaldi data dir",
     "export-lhotse": "Kaldi data dir -> lhotse recordings, supervisions and cuts manifests",
 }
-
 
 def build_parser(verb=None):
     parser = argparse.ArgumentParser(
@@ -110,6 +110,7 @@ def main(argv=None):
         except PermissionError:
             pass
     try:
+        check_args(args)  # one range check of decoder, training and store options for all verbs
         rc = _module(args.verb).main(args)
     except UserError as e:  # a clear one-line answer for bad input, no traceback
         print(f"asrkd {args.verb}: error: {e}", file=sys.stderr)

@@ -747,3 +747,37 @@ def test_a_truncated_gzipped_arpa_ends_in_one_line_fast(tmp_path):
         assert not (tmp_path / "G.fst").exists()
     (tmp_path / "lm.arpa.gz").write_bytes(gz)
     assert arpa_to_G(str(tmp_path / "lm.arpa.gz"), str(words), str(tmp_path / "G.fst")).num_states
+
+
+# --------------------------------------------------------------------------------------------
+# One option check for every verb
+
+
+@pytest.mark.parametrize("args,what", [
+    (["transcribe", "m", "g", "a.wav", "--acwt", "0"], "--acwt must be positive, got 0.0"),
+    (["transcribe", "m", "g", "a.wav", "--acwt", "-1"], "--acwt must be positive, got -1.0"),
+    (["transcribe", "m", "g", "a.wav", "--beam", "-1"], "--beam and --lattice-beam must be "
+                                                        "positive"),
+    (["transcribe", "m", "g", "a.wav", "--max-active", "10"], "--max-active must be at least"),
+    (["decode", "g", "d", "m", "o", "--acwt", "0"], "--acwt must be positive"),
+    (["decode", "g", "d", "m", "o", "--acwt-grid", "0.1,-1"], "acoustic scales must be positive"),
+    (["train-mono", "d", "l", "e", "--num-iters", "0"], "--num-iters must be >= 1, got 0"),
+    (["train-tri", "d", "l", "a", "e", "--num-iters", "-3"], "--num-iters must be >= 1, got -3"),
+    (["train-tri", "d", "l", "a", "e", "--num-leaves", "0"], "--num-leaves must be >= 1"),
+    (["soft-targets", "d", "t", "o", "--topk", "-1"], "--topk must be >= 0, got -1"),
+    (["soft-targets", "d", "t", "o", "--nj", "0"], "--nj must be >= 1, got 0"),
+    (["distill", "d", "a", "s", "e", "--topk", "-5"], "--topk must be >= 0, got -5"),
+    (["train-ensemble", "d", "a", "e", "--num-models", "0"], "--num-models must be >= 1"),
+    (["train-specialists", "g", "d", "a", "e", "--num-sets", "0"], "--num-sets must be >= 1"),
+])
+def test_bad_options_are_refused_alike_by_every_verb(tmp_path, capsys, args, what):
+    assert main(args) == 1
+    assert what in _error_line(capsys, args[0])
+
+
+def test_transcribe_checks_its_options_as_decode_does():
+    from asrkd.transcribe import transcribe
+
+    for kw in ({"acwt": -1.0}, {"acwt": 0.0}, {"beam": -2.0}):
+        with pytest.raises(UserError, match="must be positive"):
+            transcribe("m", "g", ["a.wav"], **kw)

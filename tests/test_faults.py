@@ -697,6 +697,92 @@ def test_bad_alignment_and_training_options_are_refused(systems, tmp_path, capsy
 
 
 # --------------------------------------------------------------------------------------------
+# One writer per directory: the experiment lock (asrkd.lock, recipes/lib.sh)
+
+
+@pytest.fixture
+def sleeper():
+    """A live process (the owner of a lock); killed at the end."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def _score_args(tmp_path, out):
+    ref = tmp_path / "ref"
+    ref.write_text("u1 HELLO WORLD\n")
+    return ["score", str(ref), str(ref), str(out)]
+
+
+def test_a_second_writer_is_refused_naming_the_owner(tmp_path, capsys, sleeper):
+    import socket
+
+    from asrkd.lock import LOCK_NAME, locked
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    lock = out / LOCK_NAME
+    lock.write_text(f"{sleeper.pid} {socket.gethostname()} asrkd train\n")
+    for args in (_score_args(tmp_path, out), ["train", str(tmp_path), str(tmp_path), str(out)]):
+        assert main(args) == 1
+        line = _error_line(capsys, args[0])
+        assert f"is in use by another run: pid {sleeper.pid} on {socket.gethostname()} " \
+               "(asrkd train)" in line, line
+    assert not (out / "wer").exists()
+    # the owner is gone: its lock is taken over with a note, and released at the end
+    sleeper.kill()
+    sleeper.wait()
+    assert main(_score_args(tmp_path, out)) == 0
+    assert f"taking over the lock of pid {sleeper.pid}" in capsys.readouterr().err
+    assert (out / "wer").exists() and not lock.exists()
+    # a run's own workers (children, torchrun ranks > 0) do not lock again
+    with locked(out):
+        assert lock.exists()
+        assert main(_score_args(tmp_path, out)) == 0
+        assert lock.exists()
+    assert not lock.exists()
+
+
+def test_two_writers_started_together_one_wins(tmp_path):
+    from asrkd.lock import acquire
+
+    script = ("import sys, time; from asrkd.lock import acquire; from asrkd.errors import "
+              "UserError\ntime.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+              "try:\n    acquire(sys.argv[1]); time.sleep(1); print('won')\n"
+              "except UserError:\n    print('lost')\n")
+    start = str(time.time() + 2)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "d"), start],
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outs == ["lost", "lost", "lost", "won"], outs
+    assert acquire(tmp_path / "d")  # every owner gone: taken over
+
+
+def test_two_recipes_on_one_exp_the_second_stops(tmp_path):
+    exp = tmp_path / "exp"
+    script = (f". {REPO}/recipes/lib.sh\nexp={exp}\nlock_exp\ncat $exp/.asrkd.lock\n"
+              "echo $ASRKD_LOCKS\nsleep ${1:-0}\n")
+    first = subprocess.Popen(["bash", "-c", script, "recipe", "20"], stdout=subprocess.PIPE,
+                             text=True)
+    for _ in range(100):
+        if (exp / ".asrkd.lock").exists():
+            break
+        time.sleep(0.1)
+    second = subprocess.run(["bash", "-c", script, "recipe"], capture_output=True, text=True)
+    assert second.returncode == 1
+    assert f"in use by another run: pid {first.pid} " in second.stderr, second.stderr
+    first.kill()  # SIGKILL: no EXIT trap, the lock stays behind, stale
+    first.wait()
+    third = subprocess.run(["bash", "-c", script, "recipe"], capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the lock of pid {first.pid}" in third.stderr
+    assert third.stdout.split()[-1] == str(exp.resolve())  # the verbs inherit it
+    assert not (exp / ".asrkd.lock").exists()  # released on exit
+
+
+# --------------------------------------------------------------------------------------------
 # An overwrite interrupted: never read as whole
 
 

@@ -7,7 +7,6 @@ function. Verb modules are imported only when run, so `asrkd --help` is fast.
 
 import argparse
 import contextlib
-import errno
 import importlib
 import os
 import signal
@@ -16,7 +15,7 @@ import sys
 # Only these small modules at start-up: the library (and torch) is imported by the verb
 # that runs, so `asrkd --help` stays fast.
 from asrkd import __version__, lock
-from asrkd.errors import UserError
+from asrkd.errors import DISK_FULL, UserError
 from asrkd.options import check_args
 
 # verb -> one-line summary (shown by `asrkd --help`)
@@ -153,10 +152,6 @@ def main(argv=None):
               "the file size limit) and rerun", file=sys.stderr)
         return 1
     return 0 if rc is None else rc
-
-
-# A full disk, a full quota, or a file size limit: the run cannot go on, and it is not a bug.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _terminate(signum, frame):

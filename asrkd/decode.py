@@ -21,7 +21,7 @@ import numpy as np
 
 from asrkd import gmm
 from asrkd.data import DataDir
-from asrkd.errors import UserError
+from asrkd.errors import CORRUPT, UserError, reading
 from asrkd.finite import check_finite
 from asrkd.graph import hclg_tree_id
 from asrkd.identity import check_tree, tree_id
@@ -71,7 +71,11 @@ def load_graph(graph_dir):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
     check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
                os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
-    hclg = kaldifst.StdVectorFst.read(os.path.join(graph_dir, "HCLG.fst"))
+    path = os.path.join(graph_dir, "HCLG.fst")
+    with reading(path, "not a whole FST", (RuntimeError,) + CORRUPT):
+        hclg = kaldifst.StdVectorFst.read(path)
+    if hclg is None:  # (OpenFst says why on stderr)
+        raise UserError(f"{path}: not a whole FST (truncated or corrupt); run make-graph again")
     tm = gmm.load_gmm(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}
     return hclg, tm, words

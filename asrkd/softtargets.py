@@ -35,7 +35,7 @@ from asrkd.ensemble import COMBINES, Ensemble, find_teachers
 from asrkd.errors import UserError
 from asrkd.features import FeatureReader
 from asrkd.jobs import fixed_mmap_threshold, run_jobs, split_evenly
-from asrkd.table import atomic_path, invalidate, read_table, write_table
+from asrkd.table import atomic_path, invalidate, read_table, save_npy, write_table
 
 # A soft-target job holds its shard's targets in memory until it writes them: ~240 bytes per
 # frame at top-20 before the float16 conversion, so 100k frames is ~25 MB per job.
@@ -143,9 +143,7 @@ def _write_shard(out_dir, shard, items, num_pdfs):
         "rest": np.concatenate([r for _, _, _, r in items]).astype(np.float32),
     }
     for name, arr in arrays.items():
-        with atomic_path(os.path.join(out_dir, f"{name}.{shard}.npy")) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
+        save_npy(os.path.join(out_dir, f"{name}.{shard}.npy"), arr)
     kept = np.concatenate([p.astype(np.float64).sum(axis=1) for _, _, p, _ in items])
     return index, (float(kept.sum()), float(kept.min()) if kept.size else 1.0, int(kept.size))
 

@@ -867,3 +867,106 @@ def test_transcribe_checks_its_options_as_decode_does():
     for kw in ({"acwt": -1.0}, {"acwt": 0.0}, {"beam": -2.0}):
         with pytest.raises(UserError, match="must be positive"):
             transcribe("m", "g", ["a.wav"], **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Corrupt, truncated or misplaced inputs: one line, no traceback
+
+
+def test_a_truncated_hclg_is_one_line(systems, tmp_path, capsys):
+    import shutil
+
+    graph = str(tmp_path / "graph")
+    shutil.copytree(systems["graph_a"], graph)
+    hclg = os.path.join(graph, "HCLG.fst")
+    data = open(hclg, "rb").read()
+    open(hclg, "wb").write(data[: len(data) // 2])
+    assert main(["decode", graph, systems["data"], systems["a"][2], str(tmp_path / "dec"),
+                 "--acwt", "0.1"]) == 1
+    assert f"{hclg}: not a whole FST" in _error_line(capsys, "decode")
+
+
+def test_relative_scp_paths_read_from_elsewhere_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_corpus("c")  # feats.scp, cmvn.scp and pdf.scp hold paths relative to tmp_path
+    monkeypatch.chdir(tmp_path / "c")
+    data, ali = str(tmp_path / "c" / "data"), str(tmp_path / "c" / "ali")
+    assert main(["train", data, ali, str(tmp_path / "exp")]) == 1
+    line = _error_line(capsys, "train")
+    assert "c/cmvn.ark: no such file" in line and "relative to the directory" in line, line
+    from asrkd.alignment import AlignmentDir
+
+    with pytest.raises(UserError, match=r"c/ali/pdf.ark: no such file, named by .*pdf.scp: 100-1-0000 .*relative to "
+                                        "the directory"):
+        next(iter(AlignmentDir(ali).pdf_scp.values()))
+
+
+def test_a_feats_scp_with_a_wrong_offset_is_one_line(tmp_path, capsys):
+    data, _ = make_corpus(str(tmp_path / "c"))
+    scp = os.path.join(data, "feats.scp")
+    lines = open(scp).read().splitlines()
+    utt, spec = lines[1].split()
+    ark, off = spec.rsplit(":", 1)
+    lines[1] = f"{utt} {ark}:{int(off) + 3}"
+    open(scp, "w").write("\n".join(lines) + "\n")
+    assert main(["compute-cmvn", data]) == 1
+    assert f"{ark}:{int(off) + 3}: not a Kaldi matrix" in _error_line(capsys, "compute-cmvn")
+
+
+def test_a_malformed_lhotse_manifest_is_one_line(tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, _speech(0), 16000)
+    rec = {"id": "r1", "sources": [{"type": "file", "channels": [0], "source": str(wav)}],
+           "sampling_rate": 16000, "num_samples": 16000, "duration": 1.0}
+    good = {"id": "c1", "start": 0, "duration": 1.0, "channel": 0, "recording": rec,
+            "supervisions": [{"id": "s1", "recording_id": "r1", "start": 0, "duration": 1.0,
+                              "speaker": "spk", "text": "hi"}], "type": "MonoCut"}
+    import json
+
+    sup = good["supervisions"][0]
+    for bad in ({**good, "supervisions": [{**sup, "text": 5}]},  # lhotse takes them as they are
+                {**good, "supervisions": [{**sup, "speaker": 5}]}, {**good, "duration": "1.0"},
+                {**good, "recording": {**rec, "duration": "x"}}):
+        cuts = tmp_path / "cuts.jsonl"
+        cuts.write_text(json.dumps(bad) + "\n")
+        assert main(["import-lhotse", str(cuts), str(tmp_path / "d")]) == 1
+        assert f"{cuts}: not a lhotse cuts manifest" in _error_line(capsys, "import-lhotse")
+
+
+def test_a_broken_yaml_conf_and_a_dropout_above_one_are_one_line(tmp_path, capsys):
+    conf = tmp_path / "dnn.yaml"
+    conf.write_text("model: {left_context: 1, hidden_dims: [16]\ntrain: {epochs: 1}\n")
+    for args in (["train", str(tmp_path), str(tmp_path), str(tmp_path / "e"), "--conf", str(conf)],
+                 ["compute-feats", str(tmp_path), str(tmp_path / "f"), "--conf", str(conf)]):
+        assert main(args) == 1
+        assert f"{conf}: not valid YAML" in _error_line(capsys, args[0])
+    conf.write_text("model: {dropout: 1.5}\n")
+    with pytest.raises(UserError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        from asrkd.train import load_conf
+        load_conf(str(conf))
+
+
+def test_full_disk_during_compute_feats_and_soft_targets_is_one_line(tiny_data, systems,
+                                                                     tmp_path):
+    from asrkd.data import copy_data_dir
+
+    data = str(tmp_path / "dev")
+    copy_data_dir(tiny_data["dev"], data)
+    for nj in ("1", "2"):
+        r = _limited(30_000, ["compute-feats", "--nj", nj, "--conf",
+                              os.path.join(REPO, "conf", "fbank.yaml"), data,
+                              str(tmp_path / f"fbank{nj}")])
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        assert re.match(r"asrkd compute-feats: error: File too large writing .*; free space",
+                        r.stderr.strip().splitlines()[-1]), r.stderr
+        assert not os.path.exists(os.path.join(data, "feats.scp"))
+    teachers = os.path.dirname(os.path.dirname(systems["dnn"]))
+    for nj in ("1", "2"):
+        soft = tmp_path / f"soft{nj}"
+        r = _limited(2_000, ["soft-targets", "--nj", nj, systems["data"], teachers, str(soft)])
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        assert re.match(r"asrkd soft-targets: error: File too large writing .*; free space",
+                        r.stderr.strip().splitlines()[-1]), r.stderr
+        assert not (soft / "meta.json").exists()

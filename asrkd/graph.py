@@ -51,9 +51,11 @@ def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
         # copy. (Not a thread: arpa2fst holds the GIL, a feeding thread would deadlock.)
         # The reader opens the pipe read-write (it holds a write end itself), so it never sees
         # end of file: the feeder checks that the stream is whole (gzip end marker and the
-        # ARPA's \\end\\ line, where the reader stops) and otherwise kills the reader.
+        # ARPA's \end\ line, where the reader stops) and otherwise kills the reader (its
+        # parent, and only while it is: once the reader is gone the pid may be another's).
         code = ("import gzip, os, sys, zlib\n"
                 "r, w = os.pipe()\n"
+                "reader = os.getpid()\n"
                 "if os.fork() == 0:\n"
                 "    os.close(r)\n"
                 "    err, seen, tail = None, False, b''\n"
@@ -72,10 +74,10 @@ def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
                 "        pass\n"
                 "    except (OSError, EOFError, zlib.error) as e:\n"
                 "        err = f'not a whole gzip file ({e})'\n"
-                "    if err:\n"
+                "    if err and os.getppid() == reader:\n"
                 f"        sys.stderr.write('{ARPA_ERROR}' + err + '\\n')\n"
                 "        sys.stderr.flush()\n"
-                "        os.kill(os.getppid(), 9)\n"
+                "        os.kill(reader, 9)\n"
                 "    os._exit(0)\n"
                 "os.close(w)\n"
                 "sys.argv[1] = f'/dev/fd/{r}'\n"

@@ -896,8 +896,8 @@ def test_relative_scp_paths_read_from_elsewhere_are_one_line(tmp_path, capsys, m
     assert "c/cmvn.ark: no such file" in line and "relative to the directory" in line, line
     from asrkd.alignment import AlignmentDir
 
-    with pytest.raises(UserError, match=r"c/ali/pdf.ark: no such file, named by .*pdf.scp: 100-1-0000 .*relative to "
-                                        "the directory"):
+    with pytest.raises(UserError, match=r"c/ali/pdf.ark: no such file, named by .*pdf.scp: "
+                                        r"100-1-0000 .*relative to the directory"):
         next(iter(AlignmentDir(ali).pdf_scp.values()))
 
 

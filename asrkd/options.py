@@ -15,7 +15,7 @@ MIN_ACTIVE = 200  # LatticeFasterDecoderConfig's default min_active, which we do
 # option -> (smallest allowed value, whether the smallest is excluded); counts are ints >= 1
 _POSITIVE, _COUNT, _NON_NEGATIVE = (0, True), (1, False), (0, False)
 RANGES = {
-    "acwt": _POSITIVE, "temperature": _POSITIVE,
+    "acwt": _POSITIVE, "temperature": _POSITIVE, "lr": _POSITIVE,
     "num_iters": _COUNT, "num_gauss": _COUNT, "num_leaves": _COUNT, "num_models": _COUNT,
     "num_sets": _COUNT, "epochs": _COUNT, "top_n": _COUNT, "nj": _COUNT,
     "num_utts": _COUNT, "topk": _NON_NEGATIVE,

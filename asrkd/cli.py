@@ -6,16 +6,17 @@ function. Verb modules are imported only when run, so `asrkd --help` is fast.
 """
 
 import argparse
-import errno
+import contextlib
 import importlib
 import os
 import signal
 import sys
 
-# Only these two small modules at start-up: the library (and torch) is imported by the verb
+# Only these small modules at start-up: the library (and torch) is imported by the verb
 # that runs, so `asrkd --help` stays fast.
-from asrkd import __version__
-from asrkd.errors import UserError
+from asrkd import __version__, lock
+from asrkd.errors import DISK_FULL, UserError
+from asrkd.options import check_args
 
 # verb -> one-line summary (shown by `asrkd --help`)
 VERBS = {
@@ -51,6 +52,31 @@ VERBS = {
     "import-lhotse": "lhotse cuts manifest -> Kaldi data dir",
     "export-lhotse": "Kaldi data dir -> lhotse recordings, supervisions and cuts manifests",
 }
+
+# verb -> the argument naming the directory it writes, held locked while it runs (asrkd.lock);
+# "file:ARG": the verb writes the file ARG, and the directory holding it is locked
+LOCKED = {
+    "synth-corpus": "out_dir", "prepare-data": "data_dir", "copy-data-dir": "dst",
+    "combine-data-dirs": "out", "compute-feats": "data_dir", "compute-cmvn": "data_dir",
+    "prepare-lang": "lang_dir", "make-graph": "graph_dir", "train-mono": "exp_dir",
+    "train-tri": "exp_dir", "align": "ali_dir", "train": "exp_dir", "train-ensemble": "exp_dir",
+    "soft-targets": "out_dir", "distill": "exp_dir", "train-specialists": "exp_dir",
+    "decode": "decode_dir", "frame-accuracy": "out_dir", "score": "out_dir",
+    "export-onnx": "file:out", "export-soft-targets": "out_dir", "import-lhotse": "data_dir",
+    "export-lhotse": "out_dir", "train-lm": "file:arpa",
+}
+
+
+def _locked_dir(args):
+    """The directory ``args.verb`` writes (LOCKED), or None."""
+    spec = LOCKED.get(args.verb)
+    if spec is None:
+        return None
+    name = spec.split(":")[-1]
+    path = getattr(args, name, None)
+    if not path:
+        return None
+    return os.path.dirname(os.path.abspath(path)) if spec.startswith("file:") else path
 
 
 def build_parser(verb=None):
@@ -110,7 +136,10 @@ def main(argv=None):
         except PermissionError:
             pass
     try:
-        rc = _module(args.verb).main(args)
+        check_args(args)  # one range check of decoder, training and store options for all verbs
+        out = _locked_dir(args)
+        with lock.locked(out, what=f"asrkd {args.verb}") if out else contextlib.nullcontext():
+            rc = _module(args.verb).main(args)
     except UserError as e:  # a clear one-line answer for bad input, no traceback
         print(f"asrkd {args.verb}: error: {e}", file=sys.stderr)
         return 1
@@ -123,10 +152,6 @@ def main(argv=None):
               "the file size limit) and rerun", file=sys.stderr)
         return 1
     return 0 if rc is None else rc
-
-
-# A full disk, a full quota, or a file size limit: the run cannot go on, and it is not a bug.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _terminate(signum, frame):

@@ -25,13 +25,12 @@ import os
 import shutil
 import sys
 
-import kaldiio
 import numpy as np
 import soundfile
 
 from asrkd.errors import DataDirError, UserError
 from asrkd.featconf import FEATURE_CONFIG, feature_config, feature_dim
-from asrkd.table import read_table, write_table
+from asrkd.table import load_mat, read_table, write_table
 
 # Files that describe utterances (copied by copy_data_dir); features are per-directory.
 META_FILES = ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur")
@@ -485,7 +484,7 @@ def _check_cmvn(d, utt2spk, dim):
         for utt, spk in utt2spk.items():
             per_spk[spk] = per_spk.get(spk, 0) + frames[utt]
     for spk, spec in cmvn.items():
-        stats = kaldiio.load_mat(spec)
+        stats = load_mat(spec)
         if stats.ndim != 2 or stats.shape[0] != 2 or (dim and stats.shape[1] != dim + 1):
             raise DataDirError(f"{d.file('cmvn.scp')}: {spk}: stats shape {stats.shape}, "
                                f"expected (2, {dim + 1 if dim else 'dim+1'})")
@@ -507,7 +506,7 @@ def matrix_shape(spec):
         raise DataDirError(f"cannot read {spec}: {e.strerror}") from None
     # "\0B" then "FM " / "DM ", then two (size byte 4, int32) pairs.
     if len(head) != 15 or head[:2] != b"\0B" or head[2:5] not in (b"FM ", b"DM "):
-        return kaldiio.load_mat(spec).shape
+        return load_mat(spec).shape
     rows = int.from_bytes(head[6:10], "little", signed=True)
     cols = int.from_bytes(head[11:15], "little", signed=True)
     return rows, cols

@@ -21,12 +21,13 @@ import numpy as np
 
 from asrkd import gmm
 from asrkd.data import DataDir
-from asrkd.errors import UserError
+from asrkd.errors import CORRUPT, UserError, reading
 from asrkd.finite import check_finite
 from asrkd.graph import hclg_tree_id
 from asrkd.identity import check_tree, tree_id
 from asrkd.jobs import run_jobs, split_evenly
 from asrkd.lang import read_symbols
+from asrkd.options import check_acwts, check_decoder_options
 from asrkd.score import frame_accuracy, score, write_frame_accuracy
 from asrkd.scorer import check_scorer_tree, make_scorer
 from asrkd.table import atomic_path, write_table
@@ -38,19 +39,6 @@ def make_decoder(hclg, beam=16.0, lattice_beam=8.0, max_active=7000):
     cfg = khg.LatticeFasterDecoderConfig(beam=beam, lattice_beam=lattice_beam,
                                          max_active=max_active)
     return khg.LatticeFasterDecoder(hclg, cfg)
-
-
-MIN_ACTIVE = 200  # LatticeFasterDecoderConfig's default min_active, which we do not change
-
-
-def check_decoder_options(beam, lattice_beam, max_active):
-    """UserError for options the C++ decoder would reject with a bare assertion."""
-    if not beam > 0 or not lattice_beam > 0:
-        raise UserError(f"--beam and --lattice-beam must be positive, got {beam} and "
-                        f"{lattice_beam}")
-    if max_active < MIN_ACTIVE:
-        raise UserError(f"--max-active must be at least the decoder's min-active {MIN_ACTIVE}, "
-                        f"got {max_active}")
 
 
 def decode_loglikes(hclg, trans_model, loglikes, acwt, beam=16.0, lattice_beam=8.0,
@@ -83,7 +71,11 @@ def load_graph(graph_dir):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
     check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
                os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
-    hclg = kaldifst.StdVectorFst.read(os.path.join(graph_dir, "HCLG.fst"))
+    path = os.path.join(graph_dir, "HCLG.fst")
+    with reading(path, "not a whole FST", (RuntimeError,) + CORRUPT):
+        hclg = kaldifst.StdVectorFst.read(path)
+    if hclg is None:  # (OpenFst says why on stderr)
+        raise UserError(f"{path}: not a whole FST (truncated or corrupt); run make-graph again")
     tm = gmm.load_gmm(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}
     return hclg, tm, words
@@ -135,8 +127,7 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     """
     check_decoder_options(beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
-    if not grid or not all(a > 0 for a in grid):  # (NaN too)
-        raise UserError(f"acoustic scales must be positive, got {grid}")
+    check_acwts(grid)
     if len(grid) > 1 and ref_text is None:
         raise UserError("an acoustic-scale grid needs the reference text to choose from")
     utts = sorted(utts)

@@ -18,7 +18,7 @@ import os
 
 import yaml
 
-from asrkd.errors import UserError
+from asrkd.errors import UserError, reading
 from asrkd.table import atomic_path
 
 FEATURE_CONFIG = "feat_config.yaml"
@@ -98,7 +98,8 @@ def config_from_dict(d):
 def load_feature_config(yaml_path):
     """FbankConfig or MfccConfig from a YAML file (``type: fbank|mfcc`` plus non-default values)."""
     try:
-        with open(yaml_path, encoding="utf-8") as f:
+        with open(yaml_path, encoding="utf-8") as f, \
+                reading(yaml_path, "not valid YAML", (yaml.YAMLError,)):
             d = yaml.safe_load(f)
     except OSError as e:
         raise UserError(f"{yaml_path}: {e.strerror}") from None

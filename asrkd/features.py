@@ -28,7 +28,6 @@ import math
 import os
 
 import kaldi_native_fbank as knf
-import kaldiio
 import numpy as np
 import soundfile
 from numpy.lib.stride_tricks import sliding_window_view
@@ -39,7 +38,7 @@ from asrkd.errors import DataDirError, UserError
 from asrkd.featconf import FEATURE_CONFIG, config_from_dict, write_feature_config
 from asrkd.finite import check_finite
 from asrkd.jobs import run_jobs, split_evenly
-from asrkd.table import ArkWriter, atomic_path
+from asrkd.table import ArkWriter, atomic_path, load_mat
 
 # torch is imported by the functions that run it: reading features, CMVN and deltas are numpy,
 # and the stages that only read features (compute-cmvn, validate-data-dir, the GMM stages) start
@@ -465,7 +464,7 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
 # CMVN
 
 def _read_feats(spec):
-    return kaldiio.load_mat(spec)
+    return load_mat(spec)
 
 
 def compute_cmvn(data_dir):
@@ -579,7 +578,7 @@ class FeatureReader(collections.abc.Mapping):
                 raise DataDirError(f"{self.data.path}: missing cmvn.scp; run compute-cmvn")
             self._utt2spk = self.data.utt2spk
             for spk, spec in self.data.table("cmvn.scp").items():
-                stats = check_finite(kaldiio.load_mat(spec), f"{self.data.file('cmvn.scp')}: "
+                stats = check_finite(load_mat(spec), f"{self.data.file('cmvn.scp')}: "
                                      f"CMVN stats of speaker {spk}", "rerun compute-cmvn")
                 self._transform[spk] = cmvn_transform(stats, cmvn == "meanvar")
             missing = {self._utt2spk.get(u) for u in self.utts} - set(self._transform)

@@ -31,6 +31,7 @@ from asrkd.lang import Lang
 from asrkd.table import atomic_path
 
 ARPA2FST_TIMEOUT = 3600
+ARPA_ERROR = "asrkd-arpa-feed: "  # how the gzip feeder's complaint is told from kaldilm's
 
 
 def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
@@ -48,12 +49,35 @@ def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
         # kaldilm reads plain files only: a forked process decompresses into a pipe that it
         # reads, so a gzipped ARPA (LibriSpeech's 3-gram.pruned.1e-7.arpa.gz) needs no unpacked
         # copy. (Not a thread: arpa2fst holds the GIL, a feeding thread would deadlock.)
-        code = ("import gzip, os, shutil, sys\n"
+        # The reader opens the pipe read-write (it holds a write end itself), so it never sees
+        # end of file: the feeder checks that the stream is whole (gzip end marker and the
+        # ARPA's \end\ line, where the reader stops) and otherwise kills the reader (its
+        # parent, and only while it is: once the reader is gone the pid may be another's).
+        code = ("import gzip, os, sys, zlib\n"
                 "r, w = os.pipe()\n"
+                "reader = os.getpid()\n"
                 "if os.fork() == 0:\n"
                 "    os.close(r)\n"
-                "    with gzip.open(sys.argv[1], 'rb') as src, os.fdopen(w, 'wb') as dst:\n"
-                "        shutil.copyfileobj(src, dst, 1 << 20)\n"
+                "    err, seen, tail = None, False, b''\n"
+                "    try:\n"
+                "        with gzip.open(sys.argv[1], 'rb') as src, os.fdopen(w, 'wb') as dst:\n"
+                "            while True:\n"
+                "                b = src.read(1 << 20)\n"
+                "                if not b:\n"
+                "                    break\n"
+                "                dst.write(b)\n"
+                "                seen = seen or b'\\\\end\\\\' in tail + b\n"
+                "                tail = b[-8:]\n"
+                "        if not seen:\n"
+                "            err = 'the ARPA text ends before its \\\\end\\\\ line'\n"
+                "    except BrokenPipeError:\n"
+                "        pass\n"
+                "    except (OSError, EOFError, zlib.error) as e:\n"
+                "        err = f'not a whole gzip file ({e})'\n"
+                "    if err and os.getppid() == reader:\n"
+                f"        sys.stderr.write('{ARPA_ERROR}' + err + '\\n')\n"
+                "        sys.stderr.flush()\n"
+                "        os.kill(reader, 9)\n"
                 "    os._exit(0)\n"
                 "os.close(w)\n"
                 "sys.argv[1] = f'/dev/fd/{r}'\n"
@@ -66,7 +90,11 @@ def arpa_to_G(arpa_path, words_txt, G_path, timeout=ARPA2FST_TIMEOUT):
         except subprocess.TimeoutExpired:
             raise UserError(f"kaldilm.arpa2fst on {arpa_path} did not finish in {timeout} s")
         if r.returncode != 0 or not os.path.getsize(tmp):
-            raise UserError(f"kaldilm.arpa2fst failed on {arpa_path}: {r.stderr.strip()[-500:]}")
+            said = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            fed = [ln[len(ARPA_ERROR):] for ln in said if ln.startswith(ARPA_ERROR)]
+            raise UserError(f"{arpa_path}: {fed[0]}" if fed else
+                            f"kaldilm.arpa2fst failed on {arpa_path}: "
+                            f"{(said or ['(no message)'])[-1][-300:]}")
     G = kaldifst.StdVectorFst.read(os.fspath(G_path))
     kaldifst.arcsort(G, sort_type="ilabel")
     return G

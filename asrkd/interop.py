@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from asrkd.data import validate_data_dir, write_data_dir
 from asrkd.softtargets import SoftTargetStore
-from asrkd.errors import UserError
+from asrkd.errors import UserError, reading
 from asrkd.table import ArkWriter
 
 MANIFESTS = ("recordings.jsonl.gz", "supervisions.jsonl.gz", "cuts.jsonl.gz")
@@ -142,32 +142,35 @@ def import_lhotse(cuts_path, data_dir):
     except Exception as e:  # lhotse raises many kinds on a malformed manifest
         raise UserError(f"{cuts_path}: not a lhotse cuts manifest ({e})") from None
     wav, text, utt2spk, utt2dur = {}, {}, {}, {}
-    for cut in cuts:
-        if not isinstance(cut, MonoCut) or not cut.has_recording:
-            raise UserError(f"cut {cut.id}: only single-recording cuts with audio can be imported")
-        rec = cut.recording
-        if len(rec.sources) != 1 or rec.sources[0].type != "file":
-            raise UserError(f"cut {cut.id}: recording {rec.id} is not one audio file "
-                            "(asrkd's wav.scp holds plain paths)")
-        if cut.start > 1e-3 or abs(cut.duration - rec.duration) > 1e-3:
-            raise UserError(f"cut {cut.id} covers {cut.start:.2f}-{cut.end:.2f} s of a "
-                            f"{rec.duration:.2f} s recording; a data dir holds whole files "
-                            "(cut the audio into files first)")
-        if len(cut.supervisions) > 1:
-            raise UserError(f"cut {cut.id}: {len(cut.supervisions)} supervisions; one per "
-                            "utterance expected (trim_to_supervisions first)")
-        sup = cut.supervisions[0] if cut.supervisions else None
-        spk = (sup.speaker if sup is not None and sup.speaker else None) or cut.id
-        utt = sup.id if sup is not None else cut.id
-        if not utt.startswith(spk):
-            utt = f"{spk}-{utt}"
-        if utt in wav:
-            raise UserError(f"{cuts_path}: utterance {utt} appears twice")
-        wav[utt] = os.path.abspath(rec.sources[0].source)
-        utt2spk[utt] = spk
-        utt2dur[utt] = rec.duration
-        if sup is not None and sup.text is not None:
-            text[utt] = " ".join(sup.text.upper().split())
+    # a manifest whose fields have the wrong types fails in lhotse or below: one line
+    with reading(cuts_path, "not a lhotse cuts manifest", (Exception,)):
+        for cut in cuts:
+            if not isinstance(cut, MonoCut) or not cut.has_recording:
+                raise UserError(f"cut {cut.id}: only single-recording cuts with audio can be "
+                                "imported")
+            rec = cut.recording
+            if len(rec.sources) != 1 or rec.sources[0].type != "file":
+                raise UserError(f"cut {cut.id}: recording {rec.id} is not one audio file "
+                                "(asrkd's wav.scp holds plain paths)")
+            if cut.start > 1e-3 or abs(cut.duration - rec.duration) > 1e-3:
+                raise UserError(f"cut {cut.id} covers {cut.start:.2f}-{cut.end:.2f} s of a "
+                                f"{rec.duration:.2f} s recording; a data dir holds whole files "
+                                "(cut the audio into files first)")
+            if len(cut.supervisions) > 1:
+                raise UserError(f"cut {cut.id}: {len(cut.supervisions)} supervisions; one per "
+                                "utterance expected (trim_to_supervisions first)")
+            sup = cut.supervisions[0] if cut.supervisions else None
+            spk = (sup.speaker if sup is not None and sup.speaker else None) or cut.id
+            utt = sup.id if sup is not None else cut.id
+            if not utt.startswith(spk):
+                utt = f"{spk}-{utt}"
+            if utt in wav:
+                raise UserError(f"{cuts_path}: utterance {utt} appears twice")
+            wav[utt] = os.path.abspath(rec.sources[0].source)
+            utt2spk[utt] = spk
+            utt2dur[utt] = rec.duration
+            if sup is not None and sup.text is not None:
+                text[utt] = " ".join(sup.text.upper().split())
     if not wav:
         raise UserError(f"{cuts_path}: no cuts")
     if text and len(text) != len(wav):

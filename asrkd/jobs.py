@@ -38,7 +38,7 @@ import traceback
 
 from tqdm import tqdm
 
-from asrkd.errors import UserError
+from asrkd.errors import DISK_FULL, UserError
 
 
 def split_evenly(items, n):
@@ -56,7 +56,8 @@ def split_evenly(items, n):
 
 def _run_one(payload):
     """Run one job into its log: (True, result), (False, ("user", message)) for a UserError,
-    or (False, ("crash", last line of the traceback))."""
+    (False, ("disk", (errno, strerror, filename))) for a full disk, or (False, ("crash", last
+    line of the traceback))."""
     fn, args, log_path, threads = payload
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
@@ -84,6 +85,12 @@ def _run_one(payload):
             log.write(f"error: {e}\n# failed\n")
             return False, ("user", str(e))
         except BaseException as e:  # noqa: BLE001 - reported through the log
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                # not the job's fault: the parent raises it again (_raise_failed), and the
+                # log (on that disk too) may not take more
+                with contextlib.suppress(OSError):
+                    log.write(f"error: {e}\n# failed\n")
+                return False, ("disk", (e.errno, e.strerror, e.filename))
             log.write(traceback.format_exc())
             log.write("# failed\n")
             return False, ("crash", f"{type(e).__name__}: {e}".splitlines()[0])
@@ -265,6 +272,9 @@ def _run_submitit(payloads, kind, params, log_dir, name, desc):
 
 def _raise_failed(failed, payloads, name):
     n = len(payloads)
+    disk = [i for i in sorted(failed) if failed[i][0] == "disk"]
+    if disk:  # the CLI's one line for a full disk, naming the file
+        raise OSError(*failed[disk[0]][1])
     user = [i for i in sorted(failed) if failed[i][0] == "user"]
     more = f" ({len(failed) - 1} more {name} jobs failed)" if len(failed) > 1 else ""
     if user:

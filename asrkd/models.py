@@ -96,6 +96,8 @@ class ModelConfig(DictConfig):
             raise UserError("left/right context must be >= 0")
         if self.cmvn not in (None, "mean", "meanvar"):
             raise UserError(f"cmvn must be None, 'mean' or 'meanvar', got {self.cmvn!r}")
+        if not 0 <= self.dropout < 1:  # (NaN too)
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def context(self):

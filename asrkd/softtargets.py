@@ -21,6 +21,7 @@ rest mass within ``SUM_TOL`` of one). A store without ``rest`` files (older asrk
 0.
 """
 
+import glob
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ from asrkd.ensemble import COMBINES, Ensemble, find_teachers
 from asrkd.errors import UserError
 from asrkd.features import FeatureReader
 from asrkd.jobs import fixed_mmap_threshold, run_jobs, split_evenly
-from asrkd.table import atomic_path, read_table, write_table
+from asrkd.table import atomic_path, invalidate, read_table, save_npy, write_table
 
 # A soft-target job holds its shard's targets in memory until it writes them: ~240 bytes per
 # frame at top-20 before the float16 conversion, so 100k frames is ~25 MB per job.
@@ -142,11 +143,16 @@ def _write_shard(out_dir, shard, items, num_pdfs):
         "rest": np.concatenate([r for _, _, _, r in items]).astype(np.float32),
     }
     for name, arr in arrays.items():
-        with atomic_path(os.path.join(out_dir, f"{name}.{shard}.npy")) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
+        save_npy(os.path.join(out_dir, f"{name}.{shard}.npy"), arr)
     kept = np.concatenate([p.astype(np.float64).sum(axis=1) for _, _, p, _ in items])
     return index, (float(kept.sum()), float(kept.min()) if kept.size else 1.0, int(kept.size))
+
+
+def _start_store(out_dir):
+    """Make ``out_dir`` and invalidate a store already there: without meta.json and index (the
+    files written last) a killed overwrite never reads as whole."""
+    os.makedirs(out_dir, exist_ok=True)
+    invalidate(os.path.join(out_dir, "meta.json"), os.path.join(out_dir, "index"))
 
 
 def _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, teachers, data_dir=None,
@@ -184,7 +190,7 @@ def save_soft_targets(out_dir, probs_by_utt, temperature, combine="arith", topk=
     For callers that already have the distributions (and tests); the ensemble path is
     compute_soft_targets.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    _start_store(out_dir)
     items, num_pdfs = [], None
     for utt in sorted(probs_by_utt):
         probs = torch.as_tensor(np.asarray(probs_by_utt[utt], dtype=np.float32))
@@ -222,7 +228,7 @@ def compute_soft_targets(data_dir, teachers_dir, out_dir, temperature=1.0, combi
     num_pdfs = pdfs.pop()
     tree = teachers.check(data_dir)
     utts = data.utts
-    os.makedirs(out_dir, exist_ok=True)
+    _start_store(out_dir)
     # More shards than workers so the progress bar moves; each shard reloads the (small) models.
     nshards = max(1, min(len(utts), max(4 * max(1, nj),
                                         _num_shards(data.utt2num_frames, max_shard_frames))))
@@ -266,6 +272,9 @@ class SoftTargetStore(Mapping):
         self.dir = os.fspath(soft_dir)
         meta_path = os.path.join(self.dir, "meta.json")
         if not os.path.isfile(meta_path):
+            if glob.glob(os.path.join(self.dir, "ids.*.npy")):
+                raise UserError(f"{self.dir}: an unfinished soft-target store (no meta.json: "
+                                "its writing was interrupted); run soft-targets again")
             raise UserError(f"{self.dir}: not a soft-target dir (no meta.json)")
         with open(meta_path) as f:
             self.meta = json.load(f)

@@ -4,12 +4,15 @@ Every writer here writes to a temporary name in the same directory and renames i
 so a killed run never leaves a half-written file that a rerun would trust.
 """
 
+import collections.abc
 import contextlib
 import os
 import tempfile
 
 import kaldiio
 import numpy as np
+
+from asrkd.errors import reading
 
 
 @contextlib.contextmanager
@@ -32,6 +35,27 @@ def atomic_path(path):
             # a failed write (a full disk) names no file: name the one being written
             raise OSError(e.errno, e.strerror, path) from e
         raise
+
+
+def invalidate(*paths):
+    """Remove the files that declare a directory whole (a store's meta.json, a manifest) before
+    an overwrite of the directory starts, so that a killed overwrite reads as unfinished, never
+    as the old whole over a mix of old and new parts. The writer writes them again last."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def save_npy(path, array):
+    """np.save ``array`` to ``path`` atomically. Written through Python's file writes, not
+    numpy's tofile, whose short write (a full disk) raises an OSError without its errno."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(_PlainWriter(f), array)
+
+
+class _PlainWriter:
+    def __init__(self, f):
+        self.write = f.write
 
 
 def _umask():
@@ -117,6 +141,33 @@ class ArkWriter:
         return False
 
 
+def load_mat(spec):
+    """The Kaldi matrix at ``spec`` (``ark_path:offset``); a missing ark, a wrong offset or a
+    truncated ark is a UserError naming it (asrkd.errors.reading)."""
+    with reading(spec, "not a Kaldi matrix (a wrong offset, or a truncated or corrupt ark)"):
+        return kaldiio.load_mat(spec)
+
+
 def read_scp(scp_path):
-    """Lazy dict-like reader of a Kaldi scp (kaldiio, memory-mapped per entry)."""
-    return kaldiio.load_scp(os.fspath(scp_path))
+    """Lazy dict-like reader of a Kaldi scp (kaldiio, memory-mapped per entry); an entry that
+    cannot be read is a UserError naming it (load_mat)."""
+    return _Scp(kaldiio.load_scp(os.fspath(scp_path)), os.fspath(scp_path))
+
+
+class _Scp(collections.abc.Mapping):
+    def __init__(self, lazy, path):
+        self._lazy, self.path = lazy, path
+
+    def __getitem__(self, key):
+        with reading(f"{self.path}: {key}", "not a Kaldi matrix (a wrong offset, or a "
+                     "truncated or corrupt ark)"):
+            return self._lazy[key]
+
+    def __iter__(self):
+        return iter(self._lazy)
+
+    def __len__(self):
+        return len(self._lazy)
+
+    def __contains__(self, key):
+        return key in self._lazy

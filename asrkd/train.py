@@ -64,7 +64,7 @@ from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.distributed import (World, all_reduce_gradients, all_reduce_sums, barrier,
                                broadcast_parameters, init_world, local_part, rank_seed)
-from asrkd.errors import UserError
+from asrkd.errors import UserError, reading
 from asrkd.featconf import feature_config
 from asrkd.frames import FrameCache, PageBudget, build_frame_cache, extra_memmap, split_by_speaker
 from asrkd.identity import check_features, check_tree
@@ -142,7 +142,7 @@ def _read_conf(path):
         return ModelConfig(), TrainConfig()
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such config file")
-    with open(path) as f:
+    with open(path) as f, reading(path, "not valid YAML", (yaml.YAMLError,)):
         d = yaml.safe_load(f) or {}
     unknown = set(d) - {"model", "train"}
     if unknown:

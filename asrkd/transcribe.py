@@ -28,6 +28,7 @@ from asrkd.featconf import FbankConfig, load_feature_config
 from asrkd.features import check_feature_config, cmvn_transform, make_extractor, read_audio
 from asrkd.features import resample as resample_audio
 from asrkd.models import load_checkpoint, load_model
+from asrkd.options import check_options
 from asrkd.scorer import make_scorer
 from asrkd.table import read_table
 
@@ -131,6 +132,7 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     the graph and model (``load_s``).
     """
     out = sys.stdout if out is None else out
+    check_options(acwt=acwt, beam=beam, lattice_beam=lattice_beam, max_active=max_active)
     t_load = time.perf_counter()
     items, utt2spk = read_inputs(audio, stdin)
     cmvn, fc, model_acwt, feat_dim = model_info(model, feat_conf)
@@ -142,6 +144,7 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     if acwt is None:
         raise UserError(f"{model}: no acoustic scale known (no decode_*/acwt beside it): pass "
                         "--acwt or --acwt-from DEV_DECODE_DIR")
+    check_options(acwt=acwt)
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     hclg, tm, words = cached_graph(graph_dir)

@@ -45,6 +45,41 @@ parse_options() {
   done
 }
 
+# lock_exp: make $exp and hold its lock (the file asrkd.lock writes: "pid host what") until the
+# recipe exits. A second recipe on the same exp stops with one line naming the first; the lock
+# of a recipe that is gone (its pid no longer runs on this host) is taken over with a note. The
+# recipe's asrkd commands inherit it (ASRKD_LOCKS), so they may write into $exp itself.
+lock_exp() {
+  local i pid host here=${HOSTNAME:-$(uname -n)}
+  mkdir -p "$exp"
+  _exp_lock=$(cd "$exp" && pwd -P)/.asrkd.lock
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    if (set -o noclobber; echo "$$ $here recipe $0" > "$_exp_lock") 2>/dev/null; then
+      trap '_unlock_exp' EXIT
+      export ASRKD_LOCKS="${_exp_lock%/*}${ASRKD_LOCKS:+:$ASRKD_LOCKS}"
+      return 0
+    fi
+    pid= host=
+    read -r pid host _ < "$_exp_lock" 2>/dev/null
+    if [ -z "$pid" ]; then sleep 0.1; continue; fi  # being written (or just released)
+    if [ "$host" != "$here" ] || [ -d "/proc/$pid" ] || kill -0 "$pid" 2>/dev/null; then
+      echo "$0: error: $exp is in use by another run: pid $pid on $host; wait for it to end" \
+        "or use another --exp (remove $_exp_lock only if that run is gone)" >&2
+      exit 1
+    fi
+    echo "$0: note: $_exp_lock: taking over the lock of pid $pid on $host, which is no" \
+      "longer running" >&2
+    rm -f "$_exp_lock"
+  done
+  echo "$0: error: could not take the lock $_exp_lock" >&2
+  exit 1
+}
+_unlock_exp() {
+  local pid
+  read -r pid _ < "$_exp_lock" 2>/dev/null
+  [ "$pid" != $$ ] || rm -f "$_exp_lock"
+}
+
 _stage_start=0
 # stage N NAME: true if stage N should run now (and starts its clock).
 stage() {

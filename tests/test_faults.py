@@ -694,3 +694,281 @@ def test_bad_alignment_and_training_options_are_refused(systems, tmp_path, capsy
 
     with pytest.raises(UserError, match="acoustic scales must be positive"):
         decode_data_dir(systems["graph_a"], None, ["u"], str(tmp_path / "d"), float("nan"))
+
+
+# --------------------------------------------------------------------------------------------
+# One writer per directory: the experiment lock (asrkd.lock, recipes/lib.sh)
+
+
+@pytest.fixture
+def sleeper():
+    """A live process (the owner of a lock); killed at the end."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def _score_args(tmp_path, out):
+    ref = tmp_path / "ref"
+    ref.write_text("u1 HELLO WORLD\n")
+    return ["score", str(ref), str(ref), str(out)]
+
+
+def test_a_second_writer_is_refused_naming_the_owner(tmp_path, capsys, sleeper):
+    import socket
+
+    from asrkd.lock import LOCK_NAME, locked
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    lock = out / LOCK_NAME
+    lock.write_text(f"{sleeper.pid} {socket.gethostname()} asrkd train\n")
+    for args in (_score_args(tmp_path, out), ["train", str(tmp_path), str(tmp_path), str(out)]):
+        assert main(args) == 1
+        line = _error_line(capsys, args[0])
+        assert f"is in use by another run: pid {sleeper.pid} on {socket.gethostname()} " \
+               "(asrkd train)" in line, line
+    assert not (out / "wer").exists()
+    # the owner is gone: its lock is taken over with a note, and released at the end
+    sleeper.kill()
+    sleeper.wait()
+    assert main(_score_args(tmp_path, out)) == 0
+    assert f"taking over the lock of pid {sleeper.pid}" in capsys.readouterr().err
+    assert (out / "wer").exists() and not lock.exists()
+    # a run's own workers (children, torchrun ranks > 0) do not lock again
+    with locked(out):
+        assert lock.exists()
+        assert main(_score_args(tmp_path, out)) == 0
+        assert lock.exists()
+    assert not lock.exists()
+
+
+def test_two_writers_started_together_one_wins(tmp_path):
+    from asrkd.lock import acquire
+
+    script = ("import sys, time; from asrkd.lock import acquire; from asrkd.errors import "
+              "UserError\ntime.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+              "try:\n    acquire(sys.argv[1]); time.sleep(1); print('won')\n"
+              "except UserError:\n    print('lost')\n")
+    start = str(time.time() + 2)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "d"), start],
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outs == ["lost", "lost", "lost", "won"], outs
+    assert acquire(tmp_path / "d")  # every owner gone: taken over
+
+
+def test_two_recipes_on_one_exp_the_second_stops(tmp_path):
+    exp = tmp_path / "exp"
+    script = (f". {REPO}/recipes/lib.sh\nexp={exp}\nlock_exp\ncat $exp/.asrkd.lock\n"
+              "echo $ASRKD_LOCKS\nsleep ${1:-0}\n")
+    first = subprocess.Popen(["bash", "-c", script, "recipe", "20"], stdout=subprocess.PIPE,
+                             text=True)
+    for _ in range(100):
+        if (exp / ".asrkd.lock").exists():
+            break
+        time.sleep(0.1)
+    second = subprocess.run(["bash", "-c", script, "recipe"], capture_output=True, text=True)
+    assert second.returncode == 1
+    assert f"in use by another run: pid {first.pid} " in second.stderr, second.stderr
+    first.kill()  # SIGKILL: no EXIT trap, the lock stays behind, stale
+    first.wait()
+    third = subprocess.run(["bash", "-c", script, "recipe"], capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the lock of pid {first.pid}" in third.stderr
+    assert third.stdout.split()[-1] == str(exp.resolve())  # the verbs inherit it
+    assert not (exp / ".asrkd.lock").exists()  # released on exit
+
+
+# --------------------------------------------------------------------------------------------
+# An overwrite interrupted: never read as whole
+
+
+def test_an_interrupted_soft_target_overwrite_never_reads_as_whole(tmp_path, capsys):
+    from asrkd.softtargets import SoftTargetStore, save_soft_targets
+
+    rng = np.random.default_rng(0)
+    dist = {f"u{i}": rng.dirichlet(np.ones(8), size=10).astype(np.float32) for i in range(3)}
+    soft = str(tmp_path / "soft")
+    save_soft_targets(soft, dist, temperature=2.0, topk=4)
+    assert SoftTargetStore(soft).temperature == 2.0
+    bad = dict(dist, u2=np.full((10, 8), np.nan, dtype=np.float32))  # stops the overwrite
+    with pytest.raises(UserError):
+        save_soft_targets(soft, bad, temperature=1.0, topk=4)
+    with pytest.raises(UserError, match="an unfinished soft-target store .* run soft-targets "
+                                         "again"):
+        SoftTargetStore(soft)
+    save_soft_targets(soft, dist, temperature=1.0, topk=4)
+    assert SoftTargetStore(soft).temperature == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded readers: a truncated gzipped ARPA
+
+
+def test_a_truncated_gzipped_arpa_ends_in_one_line_fast(tmp_path):
+    import gzip
+
+    from asrkd.graph import arpa_to_G
+
+    text = tmp_path / "text"
+    text.write_text("A B A\nB A B B\nA A B\n")
+    arpa = tmp_path / "lm.arpa"
+    assert main(["train-lm", str(text), str(arpa), "--order", "2"]) == 0
+    words = tmp_path / "words.txt"
+    words.write_text("<eps> 0\n<s> 1\n</s> 2\nA 3\nB 4\n#0 5\n")
+    whole = arpa.read_bytes()
+    gz = gzip.compress(whole)
+    cases = {"cut.arpa.gz": (gz[: len(gz) // 2], "not a whole gzip file"),
+             "short.arpa.gz": (gzip.compress(whole[: len(whole) * 2 // 3]),
+                               r"the ARPA text ends before its \\end\\ line")}
+    for name, (data, what) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        t0 = time.time()
+        with pytest.raises(UserError, match=what):
+            arpa_to_G(str(tmp_path / name), str(words), str(tmp_path / "G.fst"), timeout=60)
+        assert time.time() - t0 < 30
+        assert not (tmp_path / "G.fst").exists()
+    (tmp_path / "lm.arpa.gz").write_bytes(gz)
+    assert arpa_to_G(str(tmp_path / "lm.arpa.gz"), str(words), str(tmp_path / "G.fst")).num_states
+
+
+# --------------------------------------------------------------------------------------------
+# One option check for every verb
+
+
+@pytest.mark.parametrize("args,what", [
+    (["transcribe", "m", "g", "a.wav", "--acwt", "0"], "--acwt must be positive, got 0.0"),
+    (["transcribe", "m", "g", "a.wav", "--acwt", "-1"], "--acwt must be positive, got -1.0"),
+    (["transcribe", "m", "g", "a.wav", "--beam", "-1"], "--beam and --lattice-beam must be "
+                                                        "positive"),
+    (["transcribe", "m", "g", "a.wav", "--max-active", "10"], "--max-active must be at least"),
+    (["decode", "g", "d", "m", "o", "--acwt", "0"], "--acwt must be positive"),
+    (["decode", "g", "d", "m", "o", "--acwt-grid", "0.1,-1"], "acoustic scales must be positive"),
+    (["train-mono", "d", "l", "e", "--num-iters", "0"], "--num-iters must be >= 1, got 0"),
+    (["train-tri", "d", "l", "a", "e", "--num-iters", "-3"], "--num-iters must be >= 1, got -3"),
+    (["train-tri", "d", "l", "a", "e", "--num-leaves", "0"], "--num-leaves must be >= 1"),
+    (["soft-targets", "d", "t", "o", "--topk", "-1"], "--topk must be >= 0, got -1"),
+    (["soft-targets", "d", "t", "o", "--nj", "0"], "--nj must be >= 1, got 0"),
+    (["distill", "d", "a", "s", "e", "--topk", "-5"], "--topk must be >= 0, got -5"),
+    (["train-ensemble", "d", "a", "e", "--num-models", "0"], "--num-models must be >= 1"),
+    (["train-specialists", "g", "d", "a", "e", "--num-sets", "0"], "--num-sets must be >= 1"),
+    (["train-specialists", "g", "d", "a", "e", "--num-sets", "2", "--lr=-1e-3"],
+     "--lr must be positive, got -0.001"),
+])
+def test_bad_options_are_refused_alike_by_every_verb(tmp_path, capsys, args, what):
+    assert main(args) == 1
+    assert what in _error_line(capsys, args[0])
+
+
+def test_transcribe_checks_its_options_as_decode_does():
+    from asrkd.transcribe import transcribe
+
+    for kw in ({"acwt": -1.0}, {"acwt": 0.0}, {"beam": -2.0}):
+        with pytest.raises(UserError, match="must be positive"):
+            transcribe("m", "g", ["a.wav"], **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Corrupt, truncated or misplaced inputs: one line, no traceback
+
+
+def test_a_truncated_hclg_is_one_line(systems, tmp_path, capsys):
+    import shutil
+
+    graph = str(tmp_path / "graph")
+    shutil.copytree(systems["graph_a"], graph)
+    hclg = os.path.join(graph, "HCLG.fst")
+    data = open(hclg, "rb").read()
+    open(hclg, "wb").write(data[: len(data) // 2])
+    assert main(["decode", graph, systems["data"], systems["a"][2], str(tmp_path / "dec"),
+                 "--acwt", "0.1"]) == 1
+    assert f"{hclg}: not a whole FST" in _error_line(capsys, "decode")
+
+
+def test_relative_scp_paths_read_from_elsewhere_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_corpus("c")  # feats.scp, cmvn.scp and pdf.scp hold paths relative to tmp_path
+    monkeypatch.chdir(tmp_path / "c")
+    data, ali = str(tmp_path / "c" / "data"), str(tmp_path / "c" / "ali")
+    assert main(["train", data, ali, str(tmp_path / "exp")]) == 1
+    line = _error_line(capsys, "train")
+    assert "c/cmvn.ark: no such file" in line and "relative to the directory" in line, line
+    from asrkd.alignment import AlignmentDir
+
+    with pytest.raises(UserError, match=r"c/ali/pdf.ark: no such file, named by .*pdf.scp: "
+                                        r"100-1-0000 .*relative to the directory"):
+        next(iter(AlignmentDir(ali).pdf_scp.values()))
+
+
+def test_a_feats_scp_with_a_wrong_offset_is_one_line(tmp_path, capsys):
+    data, _ = make_corpus(str(tmp_path / "c"))
+    scp = os.path.join(data, "feats.scp")
+    lines = open(scp).read().splitlines()
+    utt, spec = lines[1].split()
+    ark, off = spec.rsplit(":", 1)
+    lines[1] = f"{utt} {ark}:{int(off) + 3}"
+    open(scp, "w").write("\n".join(lines) + "\n")
+    assert main(["compute-cmvn", data]) == 1
+    assert f"{ark}:{int(off) + 3}: not a Kaldi matrix" in _error_line(capsys, "compute-cmvn")
+
+
+def test_a_malformed_lhotse_manifest_is_one_line(tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, _speech(0), 16000)
+    rec = {"id": "r1", "sources": [{"type": "file", "channels": [0], "source": str(wav)}],
+           "sampling_rate": 16000, "num_samples": 16000, "duration": 1.0}
+    good = {"id": "c1", "start": 0, "duration": 1.0, "channel": 0, "recording": rec,
+            "supervisions": [{"id": "s1", "recording_id": "r1", "start": 0, "duration": 1.0,
+                              "speaker": "spk", "text": "hi"}], "type": "MonoCut"}
+    import json
+
+    sup = good["supervisions"][0]
+    for bad in ({**good, "supervisions": [{**sup, "text": 5}]},  # lhotse takes them as they are
+                {**good, "supervisions": [{**sup, "speaker": 5}]}, {**good, "duration": "1.0"},
+                {**good, "recording": {**rec, "duration": "x"}}):
+        cuts = tmp_path / "cuts.jsonl"
+        cuts.write_text(json.dumps(bad) + "\n")
+        assert main(["import-lhotse", str(cuts), str(tmp_path / "d")]) == 1
+        assert f"{cuts}: not a lhotse cuts manifest" in _error_line(capsys, "import-lhotse")
+
+
+def test_a_broken_yaml_conf_and_a_dropout_above_one_are_one_line(tmp_path, capsys):
+    conf = tmp_path / "dnn.yaml"
+    conf.write_text("model: {left_context: 1, hidden_dims: [16]\ntrain: {epochs: 1}\n")
+    for args in (["train", str(tmp_path), str(tmp_path), str(tmp_path / "e"), "--conf", str(conf)],
+                 ["compute-feats", str(tmp_path), str(tmp_path / "f"), "--conf", str(conf)]):
+        assert main(args) == 1
+        assert f"{conf}: not valid YAML" in _error_line(capsys, args[0])
+    conf.write_text("model: {dropout: 1.5}\n")
+    with pytest.raises(UserError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        from asrkd.train import load_conf
+        load_conf(str(conf))
+
+
+def test_full_disk_during_compute_feats_and_soft_targets_is_one_line(tiny_data, systems,
+                                                                     tmp_path):
+    from asrkd.data import copy_data_dir
+
+    data = str(tmp_path / "dev")
+    copy_data_dir(tiny_data["dev"], data)
+    for nj in ("2",):  # (a job in a worker process; soft-targets below runs one in-process)
+        r = _limited(30_000, ["compute-feats", "--nj", nj, "--conf",
+                              os.path.join(REPO, "conf", "fbank.yaml"), data,
+                              str(tmp_path / f"fbank{nj}")])
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        assert re.match(r"asrkd compute-feats: error: File too large writing .*; free space",
+                        r.stderr.strip().splitlines()[-1]), r.stderr
+        assert not os.path.exists(os.path.join(data, "feats.scp"))
+    teachers = os.path.dirname(os.path.dirname(systems["dnn"]))
+    for nj in ("1",):
+        soft = tmp_path / f"soft{nj}"
+        r = _limited(2_000, ["soft-targets", "--nj", nj, systems["data"], teachers, str(soft)])
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        assert re.match(r"asrkd soft-targets: error: File too large writing .*; free space",
+                        r.stderr.strip().splitlines()[-1]), r.stderr
+        assert not (soft / "meta.json").exists()

@@ -52,7 +52,7 @@ from asrkd.specialists.combine import (collapse, corrected_logits, dustbin_log_c
                                        specialist_logits)
 from asrkd.specialists.sets import (confusable_sets, generalist_covariance, pdf_states,
                                     sets_markdown)
-from asrkd.table import atomic_path
+from asrkd.table import atomic_path, invalidate
 from asrkd.train import TrainConfig, TrainHooks, TrainRun, train_epochs
 
 
@@ -311,6 +311,8 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
     if gen.config.num_pdfs != num_pdfs:
         raise UserError(f"{gpath} has {gen.config.num_pdfs} pdfs, {ali_dir} has {num_pdfs}")
     os.makedirs(exp_dir, exist_ok=True)
+    # the manifest is written last: a killed rerun must not read as the old run's whole
+    invalidate(os.path.join(exp_dir, "specialists.json"))
     cache = build_frame_cache(data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"),
                               cmvn=gen.config.cmvn)
     train_frames, valid_frames = _train_valid_frames(cache)

@@ -96,7 +96,7 @@ if [ "$test_speakers" -gt 0 ]; then
   [ -z "$test_sets" ] || { echo "$0: --test-speakers N needs --test-sets \"\"" >&2; exit 1; }
   [ "$lm_utt_ids" = true ] || { echo "$0: --test-speakers N needs an LM text with utterance ids (--lm-utt-ids true)" >&2; exit 1; }
 fi
-mkdir -p "$exp"
+lock_exp  # makes $exp; one recipe at a time on it
 train=train dev=dev
 transfer=; [ -z "$transfer_sets" ] || transfer=unlabeled
 tests=""

@@ -68,7 +68,7 @@ usage() {
   done
 }
 parse_options "$@"
-mkdir -p "$exp"
+lock_exp  # makes $exp; one recipe at a time on it
 train=train dev=dev tests=test
 transfer=; [ "$transfer_hours" = 0 ] || transfer=unlabeled   # the corpus's unlabeled/ subset
 lm_text=$corpus/train-text.txt   # LM text from the training books only (never test text)

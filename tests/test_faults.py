@@ -474,6 +474,39 @@ def test_checkpoint_config_and_shapes_checked_before_allocation(checkpoint, tmp_
         load_model(bad)
 
 
+def test_a_few_kb_checkpoint_declaring_a_huge_model_is_refused_before_allocation(
+        checkpoint, tmp_path, capsys, monkeypatch):
+    """Zero-stride tensors make a consistent 40 GB model a 3 KB file: its declared size is
+    checked against the limit before anything is built, checked for NaN or allocated."""
+    from asrkd.models import ModelConfig, build_model, load_model
+
+    ck = torch.load(checkpoint, weights_only=True)
+    ck["model_config"]["hidden_dims"] = [10**5, 10**5]
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in
+                  build_model(ModelConfig.from_dict(ck["model_config"])).state_dict().items()}
+    ck["state_dict"] = {k: torch.zeros(1).expand(*s) if len(s) else torch.zeros(())
+                        for k, s in shapes.items()}
+    huge = str(tmp_path / "huge.pt")
+    torch.save(ck, huge)
+    assert os.path.getsize(huge) < 10000
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(hard, 2**31) if hard > 0 else 2**31, hard))
+    try:  # the old path allocated 40 GB: under this limit a MemoryError/RuntimeError
+        with pytest.raises(UserError, match=r"huge.pt: the model_config declares a model of "
+                                            r"37.3 GiB \(limit 8 GiB"):
+            load_model(huge)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert main(["export-onnx", huge, str(tmp_path / "m.onnx")]) == 1
+    assert "37.3 GiB" in _error_line(capsys, "export-onnx")
+    monkeypatch.setenv("ASRKD_MAX_MODEL_BYTES", "100")  # the stated limit is the user's
+    with pytest.raises(UserError, match=r"ok.pt: .* \(limit 9.31e-08 GiB"):
+        load_model(checkpoint)
+    monkeypatch.setenv("ASRKD_MAX_MODEL_BYTES", "1e4")
+    load_model(checkpoint)
+
+
 # --------------------------------------------------------------------------------------------
 # Jobs: errors surface, crashes show their log, dead workers do not hang, orphans die
 

@@ -140,6 +140,7 @@ REJECT_REASONS = {
     "corrupt-audio": "audio stops decoding partway (truncated or damaged file)",
     "nonfinite-audio": "audio holds NaN or Inf samples",
     "empty-audio": "audio file has 0 samples",
+    "silent-audio": "every sample is 0 (digital silence): no speech to align with a transcript",
     "too-short": "audio shorter than one 25 ms frame",
     "wrong-sample-rate": "sample rate differs from --sample-rate",
     "empty-transcript": "transcript line has no words",
@@ -184,8 +185,8 @@ def _find_chapters(corpus_dir):
 
 def _decode_audio(audio):
     """Decode a whole file in blocks: (samples, None), or (samples so far, (reason, detail)) if
-    it stops decoding partway or holds NaN/Inf (a header alone says neither)."""
-    n, bad = 0, 0
+    it stops decoding partway, holds NaN/Inf or only zeros (a header alone says none of it)."""
+    n, bad, sound = 0, 0, False
     try:
         with soundfile.SoundFile(audio) as f:
             is_float = f.subtype in ("FLOAT", "DOUBLE")
@@ -193,6 +194,7 @@ def _decode_audio(audio):
                 block = f.read(1 << 16, dtype="float32" if is_float else "int16", always_2d=True)
                 if is_float:
                     bad += block.size - int(np.count_nonzero(np.isfinite(block)))
+                sound = sound or bool(block.any())
                 n += len(block)
                 if len(block) < 1 << 16:
                     break
@@ -201,6 +203,8 @@ def _decode_audio(audio):
                    + (str(e).splitlines()[0] if str(e) else type(e).__name__))
     if bad:
         return n, ("nonfinite-audio", f"{bad} NaN/Inf samples")
+    if n and not sound:
+        return n, ("silent-audio", f"{n} samples, all 0")
     return n, None
 
 

@@ -103,6 +103,64 @@ def test_features_of_nan_audio_are_an_error_naming_the_utterance(tmp_path, capsy
     assert not os.path.exists(os.path.join(data, "feats.scp"))
 
 
+def test_multi_channel_audio_is_refused_unless_a_channel_or_a_downmix_is_named(tmp_path,
+                                                                              capsys):
+    """compute-feats read the first channel of a stereo file without a word: now one line,
+    and --channel N / mix read what they say (recorded for the feature config check)."""
+    from asrkd.featconf import load_feature_config
+    from asrkd.features import check_feature_config
+
+    left, right = _speech(0), _speech(1)
+    corpus = _librispeech(str(tmp_path / "corpus"), {"0000": (left, "FLOAT")})
+    stereo = os.path.join(corpus, "19", "198", "19-198-0000.flac")
+    soundfile.write(stereo, np.stack([left, right], axis=1), 16000, format="WAV",
+                    subtype="FLOAT")
+    data, fbank = str(tmp_path / "data"), str(tmp_path / "fbank")
+    assert main(["prepare-data", corpus, data]) == 0
+    capsys.readouterr()
+    assert main(["compute-feats", data, fbank]) == 1
+    assert f"{stereo}: 2 channels: name one with --channel N (0 to 1) or downmix them " \
+        "with --channel mix" in _error_line(capsys, "compute-feats")
+    assert not os.path.exists(os.path.join(data, "feats.scp"))
+    mono = str(tmp_path / "mono")
+    os.makedirs(mono)
+    conf = os.path.join(REPO, "conf", "fbank.yaml")
+    for channel, want in (("1", right), ("mix", (left + right) / 2)):
+        assert main(["compute-feats", data, fbank, "--channel", channel]) == 0
+        assert open(os.path.join(data, "channel")).read() == f"{channel}\n"
+        soundfile.write(os.path.join(mono, "x.wav"), want, 16000, subtype="FLOAT")
+        d2 = str(tmp_path / f"data_{channel}")
+        os.makedirs(d2)
+        for name in ("utt2spk", "spk2utt", "text"):
+            open(os.path.join(d2, name), "w").write(open(os.path.join(data, name)).read())
+        write_table(os.path.join(d2, "wav.scp"), {"19-198-0000": os.path.join(mono, "x.wav")})
+        assert main(["compute-feats", d2, str(tmp_path / f"fbank_{channel}")]) == 0
+        got = [kaldiio.load_mat(open(os.path.join(d, "feats.scp")).read().split()[1])
+               for d in (data, d2)]
+        np.testing.assert_allclose(got[0], got[1], atol=1e-4)
+        assert check_feature_config(load_feature_config(conf), data)
+    assert main(["compute-feats", data, fbank, "--channel", "2"]) == 1
+    assert "no channel 2 (it has 2)" in _error_line(capsys, "compute-feats")
+
+
+def test_digital_silence_with_a_transcript_is_rejected_not_aligned(tmp_path, capsys):
+    """A recording of zeros is counted as silent-audio at prepare-data; a wav.scp made
+    elsewhere pointing at one stops compute-feats naming the utterance."""
+    corpus = _librispeech(str(tmp_path / "corpus"), {
+        "0000": (_speech(0), "PCM_16"), "0001": (np.zeros(16000, np.float32), "PCM_16")})
+    data = str(tmp_path / "data")
+    assert main(["prepare-data", corpus, data]) == 0
+    assert "1 kept, 1 rejected (silent-audio: 1)" in capsys.readouterr().out
+    assert "19-198-0001 silent-audio 16000 samples, all 0" in open(
+        os.path.join(data, "log", "rejected.txt")).read()
+    wav = dict(line.split() for line in open(os.path.join(data, "wav.scp")))
+    silent = os.path.join(corpus, "19", "198", "19-198-0001.flac")
+    write_table(os.path.join(data, "wav.scp"), {**wav, "19-198-0000": silent})
+    assert main(["compute-feats", data, str(tmp_path / "fbank")]) == 1
+    assert f"19-198-0000: {silent} is digital silence (every sample 0)" in _error_line(
+        capsys, "compute-feats")
+
+
 # --------------------------------------------------------------------------------------------
 # Features and CMVN: NaN stops at the reader and at compute-cmvn
 

@@ -30,7 +30,8 @@ import numpy as np
 import soundfile
 
 from asrkd.errors import DataDirError, UserError
-from asrkd.featconf import FEATURE_CONFIG, feature_config, feature_dim
+from asrkd.featconf import (FEATURE_CONFIG, config_from_dict, feature_config, feature_dim,
+                            num_frames)
 from asrkd.table import read_table, write_table
 
 # Files that describe utterances (copied by copy_data_dir); features are per-directory.
@@ -473,7 +474,22 @@ def _check_feats(d):
             if t != n[utt]:
                 raise DataDirError(f"{d.file('feats.scp')}: {utt} has {t} frames, "
                                    f"utt2num_frames says {n[utt]}")
+    if d.has("utt2dur") and d.has(FEATURE_CONFIG):
+        _check_durations(d, {u: t for u, (t, _) in shapes.items()},
+                         config_from_dict(feature_config(d.path)))
     return dim
+
+
+def _check_durations(d, frames, config):
+    """Each utterance's feature frames against its utt2dur (as prepare-data measured the audio):
+    features of audio that changed since then disagree by more than the rounding of utt2dur."""
+    dur = d.utt2dur
+    for utt in sorted(frames):
+        want = num_frames(int(round(dur[utt] * config.sample_rate)), config)
+        if abs(frames[utt] - want) > 2:
+            raise DataDirError(f"{d.file('feats.scp')}: {utt} has {frames[utt]} frames but "
+                               f"utt2dur says {dur[utt]:g} s ({want} frames): its audio "
+                               "changed after prepare-data; rerun prepare-data and compute-feats")
 
 
 def _check_cmvn(d, utt2spk, dim):

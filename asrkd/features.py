@@ -376,7 +376,7 @@ def _feats_job_body(items, ark, scp, config_dict, backend, device, channel):
     extract = make_extractor(config, backend, device)
     frames = {}
     with ArkWriter(ark, scp) as w:
-        for utt, path in items:
+        for utt, path, dur in items:
             try:
                 x, sr = read_audio(path, channel)
             except UserError:
@@ -393,6 +393,9 @@ def _feats_job_body(items, ark, scp, config_dict, backend, device, channel):
             if sr != config.sample_rate:
                 raise UserError(f"{utt}: {path} has sample rate {sr}, config says "
                                 f"{config.sample_rate}")
+            if dur is not None and abs(len(x) / sr - dur) > 0.01:
+                raise UserError(f"{utt}: {path} is {len(x) / sr:g} s long but utt2dur says "
+                                f"{dur:g} s: the audio changed after prepare-data; rerun it")
             feats = extract(x)
             if feats.shape[0] == 0:
                 raise UserError(f"{utt}: {path} is too short for one frame")
@@ -409,7 +412,8 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
     Writes ``feat_dir/<kind>_<set>.<job>.ark/.scp`` (each atomically), then
     ``data_dir/feats.scp`` and ``data_dir/utt2num_frames``; logs go to ``feat_dir/log``.
     Old feats.scp / utt2num_frames / cmvn.scp are removed first, so a failed run leaves a
-    data dir without features rather than with stale or partial ones. ``channel`` (read_audio)
+    data dir without features rather than with stale or partial ones; audio whose length
+    differs from utt2dur (changed since preparation) is an error. ``channel`` (read_audio)
     is recorded in ``data_dir/channel``. Returns the number of frames written.
     """
     if backend not in BACKENDS:
@@ -430,12 +434,13 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
     for tmp in glob.glob(os.path.join(feat_dir, f".{name}.*.tmp")):
         os.unlink(tmp)
     wav = d.wav
+    dur = d.utt2dur if d.has("utt2dur") else {}  # what prepare-data measured: checked
     # Sorted contiguous chunks keep each job's scp sorted, so concatenation stays sorted.
     chunks = [c for c in split_evenly(sorted(wav), max(1, nj)) if c]
     jobs = []
     for i, chunk in enumerate(chunks, 1):
         ark = os.path.join(feat_dir, f"{name}.{i}.ark")
-        jobs.append(([(u, wav[u]) for u in chunk], ark, ark[:-4] + ".scp",
+        jobs.append(([(u, wav[u], dur.get(u)) for u in chunk], ark, ark[:-4] + ".scp",
                      config.to_dict(), backend, device, channel))
     results = run_jobs(_feats_job, jobs, nj, os.path.join(feat_dir, "log"), f"make_{name}",
                        desc=f"compute-feats {name}")

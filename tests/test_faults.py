@@ -143,6 +143,31 @@ def test_multi_channel_audio_is_refused_unless_a_channel_or_a_downmix_is_named(t
     assert "no channel 2 (it has 2)" in _error_line(capsys, "compute-feats")
 
 
+def test_audio_changed_after_prepare_data_is_caught(tmp_path, capsys):
+    """A file replaced by a longer one after prepare-data: compute-feats measures it against
+    utt2dur; a data dir whose features already disagree with utt2dur fails validate-data-dir."""
+    corpus = _librispeech(str(tmp_path / "corpus"), {"0000": (_speech(0), "PCM_16"),
+                                                    "0001": (_speech(1), "PCM_16")})
+    data, fbank = str(tmp_path / "data"), str(tmp_path / "fbank")
+    assert main(["prepare-data", corpus, data]) == 0
+    path = os.path.join(corpus, "19", "198", "19-198-0001.flac")
+    soundfile.write(path, _speech(2, 2 * 16000), 16000, format="FLAC", subtype="PCM_16")
+    capsys.readouterr()
+    assert main(["compute-feats", data, fbank]) == 1
+    assert f"19-198-0001: {path} is 2 s long but utt2dur says 1 s: the audio changed after " \
+        "prepare-data; rerun it" in _error_line(capsys, "compute-feats")
+    # features made from the new audio under an old utt2dur (as before this check)
+    dur = open(os.path.join(data, "utt2dur")).read()
+    write_table(os.path.join(data, "utt2dur"), {"19-198-0000": "1.000", "19-198-0001": "2.000"})
+    assert main(["compute-feats", data, fbank]) == 0
+    assert main(["validate-data-dir", data]) == 0
+    open(os.path.join(data, "utt2dur"), "w").write(dur)
+    capsys.readouterr()
+    assert main(["validate-data-dir", data]) == 1
+    assert "19-198-0001 has 198 frames but utt2dur says 1 s (98 frames): its audio changed " \
+        "after prepare-data" in _error_line(capsys, "validate-data-dir")
+
+
 def test_digital_silence_with_a_transcript_is_rejected_not_aligned(tmp_path, capsys):
     """A recording of zeros is counted as silent-audio at prepare-data; a wav.scp made
     elsewhere pointing at one stops compute-feats naming the utterance."""

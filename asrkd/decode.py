@@ -24,7 +24,7 @@ from asrkd.data import DataDir
 from asrkd.errors import UserError
 from asrkd.finite import check_finite
 from asrkd.graph import hclg_tree_id
-from asrkd.identity import check_tree, tree_id
+from asrkd.identity import check_same, check_tree, file_id, read_id, tree_id
 from asrkd.jobs import run_jobs, split_evenly
 from asrkd.lang import read_symbols
 from asrkd.score import frame_accuracy, score, write_frame_accuracy
@@ -83,6 +83,10 @@ def load_graph(graph_dir):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
     check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
                os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
+    words_txt = os.path.join(graph_dir, "words.txt")
+    check_same(os.path.join(graph_dir, "HCLG.fst"), read_id(os.path.join(graph_dir,
+               "HCLG.words_id")), words_txt, file_id(words_txt), "word table",
+               "the graph was built with another lang's words; rerun make-graph")
     hclg = kaldifst.StdVectorFst.read(os.path.join(graph_dir, "HCLG.fst"))
     tm = gmm.load_gmm(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}

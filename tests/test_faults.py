@@ -331,6 +331,9 @@ def test_two_trees_same_pdf_count_are_told_apart(systems):
     assert load_gmm(a).num_pdfs == load_gmm(b).num_pdfs == 60  # the count cannot tell
     assert tree_id(a) != tree_id(b)
     assert tree_id(systems["ali_a"]) == tree_id(a) == tree_id(systems["graph_a"])
+    from asrkd.identity import phones_id, read_id
+
+    assert read_id(os.path.join(a, "phones_id")) == phones_id(systems["a"][1].phones)
     ckpt = torch.load(systems["dnn"], weights_only=True)
     assert ckpt["tree_id"] == tree_id(a)
     assert ckpt["feature_config"]["type"] == "mfcc"

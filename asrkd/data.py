@@ -29,7 +29,8 @@ import numpy as np
 import soundfile
 
 from asrkd.errors import DataDirError, UserError
-from asrkd.featconf import FEATURE_CONFIG, feature_config, feature_dim
+from asrkd.featconf import (FEATURE_CONFIG, config_from_dict, feature_config, feature_dim,
+                            num_frames)
 from asrkd.table import load_mat, read_table, write_table
 
 # Files that describe utterances (copied by copy_data_dir); features are per-directory.
@@ -139,6 +140,7 @@ REJECT_REASONS = {
     "corrupt-audio": "audio stops decoding partway (truncated or damaged file)",
     "nonfinite-audio": "audio holds NaN or Inf samples",
     "empty-audio": "audio file has 0 samples",
+    "silent-audio": "every sample is 0 (digital silence): no speech to align with a transcript",
     "too-short": "audio shorter than one 25 ms frame",
     "wrong-sample-rate": "sample rate differs from --sample-rate",
     "empty-transcript": "transcript line has no words",
@@ -183,8 +185,8 @@ def _find_chapters(corpus_dir):
 
 def _decode_audio(audio):
     """Decode a whole file in blocks: (samples, None), or (samples so far, (reason, detail)) if
-    it stops decoding partway or holds NaN/Inf (a header alone says neither)."""
-    n, bad = 0, 0
+    it stops decoding partway, holds NaN/Inf or only zeros (a header alone says none of it)."""
+    n, bad, sound = 0, 0, False
     try:
         with soundfile.SoundFile(audio) as f:
             is_float = f.subtype in ("FLOAT", "DOUBLE")
@@ -192,6 +194,7 @@ def _decode_audio(audio):
                 block = f.read(1 << 16, dtype="float32" if is_float else "int16", always_2d=True)
                 if is_float:
                     bad += block.size - int(np.count_nonzero(np.isfinite(block)))
+                sound = sound or bool(block.any())
                 n += len(block)
                 if len(block) < 1 << 16:
                     break
@@ -200,6 +203,8 @@ def _decode_audio(audio):
                    + (str(e).splitlines()[0] if str(e) else type(e).__name__))
     if bad:
         return n, ("nonfinite-audio", f"{bad} NaN/Inf samples")
+    if n and not sound:
+        return n, ("silent-audio", f"{n} samples, all 0")
     return n, None
 
 
@@ -468,7 +473,22 @@ def _check_feats(d):
             if t != n[utt]:
                 raise DataDirError(f"{d.file('feats.scp')}: {utt} has {t} frames, "
                                    f"utt2num_frames says {n[utt]}")
+    if d.has("utt2dur") and d.has(FEATURE_CONFIG):
+        _check_durations(d, {u: t for u, (t, _) in shapes.items()},
+                         config_from_dict(feature_config(d.path)))
     return dim
+
+
+def _check_durations(d, frames, config):
+    """Each utterance's feature frames against its utt2dur (as prepare-data measured the audio):
+    features of audio that changed since then disagree by more than the rounding of utt2dur."""
+    dur = d.utt2dur
+    for utt in sorted(frames):
+        want = num_frames(int(round(dur[utt] * config.sample_rate)), config)
+        if abs(frames[utt] - want) > 2:
+            raise DataDirError(f"{d.file('feats.scp')}: {utt} has {frames[utt]} frames but "
+                               f"utt2dur says {dur[utt]:g} s ({want} frames): its audio "
+                               "changed after prepare-data; rerun prepare-data and compute-feats")
 
 
 def _check_cmvn(d, utt2spk, dim):

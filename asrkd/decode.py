@@ -24,7 +24,7 @@ from asrkd.data import DataDir
 from asrkd.errors import CORRUPT, UserError, reading
 from asrkd.finite import check_finite
 from asrkd.graph import hclg_tree_id
-from asrkd.identity import check_tree, tree_id
+from asrkd.identity import check_same, check_tree, file_id, read_id, tree_id
 from asrkd.jobs import run_jobs, split_evenly
 from asrkd.lang import read_symbols
 from asrkd.options import check_acwts, check_decoder_options
@@ -71,6 +71,10 @@ def load_graph(graph_dir):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
     check_tree(os.path.join(graph_dir, "HCLG.fst"), hclg_tree_id(graph_dir),
                os.path.join(graph_dir, "final.mdl"), tree_id(graph_dir))
+    words_txt = os.path.join(graph_dir, "words.txt")
+    check_same(os.path.join(graph_dir, "HCLG.fst"), read_id(os.path.join(graph_dir,
+               "HCLG.words_id")), words_txt, file_id(words_txt), "word table",
+               "the graph was built with another lang's words; rerun make-graph")
     path = os.path.join(graph_dir, "HCLG.fst")
     with reading(path, "not a whole FST", (RuntimeError,) + CORRUPT):
         hclg = kaldifst.StdVectorFst.read(path)
@@ -219,10 +223,13 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     if ali_dir is not None:
         fa_data = data_dir if frame_acc_data is None else frame_acc_data
         fa_scorer = scorer if frame_acc_data is None else make_scorer(model, fa_data)
-        res["frame_acc"], counts = frame_accuracy(fa_scorer, fa_data, ali_dir, per_utt=True)
-        write_frame_accuracy(decode_dir, res["frame_acc"], counts)
+        unscored = []
+        res["frame_acc"], counts = frame_accuracy(fa_scorer, fa_data, ali_dir, per_utt=True,
+                                                  unscored=unscored)
+        write_frame_accuracy(decode_dir, res["frame_acc"], counts, unscored)
         print(f"decode: {decode_dir}: frame accuracy {100 * res['frame_acc']:.2f}% "
-              f"against {ali_dir} ({len(counts)} utterances)", file=sys.stderr)
+              f"against {ali_dir} ({len(counts)} utterances{_unscored(unscored)})",
+              file=sys.stderr)
     return res
 
 
@@ -234,8 +241,14 @@ def measure_frame_accuracy(model, data_dir, ali_dir, out_dir, utts=None):
     ``MODEL/decode_<set>`` (e.g. a training set, which is too large to decode)."""
     scorer = make_scorer(model, data_dir)
     check_scorer_tree(scorer, ali_dir)  # pdf ids of another tree would score as noise
-    acc, counts = frame_accuracy(scorer, data_dir, ali_dir, per_utt=True, utts=utts)
-    write_frame_accuracy(out_dir, acc, counts)
+    unscored = []
+    acc, counts = frame_accuracy(scorer, data_dir, ali_dir, per_utt=True, utts=utts,
+                                 unscored=unscored)
+    write_frame_accuracy(out_dir, acc, counts, unscored)
     print(f"frame-accuracy: {out_dir}: {100 * acc:.2f}% against {ali_dir} ({len(counts)} "
-          "utterances)", file=sys.stderr)
+          f"utterances{_unscored(unscored)})", file=sys.stderr)
     return acc
+
+
+def _unscored(unscored):
+    return f"; {len(unscored)} without alignment not scored" if unscored else ""

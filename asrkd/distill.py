@@ -46,7 +46,8 @@ from asrkd.train import TrainHooks, train_model
 # Loss
 
 
-def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha, soft_rest=None):
+def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha, soft_rest=None,
+            hard_norm=None):
     """Distillation loss over a batch of frames.
 
     Args:
@@ -59,6 +60,8 @@ def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha, soft_rest=No
         alpha: weight of the soft term; 0 gives plain cross-entropy on ``hard``.
         soft_rest: (N,) float mass of the pdfs outside ``soft_ids`` (None: 0, i.e. each row of
             ``soft_probs`` sums to one).
+        hard_norm: the hard CE sum's divisor under data parallelism (``batch["hard_norm"]``,
+            asrkd.distributed.with_world_counts); None: this batch's labelled frames.
     Returns:
         scalar tensor: alpha * T^2 * (soft CE averaged over all N frames) + (1 - alpha) *
         (hard CE averaged over the frames with a hard target; 0 if there are none).
@@ -68,7 +71,7 @@ def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha, soft_rest=No
         labelled = int((hard >= 0).sum())
         if labelled:
             hard_ce = F.cross_entropy(logits, hard, ignore_index=-1, reduction="sum")
-            loss = loss + (1 - alpha) * hard_ce / labelled
+            loss = loss + (1 - alpha) * hard_ce / (labelled if hard_norm is None else hard_norm)
     if alpha > 0:
         logp = F.log_softmax(logits / temperature, dim=-1)  # (N, P)
         soft_ce = -(soft_probs * logp.gather(1, soft_ids)).sum(dim=1)  # (N,)
@@ -104,7 +107,8 @@ class StoredKDLoss:
         ids = extra[:, :k].long()
         probs = extra[:, k:2 * k].to(logits.dtype)
         rest = extra[:, 2 * k].to(logits.dtype)
-        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha, rest)
+        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha, rest,
+                       batch.get("hard_norm"))
 
 
 class OnTheFlyKDLoss:
@@ -145,7 +149,8 @@ class OnTheFlyKDLoss:
         teacher = self.teacher_logits(batch["x"])
         probs = average_posteriors(teacher, self.temperature, self.combine)
         ids, probs, rest = sparsify(probs, self.topk)
-        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha, rest)
+        return kd_loss(logits, batch["y"], ids, probs, self.temperature, self.alpha, rest,
+                       batch.get("hard_norm"))
 
 
 def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, temperature=None,

@@ -11,6 +11,10 @@ How the work is split, and why it equals one process with the same global batch:
 - the gradients are all-reduced as the frame-weighted mean of the ranks' (mean) gradients,
   which is the gradient of the global batch's mean loss; every rank then takes the same
   optimizer step, so the weights stay equal on all ranks without being broadcast again;
+- a loss term that is a mean over only some frames (the hard term of distillation with a
+  transfer set: the labelled frames) is divided on each rank by ``batch["hard_norm"]``
+  (``with_world_counts``), the global batch's labelled frames times this rank's share of its
+  frames, so that the frame-weighted mean above is again the mean over the global batch;
 - validation utterances are shared out between ranks and their sums all-reduced;
 - rank 0 alone builds the frame cache and writes checkpoints, logs and TensorBoard; the other
   ranks wait for it at a barrier.
@@ -113,6 +117,23 @@ def all_reduce_gradients(model, n_local, world):
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
     return int(total)
+
+
+def with_world_counts(batch, world):
+    """``batch`` with ``batch["hard_norm"]`` under torchrun (unchanged in one process).
+
+    hard_norm = L * n / N for the global batch's N frames and L labelled frames (``y >= 0``)
+    and this rank's n frames: a hard term ``sum / hard_norm`` weighted by n / N in
+    ``all_reduce_gradients`` sums to ``sum over all ranks / L``, as in one process. Every rank
+    calls this for every global batch (an empty part included): it is one all-reduce.
+    """
+    if not world.distributed:
+        return batch
+    y = batch["y"]
+    n, labelled = len(y), int((y >= 0).sum())
+    n_all, labelled_all = all_reduce_sums([n, labelled], world, y.device)
+    batch["hard_norm"] = labelled_all * n / n_all if n_all else 0.0
+    return batch
 
 
 def all_reduce_sums(values, world, device="cpu"):

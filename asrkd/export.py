@@ -10,7 +10,10 @@ The splicing (edge frames repeated, as ``utterance_logits``) is part of the grap
 needs nothing but features. The metadata (``metadata_props``, strings) carry what decoding
 needs besides the weights: ``asrkd_format``, ``pdf_counts`` (JSON list: the priors), ``cmvn``,
 ``feature_config`` (JSON: FbankConfig options), ``num_pdfs``, ``feat_dim``, ``left_context``,
-``right_context``, ``members`` (JSON list of model configs) and, when known, ``acwt``.
+``right_context``, ``members`` (JSON list of model configs) and, when known, ``acwt``; and
+``metadata_sha256``, a hash over all of them (``metadata_hash``): a model whose metadata were
+edited after export (sample rate, CMVN mode, frame shift, acoustic scale) is refused on loading,
+as a checkpoint's recorded feature config is checked (asrkd.identity).
 
 The verb checks parity before it returns: onnxruntime and PyTorch log-posteriors on real
 features of a data dir must agree within ``tolerance`` (max absolute difference; float32
@@ -19,6 +22,7 @@ The members are averaged by asrkd.ensemble's ``log_mean_posteriors``, traced int
 `asrkd decode` averages them on checkpoints; ``asrkd.scorer.OnnxScorer`` decodes with the graph.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -174,7 +178,14 @@ def _metadata(members, counts, fc, acwt):
     }
     if acwt is not None:
         meta["acwt"] = f"{acwt:g}"
+    meta["metadata_sha256"] = metadata_hash(meta)
     return meta
+
+
+def metadata_hash(meta):
+    """sha256 (hex) of the metadata other than ``metadata_sha256`` itself, keys sorted."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "metadata_sha256"}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 @torch.no_grad()
@@ -212,6 +223,10 @@ class OnnxModel:
         if self.meta.get("asrkd_format") != ONNX_FORMAT:
             raise UserError(f"{path}: not an asrkd acoustic model (no asrkd_format metadata); "
                             "export it with `asrkd export-onnx`")
+        want = self.meta.get("metadata_sha256")  # None: exported before the hash
+        if want is not None and metadata_hash(self.meta) != want:
+            raise UserError(f"{path}: its metadata (feature config, CMVN, priors, acwt) were "
+                            "changed after export (metadata_sha256 differs); export it again")
         self.path, self.num_threads = path, num_threads
         self.pdf_counts = np.asarray(json.loads(self.meta["pdf_counts"]), dtype=np.float64)
         self.cmvn = json.loads(self.meta["cmvn"])

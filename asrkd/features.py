@@ -17,8 +17,9 @@ The configs (FbankConfig, MfccConfig: their options, defaults and where those di
 Kaldi's) are asrkd.featconf.
 
 Where we deviate from Kaldi:
-- Audio is read with soundfile as float and scaled by 32768, i.e. Kaldi's int16 sample values;
-  multi-channel audio uses the first channel (Kaldi refuses it unless told a channel).
+- Audio is read as Kaldi's int16 sample values, one channel (asrkd.audio: multi-channel audio
+  is refused unless a channel or a downmix is named). Digital silence (every sample 0) is
+  refused by compute-feats: it has no speech to align.
 - Features are stored uncompressed (Kaldi's compute-*-feats often compresses).
 """
 
@@ -29,10 +30,10 @@ import os
 
 import kaldi_native_fbank as knf
 import numpy as np
-import soundfile
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
+from asrkd.audio import parse_channel, read_audio, read_channel
 from asrkd.data import DataDir, validate_data_dir
 from asrkd.errors import DataDirError, UserError
 from asrkd.featconf import FEATURE_CONFIG, config_from_dict, write_feature_config
@@ -49,15 +50,6 @@ BACKENDS = ("torch", "kaldi-native-fbank", "torchaudio")
 
 # --------------------------------------------------------------------------------------------
 # Computing features
-
-def read_audio(path):
-    """(samples float32 in int16 range, sample rate): Kaldi's view of the waveform."""
-    x, sr = soundfile.read(path, dtype="float32")
-    if x.ndim == 2:
-        x = np.ascontiguousarray(x[:, 0])
-    x *= np.float32(32768.0)
-    return x, sr
-
 
 def resample(samples, orig_rate, new_rate, lowpass_filter_width=6, rolloff=0.99):
     """Band-limited resampling of float32 samples (T,) from orig_rate to new_rate (Hz).
@@ -364,7 +356,7 @@ def compute_features(samples, config, backend="torch", device="cpu"):
     return make_extractor(config, backend, device)(np.asarray(samples, dtype=np.float32))
 
 
-def _feats_job(items, ark, scp, config_dict, backend, device):
+def _feats_job(items, ark, scp, config_dict, backend, device, channel=None):
     """One job: features for ``items`` [(utt, audio path)] into ark/scp; returns utt -> frames."""
     import torch
 
@@ -373,28 +365,36 @@ def _feats_job(items, ark, scp, config_dict, backend, device):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _feats_job_body(items, ark, scp, config_dict, backend, device)
+        return _feats_job_body(items, ark, scp, config_dict, backend, device, channel)
     finally:
         torch.set_num_threads(threads)
 
 
-def _feats_job_body(items, ark, scp, config_dict, backend, device):
+def _feats_job_body(items, ark, scp, config_dict, backend, device, channel):
     config = config_from_dict(config_dict)
     extract = make_extractor(config, backend, device)
     frames = {}
     with ArkWriter(ark, scp) as w:
-        for utt, path in items:
+        for utt, path, dur in items:
             try:
-                x, sr = read_audio(path)
+                x, sr = read_audio(path, channel)
+            except UserError:
+                raise
             except Exception as e:  # noqa: BLE001 - libsndfile raises several types
                 why = (str(e).splitlines() or [type(e).__name__])[0]
                 why = why.replace(f"Error opening {path!r}: ", "")  # the path is named already
                 raise UserError(f"{utt}: {path}: cannot decode audio ({why}); rerun "
                                 "prepare-data to leave it out") from None
             check_finite(x, f"{utt}: audio {path}", "rerun prepare-data to leave it out")
+            if not x.any():
+                raise UserError(f"{utt}: {path} is digital silence (every sample 0): no speech "
+                                "to align; rerun prepare-data to leave it out")
             if sr != config.sample_rate:
                 raise UserError(f"{utt}: {path} has sample rate {sr}, config says "
                                 f"{config.sample_rate}")
+            if dur is not None and abs(len(x) / sr - dur) > 0.01:
+                raise UserError(f"{utt}: {path} is {len(x) / sr:g} s long but utt2dur says "
+                                f"{dur:g} s: the audio changed after prepare-data; rerun it")
             feats = extract(x)
             if feats.shape[0] == 0:
                 raise UserError(f"{utt}: {path} is too short for one frame")
@@ -405,14 +405,15 @@ def _feats_job_body(items, ark, scp, config_dict, backend, device):
     return frames
 
 
-def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu"):
+def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu", channel=None):
     """Compute features for every utterance of ``data_dir`` in ``nj`` jobs.
 
     Writes ``feat_dir/<kind>_<set>.<job>.ark/.scp`` (each atomically), then
     ``data_dir/feats.scp`` and ``data_dir/utt2num_frames``; logs go to ``feat_dir/log``.
     Old feats.scp / utt2num_frames / cmvn.scp are removed first, so a failed run leaves a
-    data dir without features rather than with stale or partial ones. Returns the number of
-    frames written.
+    data dir without features rather than with stale or partial ones; audio whose length
+    differs from utt2dur (changed since preparation) is an error. ``channel`` (read_audio)
+    is recorded in ``data_dir/channel``. Returns the number of frames written.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown feature backend {backend!r}; use one of {list(BACKENDS)}")
@@ -421,7 +422,8 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
     if device != "cpu":
         check_device(device)
     d = validate_data_dir(data_dir, need=("wav.scp", "utt2spk", "spk2utt"))
-    for stale in ("feats.scp", "utt2num_frames", "cmvn.scp", FEATURE_CONFIG):
+    channel = parse_channel(channel)
+    for stale in ("feats.scp", "utt2num_frames", "cmvn.scp", FEATURE_CONFIG, "channel"):
         if d.has(stale):
             os.unlink(d.file(stale))
     feat_dir = os.path.abspath(os.fspath(feat_dir))
@@ -431,13 +433,14 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
     for tmp in glob.glob(os.path.join(feat_dir, f".{name}.*.tmp")):
         os.unlink(tmp)
     wav = d.wav
+    dur = d.utt2dur if d.has("utt2dur") else {}  # what prepare-data measured: checked
     # Sorted contiguous chunks keep each job's scp sorted, so concatenation stays sorted.
     chunks = [c for c in split_evenly(sorted(wav), max(1, nj)) if c]
     jobs = []
     for i, chunk in enumerate(chunks, 1):
         ark = os.path.join(feat_dir, f"{name}.{i}.ark")
-        jobs.append(([(u, wav[u]) for u in chunk], ark, ark[:-4] + ".scp",
-                     config.to_dict(), backend, device))
+        jobs.append(([(u, wav[u], dur.get(u)) for u in chunk], ark, ark[:-4] + ".scp",
+                     config.to_dict(), backend, device, channel))
     results = run_jobs(_feats_job, jobs, nj, os.path.join(feat_dir, "log"), f"make_{name}",
                        desc=f"compute-feats {name}")
     # Archives of an earlier run with more jobs are no longer referenced: remove them.
@@ -452,6 +455,9 @@ def compute_feats(data_dir, feat_dir, config, nj=1, backend="torch", device="cpu
     with atomic_path(d.file("utt2num_frames")) as tmp, open(tmp, "w") as f:
         f.writelines(f"{u} {n}\n" for u, n in sorted(frames.items()))
     write_feature_config(d.path, config)  # what checkpoints trained on these features record
+    if channel is not None:
+        with atomic_path(d.file("channel")) as tmp, open(tmp, "w") as f:
+            f.write(f"{channel}\n")
     # feats.scp last: its presence is what later stages trust.
     with atomic_path(d.file("feats.scp")) as tmp, open(tmp, "w") as f:
         for j in jobs:
@@ -644,7 +650,7 @@ def check_feature_config(config, data_dir, atol=1e-3):
     path = d.wav.get(utt)
     if path is None or not os.path.isfile(path):
         return False
-    x, sr = read_audio(path)
+    x, sr = read_audio(path, read_channel(d))
     stored = _read_feats(spec)
     if sr != config.sample_rate or config.dim != stored.shape[1]:
         raise UserError(f"{data_dir} was computed at {sr} Hz with {stored.shape[1]}-dim "

@@ -29,6 +29,7 @@ from asrkd.alignment import AlignmentDir
 from asrkd.errors import UserError
 from asrkd.gmm import GmmModel, PackedGmm, am_from_arrays, load_gmm, save_gmm
 from asrkd.gmmdata import as_data, as_lang
+from asrkd.identity import phones_id, write_id
 from asrkd.gmmstats import (FIXED_SCALE, GmmStats, UpdateConfig, accumulate, flat_start_am,
                             mixup, transition_stats, update_gmm)
 from asrkd.jobs import run_jobs, single_threaded_blas, split_evenly
@@ -335,6 +336,7 @@ def train_mono(data_dir, lang_dir, exp_dir, num_iters=40, num_gauss=1000, nj=1, 
                                   graphs=graphs)
     failed = failed2 or failed
     save_gmm(model, exp_dir)
+    write_id(os.path.join(exp_dir, "phones_id"), phones_id(lang.phones))  # asrkd.identity
     write_failed(os.path.join(exp_dir, "failed"), failed)
     _report_failed(failed, len(utts), "train-mono")
     _write_info(exp_dir, model, config, len(utts), failed)
@@ -389,6 +391,7 @@ def train_tri(data_dir, lang_dir, ali_dir, exp_dir, num_leaves=2000, num_gauss=1
     model = GmmModel(tm, ctx, am)
     model, new_alis, failed = run_em(model, data, lang, exp_dir, config, new_alis, nj=nj)
     save_gmm(model, exp_dir)
+    write_id(os.path.join(exp_dir, "phones_id"), phones_id(lang.phones))  # asrkd.identity
     write_failed(os.path.join(exp_dir, "failed"), failed)
     _report_failed(failed, len(data.utts), "train-tri")
     _write_info(exp_dir, model, config, len(data.utts), failed)

@@ -26,7 +26,7 @@ import kaldifst
 
 from asrkd.errors import UserError
 from asrkd.gmm import load_gmm
-from asrkd.identity import tree_id
+from asrkd.identity import check_same, file_id, phones_id, read_id, tree_id, write_id
 from asrkd.lang import Lang
 from asrkd.table import atomic_path
 
@@ -159,12 +159,18 @@ def _newer(path, *inputs):
 def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
     """Build graph_dir/{G.fst, HCLG.fst, words.txt, final.mdl, tree, phones.txt}.
 
+    The lang's phones must be those the model was trained on (``model_dir/phones_id``); the
+    id of the words.txt the graph is built with goes to ``HCLG.words_id`` (asrkd.identity).
+
     Skips work whose output is newer than its inputs (G.fst, HCLG.fst). Returns graph_dir.
     """
     lang = Lang(lang_dir)
     for f in ("final.mdl", "tree"):
         if not os.path.isfile(os.path.join(model_dir, f)):
             raise UserError(f"{model_dir} has no {f}: not a model dir")
+    check_same(f"the phones of {lang.dir}", phones_id(lang.phones),
+               f"those {model_dir} was trained on", read_id(os.path.join(model_dir, "phones_id")),
+               "phone set", "prepare the lang with the lexicon and phones of the model")
     os.makedirs(graph_dir, exist_ok=True)
     words_txt = os.path.join(lang.dir, "words.txt")
     G_path = os.path.join(graph_dir, "G.fst")
@@ -196,6 +202,7 @@ def make_graph(lang_dir, model_dir, graph_dir, arpa_path, self_loop_scale=0.1):
     for src, name in ((words_txt, "words.txt"), (os.path.join(lang.dir, "phones.txt"), "phones.txt"),
                       (mdl, "final.mdl"), (tree, "tree")):
         shutil.copyfile(src, os.path.join(graph_dir, name))
+    write_id(os.path.join(graph_dir, "HCLG.words_id"), file_id(words_txt))  # asrkd.identity
     return graph_dir
 
 

@@ -15,6 +15,14 @@ names, in one line, the two things that disagree:
   asrkd.featconf). Checkpoints record the config of their training data (``feature_config``)
   next to ``model_config.feat_dim``.
 
+- the **phone set id**: a hash of a lang dir's phone table (names and ids, the
+  disambiguation symbols left out), recorded by GMM training in ``EXP_DIR/phones_id``; make-graph
+  refuses a lang whose phones are not those the acoustic model was trained on (a lexicon with a
+  phone the model lacks renumbers the phones after it).
+- the **word table id**: a content hash of the ``words.txt`` a graph was built with, recorded by
+  make-graph in ``GRAPH_DIR/HCLG.words_id``; decoding refuses a graph dir whose ``words.txt``
+  is another one (every output word would be wrong).
+
 Artefacts from before these ids existed carry none; they are then not compared.
 """
 
@@ -25,6 +33,7 @@ import numpy as np
 
 from asrkd.errors import UserError
 from asrkd.featconf import feature_config, feature_dim
+from asrkd.table import atomic_path
 
 _TREE_IDS = {}  # (path, size, mtime) -> id: a decode or training run asks several times
 
@@ -73,3 +82,35 @@ def check_features(model_what, model_config, model_dim, data_dir, data_dim=None)
     if model_dim and data_dim and model_dim != data_dim:
         raise UserError(f"{model_what} takes {model_dim}-dim features but {data_dir} has "
                         f"{data_dim}-dim ones")
+
+
+def phones_id(phones):
+    """Phone set id (16 hex digits) of a phone table {name: id}; ``#n`` symbols left out."""
+    lines = sorted(f"{p} {i}\n" for p, i in phones.items() if not p.startswith("#"))
+    return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
+
+
+def file_id(path):
+    """Content hash (16 hex digits) of a file, e.g. a words.txt."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def write_id(path, value):
+    """Record an id in a one-line file (atomically)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(f"{value}\n")
+
+
+def read_id(path):
+    """The id recorded in ``path``; None when there is none (an artefact from before it)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
+
+
+def check_same(a_what, a_id, b_what, b_id, what, why):
+    """UserError unless two ids of the kind ``what`` agree (either None: nothing to compare)."""
+    if a_id is not None and b_id is not None and a_id != b_id:
+        raise UserError(f"{a_what} ({what} {a_id}) and {b_what} ({what} {b_id}) differ: {why}")

@@ -21,6 +21,7 @@ import os
 import sys
 
 import numpy as np
+import soundfile
 from tqdm import tqdm
 
 from asrkd.data import validate_data_dir, write_data_dir
@@ -126,6 +127,19 @@ def export_lhotse(data_dir, out_dir, soft_dir=None):
     return cuts
 
 
+def _check_audio_duration(cut_id, path, duration):
+    """UserError unless the audio file holds the ``duration`` (s) the manifest gives for it."""
+    try:
+        info = soundfile.info(path)
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types
+        raise UserError(f"cut {cut_id}: {path}: cannot read audio "
+                        f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    actual = info.frames / info.samplerate
+    if abs(actual - duration) > 0.01:
+        raise UserError(f"cut {cut_id}: the manifest gives {duration:g} s but {path} holds "
+                        f"{actual:g} s of audio: the manifest does not describe this file")
+
+
 def import_lhotse(cuts_path, data_dir):
     """`asrkd import-lhotse`: a lhotse cuts manifest (jsonl or jsonl.gz) -> a Kaldi data dir
     (wav.scp, text if the supervisions have text, utt2spk, spk2utt, utt2dur).
@@ -167,6 +181,7 @@ def import_lhotse(cuts_path, data_dir):
             if utt in wav:
                 raise UserError(f"{cuts_path}: utterance {utt} appears twice")
             wav[utt] = os.path.abspath(rec.sources[0].source)
+            _check_audio_duration(cut.id, wav[utt], rec.duration)
             utt2spk[utt] = spk
             utt2dur[utt] = rec.duration
             if sup is not None and sup.text is not None:

@@ -38,6 +38,10 @@ from asrkd.finite import check_finite
 from asrkd.table import atomic_path
 
 CHECKPOINT_FORMAT = "asrkd-acoustic-model-1"
+# The largest model a checkpoint may declare, in bytes of parameters and buffers (the paper's
+# 8 x 2560 DNN over 14k pdfs is ~0.35 GB); ASRKD_MAX_MODEL_BYTES overrides it. A few-KB file can
+# declare terabytes (a huge model_config with zero-stride tensors): checked before allocation.
+MAX_MODEL_BYTES = 8 * 2**30
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -276,11 +280,24 @@ def load_checkpoint(path):
     return ckpt
 
 
+def check_model_size(where, nbytes):
+    """UserError if a model of ``nbytes`` exceeds MAX_MODEL_BYTES (or ASRKD_MAX_MODEL_BYTES)."""
+    limit = os.environ.get("ASRKD_MAX_MODEL_BYTES", "")
+    try:
+        limit = int(float(limit)) if limit else MAX_MODEL_BYTES
+    except ValueError:
+        raise UserError(f"ASRKD_MAX_MODEL_BYTES={limit!r} is not a number of bytes") from None
+    if nbytes > limit:
+        raise UserError(f"{where}: the model_config declares a model of {nbytes / 2**30:.3g} GiB "
+                        f"(limit {limit / 2**30:.3g} GiB, ASRKD_MAX_MODEL_BYTES); not loading it")
+
+
 def load_model(path_or_dict):
     """Checkpoint path (or loaded dict) -> model of the right family, in eval mode.
 
-    The config and the stored tensor shapes are checked against each other on a weightless
-    ("meta") copy of the model before anything is allocated, and the weights must be finite.
+    The model's size (parameters x bytes, from a weightless "meta" copy) is checked against
+    MAX_MODEL_BYTES, and the config and the stored tensor shapes against each other, before
+    anything is allocated; the weights must be finite.
     The model gets ``tree_id``, ``feature_config`` and ``source`` (the file) from the checkpoint.
     """
     ckpt = load_checkpoint(path_or_dict) if not isinstance(path_or_dict, dict) else path_or_dict
@@ -290,7 +307,8 @@ def load_model(path_or_dict):
     except (UserError, TypeError) as e:
         raise UserError(f"{where}: bad model_config: {e}") from None
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+        meta = build_model(config).state_dict()
+    shapes = {k: tuple(v.shape) for k, v in meta.items()}
     state = ckpt["state_dict"]
     for k in sorted(set(shapes) | set(state)):
         got = tuple(state[k].shape) if isinstance(state.get(k), torch.Tensor) else None
@@ -299,6 +317,8 @@ def load_model(path_or_dict):
             raise UserError(f"{where}: state_dict[{k!r}] is "
                             f"{'missing' if got is None else f'shape {got}'}, the model_config "
                             f"gives {want}")
+    check_model_size(where, sum(v.numel() * v.element_size() for v in meta.values()))
+    for k in sorted(state):
         check_finite(state[k], f"{where}: state_dict[{k!r}]")
     model = build_model(config)
     model.load_state_dict(state)

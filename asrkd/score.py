@@ -5,7 +5,9 @@ Deviation from Kaldi's score.sh: no LM-weight sweep (there are no lattices), and
 the reference without a hypothesis is scored as all deletions and listed, instead of failing.
 
 Frame accuracy against alignments (a forward pass, no decoding): ``frame_accuracy`` and its files
-``frame_acc``/``frame_acc_per_utt`` (``write_frame_accuracy``), as a decode dir holds them; the
+``frame_acc``/``frame_acc_per_utt`` (``write_frame_accuracy``), as a decode dir holds them, and
+``frame_acc_unscored``: the utterances without an alignment (e.g. whose forced alignment failed),
+which the fraction leaves out, counted and listed rather than dropped unseen; the
 utterance lists a score can be restricted to (``write_utt_list``/``read_utt_list``, e.g. the
 ``train_utts`` a training run saw).
 """
@@ -110,7 +112,7 @@ def _write(path, s):
 # Frame accuracy
 
 
-def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None):
+def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None, unscored=None):
     """Fraction of aligned frames whose argmax posterior is the aligned pdf.
 
     Accepts a model (nn.Module), checkpoint path(s) (an ensemble: mean of posteriors), or a
@@ -118,7 +120,8 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None)
     other callable ``utt -> (T, P)`` is taken as is. With ``per_utt`` returns
     ``(fraction, {utt: (correct, frames)})``, what a speaker bootstrap resamples. ``utts``:
     only these utterances of data_dir (e.g. a model's ``train_utts``); UserError if one is not
-    in data_dir.
+    in data_dir. Utterances without an alignment in ali_dir are not scored: their number is
+    logged and, given a list ``unscored``, their ids appended to it.
     """
     ali = AlignmentDir(ali_dir).check()
     pdf_scp, num_pdfs = ali.pdf_scp, ali.num_pdfs
@@ -142,6 +145,12 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None)
                             "for)")
         wanted = set(utts)
         todo = [u for u in todo if u in wanted]
+    skipped = [u for u in todo if u not in pdf_scp]
+    if skipped:
+        print(f"frame accuracy: {len(skipped)} of {len(todo)} utterances of {data_dir} have no "
+              f"alignment in {ali_dir} (e.g. {skipped[0]}): not scored", file=sys.stderr)
+        if unscored is not None:
+            unscored.extend(skipped)
     for utt in todo:
         if utt not in pdf_scp:
             continue
@@ -175,9 +184,14 @@ def read_utt_list(path):
         return [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
 
 
-def write_frame_accuracy(out_dir, acc, counts):
-    """out_dir/frame_acc (the fraction) and frame_acc_per_utt (``utt correct frames`` lines)."""
+def write_frame_accuracy(out_dir, acc, counts, unscored=()):
+    """out_dir/frame_acc (the fraction), frame_acc_per_utt (``utt correct frames`` lines) and
+    frame_acc_unscored (the utterances not in the fraction: no alignment; a count line, then
+    one id a line)."""
     os.makedirs(out_dir, exist_ok=True)
+    with atomic_path(os.path.join(out_dir, "frame_acc_unscored")) as tmp, open(tmp, "w") as f:
+        f.write(f"# {len(unscored)} utterances without alignment, not in frame_acc\n")
+        f.writelines(f"{u}\n" for u in unscored)
     with atomic_path(os.path.join(out_dir, "frame_acc_per_utt")) as tmp, open(tmp, "w") as f:
         f.write("# utt correct frames\n")
         f.writelines(f"{u} {c} {n}\n" for u, (c, n) in sorted(counts.items()))

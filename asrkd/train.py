@@ -63,7 +63,8 @@ from tqdm import tqdm
 from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.distributed import (World, all_reduce_gradients, all_reduce_sums, barrier,
-                               broadcast_parameters, init_world, local_part, rank_seed)
+                               broadcast_parameters, init_world, local_part, rank_seed,
+                               with_world_counts)
 from asrkd.errors import UserError, reading
 from asrkd.featconf import feature_config
 from asrkd.frames import FrameCache, PageBudget, build_frame_cache, extra_memmap, split_by_speaker
@@ -261,7 +262,7 @@ def _batches(cache, frames, model, batch_size, extra=None, device="cpu", chunk=1
         budget.add(len(idx), row_bytes)
         if chunk > 1:
             batch["chunk"] = chunk
-        yield batch
+        yield with_world_counts(batch, world)
     budget.release()
 
 

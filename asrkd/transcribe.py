@@ -25,7 +25,8 @@ from asrkd.ensemble import resolve_checkpoints
 from asrkd.errors import UserError
 from asrkd.export import OnnxModel, find_acwt
 from asrkd.featconf import FbankConfig, load_feature_config
-from asrkd.features import check_feature_config, cmvn_transform, make_extractor, read_audio
+from asrkd.audio import parse_channel, read_audio
+from asrkd.features import check_feature_config, cmvn_transform, make_extractor
 from asrkd.features import resample as resample_audio
 from asrkd.models import load_checkpoint, load_model
 from asrkd.options import check_options
@@ -123,17 +124,19 @@ def model_info(model, feat_conf=None):
 
 def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=None,
                resample=True, beam=16.0, lattice_beam=8.0, max_active=7000, num_threads=1,
-               stdin=None, out=None):
+               stdin=None, out=None, channel=None):
     """`asrkd transcribe`: decode each input and write its words, one line per input, to ``out``
     (default stdout): ``words`` for files given as such, ``utt words`` for scp entries.
 
     Returns {"hyps": {key: words}, "audio_s", "process_s", "rtf", "load_s", "acwt"}. The
     real-time factor counts feature extraction, the network and the search, not the loading of
-    the graph and model (``load_s``).
+    the graph and model (``load_s``). ``channel``: of multi-channel files, an index or "mix"
+    (asrkd.audio.read_audio; None refuses them).
     """
     out = sys.stdout if out is None else out
     check_options(acwt=acwt, beam=beam, lattice_beam=lattice_beam, max_active=max_active)
     t_load = time.perf_counter()
+    channel = parse_channel(channel)
     items, utt2spk = read_inputs(audio, stdin)
     cmvn, fc, model_acwt, feat_dim = model_info(model, feat_conf)
     if fc.kind != "fbank" or fc.dim != feat_dim:
@@ -156,7 +159,7 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     raw, audio_s = {}, 0.0
     for key, path, _ in items:
         try:
-            x, sr = read_audio(path)
+            x, sr = read_audio(path, channel)
         except RuntimeError as e:  # soundfile: unreadable or unknown format
             raise UserError(f"{path}: cannot read audio ({e})") from None
         if sr != fc.sample_rate:

@@ -22,7 +22,8 @@ import torch
 from asrkd.data import prepare_librispeech
 from asrkd.errors import UserError
 from asrkd.featconf import FbankConfig, MfccConfig
-from asrkd.features import BACKENDS, compute_feats, make_extractor, read_audio
+from asrkd.audio import read_audio
+from asrkd.features import BACKENDS, compute_feats, make_extractor
 
 
 def make_corpus(root, seconds, sr=16000, utt_seconds=12.0, seed=0):

@@ -129,6 +129,39 @@ def test_distill_on_two_gloo_ranks_equals_one_process(tmp_path):
     assert _max_diff(one, _weights(tmp_path / "one/epoch1.pt")) > 100 * TOLERANCE
 
 
+def test_distill_with_a_transfer_set_on_two_gloo_ranks_equals_one_process(tmp_path):
+    """Utterances without alignment (soft term only) fall unevenly on the ranks: the hard term
+    is still the mean over the global batch's labelled frames, as in one process."""
+    from asrkd.softtargets import save_soft_targets
+    from asrkd.table import ArkWriter, read_scp
+
+    data, ali = make_learnable_data(tmp_path, num_spk=4, utts_per_spk=6, num_pdfs=6, dim=8)
+    conf = tmp_path / "dnn.yaml"
+    conf.write_text(CONF.replace("epochs: 3", "epochs: 2").replace("min_epochs: 3",
+                                                                   "min_epochs: 2"))
+    rng = np.random.default_rng(0)
+    nf = dict(line.split() for line in (data / "utt2num_frames").read_text().splitlines())
+    probs = {u: rng.dirichlet(np.ones(6), size=int(n)) for u, n in nf.items()}
+    save_soft_targets(tmp_path / "soft", probs, temperature=2.0, topk=3)
+    part = tmp_path / "ali_part"  # speaker 103 has no alignment: the transfer set
+    part.mkdir()
+    pdfs = read_scp(ali / "pdf.scp")
+    with ArkWriter(part / "pdf.ark", part / "pdf.scp") as w:
+        for utt in sorted(pdfs):
+            if not utt.startswith("103-"):
+                w[utt] = np.asarray(pdfs[utt])
+    for name in ("pdf_counts", "num_pdfs"):
+        (part / name).write_text((ali / name).read_text())
+    args = ["distill", "--conf", str(conf), "--seed", "2", str(data), str(part),
+            str(tmp_path / "soft")]
+    r = _asrkd(args + [str(tmp_path / "one")])
+    assert "6 utterances" in r.stderr and "no alignment" in r.stderr
+    _asrkd(args + [str(tmp_path / "two")], nproc=2)
+    one, two = _weights(tmp_path / "one/final.pt"), _weights(tmp_path / "two/final.pt")
+    assert _max_diff(one, two) < TOLERANCE
+    assert _max_diff(one, _weights(tmp_path / "one/epoch1.pt")) > 100 * TOLERANCE
+
+
 def test_local_part_covers_each_global_batch_once():
     from asrkd.distributed import World, local_part
 

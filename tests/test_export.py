@@ -97,3 +97,30 @@ def test_parity_failure_and_bad_files_are_user_errors(tiny_hybrid, tiny_data, tm
     bad.write_bytes(b"not a model")
     with pytest.raises(UserError):
         OnnxModel(str(bad))
+
+
+def test_edited_onnx_metadata_are_refused(tiny_hybrid, tiny_data, tmp_path, capsys):
+    """Metadata edited after export (sample rate, CMVN, acwt) decoded with exit 0 at a WER of
+    up to 185%: the hash over them written at export no longer matches, in one line."""
+    out = str(tmp_path / "dnn.onnx")
+    export_onnx(tiny_hybrid["model"], out, data_dir=tiny_data["dev"], acwt=0.25)
+    OnnxModel(out)
+    proto = onnx.load(out)
+    for key, edit in (("acwt", "2.5"), ("cmvn", '"mean"'),
+                      ("feature_config", None)):
+        p = onnx.load(out)
+        for prop in p.metadata_props:
+            if prop.key == key:
+                prop.value = edit if edit is not None else prop.value.replace(
+                    '"sample_rate": 16000', '"sample_rate": 8000')
+                assert prop.value != {q.key: q.value for q in proto.metadata_props}[key]
+        bad = str(tmp_path / f"bad_{key}.onnx")
+        onnx.save(p, bad)
+        with pytest.raises(UserError, match=r"bad_.*onnx: its metadata .* were changed after "
+                                            r"export \(metadata_sha256 differs\)"):
+            OnnxModel(bad)
+    capsys.readouterr()
+    assert main(["decode", tiny_hybrid["graph"], tiny_data["test"], bad,
+                 str(tmp_path / "dec")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("metadata_sha256 differs") == 1 and "Traceback" not in err

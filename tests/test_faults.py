@@ -103,6 +103,89 @@ def test_features_of_nan_audio_are_an_error_naming_the_utterance(tmp_path, capsy
     assert not os.path.exists(os.path.join(data, "feats.scp"))
 
 
+def test_multi_channel_audio_is_refused_unless_a_channel_or_a_downmix_is_named(tmp_path,
+                                                                              capsys):
+    """compute-feats read the first channel of a stereo file without a word: now one line,
+    and --channel N / mix read what they say (recorded for the feature config check)."""
+    from asrkd.featconf import load_feature_config
+    from asrkd.features import check_feature_config
+
+    left, right = _speech(0), _speech(1)
+    corpus = _librispeech(str(tmp_path / "corpus"), {"0000": (left, "FLOAT")})
+    stereo = os.path.join(corpus, "19", "198", "19-198-0000.flac")
+    soundfile.write(stereo, np.stack([left, right], axis=1), 16000, format="WAV",
+                    subtype="FLOAT")
+    data, fbank = str(tmp_path / "data"), str(tmp_path / "fbank")
+    assert main(["prepare-data", corpus, data]) == 0
+    capsys.readouterr()
+    assert main(["compute-feats", data, fbank]) == 1
+    assert f"{stereo}: 2 channels: name one with --channel N (0 to 1) or downmix them " \
+        "with --channel mix" in _error_line(capsys, "compute-feats")
+    assert not os.path.exists(os.path.join(data, "feats.scp"))
+    mono = str(tmp_path / "mono")
+    os.makedirs(mono)
+    conf = os.path.join(REPO, "conf", "fbank.yaml")
+    for channel, want in (("1", right), ("mix", (left + right) / 2)):
+        assert main(["compute-feats", data, fbank, "--channel", channel]) == 0
+        assert open(os.path.join(data, "channel")).read() == f"{channel}\n"
+        soundfile.write(os.path.join(mono, "x.wav"), want, 16000, subtype="FLOAT")
+        d2 = str(tmp_path / f"data_{channel}")
+        os.makedirs(d2)
+        for name in ("utt2spk", "spk2utt", "text"):
+            open(os.path.join(d2, name), "w").write(open(os.path.join(data, name)).read())
+        write_table(os.path.join(d2, "wav.scp"), {"19-198-0000": os.path.join(mono, "x.wav")})
+        assert main(["compute-feats", d2, str(tmp_path / f"fbank_{channel}")]) == 0
+        got = [kaldiio.load_mat(open(os.path.join(d, "feats.scp")).read().split()[1])
+               for d in (data, d2)]
+        np.testing.assert_allclose(got[0], got[1], atol=1e-4)
+        assert check_feature_config(load_feature_config(conf), data)
+    assert main(["compute-feats", data, fbank, "--channel", "2"]) == 1
+    assert "no channel 2 (it has 2)" in _error_line(capsys, "compute-feats")
+
+
+def test_audio_changed_after_prepare_data_is_caught(tmp_path, capsys):
+    """A file replaced by a longer one after prepare-data: compute-feats measures it against
+    utt2dur; a data dir whose features already disagree with utt2dur fails validate-data-dir."""
+    corpus = _librispeech(str(tmp_path / "corpus"), {"0000": (_speech(0), "PCM_16"),
+                                                    "0001": (_speech(1), "PCM_16")})
+    data, fbank = str(tmp_path / "data"), str(tmp_path / "fbank")
+    assert main(["prepare-data", corpus, data]) == 0
+    path = os.path.join(corpus, "19", "198", "19-198-0001.flac")
+    soundfile.write(path, _speech(2, 2 * 16000), 16000, format="FLAC", subtype="PCM_16")
+    capsys.readouterr()
+    assert main(["compute-feats", data, fbank]) == 1
+    assert f"19-198-0001: {path} is 2 s long but utt2dur says 1 s: the audio changed after " \
+        "prepare-data; rerun it" in _error_line(capsys, "compute-feats")
+    # features made from the new audio under an old utt2dur (as before this check)
+    dur = open(os.path.join(data, "utt2dur")).read()
+    write_table(os.path.join(data, "utt2dur"), {"19-198-0000": "1.000", "19-198-0001": "2.000"})
+    assert main(["compute-feats", data, fbank]) == 0
+    assert main(["validate-data-dir", data]) == 0
+    open(os.path.join(data, "utt2dur"), "w").write(dur)
+    capsys.readouterr()
+    assert main(["validate-data-dir", data]) == 1
+    assert "19-198-0001 has 198 frames but utt2dur says 1 s (98 frames): its audio changed " \
+        "after prepare-data" in _error_line(capsys, "validate-data-dir")
+
+
+def test_digital_silence_with_a_transcript_is_rejected_not_aligned(tmp_path, capsys):
+    """A recording of zeros is counted as silent-audio at prepare-data; a wav.scp made
+    elsewhere pointing at one stops compute-feats naming the utterance."""
+    corpus = _librispeech(str(tmp_path / "corpus"), {
+        "0000": (_speech(0), "PCM_16"), "0001": (np.zeros(16000, np.float32), "PCM_16")})
+    data = str(tmp_path / "data")
+    assert main(["prepare-data", corpus, data]) == 0
+    assert "1 kept, 1 rejected (silent-audio: 1)" in capsys.readouterr().out
+    assert "19-198-0001 silent-audio 16000 samples, all 0" in open(
+        os.path.join(data, "log", "rejected.txt")).read()
+    wav = dict(line.split() for line in open(os.path.join(data, "wav.scp")))
+    silent = os.path.join(corpus, "19", "198", "19-198-0001.flac")
+    write_table(os.path.join(data, "wav.scp"), {**wav, "19-198-0000": silent})
+    assert main(["compute-feats", data, str(tmp_path / "fbank")]) == 1
+    assert f"19-198-0000: {silent} is digital silence (every sample 0)" in _error_line(
+        capsys, "compute-feats")
+
+
 # --------------------------------------------------------------------------------------------
 # Features and CMVN: NaN stops at the reader and at compute-cmvn
 
@@ -248,6 +331,9 @@ def test_two_trees_same_pdf_count_are_told_apart(systems):
     assert load_gmm(a).num_pdfs == load_gmm(b).num_pdfs == 60  # the count cannot tell
     assert tree_id(a) != tree_id(b)
     assert tree_id(systems["ali_a"]) == tree_id(a) == tree_id(systems["graph_a"])
+    from asrkd.identity import phones_id, read_id
+
+    assert read_id(os.path.join(a, "phones_id")) == phones_id(systems["a"][1].phones)
     ckpt = torch.load(systems["dnn"], weights_only=True)
     assert ckpt["tree_id"] == tree_id(a)
     assert ckpt["feature_config"]["type"] == "mfcc"
@@ -472,6 +558,39 @@ def test_checkpoint_config_and_shapes_checked_before_allocation(checkpoint, tmp_
     torch.save(ck, bad)
     with pytest.raises(UserError, match=r"state_dict\['output.bias'\]: 1 of 3 values are NaN"):
         load_model(bad)
+
+
+def test_a_few_kb_checkpoint_declaring_a_huge_model_is_refused_before_allocation(
+        checkpoint, tmp_path, capsys, monkeypatch):
+    """Zero-stride tensors make a consistent 40 GB model a 3 KB file: its declared size is
+    checked against the limit before anything is built, checked for NaN or allocated."""
+    from asrkd.models import ModelConfig, build_model, load_model
+
+    ck = torch.load(checkpoint, weights_only=True)
+    ck["model_config"]["hidden_dims"] = [10**5, 10**5]
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in
+                  build_model(ModelConfig.from_dict(ck["model_config"])).state_dict().items()}
+    ck["state_dict"] = {k: torch.zeros(1).expand(*s) if len(s) else torch.zeros(())
+                        for k, s in shapes.items()}
+    huge = str(tmp_path / "huge.pt")
+    torch.save(ck, huge)
+    assert os.path.getsize(huge) < 10000
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(hard, 2**31) if hard > 0 else 2**31, hard))
+    try:  # the old path allocated 40 GB: under this limit a MemoryError/RuntimeError
+        with pytest.raises(UserError, match=r"huge.pt: the model_config declares a model of "
+                                            r"37.3 GiB \(limit 8 GiB"):
+            load_model(huge)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert main(["export-onnx", huge, str(tmp_path / "m.onnx")]) == 1
+    assert "37.3 GiB" in _error_line(capsys, "export-onnx")
+    monkeypatch.setenv("ASRKD_MAX_MODEL_BYTES", "100")  # the stated limit is the user's
+    with pytest.raises(UserError, match=r"ok.pt: .* \(limit 9.31e-08 GiB"):
+        load_model(checkpoint)
+    monkeypatch.setenv("ASRKD_MAX_MODEL_BYTES", "1e4")
+    load_model(checkpoint)
 
 
 # --------------------------------------------------------------------------------------------

@@ -198,3 +198,44 @@ def test_gzipped_arpa_gives_the_same_G(setup, tmp_path):
     arpa_to_G(str(tmp_path / "lm.arpa.gz"), words, str(tmp_path / "G_gz.fst"))
     assert (tmp_path / "G_plain.fst").read_bytes() == (tmp_path / "G_gz.fst").read_bytes()
     assert os.path.getsize(tmp_path / "G_gz.fst") > 100
+
+
+def test_make_graph_checks_the_phone_set_and_decode_the_word_table(setup, tmp_path):
+    """A lang with a phone the model was not trained on (its phones renumbered) is refused by
+    make-graph; a graph dir holding another lang's words.txt is refused by decoding."""
+    import shutil
+
+    from asrkd.decode import load_graph
+    from asrkd.errors import UserError
+    from asrkd.gmm import GmmModel, save_gmm
+    from asrkd.identity import phones_id, write_id
+    from asrkd.lang import read_symbols
+
+    d, lang, _ = setup
+    ctx, tm = _monophone(lang)
+    model = str(tmp_path / "mono")
+    save_gmm(GmmModel(tm=tm, ctx=ctx, am=None), model)
+    write_id(os.path.join(model, "phones_id"), phones_id(lang.phones))  # as training does
+    graph = make_graph(lang.dir, model, str(tmp_path / "graph"), str(d / "lm.arpa"))
+    load_graph(graph)
+    # another lexicon: a phone ZZ the model lacks, the phones after it renumbered
+    other = str(tmp_path / "lang_zz")
+    shutil.copytree(lang.dir, other)
+    phones = read_symbols(os.path.join(lang.dir, "phones.txt"))
+    names = [p for p, _ in sorted(phones.items(), key=lambda kv: kv[1])]
+    names.insert(names.index("SPN") + 1, "ZZ")
+    with open(os.path.join(other, "phones.txt"), "w") as f:
+        f.writelines(f"{p} {i}\n" for i, p in enumerate(names))
+    with pytest.raises(UserError, match=r"the phones of .*lang_zz \(phone set [0-9a-f]+\) and "
+                                        r"those .*mono was trained on \(phone set [0-9a-f]+\) "
+                                        r"differ: prepare the lang with the lexicon and phones"):
+        make_graph(other, model, str(tmp_path / "graph_zz"), str(d / "lm.arpa"))
+    # another lang's word table in the graph dir: every output word would be wrong
+    words = read_symbols(os.path.join(graph, "words.txt"))
+    shuffled = sorted(words, key=lambda w: (w.startswith("#") or w.startswith("<"), w[::-1]))
+    with open(os.path.join(graph, "words.txt"), "w") as f:
+        f.writelines(f"{w} {i}\n" for i, w in enumerate(shuffled))
+    with pytest.raises(UserError, match=r"HCLG.fst \(word table [0-9a-f]+\) and .*words.txt "
+                                        r"\(word table [0-9a-f]+\) differ: the graph was built "
+                                        r"with another lang's words; rerun make-graph"):
+        load_graph(graph)

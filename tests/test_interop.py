@@ -113,3 +113,26 @@ def test_kaldi_dense_targets(soft, tmp_path):
         head = f.read(64)
     assert b"\0BFM " in head
     assert export_soft_targets(soft, str(tmp_path / "again")) == sum(len(v[0]) for v in store.values())
+
+
+def test_import_of_cuts_whose_duration_disagrees_with_the_audio(tiny_data, tmp_path):
+    """A manifest whose recording duration is not its file's (edited, or the file replaced)
+    was imported as it stood: now refused, naming the cut and both durations."""
+    from lhotse import CutSet, Recording, SupervisionSegment
+    from lhotse.cut import MonoCut
+
+    from asrkd.data import DataDir
+
+    utt, path = sorted(DataDir(tiny_data["test"]).wav.items())[0]
+    real = Recording.from_file(path, recording_id="rec1")
+    rec = Recording(id="rec1", sources=real.sources, sampling_rate=real.sampling_rate,
+                    num_samples=real.num_samples * 2, duration=real.duration * 2)
+    sup = SupervisionSegment(id="seg1", recording_id="rec1", start=0, duration=rec.duration,
+                             text="hello", speaker="spkA")
+    cut = MonoCut(id="c1", start=0, duration=rec.duration, channel=0, recording=rec,
+                  supervisions=[sup])
+    CutSet.from_cuts([cut]).to_file(str(tmp_path / "c.jsonl.gz"))
+    with pytest.raises(UserError, match=rf"cut c1: the manifest gives {rec.duration:g} s but "
+                                        rf".* holds {real.duration:g} s of audio"):
+        import_lhotse(str(tmp_path / "c.jsonl.gz"), str(tmp_path / "dd"))
+    assert not os.path.exists(tmp_path / "dd" / "wav.scp")

@@ -43,3 +43,45 @@ def test_all_correct_and_bad_input(tmp_path):
         score(ref, extra, str(tmp_path / "o2"))
     with pytest.raises(UserError):
         score(str(tmp_path / "nope"), ref, str(tmp_path / "o3"))
+
+
+def test_frame_accuracy_counts_the_utterances_it_cannot_score(tmp_path, capsys):
+    """Utterances without an alignment (failed forced alignment) are left out of the fraction,
+    as before, but counted: a log line and decode_dir/frame_acc_unscored."""
+    import numpy as np
+    import torch
+
+    from asrkd.decode import measure_frame_accuracy
+    from asrkd.models import ModelConfig, build_model
+    from asrkd.score import frame_accuracy
+    from asrkd.table import ArkWriter, read_scp
+    from test_distill import make_learnable_data
+
+    data, ali = make_learnable_data(tmp_path, num_spk=2, utts_per_spk=3, num_pdfs=6, dim=8)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(feat_dim=8, num_pdfs=6, hidden_dims=[8], cmvn="mean"))
+    model.pdf_counts.fill_(1)
+    model.save(str(tmp_path / "m.pt"))
+    full_acc, full = frame_accuracy(str(tmp_path / "m.pt"), str(data), str(ali), per_utt=True)
+    part = tmp_path / "ali_part"  # the alignment of two utterances failed
+    part.mkdir()
+    pdfs = read_scp(ali / "pdf.scp")
+    lost = sorted(pdfs)[1:3]
+    with ArkWriter(part / "pdf.ark", part / "pdf.scp") as w:
+        for utt in sorted(pdfs):
+            if utt not in lost:
+                w[utt] = np.asarray(pdfs[utt])
+    for name in ("pdf_counts", "num_pdfs"):
+        (part / name).write_text((ali / name).read_text())
+    capsys.readouterr()
+    acc = measure_frame_accuracy(str(tmp_path / "m.pt"), str(data), str(part), str(tmp_path / "fa"))
+    err = capsys.readouterr().err
+    assert f"2 of 6 utterances of {data} have no alignment in {part}" in err
+    assert "(4 utterances; 2 without alignment not scored)" in err
+    kept = {u: c for u, c in full.items() if u not in lost}
+    assert acc == sum(c for c, _ in kept.values()) / sum(n for _, n in kept.values())
+    assert acc != full_acc
+    per_utt = (tmp_path / "fa" / "frame_acc_per_utt").read_text().splitlines()
+    assert per_utt[0] == "# utt correct frames" and len(per_utt) == 5  # as before: scored only
+    assert (tmp_path / "fa" / "frame_acc_unscored").read_text().splitlines() == [
+        "# 2 utterances without alignment, not in frame_acc", *lost]

@@ -104,3 +104,29 @@ def test_a_feature_config_other_than_the_models_is_refused(tiny_hybrid, tiny_dat
     res = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], wav, feat_conf=str(conf),
                      out=io.StringIO())
     assert len(res["hyps"]) == 1
+
+
+def test_multi_channel_audio_needs_a_channel_or_mix(tiny_hybrid, tiny_data, decoded, tmp_path,
+                                                  capsys):
+    """Two channels (speech, and speech turned down) are not silently read as the first: the
+    CLI refuses them in one line; --channel 0 is the mono file's words, --channel mix runs."""
+    wav = read_table(os.path.join(tiny_data["test"], "wav.scp"))
+    path = sorted(wav.values())[0]
+    x, sr = soundfile.read(path, dtype="float32")
+    stereo = str(tmp_path / "stereo.wav")
+    soundfile.write(stereo, np.stack([x, 0.1 * x[::-1]], axis=1), sr, subtype="FLOAT")
+    args = ["transcribe", tiny_hybrid["model"], tiny_hybrid["graph"], stereo]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"asrkd transcribe: error: {stereo}: 2 channels: name one with --channel N (0 to 1) " \
+        "or downmix them with --channel mix" in err and "Traceback" not in err
+    mono = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], [path], out=io.StringIO())
+    first = transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], [stereo], out=io.StringIO(),
+                       channel="0")
+    assert first["hyps"][stereo] == mono["hyps"][path]
+    assert main(args + ["--channel", "mix"]) == 0
+    assert main(args + ["--channel", "2"]) == 1
+    assert f"{stereo}: no channel 2 (it has 2)" in capsys.readouterr().err
+    assert main(args + ["--channel", "left"]) == 1
+    assert "--channel 'left': give a channel index (0, 1, ...) or 'mix'" in capsys.readouterr().err

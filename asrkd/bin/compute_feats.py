@@ -21,13 +21,17 @@ def add_arguments(parser):
                              "(torchaudio.compliance.kaldi; needs torchaudio installed)")
     parser.add_argument("--device", default="cpu",
                         help="torch device for the torch and torchaudio backends (e.g. cuda)")
+    parser.add_argument("--channel", default=None, metavar="N|mix",
+                        help="multi-channel audio: use channel N (0-based, as Kaldi's "
+                             "--channel) or 'mix' (the mean of the channels); without it a "
+                             "multi-channel file is an error")
 
 
 def main(args):
     config = load_feature_config(args.conf)
     t0 = time.perf_counter()
     frames = compute_feats(args.data_dir, args.feat_dir, config, nj=args.nj,
-                           backend=args.backend, device=args.device)
+                           backend=args.backend, device=args.device, channel=args.channel)
     dt = time.perf_counter() - t0
     d = DataDir(args.data_dir)
     audio = sum(d.utt2dur.values()) if d.has("utt2dur") else 0.0

@@ -25,6 +25,10 @@ def add_arguments(parser):
     parser.add_argument("--no-resample", action="store_true",
                         help="a file at another sample rate is an error instead of being "
                              "resampled to the features' rate")
+    parser.add_argument("--channel", default=None, metavar="N|mix",
+                        help="multi-channel audio: use channel N (0-based, as Kaldi's "
+                             "--channel) or 'mix' (the mean of the channels); without it a "
+                             "multi-channel file is an error")
     parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
     parser.add_argument("--max-active", type=int, default=7000, help="max active states")
@@ -36,4 +40,4 @@ def main(args):
     transcribe(args.model, args.graph_dir, args.audio, acwt=args.acwt, acwt_from=args.acwt_from,
                feat_conf=args.feat_conf, resample=not args.no_resample, beam=args.beam,
                lattice_beam=args.lattice_beam, max_active=args.max_active,
-               num_threads=args.num_threads)
+               num_threads=args.num_threads, channel=args.channel)

@@ -24,7 +24,6 @@ Where we deviate from the paper:
   student is trained at must equal the one the targets were made at (checked).
 """
 
-import json
 import os
 import sys
 
@@ -38,7 +37,7 @@ from asrkd.ensemble import Ensemble, average_posteriors, check_members, find_tea
 from asrkd.errors import UserError
 from asrkd.identity import check_tree
 from asrkd.softtargets import PackedTargets, SoftTargetStore, sparsify
-from asrkd.table import atomic_path
+from asrkd.table import write_json
 from asrkd.train import TrainHooks, train_model
 
 
@@ -88,11 +87,6 @@ def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha, soft_rest=No
 # ---------------------------------------------------------------------------------------------
 # Student training
 
-
-def _write_json(path, obj):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 class StoredKDLoss:
@@ -213,7 +207,7 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
         print(f"distill: {len(unlab)} utterances of {data_dir} have no alignment: soft targets "
               f"only ({info['transfer_frames']} frames)", file=sys.stderr)
     os.makedirs(exp_dir, exist_ok=True)
-    _write_json(os.path.join(exp_dir, "distill.json"), info)
+    write_json(os.path.join(exp_dir, "distill.json"), info)
     return train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed,
                        init_from=init_from, train_fraction=train_fraction, cache_dir=cache_dir,
                        hooks=hooks)

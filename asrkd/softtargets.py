@@ -35,7 +35,7 @@ from asrkd.ensemble import COMBINES, Ensemble, find_teachers
 from asrkd.errors import UserError
 from asrkd.features import FeatureReader
 from asrkd.jobs import fixed_mmap_threshold, run_jobs, split_evenly
-from asrkd.table import atomic_path, invalidate, read_table, save_npy, write_table
+from asrkd.table import invalidate, read_table, save_npy, write_json, write_table
 
 # A soft-target job holds its shard's targets in memory until it writes them: ~240 bytes per
 # frame at top-20 before the float16 conversion, so 100k frames is ~25 MB per job.
@@ -180,7 +180,7 @@ def _finish_store(out_dir, shards, num_pdfs, temperature, combine, topk, teacher
         "data_dir": os.path.abspath(data_dir) if data_dir else None,
         "tree_id": tree_id,  # asrkd.identity: the teachers' tree, checked against alignments
     }
-    _write_json(os.path.join(out_dir, "meta.json"), meta)
+    write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
 
 
@@ -253,11 +253,6 @@ def _num_shards(utt2num_frames, max_shard_frames):
     total = sum(int(n) for n in utt2num_frames.values())
     return -(-total // max(1, int(max_shard_frames)))
 
-
-def _write_json(path, obj):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 class SoftTargetStore(Mapping):

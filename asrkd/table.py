@@ -6,6 +6,7 @@ so a killed run never leaves a half-written file that a rerun would trust.
 
 import collections.abc
 import contextlib
+import json
 import os
 import tempfile
 
@@ -171,3 +172,11 @@ class _Scp(collections.abc.Mapping):
 
     def __contains__(self, key):
         return key in self._lazy
+
+
+def write_json(path, obj, indent=2, sort_keys=True):
+    """Write ``obj`` as JSON (and a final newline) to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent, sort_keys=sort_keys)
+        f.write("\n")
+

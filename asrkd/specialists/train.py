@@ -52,7 +52,7 @@ from asrkd.specialists.combine import (collapse, corrected_logits, dustbin_log_c
                                        specialist_logits)
 from asrkd.specialists.sets import (confusable_sets, generalist_covariance, pdf_states,
                                     sets_markdown)
-from asrkd.table import atomic_path, invalidate
+from asrkd.table import atomic_path, invalidate, write_json
 from asrkd.train import TrainConfig, TrainHooks, TrainRun, train_epochs
 
 
@@ -337,7 +337,8 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
                "train_sum": float(sum(i["train_seconds"] for i in infos)),
                "total": time.time() - t_start, "nj": nj, "threads_per_job": threads}
     out = os.path.join(exp_dir, "specialists.json")
-    _write_json(out, _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds))
+    write_json(out, _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds), indent=1,
+               sort_keys=False)
     return out
 
 
@@ -378,8 +379,8 @@ def _load_or_make_sets(exp_dir, config, gen, cache, train_frames):
     sets = confusable_sets(acc.covariance(), config.num_sets, config.clusterings,
                            config.set_size_max, config.seed, config.kmeans_epochs)
     cov_seconds = time.time() - t0
-    _write_json(sets_path, {"config": _set_fields(config), "sets": sets,
-                            "seconds": cov_seconds, "frames": int(acc.n)})
+    write_json(sets_path, {"config": _set_fields(config), "sets": sets, "seconds": cov_seconds,
+                           "frames": int(acc.n)}, indent=1, sort_keys=False)
     return sets, cov_seconds
 
 
@@ -430,10 +431,3 @@ def _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds):
 def _set_fields(config):
     keys = ("num_sets", "set_size_max", "clusterings", "kmeans_epochs", "cov_frames", "seed")
     return {k: getattr(config, k) for k in keys}
-
-
-def _write_json(path, obj):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-

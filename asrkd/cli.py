@@ -41,6 +41,7 @@ VERBS = {
     "distill": "train a student on soft (ensemble) and hard (alignment) targets",
     "train-specialists": "cluster confusable pdfs and train a specialist model per set",
     "specialist-report": "coverage table (paper's Table 4) and costs of specialists",
+    "adjust-priors": "a DNN's priors from its own mean posterior (decode --priors posterior)",
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
     "frame-accuracy": "frame accuracy of a model against alignments (no decoding)",
     "score": "score hypotheses against reference text (WER)",
@@ -61,7 +62,7 @@ LOCKED = {
     "prepare-lang": "lang_dir", "make-graph": "graph_dir", "train-mono": "exp_dir",
     "train-tri": "exp_dir", "align": "ali_dir", "train": "exp_dir", "train-ensemble": "exp_dir",
     "soft-targets": "out_dir", "distill": "exp_dir", "train-specialists": "exp_dir",
-    "decode": "decode_dir", "frame-accuracy": "out_dir", "score": "out_dir",
+    "adjust-priors": "model", "decode": "decode_dir", "frame-accuracy": "out_dir", "score": "out_dir",
     "export-onnx": "file:out", "export-soft-targets": "out_dir", "import-lhotse": "data_dir",
     "export-lhotse": "out_dir", "train-lm": "file:arpa",
 }

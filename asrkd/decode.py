@@ -119,15 +119,33 @@ def _fmt(a):
     return f"{a:g}"
 
 
+MAX_WIDEN = 4  # grid values added beyond an edge before giving up (each is one more decode)
+
+
+def _widened(grid, best):
+    """The next acoustic scale beyond ``best`` when it is an edge of ``grid`` (same ratio as the
+    step to its neighbour: a geometric continuation), else None."""
+    g = sorted(grid)
+    if best == g[0]:
+        return g[0] * g[0] / g[1]
+    if best == g[-1]:
+        return g[-1] * g[-1] / g[-2]
+    return None
+
+
 def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, lattice_beam=8.0,
-                    max_active=7000, ref_text=None):
+                    max_active=7000, ref_text=None, widen=True):
     """Decode ``utts`` with ``scorer`` over graph_dir/HCLG.fst; write decode_dir/hyp.txt.
 
     ``acwt``: a float, or a list of floats (grid). With a grid, every value's hypotheses go to
     decode_dir/acwt_<v>/hyp.txt and, given ``ref_text``, are scored there; the best value is
-    written to decode_dir/best_acwt and its hypotheses to decode_dir/hyp.txt. With ``ref_text``
-    the final hyp.txt is scored into decode_dir (wer, errors, per_utt). Returns
-    {"acwt": chosen, "wer": {acwt: score dict} (empty without ref_text)}.
+    written to decode_dir/best_acwt and its hypotheses to decode_dir/hyp.txt. A grid whose best
+    value is one of its edges is widened (``widen``): the next value beyond that edge, at the
+    ratio of the edge to its neighbour, is decoded too, until the best is inside the grid (at
+    most MAX_WIDEN more values; decode_dir/acwt_wers lists every value tried, and
+    decode_dir/acwt_edge says "edge" when the best is still an edge, "inside" otherwise). With
+    ``ref_text`` the final hyp.txt is scored into decode_dir (wer, errors, per_utt). Returns
+    {"acwt": chosen, "wer": {acwt: score dict} (empty without ref_text), "grid": values tried}.
     """
     check_decoder_options(beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
@@ -142,40 +160,62 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     key = id(scorer)
     _SCORERS[key] = scorer
     opts = {"beam": beam, "lattice_beam": lattice_beam, "max_active": max_active}
-    try:
-        chunks = [c for c in split_evenly(utts, max(1, min(nj, len(utts)))) if c]
-        res = run_jobs(_decode_job, [(graph_dir, key, c, grid, opts) for c in chunks],
+    chunks = [c for c in split_evenly(utts, max(1, min(nj, len(utts)))) if c]
+    hyps, results = {}, {}
+
+    def run(values):
+        res = run_jobs(_decode_job, [(graph_dir, key, c, values, opts) for c in chunks],
                        nj, os.path.join(decode_dir, "log"), "decode", threads_per_job=1)
+        for a in values:
+            hyps[a] = {}
+            for r in res:
+                hyps[a].update(r[a])
+            if len(grid) > 1:
+                d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
+                write_table(os.path.join(d, "hyp.txt"), hyps[a])
+                results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
+
+    try:
+        run(grid)
+        best = grid[0]
+        if len(grid) > 1:
+            best = _best(grid, results)
+            for _ in range(MAX_WIDEN if widen else 0):
+                nxt = _widened(grid, best)
+                if nxt is None or len({results[a]["wer"] for a in grid}) == 1:
+                    break
+                print(f"decode: best acoustic scale {_fmt(best)} is at the edge of the grid; "
+                      f"trying {_fmt(nxt)}", file=sys.stderr)
+                grid.append(nxt)
+                run([nxt])
+                best = _best(grid, results)
     finally:
         _SCORERS.pop(key, None)
-    hyps = {a: {} for a in grid}
-    for r in res:
-        for a in grid:
-            hyps[a].update(r[a])
-    results = {}
-    if len(grid) == 1:
-        best = grid[0]
-    else:
-        for a in grid:
-            d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
-            write_table(os.path.join(d, "hyp.txt"), hyps[a])
-            results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
-        best = min(grid, key=lambda a: (results[a]["wer"], abs(a - 0.1)))
+    if len(grid) > 1:
+        grid.sort()
+        edge = best in (grid[0], grid[-1]) and len({results[a]["wer"] for a in grid}) > 1
         with atomic_path(os.path.join(decode_dir, "best_acwt")) as tmp, open(tmp, "w") as f:
             f.write(f"{_fmt(best)}\n")
         with atomic_path(os.path.join(decode_dir, "acwt_wers")) as tmp, open(tmp, "w") as f:
             f.writelines(f"{_fmt(a)} {results[a]['wer']:.2f}\n" for a in grid)
+        with atomic_path(os.path.join(decode_dir, "acwt_edge")) as tmp, open(tmp, "w") as f:
+            f.write("edge\n" if edge else "inside\n")
         print("acwt grid: " + ", ".join(f"{_fmt(a)}: {results[a]['wer']:.2f}%" for a in grid)
               + f" -> best {_fmt(best)}", file=sys.stderr)
-        if best in (min(grid), max(grid)) and len({results[a]["wer"] for a in grid}) > 1:
-            print(f"decode: best acoustic scale {_fmt(best)} is at the edge of the grid; "
-                  "a wider --acwt-grid may do better", file=sys.stderr)
+        if edge:
+            print(f"decode: best acoustic scale {_fmt(best)} is still at the edge of the grid "
+                  f"{_fmt(grid[0])}-{_fmt(grid[-1])}", file=sys.stderr)
     write_table(os.path.join(decode_dir, "hyp.txt"), hyps[best])
     with atomic_path(os.path.join(decode_dir, "acwt")) as tmp, open(tmp, "w") as f:
         f.write(f"{_fmt(best)}\n")
     if ref_text is not None:
         results[best] = score(ref_text, os.path.join(decode_dir, "hyp.txt"), decode_dir)
-    return {"acwt": best, "wer": results}
+    return {"acwt": best, "wer": results, "grid": grid}
+
+
+def _best(grid, results):
+    """The grid value of lowest WER; ties go to the value nearest 0.1 (Kaldi's usual scale)."""
+    return min(grid, key=lambda a: (results[a]["wer"], abs(a - 0.1)))
 
 
 def read_best_acwt(decode_dir):
@@ -188,7 +228,7 @@ def read_best_acwt(decode_dir):
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
            acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None,
-           frame_acc_data=None, device="cpu", precision="fp32"):
+           frame_acc_data=None, device="cpu", precision="fp32", widen=True, priors="counts"):
     """`asrkd decode`: decode data_dir and score against data_dir/text.
 
     Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode (a
@@ -196,7 +236,8 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     best of ``acwt_grid`` on this data dir. With ``ali_dir`` also writes decode_dir/frame_acc
     and frame_acc_per_utt (asrkd.score.frame_accuracy of the scorer) on ``frame_acc_data``
     (default data_dir; ali_dir aligns it): frame accuracy needs only a forward pass, so it can
-    be measured on a larger set than the one decoded for WER."""
+    be measured on a larger set than the one decoded for WER. ``widen``: see decode_data_dir;
+    ``priors``: "counts" or "posterior" (asrkd.scorer.make_scorer)."""
     check_decoder_options(beam, lattice_beam, max_active)
     data = DataDir(data_dir)
     if frame_acc_data is not None and ali_dir is None:
@@ -209,13 +250,17 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
         acwt = read_best_acwt(acwt_from)
     if str(device).startswith("cuda") and nj > 1:
         raise UserError("decode --device cuda runs the network in forked jobs: use --nj 1")
-    scorer = make_scorer(model, data_dir, device=device, precision=precision)
+    scorer = make_scorer(model, data_dir, device=device, precision=precision, priors=priors)
     check_scorer_tree(scorer, graph_dir, ali_dir)
     utts = data.utts
     ref = data.file("text") if data.has("text") else None
     res = decode_data_dir(graph_dir, scorer, utts, decode_dir,
                           acwt if acwt is not None else list(acwt_grid), nj=nj, beam=beam,
-                          lattice_beam=lattice_beam, max_active=max_active, ref_text=ref)
+                          lattice_beam=lattice_beam, max_active=max_active, ref_text=ref,
+                          widen=widen)
+    if hasattr(scorer, "log_prior"):  # a hybrid DNN: what its posteriors were divided by
+        with atomic_path(os.path.join(decode_dir, "priors")) as tmp, open(tmp, "w") as f:
+            f.write(f"{priors}\n")
     if ref is not None:
         w = res["wer"][res["acwt"]]
         print(f"decode: {decode_dir}: %WER {w['wer']:.2f} ({w['words']} words, acwt "

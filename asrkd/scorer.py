@@ -18,12 +18,16 @@ a scorer of a known tree carries ``tree_id`` and ``source`` for ``check_scorer_t
 
 import os
 
+import numpy as np
+
 from asrkd.ensemble import Ensemble, Scorer, log_priors, resolve_checkpoints
 from asrkd.errors import UserError
 from asrkd.export import OnnxModel
 from asrkd.features import FeatureReader
 from asrkd.gmm import PackedGmm, load_gmm
 from asrkd.identity import check_tree, tree_id
+from asrkd.priors import KINDS as PRIOR_KINDS
+from asrkd.priors import read_priors
 from asrkd.specialists.scorer import is_specialists_dir
 from asrkd.specialists.scorer import make_scorer as make_specialist_scorer
 
@@ -100,12 +104,24 @@ def ensemble_scorer(ckpts, data_dir=None, feats=None, device="cpu", precision="f
     return scorer
 
 
-def make_scorer(model, data_dir=None, feats=None, device="cpu", precision="fp32"):
+def make_scorer(model, data_dir=None, feats=None, device="cpu", precision="fp32",
+                priors="counts"):
     """Scorer for MODEL (a specialists dir, a GMM model dir with final.mdl, DNN checkpoint(s)/an
     ensemble dir, or an .onnx file from export-onnx, run by onnxruntime) on data_dir's features,
     or on ``feats`` (a mapping utt -> features, normalised as MODEL needs). DNNs run on
-    ``device``, with "bf16" ``precision`` under autocast."""
+    ``device``, with "bf16" ``precision`` under autocast. ``priors``: what a DNN's posteriors
+    are divided by: "counts" (the training alignment's, in the checkpoint) or "posterior" (the
+    model's own mean posterior, asrkd.priors: `asrkd adjust-priors`)."""
+    if priors not in PRIOR_KINDS:
+        raise UserError(f"priors must be one of {list(PRIOR_KINDS)}, got {priors!r}")
     models = model if isinstance(model, (list, tuple)) else [model]
+    if priors == "posterior":
+        if len(models) == 1 and (is_specialists_dir(models[0]) or
+                                 os.path.isfile(os.path.join(models[0], "final.mdl"))):
+            raise UserError(f"{models[0]}: posterior priors are for DNN models and ensembles")
+        scorer = make_scorer(model, data_dir, feats, device, precision)
+        scorer.log_prior = log_posterior_priors(read_priors(models, len(scorer.log_prior)))
+        return scorer
     if len(models) == 1 and is_specialists_dir(models[0]):
         return make_specialist_scorer(models[0], data_dir, feats)
     if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
@@ -114,6 +130,13 @@ def make_scorer(model, data_dir=None, feats=None, device="cpu", precision="fp32"
         return onnx_scorer(models[0], data_dir, feats)
     return ensemble_scorer(resolve_checkpoints(models), data_dir, feats, device=device,
                            precision=precision)
+
+
+def log_posterior_priors(priors, floor=1e-20):
+    """(P,) mean posteriors -> float32 log priors, renormalised; a pdf never predicted is floored
+    (its scores stay finite)."""
+    p = np.maximum(np.asarray(priors, dtype=np.float64), floor)
+    return np.log(p / p.sum()).astype(np.float32)
 
 
 def check_scorer_tree(scorer, graph_dir, ali_dir=None):

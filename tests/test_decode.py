@@ -48,7 +48,7 @@ def test_gmm_decodes_well_above_chance(setup, which):
     dec = str(root / f"decode_{which}")
     res = decode_data_dir(graph, scorer, list(test.feats), dec, [0.05, 0.1], ref_text=ref)
     best = res["acwt"]
-    assert best in (0.05, 0.1) and read_best_acwt(dec) == best
+    assert best in res["grid"] and read_best_acwt(dec) == best
     assert os.path.isfile(os.path.join(dec, "acwt_0.05", "wer"))
     wer = res["wer"][best]
     # chance with 10 words in a free loop is ~90% substitutions; the data are easy
@@ -77,6 +77,34 @@ def test_decode_core_on_given_loglikes(setup):
     with pytest.raises(UserError):
         decode_loglikes(hclg, tm, ll[:, :-1], 0.1)
     assert decode_loglikes(hclg, tm, ll[:0], 0.1) == []
+
+
+def test_a_best_scale_at_the_edge_widens_the_grid(setup, tmp_path):
+    """Known answer: the widened grid's choice is the choice of decoding all its values at once,
+    and the grid grows past an edge (here far too large scales) towards the optimum."""
+    root, train, test, lang, mono, tri, ref = setup
+    graph = _word_loop_graph(lang, tri, str(root / "graph_widen"))
+    scorer = GmmScorer(load_gmm(tri), test.feats)
+    utts = list(test.feats)
+    wide = decode_data_dir(graph, scorer, utts, str(tmp_path / "w"), [0.0005, 0.001],
+                           ref_text=ref)
+    grid = wide["grid"]
+    assert min(grid) == 0.0005 and grid[-1] > 0.001 and len(grid) > 2  # widened upwards
+    assert grid == sorted(grid)
+    lines = open(tmp_path / "w" / "acwt_wers").read().split("\n")
+    assert [float(x.split()[0]) for x in lines if x] == pytest.approx(grid, rel=1e-3)
+    edge = open(tmp_path / "w" / "acwt_edge").read().strip()
+    assert edge == ("inside" if wide["acwt"] < grid[-1] else "edge")
+    fixed = decode_data_dir(graph, scorer, utts, str(tmp_path / "f"), grid, ref_text=ref,
+                            widen=False)
+    assert fixed["grid"] == grid and fixed["acwt"] == wide["acwt"]
+    assert {a: r["wer"] for a, r in fixed["wer"].items()} == \
+        {a: r["wer"] for a, r in wide["wer"].items()}
+    # widen=False keeps the grid as given, best at its edge
+    kept = decode_data_dir(graph, scorer, utts, str(tmp_path / "k"), [0.0005, 0.001],
+                           ref_text=ref,
+                           widen=False)
+    assert kept["grid"] == [0.0005, 0.001] and kept["acwt"] == 0.001
 
 
 def test_grid_needs_reference(setup, tmp_path):

@@ -25,7 +25,14 @@ def add_arguments(parser):
                         "every system at its own dev-tuned scale, also with --also)")
     g.add_argument("--acwt-grid", type=_floats, default=list(DEFAULT_GRID),
                    help="comma-separated acoustic scales to try; the best on this data dir's "
-                        "text is kept (dev sets)")
+                        "text is kept (dev sets). A best value at an edge of the grid widens it: "
+                        "the next value beyond that edge (same ratio) is tried too, up to 4 more")
+    parser.add_argument("--fixed-grid", action="store_true",
+                        help="do not widen --acwt-grid when its best value is at an edge")
+    parser.add_argument("--priors", choices=("counts", "posterior"), default="counts",
+                        help="a DNN's posteriors are divided by its training alignment's pdf "
+                             "counts, or by its own mean posterior (written by `asrkd "
+                             "adjust-priors`, as Kaldi's nnet3-am-adjust-priors)")
     parser.add_argument("--ali-dir", default=None,
                         help="alignments of DATA_DIR (asrkd align): also write frame_acc, the "
                              "frame accuracy of the model's posteriors against them")
@@ -61,4 +68,4 @@ def main(args):
                acwt_grid=args.acwt_grid, acwt_from=args.acwt_from, nj=args.nj, beam=args.beam,
                lattice_beam=args.lattice_beam, max_active=args.max_active, ali_dir=args.ali_dir,
                frame_acc_data=args.frame_acc_data, device=args.device,
-               precision=args.precision)
+               precision=args.precision, widen=not args.fixed_grid, priors=args.priors)

@@ -1,0 +1,71 @@
+"""Priors from a model's own mean posterior (asrkd adjust-priors, decode --priors posterior)."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from asrkd.cli import main
+from asrkd.data import DataDir
+from asrkd.ensemble import log_priors
+from asrkd.errors import UserError
+from asrkd.priors import read_priors, select_utts
+from asrkd.scorer import make_scorer
+
+
+@pytest.fixture()
+def model(tiny_hybrid, tmp_path):
+    """A copy of the tiny hybrid's model dir (adjust-priors writes into it)."""
+    dst = str(tmp_path / "dnn")
+    shutil.copytree(tiny_hybrid["model"], dst)
+    return dst
+
+
+def test_adjusted_priors_are_the_mean_posterior_and_change_only_the_prior(tiny_hybrid,
+                                                                          tiny_data, model):
+    train, test = tiny_data["train"], tiny_data["test"]
+    with pytest.raises(UserError, match="adjust-priors"):
+        make_scorer(model, test, priors="posterior")
+    assert main(["adjust-priors", "--max-frames", "0", model, train]) == 0
+    scorer = make_scorer(model, train)
+    utts = DataDir(train).utts
+    post = np.concatenate([np.exp(scorer.log_posteriors(u).astype(np.float64)) for u in utts])
+    priors = read_priors(model, post.shape[1])
+    np.testing.assert_allclose(priors, post.mean(axis=0), rtol=1e-6, atol=1e-12)
+    meta = json.load(open(os.path.join(model, "priors_posterior.json")))
+    assert meta["frames"] == len(post) and meta["utterances"] == len(utts)
+    # the scores differ by exactly the change of prior; the posteriors are untouched
+    u = DataDir(test).utts[0]
+    counts, adjusted = make_scorer(model, test), make_scorer(model, test, priors="posterior")
+    np.testing.assert_array_equal(counts.log_posteriors(u), adjusted.log_posteriors(u))
+    p = np.log(priors / priors.sum())
+    np.testing.assert_allclose(counts(u) - adjusted(u),
+                               (p - log_priors(counts.ensemble.pdf_counts))[None, :]
+                               + np.zeros_like(counts(u)), atol=1e-4)
+    assert not np.allclose(counts(u), adjusted(u))  # the alignment's counts are not the mean
+
+
+def test_decode_with_posterior_priors_records_them(tiny_hybrid, tiny_data, model, tmp_path):
+    dev = tiny_data["dev"]
+    assert main(["adjust-priors", model, tiny_data["train"]]) == 0
+    out = str(tmp_path / "dec")
+    assert main(["decode", "--acwt", "0.1", "--priors", "posterior", tiny_hybrid["graph"], dev,
+                 model, out]) == 0
+    assert open(os.path.join(out, "priors")).read() == "posterior\n"
+    out2 = str(tmp_path / "dec2")
+    assert main(["decode", "--acwt", "0.1", tiny_hybrid["graph"], dev, model, out2]) == 0
+    assert open(os.path.join(out2, "priors")).read() == "counts\n"
+    # a prior file of the wrong size is refused with one line
+    with open(os.path.join(model, "priors_posterior"), "w") as f:
+        f.write("0.5 0.5\n")
+    assert main(["decode", "--acwt", "0.1", "--priors", "posterior", tiny_hybrid["graph"], dev,
+                 model, str(tmp_path / "dec3")]) == 1
+
+
+def test_select_utts_keeps_about_max_frames_spread_over_the_list():
+    lengths = {f"u{i:03d}": 100 for i in range(100)}
+    kept = select_utts(lengths, 2000, lengths)
+    assert 15 <= len(kept) <= 20 and kept[0] == "u000" and kept[-1] >= "u090"
+    assert select_utts(lengths, 0, lengths) == sorted(lengths)

@@ -96,6 +96,10 @@ class TrainConfig(DictConfig):
     halving_from_epoch: int = 0
     valid_fraction: float = 0.1  # of speakers
     max_frames_per_epoch: int = 0  # 0: all training frames each epoch
+    # > 0: an epoch is this many frames, drawn in passes over the training frames (each pass a
+    # new permutation): the updates an epoch makes, e.g. a control given as many updates per
+    # epoch as a student distilled on more data (0: one pass)
+    frames_per_epoch: int = 0
     # > 1: minibatches of runs of consecutive frames (a TDNN shares its convolutions within a
     # run, as Kaldi's chunk training); batch["x"] is then (B, chunk + left + right, D).
     chunk_size: int = 1
@@ -116,6 +120,8 @@ class TrainConfig(DictConfig):
             raise UserError("batch_size, lr and epochs must be positive")
         if self.chunk_size < 1:
             raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.frames_per_epoch < 0 or self.max_frames_per_epoch < 0:
+            raise UserError("frames_per_epoch and max_frames_per_epoch must be >= 0")
         if self.halving_from_epoch < 0:
             raise UserError(f"halving_from_epoch must be >= 0, got {self.halving_from_epoch}")
         if self.newbob_metric not in ("loss", "acc"):
@@ -365,7 +371,9 @@ def is_finished(exp_dir):
 
 
 def _check_same_run(ckpt, model_config, train_config, seed, exp_dir):
-    old_tc = {k: v for k, v in ckpt["train_config"].items() if k not in TrainConfig.RESUMABLE}
+    # (a field added since the run began counts as its default)
+    old_tc = {k: v for k, v in {**TrainConfig().to_dict(), **ckpt["train_config"]}.items()
+              if k not in TrainConfig.RESUMABLE}
     new_tc = {k: v for k, v in train_config.to_dict().items() if k not in TrainConfig.RESUMABLE}
     if ckpt["model_config"] != model_config.to_dict() or old_tc != new_tc \
             or ckpt["seed"] != seed:
@@ -377,11 +385,12 @@ def _write_log(exp_dir, history):
     with atomic_path(os.path.join(exp_dir, "train_log.csv")) as tmp, open(tmp, "w") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc",
-                    "seconds", "accepted"])
+                    "seconds", "accepted", "frames", "updates"])
         for h in history:
             w.writerow([h["epoch"], f"{h['lr']:.6g}", f"{h['train_loss']:.5f}",
                         f"{h['train_acc']:.5f}", f"{h['valid_loss']:.5f}",
-                        f"{h['valid_acc']:.5f}", f"{h['seconds']:.1f}", int(h["accepted"])])
+                        f"{h['valid_acc']:.5f}", f"{h['seconds']:.1f}", int(h["accepted"]),
+                        h.get("frames", ""), h.get("updates", "")])
 
 
 def train_model(data_dir, ali_dir, exp_dir, model_config, train_config, seed, init_from=None,
@@ -557,7 +566,8 @@ def train_epochs(run, hooks):
         while not run.schedule.done:
             epoch = run.schedule.epoch + 1
             t0 = time.time()
-            tot_loss, tot_correct, tot_n, tot_labeled = _train_epoch(run, hooks, epoch, loss_fn)
+            tot_loss, tot_correct, tot_n, tot_labeled, updates = _train_epoch(run, hooks, epoch,
+                                                                              loss_fn)
             train_seconds = time.time() - t0
             valid_loss, valid_acc = evaluate(run.model)
             if not np.isfinite(valid_loss):
@@ -567,7 +577,8 @@ def train_epochs(run, hooks):
             row = {"epoch": epoch, "lr": lr, "train_loss": tot_loss / max(tot_n, 1),
                    "train_acc": tot_correct / max(tot_labeled, 1), "valid_loss": valid_loss,
                    "valid_acc": valid_acc, "seconds": time.time() - t0, "accepted": accepted,
-                   "train_frames_per_second": tot_n / max(train_seconds, 1e-9)}
+                   "train_frames_per_second": tot_n / max(train_seconds, 1e-9),
+                   "frames": int(tot_n), "updates": updates}
             run.history.append(row)
             if world.is_main:
                 print(f"epoch {epoch}: lr {lr:.3g} train loss {row['train_loss']:.4f} "
@@ -604,21 +615,27 @@ def _shuffled_frames(run, epoch, train_frames):
     training frames (of chunk starts with chunk_size > 1), cut to max_frames_per_epoch."""
     chunk = run.config.chunk_size
     units = train_frames if chunk == 1 else _chunk_starts(run.cache, train_frames, chunk)
-    frames = np.random.default_rng(_epoch_seed(run.seed, epoch)).permutation(units)
+    rng = np.random.default_rng(_epoch_seed(run.seed, epoch))
+    frames = rng.permutation(units)
+    if run.config.frames_per_epoch > 0:
+        want = max(1, run.config.frames_per_epoch // chunk)
+        passes = [frames] + [rng.permutation(units) for _ in range(-(-want // len(units)) - 1)]
+        frames = np.concatenate(passes)[:want]
     if run.config.max_frames_per_epoch > 0:
         frames = frames[:max(1, run.config.max_frames_per_epoch // chunk)]
     return frames
 
 
 def _train_epoch(run, hooks, epoch, loss_fn):
-    """One epoch of minibatch updates; (loss sum, correct, frames, labeled frames) of all ranks."""
+    """One epoch of minibatch updates; (loss sum, correct, frames, labeled frames) of all ranks
+    and the number of updates."""
     tc, world, model, opt = run.config, run.world, run.model, run.opt
     torch.manual_seed(rank_seed(_epoch_seed(run.seed, epoch), world))
     frames = (hooks.frames or (lambda e, f: _shuffled_frames(run, e, f)))(epoch, run.train_frames)
     forward = hooks.forward or _forward
     _set_lr(opt, run.schedule.lr)
     model.train()
-    tot_loss, tot_correct, tot_n, tot_labeled = 0.0, 0, 0, 0
+    tot_loss, tot_correct, tot_n, tot_labeled, updates = 0.0, 0, 0, 0, 0
     bar = tqdm(total=len(frames) * tc.chunk_size, desc=f"epoch {epoch}", unit="frame",
                file=sys.stderr, disable=None if world.is_main else True, unit_scale=True)
     for batch in _batches(run.cache, frames, model, tc.batch_size, run.extra, run.device,
@@ -640,9 +657,11 @@ def _train_epoch(run, hooks, epoch, loss_fn):
             tot_n += n
         n_global = all_reduce_gradients(model, n, world)
         opt.step()
+        updates += 1
         bar.update(n_global)
     bar.close()
-    return all_reduce_sums([tot_loss, tot_correct, tot_n, tot_labeled], world, run.device)
+    return (*all_reduce_sums([tot_loss, tot_correct, tot_n, tot_labeled], world, run.device),
+            updates)
 
 
 def _checkpoint(run, epoch, accepted):

@@ -106,6 +106,27 @@ def test_trains_beyond_chance_and_logs(tmp_path):
     assert cache.meta["skipped_unaligned"] == 1 and "100-1-0001" not in cache.utts
 
 
+def test_frames_per_epoch_sets_the_updates_and_one_pass_is_the_default(tmp_path):
+    """An epoch of frames_per_epoch frames makes ceil(N / batch) updates over several passes
+    (each frame seen as often as the passes say); 0 is one pass over the training frames."""
+    data, ali = make_corpus(str(tmp_path / "c"))
+    tc = TrainConfig(**{**TC.to_dict(), "epochs": 2, "min_epochs": 2})
+    train_model(data, ali, str(tmp_path / "one"), MC, tc, seed=1)
+    with open(tmp_path / "one" / "train_log.csv") as f:
+        one = list(csv.DictReader(f))
+    n = int(one[0]["frames"])
+    assert int(one[0]["updates"]) == -(-n // tc.batch_size) and int(one[1]["frames"]) == n
+    want = 2 * n + 50
+    tc2 = TrainConfig(**{**tc.to_dict(), "frames_per_epoch": want})
+    train_model(data, ali, str(tmp_path / "more"), MC, tc2, seed=1)
+    with open(tmp_path / "more" / "train_log.csv") as f:
+        more = list(csv.DictReader(f))
+    assert [int(r["frames"]) for r in more] == [want, want]
+    assert [int(r["updates"]) for r in more] == [-(-want // tc.batch_size)] * 2
+    with pytest.raises(UserError, match="frames_per_epoch"):
+        TrainConfig(frames_per_epoch=-1)
+
+
 def test_fixed_schedule_halves_from_its_epoch_and_keeps_every_epoch(tmp_path):
     data, ali = make_corpus(str(tmp_path / "c"))
     # newbob would halve at once and stop: every epoch's gain is below these thresholds

@@ -18,10 +18,15 @@ def add_arguments(parser):
                              "default EXP_DIR/frames")
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads (overrides the config)")
+    parser.add_argument("--frames-per-epoch", type=int, default=None, metavar="N",
+                        help="an epoch is N frames, drawn in passes over the training frames "
+                             "(overrides the config's frames_per_epoch): e.g. a control given "
+                             "the updates per epoch of a student distilled on more data")
 
 
 def main(args):
-    model_config, train_config = load_conf(args.conf, num_threads=args.num_threads)
+    model_config, train_config = load_conf(args.conf, num_threads=args.num_threads,
+                                          frames_per_epoch=args.frames_per_epoch)
     path = train_model(args.data, args.ali_dir, args.exp_dir, model_config, train_config,
                        args.seed, init_from=args.init_from, train_fraction=args.train_fraction,
                        cache_dir=args.cache_dir)

@@ -137,20 +137,38 @@ teacher_systems() { echo $(ls -d $exp/teachers/model* | sort -V) $exp/teachers; 
 # so that distilled - control isolates the soft targets. Not needed when the student's recipe is
 # the teachers' (then the single models are the control).
 control=; [ "$student_conf" = "$dnn_conf" ] || control=$exp/control
+# With a transfer set the student sees more frames per epoch than the control, and makes more
+# updates. Two more systems compare like with like: the paper's own setting, a student
+# distilled on the training set only (distill_train, against the control), and a control given
+# the transfer-set student's updates per epoch (control_matched, against the student).
+distill_train= control_matched=
+if [ -n "$transfer" ]; then
+  distill_train=$exp/distill_train
+  control_matched=$exp/control_matched
+fi
 student_seed=$(( seed * 1000 + 1 ))   # the students' and the control's initialisation
+# What a DNN's posteriors are divided by in decoding: the training alignment's pdf counts, or
+# the model's own mean posterior on (a part of) the training set (asrkd adjust-priors, as
+# Kaldi's nnet3-am-adjust-priors), written into each model dir before its decoding.
+priors=${priors:-counts}
 decode_dnn() {  # NJ SYSTEM...
   local nj=$1 t m also first; shift
   [ $# -gt 0 ] || return 0
+  if [ "$priors" = posterior ]; then
+    for m in "$@"; do
+      [ -f $m/priors_posterior ] || asrkd adjust-priors --max-frames 50000 $m $data/$train
+    done
+  fi
   first=$1; shift
   also=""
   for m in "$@"; do also="$also --also $m $m/decode_$dev"; done
-  $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-grid $dnn_acwt_grid \
+  $asrkd_cmd asrkd decode $decode_opts --nj $nj --priors $priors --acwt-grid $dnn_acwt_grid \
     --ali-dir $exp/tri_ali_$dev $exp/tri/graph $data/$dev $first $first/decode_$dev $also
   for t in $tests; do
     [ $t != $dev ] || continue
     also=""
     for m in "$@"; do also="$also --also $m $m/decode_$t"; done
-    $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-from "{model}/decode_$dev" \
+    $asrkd_cmd asrkd decode $decode_opts --nj $nj --priors $priors --acwt-from "{model}/decode_$dev" \
       --ali-dir $exp/tri_ali_$t --frame-acc-data $data/$t $exp/tri/graph $data/$(wer_set $t) \
       $first $first/decode_$t $also
   done
@@ -162,14 +180,23 @@ undecoded() {  # SYSTEM...: those without a scored decode of dev and of every te
   done
 }
 
-if stage 12 "distillation: same-size and small students, the control and the small student on hard targets; the ensemble's members decoded alongside"; then
+if stage 12 "distillation: same-size and small students, the controls and the small student on hard targets; the ensemble's members decoded alongside"; then
   # two processes at a time, one thread each (threads competing for the cores slow torch down)
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
   kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1 --seed $student_seed"
-  # utterances of $kd_train with no alignment (the transfer set) get soft targets only
-  run_bg $exp/log/distill.log $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
-    $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
-  other_core() {  # the small students, the control, then the teachers' decoding
+  one_core() {  # the same-size student, then the control with its updates per epoch
+    # utterances of $kd_train with no alignment (the transfer set) get soft targets only
+    $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
+      $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
+    if [ -n "$control_matched" ]; then
+      local fpe=$(awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "frames") c = i}
+                           NR == 2 {print $c}' $exp/distill/train_log.csv)
+      $asrkd_cmd asrkd train --conf $conf/$student_conf --seed $student_seed --cache-dir $frames \
+        --num-threads 1 --frames-per-epoch $fpe $data/$train $exp/tri_ali_$train $control_matched
+    fi
+  }
+  run_bg $exp/log/distill.log one_core
+  other_core() {  # the small students, the control, the train-only student, then decoding
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
       $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
     $asrkd_cmd asrkd train --conf $conf/$small_conf --seed $student_seed --cache-dir $frames \
@@ -177,6 +204,10 @@ if stage 12 "distillation: same-size and small students, the control and the sma
     if [ -n "$control" ]; then
       $asrkd_cmd asrkd train --conf $conf/$student_conf --seed $student_seed --cache-dir $frames \
         --num-threads 1 $data/$train $exp/tri_ali_$train $control
+    fi
+    if [ -n "$distill_train" ]; then  # the same soft targets, on the training set's utterances
+      $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
+        $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $distill_train
     fi
     # about what fits beside the same-size student; stage 13 decodes the rest
     local systems=($(teacher_systems))
@@ -188,7 +219,8 @@ if stage 12 "distillation: same-size and small students, the control and the sma
 fi
 
 if stage 13 "hybrid decoding of the students, the control and the rest of the ensemble's systems, frame accuracy"; then
-  todo=$(undecoded $(teacher_systems) $exp/distill $control $exp/student_small_kd $exp/student_small_hard)
+  todo=$(undecoded $(teacher_systems) $exp/distill $control $distill_train $control_matched \
+    $exp/student_small_kd $exp/student_small_hard)
   # two processes of one job each: both cores busy whatever the number of systems
   todo=($todo)
   half=$(( (${#todo[@]} + 1) / 2 ))
@@ -212,20 +244,27 @@ teacher_rows() {
 # The systems manifest (what the report reports: key, kind, model dir, compared with, label),
 # then the report.
 report() {
-  local m
+  local m kd_label=
+  [ -z "$transfer" ] || kd_label=", train + transfer set"
   {
     printf '# key\tkind\tmodel\tcompare\tlabel\n'
     printf 'mono\tgmm\tmono\t-\tGMM monophone\n'
     printf 'tri\tgmm\ttri\t-\tGMM triphone\n'
     teacher_rows "" $control
-    printf 'distill\tstudent\tdistill\tsingle%s\tdistilled DNN (same size)\n' "${control:+,control}"
+    if [ -n "$control_matched" ]; then
+      printf 'control_matched\tcontrol\tcontrol_matched\tsingle\tsame-size DNN, hard targets, the distilled model'"'"'s updates per epoch (control)\n'
+      printf 'distill\tstudent\tdistill\tsingle,control_matched%s\tdistilled DNN (same size%s)\n' "${control:+,control}" "$kd_label"
+      printf 'distill_train\tstudent\tdistill_train\tsingle%s\tdistilled DNN (same size, train only: the paper'"'"'s setting)\n' "${control:+,control}"
+    else
+      printf 'distill\tstudent\tdistill\tsingle%s\tdistilled DNN (same size)\n' "${control:+,control}"
+    fi
     printf 'student_small_hard\tcontrol\tstudent_small_hard\t-\tsmall DNN, hard targets only\n'
-    printf 'student_small_kd\tstudent\tstudent_small_kd\tstudent_small_hard\tsmall DNN, distilled\n'
+    printf 'student_small_kd\tstudent\tstudent_small_kd\tstudent_small_hard\tsmall DNN, distilled%s\n' "$kd_label"
     for m in $(ls -d $exp/specialists_K* 2>/dev/null | sort -V); do
       printf '%s\tother\t%s\tdistill\tdistilled DNN + %s specialists\n' ${m##*/} ${m##*/} ${m##*_K}
     done
   } > $exp/systems.tsv
-  asrkd report $exp --test-sets $tests --data $data
+  asrkd report $exp --test-sets $tests --dev-set $dev --data $data
 }
 
 if stage 14 "report"; then

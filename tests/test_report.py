@@ -70,7 +70,11 @@ def exp(tmp_path):
     systems.append(System("control", "control", "control", ("single",), "control"))
     # distilled: +4 points on every speaker: recovers (4 - 1) / (5 - 1) = 75 % of the gain
     _decode(exp, "distill", "test", spk_base + 0.04, [3, 6, 3, 6, 3, 6], acwt=0.2)
-    _curve(exp, "distill", [35.0, 50.0, 56.0])
+    (exp / "distill" / "train_log.csv").write_text(
+        "epoch,valid_acc,frames,updates\n1,0.35,200000,800\n2,0.5,200000,800\n3,0.56,200000,800\n")
+    (exp / "distill" / "decode_dev").mkdir()
+    (exp / "distill" / "decode_dev" / "acwt_edge").write_text("edge\n")
+    (exp / "distill" / "decode_test" / "priors").write_text("posterior\n")
     (exp / "distill" / "distill.json").write_text(json.dumps(
         {"temperature": 2.0, "alpha": 0.5, "train_fraction": 1.0, "soft_dir": "x", "soft_meta": {
             "combine": "arith", "topk": 20, "bytes_per_frame": 80, "dense_bytes_per_frame": 4000,
@@ -123,7 +127,12 @@ def test_report_numbers_and_intervals(exp):
     assert res["curves"]["model2"]["valid_frame_acc"] == pytest.approx([30.0, 40.0, 50.0])
 
     md = (exp / "results.md").read_text()
-    assert "| distilled DNN (same size) | - | 0.2 | 56.50 [" in md
+    assert "| distilled DNN (same size) | - | 2.4k / 0.6M | 0.2 (edge) | 56.50 [" in md
+    assert "still at an edge for: distilled DNN (same size)." in md
+    assert "each model's own mean posterior" in md and "alignment's pdf counts" not in md
+    assert _row(res, "distill")["training"] == {"updates": 2400, "frames": 600000, "epochs": 3}
+    assert _row(res, "distill")["priors"] == "posterior" and _row(res, "control")["priors"] is None
+    assert _row(res, "ensemble")["training"] is None  # no member logs the updates
     assert "| 75.0% [75.0, 75.0] | n.s. |" in md
     assert "| small, distilled | missing |" in md
     assert "| 3x DNN ensemble - single DNN, mean ± std | +4.00 [+4.00, +4.00] * |" in md
@@ -220,12 +229,14 @@ def test_train_set_column(exp):
     assert train["systems"]["control"]["frame_acc"] == pytest.approx(85.0)
     assert "tri" not in train["systems"]  # not scored on the train set
     md = (exp / "results.md").read_text()
-    assert "| system | params | acwt | train frame acc % | frame acc % | WER % |" in md
+    assert ("| system | params | updates / frames | acwt | train frame acc % | frame acc % "
+            "| WER % |") in md
     assert "Train frame accuracy: on `train_small`, 12 utterances of 6 speakers." in md
-    assert "| control | - | 0.15 | 85.00 [" in md
-    assert "| distilled DNN (same size) | - | 0.2 | 73.00 [" in md and "| 56.50 [" in md
-    assert "| GMM triphone | - | 0.1 | - | 42.50 [" in md
-    assert "| small, distilled | missing | - | - | - | - | | |" in md
+    assert "| control | - | - | 0.15 | 85.00 [" in md
+    assert "| distilled DNN (same size) | - | 2.4k / 0.6M | 0.2 (edge) | 73.00 [" in md \
+        and "| 56.50 [" in md
+    assert "| GMM triphone | - | - | 0.1 | - | 42.50 [" in md
+    assert "| small, distilled | missing | - | - | - | - | - | | |" in md
 
 
 def test_compare_runs(exp, tmp_path, capsys):
@@ -247,9 +258,19 @@ def test_compare_runs(exp, tmp_path, capsys):
     seed1 = [c.strip() for c in lines[3].strip("|").split("|")]
     assert seed0[0] == "seed0" and seed0[1].startswith("53.50 ± 1.00 [")
     assert seed0[3] == "+4.00 [+4.00, +4.00] *"  # ensemble - single, paired
-    assert seed0[6] == "+2.00 [+2.00, +2.00] *"  # distilled - control
-    assert seed0[7] == "75.0% [75.0, 75.0]"
-    assert seed1[4] == "-" and seed1[6] == "-"  # no control in that run
-    assert seed1[7] == "75.0% [75.0, 75.0]"
+    assert seed0[5] == "+2.00 [+2.00, +2.00] *"  # distilled - control
+    assert seed0[6] == "75.0% [75.0, 75.0]"
+    assert seed0[7] == "-"  # no train-only student in these runs
+    assert seed0[12].startswith(("+", "-0", "-1")) and "[" in seed0[12]  # the same in WER
+    assert seed1[5] == "-" and seed1[12] == "-"  # no control in that run
+    assert seed1[6] == "75.0% [75.0, 75.0]"
     assert main(["compare-runs", str(exp), str(tmp_path / "nowhere")]) == 1
     assert "results.json: no such file" in capsys.readouterr().err
+
+
+def test_a_test_set_that_is_the_dev_set_is_flagged(exp):
+    res = write_report(str(exp), test_sets=["test"], dev_set="test")
+    assert "is the dev set" in res["notes"][0]
+    assert "is the dev set" in (exp / "results.md").read_text()
+    assert not any("dev set" in n for n in write_report(str(exp), test_sets=["test"],
+                                                        dev_set="dev")["notes"])

@@ -22,6 +22,9 @@ def add_arguments(parser):
                         help="dir holding the test sets' data dirs (DATA_ROOT/NAME/utt2spk gives "
                         "the speakers the bootstrap resamples); default: the utterance id's "
                         "prefix up to the first '-' is the speaker")
+    parser.add_argument("--dev-set", default=None, metavar="NAME",
+                        help="the set the acoustic scales were tuned on: a test set of that "
+                        "name is flagged (its WERs are optimistic)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                         help="bootstrap resamples (fixed seed: the same inputs give the same "
                         "intervals)")
@@ -32,7 +35,7 @@ def main(args):
 
     res = write_report(args.exp_dir, test_sets=args.test_sets, manifest=args.systems,
                        data_root=args.data, resamples=args.resamples,
-                       train_set=args.train_set)
+                       train_set=args.train_set, dev_set=args.dev_set)
     present = sum(r["present"] for r in res["systems"])
     print(f"wrote {os.path.join(args.exp_dir, 'results.md')} (test sets: "
           f"{' '.join(res['by_test_set'])}; {present} of {len(res['systems'])} rows present "

@@ -49,7 +49,7 @@ from asrkd.table import atomic_path
 
 
 def write_report(exp_dir, test_sets=None, manifest=None, data_root=None,
-                 resamples=DEFAULT_RESAMPLES, train_set=None):
+                 resamples=DEFAULT_RESAMPLES, train_set=None, dev_set=None):
     """Write EXP_DIR/results.{md,json,png} (+ curves.png); return the collected figures.
 
     ``manifest``: the systems.tsv (default EXP_DIR/systems.tsv). ``test_sets``: names of the
@@ -57,7 +57,8 @@ def write_report(exp_dir, test_sets=None, manifest=None, data_root=None,
     are the top level of results.json and results.png; every set's figures are under
     ``by_test_set`` (charts ``results_<name>.png`` for the others). ``train_set``: the name of
     the decode_<name> dirs holding frame accuracy on training data: a column of every table
-    (``train_set`` in results.json: each system's figures there, by key).
+    (``train_set`` in results.json: each system's figures there, by key). ``dev_set``: the set
+    the acoustic scales were tuned on; a test set of that name is flagged in its notes.
     """
     if not os.path.isdir(exp_dir):
         raise UserError(f"{exp_dir}: not a directory")
@@ -65,6 +66,10 @@ def write_report(exp_dir, test_sets=None, manifest=None, data_root=None,
     sets = list(test_sets) if test_sets else [t for t in find_test_sets(exp_dir, systems)
                                               if t != train_set]
     results = [collect(exp_dir, systems, t, data_root, resamples) for t in sets]
+    for r in results:
+        if dev_set is not None and r["test_set"] == dev_set:
+            r["notes"].insert(0, f"`{dev_set}` is the dev set: every acoustic scale was tuned "
+                              "on it, so its WERs are optimistic (not a held-out test)")
     if train_set:
         tr = collect(exp_dir, systems, train_set, data_root, resamples)
         train = {"name": train_set, "bootstrap": tr["bootstrap"], "notes": tr["notes"],

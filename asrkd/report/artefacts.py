@@ -176,6 +176,44 @@ def read_curve(model_dir):
     return epochs, accs
 
 
+def read_training(model_dir, kind):
+    """{"updates", "frames", "epochs"}: the optimizer updates and training frames of every epoch
+    run (model_dir/train_log.csv; an ensemble: all its members' together); None where no log
+    records them (a GMM, a run of an older version)."""
+    dirs = (sorted(glob.glob(os.path.join(model_dir, "model*"))) if kind == "ensemble"
+            else [model_dir])
+    total = {"updates": 0, "frames": 0, "epochs": 0}
+    for d in dirs:
+        path = os.path.join(d, "train_log.csv")
+        if not os.path.isfile(path):
+            return None
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        try:
+            total["updates"] += sum(int(r["updates"]) for r in rows)
+            total["frames"] += sum(int(r["frames"]) for r in rows)
+        except (KeyError, TypeError, ValueError):
+            return None
+        total["epochs"] += len(rows)
+    return total if dirs else None
+
+
+def read_decode_setup(model_dir, decode_dir):
+    """{"priors": what the DNN's posteriors were divided by (decode_dir/priors; None if not
+    recorded), "acwt_edge": True when a grid decode of the model (its decode_*/acwt_edge)
+    ended with its best scale still at an edge of the widened grid}."""
+    priors = None
+    path = os.path.join(decode_dir, "priors")
+    if os.path.isfile(path):
+        with open(path) as f:
+            priors = f.read().strip() or None
+    edge = False
+    for p in glob.glob(os.path.join(model_dir, "decode_*", "acwt_edge")):
+        with open(p) as f:
+            edge = edge or f.read().strip() == "edge"
+    return {"priors": priors, "acwt_edge": edge}
+
+
 def read_timings(path):
     """[(stage, seconds)] from a timings.tsv; [] if absent."""
     if not os.path.isfile(path):

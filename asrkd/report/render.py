@@ -31,10 +31,18 @@ def _fmt_params(n):
 
 
 def _fmt_acwt(r):
+    edge = " (edge)" if r.get("acwt_edge") else ""
     if r.get("acwt") is not None:
-        return f"{r['acwt']:g}"
+        return f"{r['acwt']:g}{edge}"
     rng = r.get("acwt_range")
-    return f"{rng[0]:g}-{rng[1]:g}" if rng else "-"
+    return f"{rng[0]:g}-{rng[1]:g}{edge}" if rng else "-"
+
+
+def _fmt_updates(r):
+    t = r.get("training")
+    if not t:
+        return "-"
+    return f"{t['updates'] / 1e3:.1f}k / {t['frames'] / 1e6:.1f}M"
 
 
 def _fmt_diff(d, digits=2):
@@ -119,9 +127,10 @@ def _render_test_set(res, chart):
                         if tb else "."))
     lines += [
         "",
-        "| system | params | acwt |" + (" train frame acc % |" if train else "")
+        "| system | params | updates / frames | acwt |" + (" train frame acc % |" if train
+                                                             else "")
         + " frame acc % | WER % | gain recovered (acc) | gain recovered (WER) |",
-        "|---|---:|---:|" + ("---:|" if train else "") + "---:|---:|---:|---:|",
+        "|---|---:|---:|---:|" + ("---:|" if train else "") + "---:|---:|---:|---:|",
     ]
     lines += [_system_row(r, train) for r in res["systems"]]
     by_key = {r["key"]: r for r in res["systems"]}
@@ -133,6 +142,7 @@ def _render_test_set(res, chart):
         for r, o, d in diffs:
             lines.append(f"| {r['label']} - {by_key[o]['label']} | {_fmt_diff(d['frame_acc'])} "
                          f"| {_fmt_diff(d['wer'])} |")
+    lines += _setup_notes(res)
     summary = _control_summary(res["systems"], by_key)
     if summary:
         lines += ["", summary]
@@ -148,10 +158,28 @@ def _render_test_set(res, chart):
     return lines
 
 
+def _setup_notes(res):
+    """What the table's columns rest on: training updates, priors, acoustic-scale grids."""
+    rows = res["systems"] + res["singles"]
+    out = ["", "Updates / frames: optimizer updates and training frames over every epoch run "
+           "(the mean single: one model's; the ensemble: all members')."]
+    priors = sorted({r["priors"] for r in rows if r.get("priors")})
+    if priors:
+        out.append("DNN posteriors divided by: " + " and ".join(
+            {"counts": "the training alignment's pdf counts",
+             "posterior": "each model's own mean posterior on training data (adjust-priors)"}
+            .get(p, p) for p in priors) + ".")
+    edge = [r["label"] for r in rows if r.get("acwt_edge") and r.get("key") != "single"]
+    out.append("Acoustic scales: chosen on dev from a grid widened past an edge while the best "
+               "value was there; " + (f"still at an edge for: {', '.join(edge)}." if edge else
+                                      "every system's best scale is inside its grid."))
+    return out
+
+
 def _system_row(r, train):
     """A row of the systems table (``train``: the train set's figures, a column of their own)."""
     if not r["present"]:
-        return f"| {r['label']} | missing | - |" + (" - |" if train else "") + " - | - | | |"
+        return f"| {r['label']} | missing | - | - |" + (" - |" if train else "") + " - | - | | |"
     acc = _fmt(r["frame_acc"], r.get("frame_acc_std")) + _fmt_ci(r.get("frame_acc_ci"))
     if train:
         t = train["systems"].get(r["key"], {})
@@ -165,8 +193,8 @@ def _system_row(r, train):
         g_wer = (f"{r['gain_wer']:.1f}%" + _fmt_ci(r.get("gain_wer_ci"), 1)
                  if r.get("gain_wer") is not None else "n.s." if r["wer"] is not None
                  else "")  # a row scored for frame accuracy only (no decoding)
-    return (f"| {r['label']} | {_fmt_params(r['params'])} | {_fmt_acwt(r)} | {acc} "
-            f"| {wer} | {g_acc} | {g_wer} |")
+    return (f"| {r['label']} | {_fmt_params(r['params'])} | {_fmt_updates(r)} | {_fmt_acwt(r)} "
+            f"| {acc} | {wer} | {g_acc} | {g_wer} |")
 
 
 def _control_summary(rows, by_key):
@@ -273,17 +301,21 @@ def _savefig(fig, path):
 # Several runs (seeds) side by side
 
 RUN_COLUMNS = (
-    # (header, system key, what): what is a metric, "diff:<other>" or "gain"
+    # (header, system key, what): what is a metric, "diff:<other>" (frame accuracy),
+    # "diffwer:<other>" (WER) or "gain"; "<a>|<b>": the first of these the run has
     ("single DNN (mean) acc %", "single", "frame_acc"),
     ("ensemble acc %", "ensemble", "frame_acc"),
     ("ensemble - single", "ensemble", "diff:single"),
-    ("control acc %", "control", "frame_acc"),
     ("distilled acc %", "distill", "frame_acc"),
-    ("distilled - control", "distill", "diff:control"),
+    ("distilled - control", "distill", "diff:control_matched|control"),
     ("gain recovered", "distill", "gain"),
+    ("train-only distilled - control", "distill_train", "diff:control"),
     ("single WER %", "single", "wer"),
     ("ensemble WER %", "ensemble", "wer"),
     ("distilled WER %", "distill", "wer"),
+    ("ensemble - single (WER)", "ensemble", "diffwer:single"),
+    ("distilled - control (WER)", "distill", "diffwer:control_matched|control"),
+    ("train-only distilled - control (WER)", "distill_train", "diffwer:control"),
 )
 
 
@@ -295,8 +327,12 @@ def _run_cell(by_key, key, what):
         if r.get("gain_frame_acc") is None:
             return "-"
         return f"{r['gain_frame_acc']:.1f}%{_fmt_ci(r.get('gain_frame_acc_ci'), 1)}"
-    if what.startswith("diff:"):
-        d = r.get("vs", {}).get(what[5:], {}).get("frame_acc")
+    if what.startswith("diff"):
+        kind, others = what.split(":")
+        metric = "wer" if kind == "diffwer" else "frame_acc"
+        vs = r.get("vs", {})
+        other = next((o for o in others.split("|") if o in vs), None)
+        d = vs[other].get(metric) if other else None
         return _fmt_diff(d) if d else "-"
     v = r.get(what)
     if v is None:
@@ -310,9 +346,10 @@ def runs_table(runs):
     """Markdown table of several runs' headline figures, one row a run.
 
     ``runs``: (name, results) pairs, results as `write_report` returns them (results.json).
-    Frame accuracy with its interval, the paired differences that carry the claims
-    (ensemble - mean single, distilled - control; * where the interval excludes zero), the
-    distilled model's share of the ensemble's gain, and the WERs.
+    Frame accuracy with its interval, the paired differences that carry the claims in frame
+    accuracy and in WER (ensemble - mean single, distilled - its control, the train-only student
+    - its control; * where the interval excludes zero), the distilled model's share of the
+    ensemble's gain, and the WERs.
     """
     head = "| run | " + " | ".join(h for h, _, _ in RUN_COLUMNS) + " |"
     lines = [head, "|---|" + "---:|" * len(RUN_COLUMNS)]

@@ -18,8 +18,8 @@ import numpy as np
 from asrkd.bootstrap import DEFAULT_RESAMPLES, SpeakerBootstrap, excludes_zero, interval
 from asrkd.errors import UserError
 from asrkd.report.artefacts import (METRICS, count_params, model_dir, read_acwt, read_curve,
-                                    read_distill_info, read_frame_acc, read_per_utt,
-                                    read_utt2spk, read_wer)
+                                    read_decode_setup, read_distill_info, read_frame_acc,
+                                    read_per_utt, read_training, read_utt2spk, read_wer)
 
 
 def collect(exp_dir, systems, test_set="test", data_root=None, resamples=DEFAULT_RESAMPLES):
@@ -68,7 +68,9 @@ def _measure(exp_dir, s, test_set):
     m = {"key": s.key, "label": s.label, "kind": s.kind, "model_dir": s.model,
          "compare": list(s.compare), "decode_dir": os.path.relpath(d, exp_dir),
          "present": os.path.isdir(d), "frame_acc": read_frame_acc(d), "wer": read_wer(d),
-         "acwt": read_acwt(d), "params": count_params(mdir, s.kind)}
+         "acwt": read_acwt(d), "params": count_params(mdir, s.kind),
+         "training": read_training(mdir, s.kind) if s.kind != "gmm" else None,
+         **read_decode_setup(mdir, d)}
     if s.kind in ("student", "control", "other"):
         m["distill"] = read_distill_info(mdir)
     m["_per_utt"] = {k: read_per_utt(d, k) for k in METRICS}
@@ -122,6 +124,11 @@ def _single_rows(singles):
     acwts = sorted({m["acwt"] for m in singles if m["acwt"] is not None})
     agg["acwt"] = acwts[0] if len(acwts) == 1 else None
     agg["acwt_range"] = [acwts[0], acwts[-1]] if acwts else None
+    agg["acwt_edge"] = any(m.get("acwt_edge") for m in singles)
+    trained = [m["training"] for m in singles if m.get("training")]
+    if trained:  # the mean single's training: each single's, on average
+        agg["training"] = {k: round(sum(t[k] for t in trained) / len(trained))
+                           for k in trained[0]}
     for metric in METRICS:
         vals = [m[metric] for m in singles]
         agg[metric], agg[metric + "_std"] = _mean_std(vals)

@@ -66,7 +66,8 @@ small_data_conf=dnn_paper.yaml  # stage 17's model and schedule (hard and soft a
 beam=13
 max_active=7000
 gmm_acwt_grid=0.067,0.083,0.1,0.125
-dnn_acwt_grid=0.067,0.1,0.15
+dnn_acwt_grid=0.067,0.1,0.15   # widened past an edge when the best value is there
+priors=counts                 # DNN decoding divides by: counts (alignment) | posterior (adjust-priors)
 conf=../../conf
 data=data
 exp=exp
@@ -78,7 +79,7 @@ usage() {
            lm_utt_ids lm_prune arpa vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
            tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists \
            temperatures small_fraction small_data_conf beam \
-           max_active gmm_acwt_grid dnn_acwt_grid; do
+           max_active gmm_acwt_grid dnn_acwt_grid priors; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
 }
@@ -94,7 +95,6 @@ lm_opts=; [ "$lm_utt_ids" = true ] && lm_opts=--utt-ids
 [ "$lm_prune" = 0 ] || lm_opts="$lm_opts --prune $lm_prune"
 if [ "$test_speakers" -gt 0 ]; then
   [ -z "$test_sets" ] || { echo "$0: --test-speakers N needs --test-sets \"\"" >&2; exit 1; }
-  [ "$lm_utt_ids" = true ] || { echo "$0: --test-speakers N needs an LM text with utterance ids (--lm-utt-ids true)" >&2; exit 1; }
 fi
 lock_exp  # makes $exp; one recipe at a time on it
 train=train dev=dev
@@ -104,7 +104,21 @@ for t in $test_sets; do tests="$tests ${t//-/_}"; done
 # No test set (e.g. a slice of train-clean-100 split into train and dev): report on dev, whose
 # acoustic scale is then tuned on the same data (the report says which sets were used).
 [ "$test_speakers" -eq 0 ] || tests=test
-[ -n "$tests" ] || tests=$dev
+if [ -z "$tests" ]; then
+  tests=$dev
+  log "warning: no test set: the report's 'test' figures are dev's, whose acoustic scale was" \
+    "tuned on the same data (optimistic WER); use --test-speakers N for a clean test"
+fi
+# Speakers split off the training set (dev and held-out test) leave the LM text as well; that
+# needs the LM text's utterance ids (SPK-CHAPTER-UTT).
+held_out=
+[ "$test_speakers" -eq 0 ] || held_out="$data/test"
+[ -n "$dev_sets" ] || held_out="$data/$dev $held_out"
+if [ -n "$held_out" ] && [ -n "$lm_text" ] && [ "$lm_utt_ids" != true ]; then
+  echo "$0: dev or test speakers split off the training set need an LM text with utterance" \
+    "ids (--lm-utt-ids true) to keep their sentences out of the LM" >&2
+  exit 1
+fi
 
 if stage 1 "data preparation: Kaldi data dirs"; then
   # prepare_sets OUT SUBSET...: prepare each LibriSpeech subset, then merge them into OUT
@@ -128,13 +142,16 @@ if stage 1 "data preparation: Kaldi data dirs"; then
   fi
   if [ "$test_speakers" -gt 0 ]; then
     asrkd subset-data-dir --num-speakers $test_speakers $rest $data/test $data/$train
-    # no test sentence, nor any other sentence of a test chapter, informs the LM (or the vocab)
-    asrkd filter-lm-text $lm_text $data/lm_text_heldout.txt --held-out $data/test
+  fi
+  if [ -n "$held_out" ]; then
+    # no test or dev sentence, nor any other sentence of their chapters, informs the LM (or the
+    # vocab): the acoustic scale is tuned on dev, so dev must be as unseen as test
+    asrkd filter-lm-text $lm_text $data/lm_text_heldout.txt --held-out $held_out
   fi
   for t in $test_sets; do asrkd prepare-data $corpus/$t $data/${t//-/_}; done
   [ -z "$transfer" ] || prepare_sets $data/$transfer $transfer_sets
   stage_done 1
 fi
 
-[ "$test_speakers" -eq 0 ] || lm_text=$data/lm_text_heldout.txt
+[ -z "$held_out" ] || lm_text=$data/lm_text_heldout.txt
 . ../stages.sh

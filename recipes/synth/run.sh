@@ -21,7 +21,7 @@ hours=0.5              # training audio; dev and test are sized in proportion (1
 num_speakers=40        # training speakers (dev and test get 8 unseen speakers each)
 transfer_hours=0.5     # unlabeled audio (further speakers) the students are also distilled on
 test_speakers=32       # test speakers (as much audio each as a dev speaker): frame accuracy on all
-wer_speakers=8         # the first N test speakers are also decoded for WER (0: all of them)
+wer_speakers=0         # > 0: only the first N test speakers are decoded for WER (0: all of them)
 condition=other        # clean | other (reverberation + noise)
 snr=10,30              # other: SNR range (dB), drawn per utterance
 rt60=0.1,0.5           # other: reverberation time range (s), drawn per utterance
@@ -50,7 +50,8 @@ small_data_conf=dnn_small_data.yaml  # stage 17's model and schedule (hard and s
 beam=11
 max_active=1000
 gmm_acwt_grid=0.05,0.067,0.1
-dnn_acwt_grid=0.1,0.15,0.2
+dnn_acwt_grid=0.1,0.15,0.2   # widened past an edge when the best value is there
+priors=counts          # DNN decoding divides by: counts (alignment) | posterior (adjust-priors)
 conf=../../conf
 corpus=corpus
 data=data
@@ -63,7 +64,7 @@ usage() {
            vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk specialists temperatures small_fraction small_data_conf beam max_active \
-           gmm_acwt_grid dnn_acwt_grid; do
+           gmm_acwt_grid dnn_acwt_grid priors; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
 }

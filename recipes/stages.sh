@@ -296,21 +296,30 @@ frame_acc_of() {
   done
 }
 
+study_topk=${study_topk:-0}
 if [ -n "$temperatures" ] && stage 16 "temperature study: a same-size student at each T of '$temperatures'"; then
-  # One set of teachers, soft targets at each T (exp/soft_T<T>, as stage 11 names them), one
-  # student per T with stage 12's data, recipe and seed; the student at --temperature is stage
-  # 12's own. Frame accuracy on the test sets, intervals and kept mass from `asrkd report`.
+  # One set of teachers, soft targets at each T, one student per T with stage 12's data, recipe
+  # and seed. The stores keep $study_topk pdfs per frame (0: all of them, dense): a top-k store
+  # keeps less of the mass at a higher T, which would confound temperature with lost mass. A
+  # student whose store is stage 12's (T = --temperature, top-k = --topk) is stage 12's own.
+  # Frame accuracy on the test sets, paired differences to the first T, from `asrkd report`.
   study=$exp/temperature_study
   ctrl=$control; [ -f "$ctrl/final.pt" ] || ctrl=   # (a run of an older recipe has none)
   mkdir -p $study
+  store_of() {  # T: the soft-target dir of the study at T
+    if [ "$study_topk" = "$topk" ]; then echo $exp/soft_T$1; else echo $exp/soft_T$1_k$study_topk; fi
+  }
+  reuses_stage12() {  # T
+    [ "$study_topk" = "$topk" ] && awk -v a=$1 -v b=$temperature 'BEGIN{exit !(a == b)}'
+  }
   queue=("" "")   # the new students, split over two background processes (2 cores)
   i=0
   for T in $temperatures; do
-    if [ ! -f $exp/soft_T$T/meta.json ]; then
-      $asrkd_cmd asrkd soft-targets --nj $nj --temperature $T --combine arith --topk $topk \
-        $data/$kd_train $exp/teachers $exp/soft_T$T
+    if [ ! -f $(store_of $T)/meta.json ]; then
+      $asrkd_cmd asrkd soft-targets --nj $nj --temperature $T --combine arith --topk $study_topk \
+        $data/$kd_train $exp/teachers $(store_of $T)
     fi
-    if ! awk -v a=$T -v b=$temperature 'BEGIN{exit !(a == b)}'; then
+    if ! reuses_stage12 $T; then
       queue[$i]="${queue[$i]} $T"; i=$(( 1 - i ))
     fi
   done
@@ -319,20 +328,22 @@ if [ -n "$temperatures" ] && stage 16 "temperature study: a same-size student at
     for T in "$@"; do
       $asrkd_cmd asrkd distill --temperature $T --alpha $alpha --cache-dir $exp/teachers/frames \
         --num-threads 1 --seed $student_seed --conf $conf/$student_conf \
-        $data/$kd_train $exp/tri_ali_$train $exp/soft_T$T $study/T$T
+        $data/$kd_train $exp/tri_ali_$train $(store_of $T) $study/T$T
     done
   }
   run_bg $study/log/students_a.log students_at ${queue[0]}
   run_bg $study/log/students_b.log students_at ${queue[1]}
   wait_bg
   students=
+  first=$(echo $temperatures | awk '{print $1}')
   {
     printf '# key\tkind\tmodel\tcompare\tlabel\n'
     teacher_rows ../ $ctrl
     for T in $temperatures; do
-      m=T$T; awk -v a=$T -v b=$temperature 'BEGIN{exit !(a == b)}' && m=../distill
+      m=T$T; reuses_stage12 $T && m=../distill
       students="$students $study/$m"
-      printf 'T%s\tstudent\t%s\tsingle%s\tdistilled DNN, T = %s\n' $T $m "${ctrl:+,control}" $T
+      cmp=single${ctrl:+,control}; [ "$T" = "$first" ] || cmp="$cmp,T$first"
+      printf 'T%s\tstudent\t%s\t%s\tdistilled DNN, T = %s\n' $T $m $cmp $T
     done
   } > $study/systems.tsv
   frame_acc_of $(teacher_systems) $ctrl $students
@@ -379,6 +390,57 @@ if [ "$small_fraction" != 0 ] && stage 17 "small-data table: $small_fraction of 
   asrkd report $sd --test-sets $tests --train-set ${train}_small --data $data
   cat $sd/results.md
   stage_done 17
+fi
+
+student_seeds=${student_seeds:-1}
+if [ "$student_seeds" -gt 1 ] && stage 18 "seed spread: the students and their controls from $student_seeds initialisations"; then
+  # Stage 12's same-size students and controls again from other seeds (seed i: the recipe's
+  # student seed + i - 1; seed 1 is stage 12's own), on the same teachers and soft targets, each
+  # decoded at its own dev-tuned scale: distilled - control against the spread of training seeds.
+  sd=$exp/student_seeds
+  mkdir -p $sd
+  frames=$exp/teachers/frames
+  seed_pair() {  # I: the student and its control of seed I (two background processes)
+    local i=$1 s=$(( student_seed + $1 - 1 )) fpe
+    local opts="--cache-dir $frames --num-threads 1 --seed $s --conf $conf/$student_conf"
+    $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha $opts \
+      $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $sd/distill_s$i
+    if [ -n "$control_matched" ]; then
+      fpe=$(awk -F, 'NR == 1 {for (j = 1; j <= NF; j++) if ($j == "frames") c = j}
+                     NR == 2 {print $c}' $sd/distill_s$i/train_log.csv)
+      $asrkd_cmd asrkd train $opts --frames-per-epoch $fpe $data/$train $exp/tri_ali_$train \
+        $sd/control_matched_s$i
+    else
+      $asrkd_cmd asrkd train $opts $data/$train $exp/tri_ali_$train $sd/control_s$i
+    fi
+  }
+  for i in $(seq 2 $student_seeds); do
+    run_bg $sd/log/seed$i.log seed_pair $i
+    if [ $(( i % 2 )) = 1 ]; then wait_bg; fi  # two at a time
+  done
+  wait_bg
+  ctl=control_matched; [ -n "$control_matched" ] || ctl=control
+  todo=()
+  for i in $(seq 2 $student_seeds); do todo+=($sd/distill_s$i $sd/${ctl}_s$i); done
+  todo=($(undecoded ${todo[@]}))
+  half=$(( (${#todo[@]} + 1) / 2 ))
+  run_bg $sd/log/decode_a.log decode_dnn 1 ${todo[@]:0:$half}
+  run_bg $sd/log/decode_b.log decode_dnn 1 ${todo[@]:$half}
+  wait_bg
+  {
+    printf '# key\tkind\tmodel\tcompare\tlabel\n'
+    teacher_rows ../
+    for i in $(seq 1 $student_seeds); do
+      m=distill_s$i c=${ctl}_s$i
+      [ $i -gt 1 ] || { m=../distill; c=../$ctl; }
+      [ -z "$control" ] && [ -z "$control_matched" ] && c=
+      [ -z "$c" ] || printf '%s_s%s\tcontrol\t%s\tsingle\tcontrol, seed %s\n' $ctl $i $c $i
+      printf 'distill_s%s\tstudent\t%s\tsingle%s\tdistilled DNN, seed %s\n' $i $m "${c:+,${ctl}_s$i}" $i
+    done
+  } > $sd/systems.tsv
+  asrkd report $sd --test-sets $tests --dev-set $dev --data $data
+  cat $sd/results.md
+  stage_done 18
 fi
 
 # A finished run (or a rerun of one, which skips every stage) ends by printing the report.

@@ -71,8 +71,9 @@ def test_same_arguments_same_models(two_runs):
     # every DNN: teachers, students, the control
     ckpts = sorted(glob.glob(str(a / "teachers" / "model*" / "final.pt")))
     ckpts += [str(a / d / "final.pt") for d in ("distill", "control", "student_small_kd",
-                                                "student_small_hard")]
-    assert len(ckpts) == 6
+                                                "student_small_hard", "distill_train",
+                                                "control_matched")]
+    assert len(ckpts) == 8
     for f in ckpts:
         sa, sb = _state(f), _state(b / os.path.relpath(f, a))
         assert sa.keys() == sb.keys()
@@ -80,7 +81,7 @@ def test_same_arguments_same_models(two_runs):
             assert torch.equal(sa[k], sb[k]), f"{os.path.relpath(f, a)}: {k} differs"
 
 
-def test_recipe_writes_the_control_and_the_wer_subset(two_runs):
+def test_recipe_writes_the_controls_and_the_wer_subset(two_runs):
     a = two_runs[0]
     data = a.parent / "data"
     spk = {line.split()[1] for line in open(data / "test" / "utt2spk")}
@@ -96,5 +97,18 @@ def test_recipe_writes_the_control_and_the_wer_subset(two_runs):
     assert ctrl["train_config"]["epochs"] == student["train_config"]["epochs"]
     assert ctrl["seed"] == student["seed"]
     assert not os.path.exists(a / "control" / "distill.json")
+    # the update-matched control makes the transfer-set student's updates per epoch; the
+    # train-only student (the paper's setting) those of the control
+    import csv
+
+    def epoch_frames(d):
+        with open(a / d / "train_log.csv") as f:
+            return [(int(r["frames"]), int(r["updates"])) for r in csv.DictReader(f)]
+
+    kd, matched = epoch_frames("distill"), epoch_frames("control_matched")
+    assert {x for x in matched} == {kd[0]}
+    assert epoch_frames("distill_train")[0] == epoch_frames("control")[0]
+    assert epoch_frames("control")[0][0] < kd[0][0]  # the transfer set adds frames
+    assert not os.path.exists(a / "control_matched" / "distill.json")
     meta = json.load(open(a / "soft_T1" / "meta.json"))
     assert 0 < meta["kept_mass"]["mean"] <= 1

@@ -60,9 +60,11 @@ alpha=0.5
 topk=50
 specialists=0                 # > 0: stage 15 trains that many specialists (paper sec. 5)
 temperatures=                 # stage 16 (off when empty): a student at each T, e.g. "1 2 5 10"
+study_topk=0                  # stage 16: soft targets kept per frame (0: all, dense: T not confounded with lost mass)
 small_fraction=0              # stage 17 (off when 0): hard vs soft targets on this share of
                               # the training utterances (the paper's table 5: 0.03)
 small_data_conf=dnn_paper.yaml  # stage 17's model and schedule (hard and soft alike)
+student_seeds=1               # stage 18 (off when 1): the students and controls from N initialisations
 beam=13
 max_active=7000
 gmm_acwt_grid=0.067,0.083,0.1,0.125
@@ -78,7 +80,7 @@ usage() {
   for v in stage stop_stage force nj seed corpus train_sets dev_sets test_sets dev_speakers test_speakers wer_speakers transfer_sets lm_text \
            lm_utt_ids lm_prune arpa vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
            tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists \
-           temperatures small_fraction small_data_conf beam \
+           temperatures study_topk small_fraction small_data_conf student_seeds beam \
            max_active gmm_acwt_grid dnn_acwt_grid priors; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done

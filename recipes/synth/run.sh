@@ -45,8 +45,10 @@ alpha=0.5              # weight of the soft-target loss (the paper: hard weight 
 topk=50                # soft targets stored per frame (top-k of the ensemble's distribution)
 specialists=0          # > 0: stage 15 trains that many specialists on the distilled model
 temperatures=          # stage 16 (off when empty): a student at each T, e.g. "1 2 5 10"
+study_topk=0           # stage 16: soft targets kept per frame (0: all, dense: T not confounded with lost mass)
 small_fraction=0       # stage 17 (off when 0): hard vs soft targets on this share of train (0.03)
 small_data_conf=dnn_small_data.yaml  # stage 17's model and schedule (hard and soft alike)
+student_seeds=1        # stage 18 (off when 1): the students and controls from N initialisations
 beam=11
 max_active=1000
 gmm_acwt_grid=0.05,0.067,0.1
@@ -63,7 +65,7 @@ usage() {
   for v in stage stop_stage force nj hours num_speakers transfer_hours test_speakers wer_speakers condition snr rt60 accents seed \
            vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
-           alpha topk specialists temperatures small_fraction small_data_conf beam max_active \
+           alpha topk specialists temperatures study_topk small_fraction small_data_conf student_seeds beam max_active \
            gmm_acwt_grid dnn_acwt_grid priors; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done

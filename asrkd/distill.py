@@ -149,13 +149,14 @@ class OnTheFlyKDLoss:
 
 def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, temperature=None,
             alpha=0.5, seed=0, teachers_dir=None, combine="arith", topk=0, train_fraction=1.0,
-            init_from=None, cache_dir=None):
+            init_from=None, cache_dir=None, aligned_only=False):
     """Train a student on soft (ensemble) and hard (alignment) targets; return its checkpoint.
 
     Exactly one of ``soft_dir`` (stored targets; ``temperature`` defaults to theirs and must
     match) and ``teachers_dir`` (ensemble run on the fly on each batch; ``combine``/``topk``
     apply, topk=0 keeps the dense distribution) is given. Utterances of ``data_dir`` with no
-    alignment in ``ali_dir`` form the transfer set: soft targets only, never validated on.
+    alignment in ``ali_dir`` form the transfer set: soft targets only, never validated on;
+    ``aligned_only`` leaves them out (the student sees the utterances the teachers trained on).
     """
     if (soft_dir is None) == (teachers_dir is None):
         raise UserError("give exactly one of a soft-target dir and a teachers dir")
@@ -201,6 +202,12 @@ def distill(data_dir, ali_dir, soft_dir, exp_dir, model_config, train_config, te
     aligned = ali.pdf_scp
     unlab = [u for u in data.utts if u not in aligned]
     nf = data.utt2num_frames if data.has("utt2num_frames") else {}
+    if aligned_only:
+        hooks.unlabeled = False
+        if unlab:
+            print(f"distill: {len(unlab)} utterances of {data_dir} have no alignment: left out "
+                  "(--aligned-only)", file=sys.stderr)
+        info["left_out_utts"], unlab = len(unlab), []
     info["transfer_utts"] = len(unlab)
     info["transfer_frames"] = int(sum(nf.get(u, 0) for u in unlab))
     if unlab:

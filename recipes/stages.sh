@@ -205,8 +205,8 @@ if stage 12 "distillation: same-size and small students, the controls and the sm
       $asrkd_cmd asrkd train --conf $conf/$student_conf --seed $student_seed --cache-dir $frames \
         --num-threads 1 $data/$train $exp/tri_ali_$train $control
     fi
-    if [ -n "$distill_train" ]; then  # the same soft targets, on the training set's utterances
-      $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
+    if [ -n "$distill_train" ]; then  # the same soft targets, on the teachers' utterances
+      $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf --aligned-only \
         $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $distill_train
     fi
     # about what fits beside the same-size student; stage 13 decodes the rest

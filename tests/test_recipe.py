@@ -110,5 +110,6 @@ def test_recipe_writes_the_controls_and_the_wer_subset(two_runs):
     assert epoch_frames("distill_train")[0] == epoch_frames("control")[0]
     assert epoch_frames("control")[0][0] < kd[0][0]  # the transfer set adds frames
     assert not os.path.exists(a / "control_matched" / "distill.json")
+    assert json.load(open(a / "distill_train" / "distill.json"))["transfer_utts"] == 0
     meta = json.load(open(a / "soft_T1" / "meta.json"))
     assert 0 < meta["kept_mass"]["mean"] <= 1

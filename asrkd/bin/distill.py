@@ -29,6 +29,10 @@ def add_arguments(parser):
                         help="with --on-the-fly: how the teachers' distributions are combined")
     parser.add_argument("--topk", type=int, default=0,
                         help="with --on-the-fly: keep the top K pdfs per frame (0: all)")
+    parser.add_argument("--aligned-only", action="store_true",
+                        help="leave out DATA's utterances without an alignment (no transfer "
+                        "set: the student sees the utterances its teachers trained on, as in "
+                        "the paper)")
     parser.add_argument("--init-from", default=None,
                         help="checkpoint whose weights initialise the student")
     parser.add_argument("--cache-dir", default=None,
@@ -47,5 +51,5 @@ def main(args):
                     temperature=args.temperature, alpha=args.alpha, seed=args.seed,
                     teachers_dir=teachers, combine=args.combine, topk=args.topk,
                     train_fraction=args.train_fraction, init_from=args.init_from,
-                    cache_dir=args.cache_dir)
+                    cache_dir=args.cache_dir, aligned_only=args.aligned_only)
     print(f"student: {final}")

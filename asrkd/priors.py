@@ -12,7 +12,6 @@ a single model or an ensemble dir, over DATA's utterances: one line of P floats)
 posterior`` divides by it. Every model keeps its counts: the choice is per decode.
 """
 
-import json
 import os
 import sys
 

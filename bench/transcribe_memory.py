@@ -9,6 +9,7 @@ tiny corpus, GMM, word-loop graph and DNN are built as the tests build theirs (a
 
     .venv/bin/python bench/transcribe_memory.py [--model M --graph G --data D] [--minutes 1,5,20]
         [--old-src DIR]   # also run the asrkd package under DIR (e.g. an older checkout)
+        [--decode-opts '--beam 11 --max-active 1000 --lattice-beam 2']
 """
 
 import argparse
@@ -106,6 +107,9 @@ def main():
     p.add_argument("--old-src", help="also run the asrkd under this source dir (PYTHONPATH)")
     p.add_argument("--old-minutes", default="5", help="lengths to run --old-src on")
     p.add_argument("--keep", help="work in this dir and keep it")
+    p.add_argument("--decode-opts", default="",
+                   help="more transcribe options, e.g. the demo's narrow beams: '--beam 11 "
+                        "--max-active 1000 --lattice-beam 2'")
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     root = args.keep or tempfile.mkdtemp(prefix="asrkd-bench-transcribe-")
@@ -116,7 +120,7 @@ def main():
         model, graph, data = tiny_model(os.path.join(root, "tiny"))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "?")
-    print(f"model {model}, graph {graph}; CPU {cpu}, 1 thread")
+    print(f"model {model}, graph {graph} {args.decode_opts}; CPU {cpu}, 1 thread")
     runs = [("new", float(m), REPO) for m in args.minutes.split(",")]
     if args.old_src:
         runs += [("old", float(m), args.old_src) for m in args.old_minutes.split(",")]
@@ -126,6 +130,7 @@ def main():
             long_recording(wav, data, minutes)
         env = dict(os.environ, PYTHONPATH=src)
         cmd = [sys.executable, "-m", "asrkd", "transcribe", model, graph, wav]
+        cmd += args.decode_opts.split()
         rss, rtf = run(cmd, os.path.join(root, f"{name}_{minutes:g}min.log"), env)
         print(f"{name:>3} code, {minutes:4g} min: peak RSS {rss:7.0f} MB, real-time factor "
               f"{rtf:.3f}", flush=True)

@@ -150,10 +150,7 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     channel = parse_channel(channel)
     items, utt2spk = read_inputs(audio, stdin)
     run = _Run(model, graph_dir, acwt, acwt_from, feat_conf, beam, lattice_beam, max_active)
-    run.channel, run.resample = channel, resample
-    run.max_frames = int(round(max_segment * 1000.0 / run.fc.frame_shift_ms))
-    # a file of up to max_segment seconds is one block: its features are those of one call
-    run.block_s = max_segment + 2 * run.fc.frame_length_ms / 1000.0
+    run.set_input(channel, resample, max_segment)
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     load_s = time.perf_counter() - t_load
@@ -215,6 +212,13 @@ class _Run:
         self.extract = make_extractor(fc)
         self.feats = _SegmentFeatures(self.cmvn)
         self.scorer = make_scorer(model, None, feats=self.feats)
+
+    def set_input(self, channel, resample, max_segment):
+        """How files are read: ``channel``, whether to resample, the segment limit (seconds)."""
+        self.channel, self.resample = channel, resample
+        self.max_frames = int(round(max_segment * 1000.0 / self.fc.frame_shift_ms))
+        # a file of up to max_segment seconds is one block: its features are those of one call
+        self.block_s = max_segment + 2 * self.fc.frame_length_ms / 1000.0
 
     def features(self, path, on_resample=None):
         """(seconds, iterator of raw feature chunks (t, D)) of ``path``, block by block."""

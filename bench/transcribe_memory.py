@@ -87,10 +87,11 @@ def long_recording(path, data_dir, minutes):
     return n / sr
 
 
-def run(cmd, log, env=None):
-    """(peak RSS in MB, real-time factor) of ``cmd``."""
+def run(cmd, log, src):
+    """(peak RSS in MB, real-time factor) of ``cmd`` run in ``src`` (its asrkd is imported)."""
     with open(log, "w") as f:
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=src,
+                             env=dict(os.environ, PYTHONPATH=src))
         _, status, usage = os.wait4(p.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(cmd)} failed; see {log}")
@@ -112,26 +113,26 @@ def main():
                         "--max-active 1000 --lattice-beam 2'")
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
-    root = args.keep or tempfile.mkdtemp(prefix="asrkd-bench-transcribe-")
+    root = os.path.abspath(args.keep or tempfile.mkdtemp(prefix="asrkd-bench-transcribe-"))
     os.makedirs(root, exist_ok=True)
     if args.model:
-        model, graph, data = args.model, args.graph, args.data
+        model, graph, data = (os.path.abspath(p) for p in (args.model, args.graph, args.data))
     else:
         model, graph, data = tiny_model(os.path.join(root, "tiny"))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "?")
     print(f"model {model}, graph {graph} {args.decode_opts}; CPU {cpu}, 1 thread")
-    runs = [("new", float(m), REPO) for m in args.minutes.split(",")]
+    runs = [("new", float(m), REPO) for m in args.minutes.split(",") if m]
     if args.old_src:
-        runs += [("old", float(m), args.old_src) for m in args.old_minutes.split(",")]
+        runs += [("old", float(m), os.path.abspath(args.old_src))
+                 for m in args.old_minutes.split(",") if m]
     for name, minutes, src in runs:
         wav = os.path.join(root, f"long_{minutes:g}min.wav")
         if not os.path.exists(wav):
             long_recording(wav, data, minutes)
-        env = dict(os.environ, PYTHONPATH=src)
         cmd = [sys.executable, "-m", "asrkd", "transcribe", model, graph, wav]
         cmd += args.decode_opts.split()
-        rss, rtf = run(cmd, os.path.join(root, f"{name}_{minutes:g}min.log"), env)
+        rss, rtf = run(cmd, os.path.join(root, f"{name}_{minutes:g}min.log"), src)
         print(f"{name:>3} code, {minutes:4g} min: peak RSS {rss:7.0f} MB, real-time factor "
               f"{rtf:.3f}", flush=True)
 

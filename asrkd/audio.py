@@ -18,7 +18,37 @@ def read_audio(path, channel=None):
     ``channel``: None (the file must have one channel), a channel index, or "mix" (the mean).
     """
     x, sr = soundfile.read(path, dtype="float32", always_2d=True)
-    channels = x.shape[1]
+    return _one_channel(x, x.shape[1], path, channel), sr
+
+
+def audio_blocks(path, channel=None, block_s=30.0):
+    """(sample rate, number of samples, iterator of float32 blocks in int16 range): read_audio's
+    samples, read ``block_s`` seconds at a time (the last block shorter) so that a long file is
+    never whole in memory. The channel rule is read_audio's, checked before any block is read;
+    an unreadable file is a UserError."""
+    try:
+        info = soundfile.info(path)
+    except RuntimeError as e:  # soundfile: unreadable or unknown format
+        raise UserError(f"{path}: cannot read audio ({e})") from None
+    _one_channel(np.zeros((0, info.channels), dtype=np.float32), info.channels, path, channel)
+    block = max(1, int(round(block_s * info.samplerate)))
+
+    def blocks():
+        try:
+            with soundfile.SoundFile(path) as f:
+                while True:
+                    x = f.read(block, dtype="float32", always_2d=True)
+                    if len(x) == 0:
+                        return
+                    yield _one_channel(x, info.channels, path, channel)
+        except RuntimeError as e:
+            raise UserError(f"{path}: cannot read audio ({e})") from None
+
+    return info.samplerate, info.frames, blocks()
+
+
+def _one_channel(x, channels, path, channel):
+    """(N, channels) float32 in [-1, 1] -> (N,) float32 in int16 range, by the channel rule."""
     if channel is None and channels > 1:
         raise UserError(f"{path}: {channels} channels: name one with --channel N (0 to "
                         f"{channels - 1}) or downmix them with --channel mix")
@@ -30,7 +60,7 @@ def read_audio(path, channel=None):
             raise UserError(f"{path}: no channel {c} (it has {channels})")
         x = np.ascontiguousarray(x[:, c])
     x *= np.float32(32768.0)
-    return x, sr
+    return x
 
 
 def parse_channel(value):

@@ -69,7 +69,7 @@ def resample(samples, orig_rate, new_rate, lowpass_filter_width=6, rolloff=0.99)
     g = math.gcd(orig, new)
     orig, new = orig // g, new // g
     base = min(orig, new) * rolloff
-    width = math.ceil(lowpass_filter_width * orig / base)
+    width = resample_width(orig, new, lowpass_filter_width, rolloff)
     idx = torch.arange(-width, width + orig, dtype=torch.float64) / orig  # (K,)
     t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None] / new + idx[None]) * base
     t = t.clamp(-lowpass_filter_width, lowpass_filter_width)  # (new, K)
@@ -82,6 +82,14 @@ def resample(samples, orig_rate, new_rate, lowpass_filter_width=6, rolloff=0.99)
     y = torch.nn.functional.conv1d(padded, kernels[:, None], stride=orig)  # (1, new, L)
     y = y[0].t().reshape(-1)
     return y[:math.ceil(new * n / orig)].numpy().copy()
+
+
+def resample_width(orig_rate, new_rate, lowpass_filter_width=6, rolloff=0.99):
+    """Input samples each side of an output sample that ``resample`` reads: an output at input
+    position p depends on inputs p - width .. p + width + (orig / gcd) only."""
+    g = math.gcd(int(orig_rate), int(new_rate))
+    orig, new = int(orig_rate) // g, int(new_rate) // g
+    return math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
 
 
 def check_device(device):
@@ -328,6 +336,11 @@ class _KnfExtractor:
             opts.num_ceps, opts.cepstral_lifter = c.num_ceps, c.cepstral_lifter
             self.cls = knf.OnlineMfcc
         self.opts, self.config = opts, c
+
+    def online(self):
+        """A fresh kaldi-native-fbank online extractor: accept_waveform(rate, block) as the
+        blocks come, frames as they are ready (the frames of __call__ on the whole)."""
+        return self.cls(self.opts)
 
     def __call__(self, samples):
         f = self.cls(self.opts)

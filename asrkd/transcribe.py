@@ -25,15 +25,17 @@ from asrkd.ensemble import resolve_checkpoints
 from asrkd.errors import UserError
 from asrkd.export import OnnxModel, find_acwt
 from asrkd.featconf import FbankConfig, load_feature_config
-from asrkd.audio import parse_channel, read_audio
+from asrkd.audio import parse_channel
 from asrkd.features import check_feature_config, cmvn_transform, make_extractor
-from asrkd.features import resample as resample_audio
 from asrkd.models import load_checkpoint, load_model
 from asrkd.options import check_options
 from asrkd.scorer import make_scorer
+from asrkd.segment import Segmenter, frame_energy
+from asrkd.stream import file_features
 from asrkd.table import read_table
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".sph")
+DEFAULT_MAX_SEGMENT = 30.0  # seconds: longer files are decoded in segments of at most this
 
 
 def read_inputs(audio, stdin=None):
@@ -72,37 +74,38 @@ def read_inputs(audio, stdin=None):
     return items, utt2spk
 
 
-class _ComputedFeatures(Mapping):
-    """key -> CMVN'd float32 (T, D): features computed here, normalised per speaker group."""
+class _SegmentFeatures(Mapping):
+    """key -> CMVN'd float32 (T, D) features of the one segment being decoded (``load``): what
+    the scorer reads, so that no more than a segment's features are held."""
 
-    def __init__(self, raw, groups, cmvn):
-        self.raw, self.cmvn = raw, cmvn
-        self._transform = {}
-        if cmvn is not None:
-            for group, keys in groups.items():
-                # the statistics compute-cmvn writes: float64 sums, count, sums of squares
-                stats = np.zeros((2, raw[keys[0]].shape[1] + 1), dtype=np.float64)
-                for k in keys:
-                    x = raw[k].astype(np.float64)
-                    stats[0, :-1] += x.sum(axis=0)
-                    stats[1, :-1] += np.einsum("td,td->d", x, x)
-                    stats[0, -1] += x.shape[0]
-                t = cmvn_transform(stats, cmvn == "meanvar")
-                for k in keys:
-                    self._transform[k] = t
+    def __init__(self, cmvn):
+        self.cmvn, self.current = cmvn, {}
+
+    def load(self, key, raw, transform):
+        """Make ``key`` the raw features (T, D) normalised by ``transform`` (scale, offset)."""
+        x = raw
+        if transform is not None:
+            scale, offset = transform
+            x = x * scale + offset
+        self.current = {key: np.asarray(x, dtype=np.float32)}
 
     def __getitem__(self, key):
-        x = self.raw[key]
-        if self.cmvn is not None:
-            scale, offset = self._transform[key]
-            x = x * scale + offset
-        return np.asarray(x, dtype=np.float32)
+        return self.current[key]
 
     def __iter__(self):
-        return iter(self.raw)
+        return iter(self.current)
 
     def __len__(self):
-        return len(self.raw)
+        return len(self.current)
+
+
+class _Scan:
+    """The first pass over a file: its CMVN statistics (2, D+1) float64 as compute-cmvn writes
+    them (sums and frame count, sums of squares), segment ends, seconds of audio, and its
+    features when they came in one chunk and make one segment (not computed again)."""
+
+    def __init__(self, stats, ends, audio_s, feats):
+        self.stats, self.ends, self.audio_s, self.feats = stats, ends, audio_s, feats
 
 
 def model_info(model, feat_conf=None):
@@ -124,70 +127,146 @@ def model_info(model, feat_conf=None):
 
 def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=None,
                resample=True, beam=16.0, lattice_beam=8.0, max_active=7000, num_threads=1,
-               stdin=None, out=None, channel=None):
+               stdin=None, out=None, channel=None, max_segment=DEFAULT_MAX_SEGMENT):
     """`asrkd transcribe`: decode each input and write its words, one line per input, to ``out``
     (default stdout): ``words`` for files given as such, ``utt words`` for scp entries.
 
-    Returns {"hyps": {key: words}, "audio_s", "process_s", "rtf", "load_s", "acwt"}. The
-    real-time factor counts feature extraction, the network and the search, not the loading of
-    the graph and model (``load_s``). ``channel``: of multi-channel files, an index or "mix"
-    (asrkd.audio.read_audio; None refuses them).
+    Files are processed one at a time, each read in blocks twice: once for its CMVN statistics
+    (of its speaker group: every member first) and its segment ends (a file longer than
+    ``max_segment`` seconds is cut at low-energy frames, asrkd.segment), then for its features,
+    one segment at a time scored and decoded as an utterance; the words of its segments are
+    joined in order. Memory is bounded by a segment, the model and the graph.
+
+    Returns {"hyps": {key: words}, "segments": {key: [segment end frames]}, "audio_s",
+    "process_s", "rtf", "load_s", "acwt"}. The real-time factor counts feature extraction (both
+    passes), the network and the search, not the loading of the graph and model (``load_s``).
+    ``channel``: of multi-channel files, an index or "mix" (asrkd.audio.read_audio; None
+    refuses them).
     """
     out = sys.stdout if out is None else out
-    check_options(acwt=acwt, beam=beam, lattice_beam=lattice_beam, max_active=max_active)
+    check_options(acwt=acwt, beam=beam, lattice_beam=lattice_beam, max_active=max_active,
+                  max_segment=max_segment)
     t_load = time.perf_counter()
     channel = parse_channel(channel)
     items, utt2spk = read_inputs(audio, stdin)
-    cmvn, fc, model_acwt, feat_dim = model_info(model, feat_conf)
-    if fc.kind != "fbank" or fc.dim != feat_dim:
-        raise UserError(f"feature config gives {fc.kind} of dim {fc.dim} but the model takes "
-                        f"{feat_dim}-dim fbank: pass --feat-conf with its training config")
-    if acwt is None:
-        acwt = read_best_acwt(acwt_from) if acwt_from else model_acwt
-    if acwt is None:
-        raise UserError(f"{model}: no acoustic scale known (no decode_*/acwt beside it): pass "
-                        "--acwt or --acwt-from DEV_DECODE_DIR")
-    check_options(acwt=acwt)
+    run = _Run(model, graph_dir, acwt, acwt_from, feat_conf, beam, lattice_beam, max_active)
+    run.set_input(channel, resample, max_segment)
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-    hclg, tm, words = cached_graph(graph_dir)
-    decoder = make_decoder(hclg, beam, lattice_beam, max_active)
-    extract = make_extractor(fc)
     load_s = time.perf_counter() - t_load
 
     t0 = time.perf_counter()
-    raw, audio_s = {}, 0.0
-    for key, path, _ in items:
-        try:
-            x, sr = read_audio(path, channel)
-        except RuntimeError as e:  # soundfile: unreadable or unknown format
-            raise UserError(f"{path}: cannot read audio ({e})") from None
-        if sr != fc.sample_rate:
-            if not resample:
-                raise UserError(f"{path}: sample rate {sr} Hz, the model's features are at "
-                                f"{fc.sample_rate} Hz (drop --no-resample to resample)")
-            print(f"transcribe: {path}: resampling {sr} Hz -> {fc.sample_rate} Hz",
-                  file=sys.stderr)
-            x = resample_audio(x, sr, fc.sample_rate)
-        audio_s += len(x) / fc.sample_rate
-        feats = extract(x)
-        if feats.shape[0] == 0:
-            raise UserError(f"{path}: too short for one frame")
-        raw[key] = feats
-    groups = {}
+    groups, group_of = {}, {}
     for key, _, _ in items:  # files without a speaker: a group of their own
-        groups.setdefault(utt2spk.get(key, ("utt", key)), []).append(key)
-    scorer = make_scorer(model, None, feats=_ComputedFeatures(raw, groups, cmvn))
-    hyps = {}
-    for key, _, keyed in items:
-        ids = decode_loglikes(hclg, tm, scorer(key), acwt, decoder=decoder, utt=key)
-        hyps[key] = " ".join(words[i] for i in ids)
+        g = utt2spk.get(key, ("utt", key))
+        groups.setdefault(g, []).append(key)
+        group_of[key] = g
+    paths = {key: path for key, path, _ in items}
+    scans, transforms, hyps, segments, audio_s = {}, {}, {}, {}, 0.0
+    for key, path, keyed in items:
+        g = group_of[key]
+        if g not in transforms:
+            members = groups[g]
+            for k in members:
+                scans[k] = run.scan(paths[k], keep=len(members) == 1)
+            stats = sum(scans[k].stats for k in members)
+            transforms[g] = None if run.cmvn is None else cmvn_transform(
+                stats, run.cmvn == "meanvar")
+        scan = scans.pop(key)
+        words = run.decode_file(key, path, scan, transforms[g])
+        hyps[key], segments[key] = " ".join(words), scan.ends
+        audio_s += scan.audio_s
         out.write(f"{key} {hyps[key]}\n" if keyed else f"{hyps[key]}\n")
         out.flush()
     process_s = time.perf_counter() - t0
     rtf = process_s / audio_s if audio_s else float("nan")
-    print(f"transcribe: {len(items)} file(s), {audio_s:.1f} s of audio in {process_s:.2f} s: "
-          f"real-time factor {rtf:.3f} (acwt {acwt:g}, {num_threads} thread(s); loading the "
-          f"graph and model took {load_s:.1f} s more)", file=sys.stderr)
-    return {"hyps": hyps, "audio_s": audio_s, "process_s": process_s, "rtf": rtf,
-            "load_s": load_s, "acwt": acwt}
+    n_seg = sum(len(e) for e in segments.values())
+    print(f"transcribe: {len(items)} file(s) in {n_seg} segment(s), {audio_s:.1f} s of audio in "
+          f"{process_s:.2f} s: real-time factor {rtf:.3f} (acwt {run.acwt:g}, {num_threads} "
+          f"thread(s); loading the graph and model took {load_s:.1f} s more)", file=sys.stderr)
+    return {"hyps": hyps, "segments": segments, "audio_s": audio_s, "process_s": process_s,
+            "rtf": rtf, "load_s": load_s, "acwt": run.acwt}
+
+
+class _Run:
+    """What transcription holds for all files: features config and extractor, CMVN mode,
+    acoustic scale, graph, decoder and scorer, and the segment limit."""
+
+    def __init__(self, model, graph_dir, acwt, acwt_from, feat_conf, beam, lattice_beam,
+                 max_active):
+        self.cmvn, self.fc, model_acwt, feat_dim = model_info(model, feat_conf)
+        fc = self.fc
+        if fc.kind != "fbank" or fc.dim != feat_dim:
+            raise UserError(f"feature config gives {fc.kind} of dim {fc.dim} but the model "
+                            f"takes {feat_dim}-dim fbank: pass --feat-conf with its training "
+                            "config")
+        if acwt is None:
+            acwt = read_best_acwt(acwt_from) if acwt_from else model_acwt
+        if acwt is None:
+            raise UserError(f"{model}: no acoustic scale known (no decode_*/acwt beside it): "
+                            "pass --acwt or --acwt-from DEV_DECODE_DIR")
+        check_options(acwt=acwt)
+        self.acwt = acwt
+        self.hclg, self.tm, self.words = cached_graph(graph_dir)
+        self.decoder = make_decoder(self.hclg, beam, lattice_beam, max_active)
+        self.extract = make_extractor(fc)
+        self.feats = _SegmentFeatures(self.cmvn)
+        self.scorer = make_scorer(model, None, feats=self.feats)
+
+    def set_input(self, channel, resample, max_segment):
+        """How files are read: ``channel``, whether to resample, the segment limit (seconds)."""
+        self.channel, self.resample = channel, resample
+        self.max_frames = int(round(max_segment * 1000.0 / self.fc.frame_shift_ms))
+        # a file of up to max_segment seconds is one block: its features are those of one call
+        self.block_s = max_segment + 2 * self.fc.frame_length_ms / 1000.0
+
+    def features(self, path, on_resample=None):
+        """(seconds, iterator of raw feature chunks (t, D)) of ``path``, block by block."""
+        return file_features(path, self.fc, self.extract, self.channel, self.resample,
+                             self.block_s, on_resample)
+
+    def scan(self, path, keep):
+        """_Scan of ``path`` (``keep``: hold its features if they are one chunk and segment)."""
+        def note(sr):
+            print(f"transcribe: {path}: resampling {sr} Hz -> {self.fc.sample_rate} Hz",
+                  file=sys.stderr)
+
+        audio_s, chunks = self.features(path, note)
+        stats, segmenter, held, n = None, Segmenter(self.max_frames), [], 0
+        for x in chunks:
+            if stats is None:
+                stats = np.zeros((2, x.shape[1] + 1), dtype=np.float64)
+            x64 = x.astype(np.float64)
+            stats[0, :-1] += x64.sum(axis=0)
+            stats[1, :-1] += np.einsum("td,td->d", x64, x64)
+            stats[0, -1] += x.shape[0]
+            segmenter.push(frame_energy(x, self.fc))
+            n += len(x)
+            held = [x] if keep and held == [] and n <= self.max_frames else None
+        if n == 0:
+            raise UserError(f"{path}: too short for one frame")
+        return _Scan(stats, segmenter.finish(), audio_s, held[0] if held else None)
+
+    def decode_file(self, key, path, scan, transform):
+        """The words of ``path``: its segments (scan.ends) decoded one at a time, in order."""
+        chunks = iter([scan.feats]) if scan.feats is not None else self.features(path)[1]
+        pending, start, words = None, 0, []
+        ends = iter(scan.ends)
+        end = next(ends)
+        for x in chunks:
+            pending = x if pending is None else np.concatenate([pending, x])
+            while end is not None and len(pending) >= end - start:
+                seg, pending = pending[:end - start], pending[end - start:]
+                words += self.decode_segment(key, seg, transform)
+                start, end = end, next(ends, None)
+        if end is not None:  # the file changed between the passes
+            raise UserError(f"{path}: {start + len(pending)} frames on reading it again, "
+                            f"{scan.ends[-1]} the first time")
+        return words
+
+    def decode_segment(self, key, raw, transform):
+        """Words of one segment's raw features (T, D), decoded as an utterance."""
+        self.feats.load(key, raw, transform)
+        ids = decode_loglikes(self.hclg, self.tm, self.scorer(key), self.acwt,
+                              decoder=self.decoder, utt=key)
+        return [self.words[i] for i in ids]

@@ -4,6 +4,7 @@
 import io
 import os
 
+import kaldialign
 import numpy as np
 import pytest
 import soundfile
@@ -130,3 +131,51 @@ def test_multi_channel_audio_needs_a_channel_or_mix(tiny_hybrid, tiny_data, deco
     assert f"{stereo}: no channel 2 (it has 2)" in capsys.readouterr().err
     assert main(args + ["--channel", "left"]) == 1
     assert "--channel 'left': give a channel index (0, 1, ...) or 'mix'" in capsys.readouterr().err
+
+
+def test_a_long_recording_is_cut_between_its_utterances(tiny_hybrid, tiny_data, tmp_path):
+    """Three test utterances, each centred in a piece of P = (longest + 1 s) of digital silence,
+    make one recording of 3P; --max-segment 1.15 P forces two cuts, each searched in a window
+    that holds one pause between utterances. The cuts fall in those pauses, and the words are
+    nearly those of the pieces transcribed as one speaker's utterances: at most a third of them
+    differ (2 of 12 here). Not all: the segments carry other amounts of silence than the pieces
+    (so CMVN statistics differ by a few silent frames), and this tiny model on a uniform word
+    loop changes words for less (the same raw frames of a segment, normalised by the segment's
+    own statistics, change 3 of its 5 words)."""
+    wav = read_table(os.path.join(tiny_data["test"], "wav.scp"))
+    utts = sorted(wav)[:3]
+    xs = [soundfile.read(wav[u], dtype="float32")[0] for u in utts]
+    piece = max(len(x) for x in xs) + 16000
+    pieces, speech = [], []
+    for i, x in enumerate(xs):
+        a = (piece - len(x)) // 2
+        pieces.append(np.concatenate([np.zeros(a, np.float32), x,
+                                      np.zeros(piece - len(x) - a, np.float32)]))
+        speech.append((i * piece + a, i * piece + a + len(x)))
+    long = str(tmp_path / "long.wav")
+    y = np.concatenate(pieces)
+    soundfile.write(long, y, 16000, subtype="PCM_16")
+    model, graph = tiny_hybrid["model"], tiny_hybrid["graph"]
+    res = transcribe(model, graph, [long], out=io.StringIO(), acwt=0.25,
+                     max_segment=1.15 * piece / 16000)
+    ends = res["segments"][long]
+    assert len(ends) == 3 and ends[-1] == 1 + (3 * piece - 400) // 160
+    for i, cut in enumerate(ends[:-1]):  # frame `cut` (samples 160 cut .. +400) is silent
+        assert speech[i][1] <= 160 * cut and 160 * cut + 400 <= speech[i + 1][0]
+    hyp = res["hyps"][long].split()
+    assert len(hyp) >= 3
+
+    def one_speaker(name, parts):
+        d = tmp_path / name
+        d.mkdir()
+        for i, p in enumerate(parts):
+            soundfile.write(str(d / f"{i}.wav"), p, 16000, subtype="PCM_16")
+        (d / "wav.scp").write_text("".join(f"u{i} {d}/{i}.wav\n" for i in range(len(parts))))
+        (d / "utt2spk").write_text("".join(f"u{i} one\n" for i in range(len(parts))))
+        out = transcribe(model, graph, [str(d / "wav.scp")], out=io.StringIO(), acwt=0.25)
+        return " ".join(out["hyps"][f"u{i}"] for i in range(len(parts))).split()
+
+    ref = one_speaker("pieces", pieces)
+    assert kaldialign.edit_distance(ref, hyp)["total"] <= len(ref) / 3
+    with pytest.raises(UserError, match="--max-segment must be >= 1"):
+        transcribe(model, graph, [long], acwt=0.25, max_segment=0.5)

@@ -1,6 +1,6 @@
 """asrkd transcribe MODEL GRAPH AUDIO...: words for audio files, one line per file."""
 
-from asrkd.transcribe import transcribe
+from asrkd.transcribe import DEFAULT_MAX_SEGMENT, transcribe
 
 
 def add_arguments(parser):
@@ -29,6 +29,13 @@ def add_arguments(parser):
                         help="multi-channel audio: use channel N (0-based, as Kaldi's "
                              "--channel) or 'mix' (the mean of the channels); without it a "
                              "multi-channel file is an error")
+    parser.add_argument("--max-segment", type=float, default=DEFAULT_MAX_SEGMENT,
+                        metavar="SECONDS",
+                        help="a file longer than this is decoded in segments of at most this "
+                             "many seconds, cut at the quietest point of each segment's last "
+                             "third, and their words joined; memory is bounded by a segment, "
+                             "not the file (at least 1). CMVN statistics are "
+                             "still the whole file's (or speaker's)")
     parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
     parser.add_argument("--max-active", type=int, default=7000, help="max active states")
@@ -40,4 +47,5 @@ def main(args):
     transcribe(args.model, args.graph_dir, args.audio, acwt=args.acwt, acwt_from=args.acwt_from,
                feat_conf=args.feat_conf, resample=not args.no_resample, beam=args.beam,
                lattice_beam=args.lattice_beam, max_active=args.max_active,
-               num_threads=args.num_threads, channel=args.channel)
+               num_threads=args.num_threads, channel=args.channel,
+               max_segment=args.max_segment)

@@ -38,6 +38,16 @@ def priors_path(model):
     return os.path.join(model if os.path.isdir(model) else os.path.dirname(model), PRIORS_FILE)
 
 
+def resolve_priors(model, priors):
+    """``priors`` as make_scorer takes it: "auto" is "posterior" where MODEL (a DNN model or
+    ensemble dir) holds adjust-priors' file, else "counts" (an ONNX model: its own)."""
+    if priors != "auto":
+        return priors
+    if os.fspath(model).endswith(".onnx"):
+        return "counts"
+    return "posterior" if os.path.isfile(priors_path(model)) else "counts"
+
+
 def read_priors(model, num_pdfs):
     """(P,) float64 posterior priors of MODEL (UserError if absent or of another size)."""
     path = priors_path(model)

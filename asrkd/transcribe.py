@@ -29,6 +29,7 @@ from asrkd.audio import parse_channel
 from asrkd.features import check_feature_config, cmvn_transform, make_extractor
 from asrkd.models import load_checkpoint, load_model
 from asrkd.options import check_options
+from asrkd.priors import resolve_priors
 from asrkd.scorer import make_scorer
 from asrkd.segment import Segmenter, frame_energy
 from asrkd.stream import file_features
@@ -127,7 +128,8 @@ def model_info(model, feat_conf=None):
 
 def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=None,
                resample=True, beam=16.0, lattice_beam=8.0, max_active=7000, num_threads=1,
-               stdin=None, out=None, channel=None, max_segment=DEFAULT_MAX_SEGMENT):
+               stdin=None, out=None, channel=None, max_segment=DEFAULT_MAX_SEGMENT,
+               priors="auto"):
     """`asrkd transcribe`: decode each input and write its words, one line per input, to ``out``
     (default stdout): ``words`` for files given as such, ``utt words`` for scp entries.
 
@@ -141,7 +143,8 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     "process_s", "rtf", "load_s", "acwt"}. The real-time factor counts feature extraction (both
     passes), the network and the search, not the loading of the graph and model (``load_s``).
     ``channel``: of multi-channel files, an index or "mix" (asrkd.audio.read_audio; None
-    refuses them).
+    refuses them). ``priors``: "counts", "posterior" or "auto" (asrkd.priors.resolve_priors:
+    the model's own mean posterior where `asrkd adjust-priors` wrote it, as the recipe decodes).
     """
     out = sys.stdout if out is None else out
     check_options(acwt=acwt, beam=beam, lattice_beam=lattice_beam, max_active=max_active,
@@ -149,7 +152,8 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     t_load = time.perf_counter()
     channel = parse_channel(channel)
     items, utt2spk = read_inputs(audio, stdin)
-    run = _Run(model, graph_dir, acwt, acwt_from, feat_conf, beam, lattice_beam, max_active)
+    run = _Run(model, graph_dir, acwt, acwt_from, feat_conf, beam, lattice_beam, max_active,
+               priors)
     run.set_input(channel, resample, max_segment)
     if num_threads > 0:
         torch.set_num_threads(num_threads)
@@ -182,7 +186,8 @@ def transcribe(model, graph_dir, audio, acwt=None, acwt_from=None, feat_conf=Non
     rtf = process_s / audio_s if audio_s else float("nan")
     n_seg = sum(len(e) for e in segments.values())
     print(f"transcribe: {len(items)} file(s) in {n_seg} segment(s), {audio_s:.1f} s of audio in "
-          f"{process_s:.2f} s: real-time factor {rtf:.3f} (acwt {run.acwt:g}, {num_threads} "
+          f"{process_s:.2f} s: real-time factor {rtf:.3f} (acwt {run.acwt:g}, priors "
+          f"{run.priors}, {num_threads} "
           f"thread(s); loading the graph and model took {load_s:.1f} s more)", file=sys.stderr)
     return {"hyps": hyps, "segments": segments, "audio_s": audio_s, "process_s": process_s,
             "rtf": rtf, "load_s": load_s, "acwt": run.acwt}
@@ -193,7 +198,7 @@ class _Run:
     acoustic scale, graph, decoder and scorer, and the segment limit."""
 
     def __init__(self, model, graph_dir, acwt, acwt_from, feat_conf, beam, lattice_beam,
-                 max_active):
+                 max_active, priors="auto"):
         self.cmvn, self.fc, model_acwt, feat_dim = model_info(model, feat_conf)
         fc = self.fc
         if fc.kind != "fbank" or fc.dim != feat_dim:
@@ -211,7 +216,8 @@ class _Run:
         self.decoder = make_decoder(self.hclg, beam, lattice_beam, max_active)
         self.extract = make_extractor(fc)
         self.feats = _SegmentFeatures(self.cmvn)
-        self.scorer = make_scorer(model, None, feats=self.feats)
+        self.priors = resolve_priors(model, priors)
+        self.scorer = make_scorer(model, None, feats=self.feats, priors=self.priors)
 
     def set_input(self, channel, resample, max_segment):
         """How files are read: ``channel``, whether to resample, the segment limit (seconds)."""

@@ -69,3 +69,29 @@ def test_select_utts_keeps_about_max_frames_spread_over_the_list():
     kept = select_utts(lengths, 2000, lengths)
     assert 15 <= len(kept) <= 20 and kept[0] == "u000" and kept[-1] >= "u090"
     assert select_utts(lengths, 0, lengths) == sorted(lengths)
+
+
+def test_transcribe_uses_the_posterior_priors_a_model_holds(tiny_hybrid, tiny_data, model,
+                                                             tmp_path):
+    """priors auto: a model dir with adjust-priors' file transcribes as `decode --priors
+    posterior` decodes, utterance for utterance; --priors counts as the default decode."""
+    import io
+
+    from asrkd.decode import decode
+    from asrkd.table import read_table
+    from asrkd.transcribe import transcribe
+
+    test = tiny_data["test"]
+    assert main(["adjust-priors", model, tiny_data["train"]]) == 0
+    hyps = {}
+    for priors in ("posterior", "counts"):
+        out = str(tmp_path / priors)
+        decode(tiny_hybrid["graph"], test, model, out, acwt=0.25, priors=priors)
+        hyps[priors] = read_table(os.path.join(out, "hyp.txt"))
+    assert hyps["posterior"] != hyps["counts"]  # the priors change some words here
+    wav_scp = os.path.join(test, "wav.scp")
+    got = transcribe(model, tiny_hybrid["graph"], [wav_scp], acwt=0.25, out=io.StringIO())
+    assert got["hyps"] == hyps["posterior"]
+    got = transcribe(model, tiny_hybrid["graph"], [wav_scp], acwt=0.25, out=io.StringIO(),
+                     priors="counts")
+    assert got["hyps"] == hyps["counts"]

@@ -39,6 +39,10 @@ def add_arguments(parser):
     parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
     parser.add_argument("--max-active", type=int, default=7000, help="max active states")
+    parser.add_argument("--priors", choices=("auto", "counts", "posterior"), default="auto",
+                        help="what a DNN's posteriors are divided by: its alignment's pdf counts, "
+                             "its own mean posterior (`asrkd adjust-priors`), or auto: the "
+                             "latter where MODEL holds it (as the recipe decodes)")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="torch threads (the real-time factor printed is for this many)")
 
@@ -48,4 +52,4 @@ def main(args):
                feat_conf=args.feat_conf, resample=not args.no_resample, beam=args.beam,
                lattice_beam=args.lattice_beam, max_active=args.max_active,
                num_threads=args.num_threads, channel=args.channel,
-               max_segment=args.max_segment)
+               max_segment=args.max_segment, priors=args.priors)

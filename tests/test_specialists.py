@@ -279,3 +279,18 @@ def test_a_specialist_that_cannot_move_is_reported_as_the_generalist(confused_pa
     assert r["combined_frame_acc"] == pytest.approx(r["generalist_frame_acc"])
     md = open(os.path.join(confused_pair["root"], "frozen", "report_data.md")).read()
     assert "1 of 1 specialists ended at epoch 0" in md
+
+
+def test_the_report_notes_say_which_specialists_are_the_generalist(trained):
+    from asrkd.report.artefacts import read_specialists_info
+    from asrkd.report.render import specialist_notes
+
+    info = read_specialists_info(trained["spec_dir"])
+    with open(os.path.join(trained["spec_dir"], "specialists.json")) as f:
+        man = json.load(f)
+    kept = [i + 1 for i, s in enumerate(man["specialists"]) if s["best_epoch"] == 0]
+    assert info["kept_generalist"] == kept and info["targets"] == "hard"
+    assert info["updates"] == [s["updates"] for s in man["specialists"]]
+    (note,) = specialist_notes([{"label": "gen + K", "specialists": info}])
+    assert note.startswith(f"- gen + K: {len(man['specialists'])} specialists, hard targets")
+    assert (f"{len(kept)} of" in note) if kept else ("none ended at epoch 0" in note)

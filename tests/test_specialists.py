@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,10 +12,11 @@ import torch
 
 from asrkd.cli import main
 from asrkd.errors import UserError
-from asrkd.models import ModelConfig, build_model
+from asrkd.models import ModelConfig, build_model, load_checkpoint, load_model
 from asrkd.score import frame_accuracy
 from asrkd.scorer import make_scorer
-from asrkd.specialists.combine import collapse, combine, corrected_logits, specialist_logits
+from asrkd.specialists.combine import (collapse, collapse_sparse, combine, corrected_logits,
+                                       specialist_logits)
 from asrkd.specialists.report import specialist_report
 from asrkd.specialists.scorer import SpecialistScorer
 from asrkd.specialists.train import (SpecialistConfig, local_labels, specialist_frames,
@@ -88,7 +90,9 @@ def test_untrained_specialists_leave_the_generalist_unchanged(pooled):
 
 def test_config_rejects_too_few_sets():
     with pytest.raises(UserError, match="too few"):
-        SpecialistConfig(num_sets=3, clusterings=2)
+        SpecialistConfig(num_sets=3, clusterings=2, set_method="kmeans")
+    with pytest.raises(UserError, match="targets"):
+        SpecialistConfig(targets="generalist")
 
 
 # --- training and inference end to end ------------------------------------------------------
@@ -103,8 +107,8 @@ def trained(tmp_path_factory):
     data, ali = (str(p) for p in make_learnable_data(root / "c", num_spk=5, utts_per_spk=8,
                                                      num_pdfs=8, dim=8, seed=2))
     gen = train_model(data, ali, str(root / "gen"), MC, TC, seed=1)
-    cfg = SpecialistConfig(num_sets=4, clusterings=2, epochs=2, batch_size=64, lr=0.003,
-                           top_n=2, num_threads=1)
+    cfg = SpecialistConfig(num_sets=4, epochs=2, batch_size=64, lr=0.003, top_n=2,
+                           num_threads=1)
     spec = train_specialists(gen, data, ali, str(root / "spec"), cfg, nj=2)
     return {"data": data, "ali": ali, "gen": gen, "spec_dir": os.path.dirname(spec)}
 
@@ -113,22 +117,22 @@ def test_train_specialists_writes_a_decodable_dir(trained):
     d = trained["spec_dir"]
     with open(os.path.join(d, "specialists.json")) as f:
         man = json.load(f)
-    assert len(man["specialists"]) == 4
-    # two clusterings: every pdf in exactly two sets
-    cover = np.zeros(8, int)
+    assert 1 <= len(man["specialists"]) <= 4 and man["config"]["targets"] == "hard"
     for s in man["specialists"]:
-        cover[s["set"]] += 1
+        assert 2 <= len(s["set"]) <= 2  # the default bound: ceil(8 / 4) pdfs
         assert os.path.isfile(os.path.join(d, s["dir"], "final.pt"))
         assert s["log_correction"] >= 0
-        # pooled dustbin: the untrained specialist (= the generalist) competes as epoch 0
+        # pooled dustbin: the untrained specialist (= the generalist) competes as epoch 0,
+        # and says so when it wins
         assert s["valid_loss"] <= s["generalist_valid_loss"] + 1e-5
+        assert s["kept_generalist"] == (s["best_epoch"] == 0)
+        assert s["updates"] >= 2 and s["updates_to_best"] <= s["updates"]
         # asrkd.train's loop: its log, the training accuracy over set + dustbin (the
         # specialist's own classes), and no epoch checkpoints left behind
         with open(os.path.join(d, s["dir"], "train_log.csv")) as f:
             log = list(csv.DictReader(f))
         assert len(log) == 2 and all(float(r["train_acc"]) > 0.5 for r in log), log
         assert not glob.glob(os.path.join(d, s["dir"], "epoch*.pt"))
-    assert cover.tolist() == [2] * 8
     assert "| set |" in open(os.path.join(d, "sets.md")).read()
     scorer = make_scorer(d, trained["data"])
     assert isinstance(scorer, SpecialistScorer)
@@ -147,9 +151,16 @@ def test_specialist_report_counts_every_frame(trained):
                           timing_frames=200)
     total = sum(row["frames"] for row in r["coverage"])
     assert total == r["frames"] == sum(v["frames"] for v in r["per_speaker"].values())
-    assert {row["covering"] for row in r["coverage"]} <= {0, 1, 2}
+    assert {row["covering"] for row in r["coverage"]} <= set(range(r["num_specialists"] + 1))
     acc = sum(row["combined_acc"] * row["frames"] for row in r["coverage"]) / total
     assert acc == pytest.approx(r["combined_frame_acc"])
+    d = r["frame_acc_diff"]  # paired: the same draws for both systems
+    assert d["diff"] == pytest.approx(100 * (r["combined_frame_acc"] - r["generalist_frame_acc"]))
+    assert d["ci"][0] <= d["diff"] <= d["ci"][1]
+    assert r["wer"] is None  # nothing decoded
+    t = r["training"]
+    assert t["kept_generalist"] == [x["specialist"] for x in t["specialists"]
+                                    if x["best_epoch"] == 0]
     assert r["cost"]["generalist_us"] > 0 and r["cost"]["evaluations_per_frame"] >= 1
     md = open(os.path.join(trained["spec_dir"], "report_train.md")).read()
     assert "| covering |" in md
@@ -157,5 +168,129 @@ def test_specialist_report_counts_every_frame(trained):
 
 def test_cli_train_specialists_bad_input(trained, capsys):
     rc = main(["train-specialists", trained["gen"], trained["data"], trained["ali"],
-               os.path.join(trained["spec_dir"], "x"), "--num-sets", "1"])
+               os.path.join(trained["spec_dir"], "x"), "--num-sets", "3", "--set-method",
+               "kmeans"])
     assert rc == 1 and "too few" in capsys.readouterr().err
+    rc = main(["train-specialists", trained["gen"], trained["data"], trained["ali"],
+               os.path.join(trained["spec_dir"], "x"), "--num-sets", "2", "--targets", "soft"])
+    assert rc == 1 and "--soft-targets" in capsys.readouterr().err
+
+
+def test_collapse_sparse_matches_the_dense_collapse():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(20, 9, generator=g, dtype=torch.float64) * 2, 1)
+    s = [2, 5, 7]
+    lut = torch.from_numpy(local_labels(s, 9))
+    ids = torch.arange(9).expand(20, 9)  # all pdfs kept: exact
+    out = collapse_sparse(ids, probs, torch.zeros(20, dtype=torch.float64), lut, 4, 0.7)
+    assert torch.allclose(out, collapse(probs, s, 0.7), atol=1e-12)
+    top = probs.topk(4, 1)  # top 4 + rest: the rest goes to the dustbin
+    rest = 1 - top.values.sum(1)
+    out = collapse_sparse(top.indices, top.values, rest, lut, 4)
+    dense = collapse(probs, s)
+    assert torch.allclose(out.sum(1), torch.ones(20, dtype=torch.float64))
+    assert (out[:, :-1] <= dense[:, :-1] + 1e-12).all() and (out[:, -1] >= dense[:, -1]).all()
+
+
+# --- known answers: a pair the generalist confuses --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def confused_pair(tmp_path_factory):
+    """A generalist whose output rows of pdfs 0 and 1 are tied (it cannot tell them apart;
+    its argmax always says 0), on data where they are separable."""
+    from test_distill import make_learnable_data
+    from test_train import MC, TC
+
+    root = tmp_path_factory.mktemp("pair")
+    data, ali = (str(p) for p in make_learnable_data(root / "c", num_spk=5, utts_per_spk=8,
+                                                     num_pdfs=6, dim=8, seed=3))
+    gen = train_model(data, ali, str(root / "gen"), MC, TC, seed=1)
+    ck = load_checkpoint(gen)
+    for k in ("output.weight", "output.bias"):
+        w = ck["state_dict"][k]
+        w[0] = w[1] = (w[0] + w[1]) / 2
+    tied = str(root / "tied.pt")
+    torch.save(ck, tied)
+    return {"root": root, "data": data, "ali": ali, "gen": tied}
+
+
+def _pair_report(pair, name, **cfg):
+    soft = cfg.pop("soft", None)
+    config = SpecialistConfig(**{**dict(num_sets=1, set_size_max=2, epochs=3, batch_size=64,
+                                        lr=0.003, num_threads=1), **cfg})
+    d = str(pair["root"] / name)
+    train_specialists(pair["gen"], pair["data"], pair["ali"], d, config, soft_dir=soft)
+    with open(os.path.join(d, "specialists.json")) as f:
+        man = json.load(f)
+    return man, specialist_report(d, pair["data"], pair["ali"], timing_frames=100)
+
+
+def test_a_specialist_separates_the_pair_the_generalist_confuses(confused_pair):
+    man, r = _pair_report(confused_pair, "hard")
+    (s,) = man["specialists"]
+    assert s["set"] == [0, 1]  # the confusion the sets are made of
+    assert not s["kept_generalist"] and s["updates"] > 20
+    # every frame of pdf 1 is lost by the generalist; the combination wins most of them back
+    gain = r["frame_acc_diff"]
+    assert gain["diff"] > 5 and gain["significant"], gain
+    covered = {row["covering"]: row for row in r["coverage"]}
+    assert covered[1]["combined_acc"] > covered[1]["generalist_acc"] + 0.2
+    assert covered.get(0, {"correct_gained": 0})["correct_gained"] == 0  # no active specialist
+
+
+def test_soft_targets_that_know_the_pair_teach_it(confused_pair, tmp_path):
+    # an "ensemble" that knows the answer: 0.8 on the aligned pdf, the rest spread
+    from asrkd.alignment import AlignmentDir
+    from asrkd.softtargets import save_soft_targets
+
+    probs = {}
+    for utt, y in AlignmentDir(confused_pair["ali"]).pdf_scp.items():
+        p = np.full((len(y), 6), 0.04, dtype=np.float32)
+        p[np.arange(len(y)), np.asarray(y)] = 0.8
+        probs[utt] = p
+    save_soft_targets(tmp_path / "soft", probs, temperature=1.0, topk=3)
+    man, r = _pair_report(confused_pair, "soft", targets="soft", soft_weight=1.0,
+                          soft=str(tmp_path / "soft"))
+    assert man["config"]["targets"] == "soft" and r["training"]["targets"] == "soft"
+    assert r["frame_acc_diff"]["diff"] > 5, r["frame_acc_diff"]
+
+
+def test_specialists_equal_to_the_generalist_give_back_the_generalist(trained, tmp_path):
+    d = str(tmp_path / "copy")
+    shutil.copytree(trained["spec_dir"], d, ignore=shutil.ignore_patterns("frames"))
+    with open(os.path.join(d, "specialists.json")) as f:
+        man = json.load(f)
+    gen = load_model(os.path.join(d, "generalist.pt"))
+    for s in man["specialists"]:  # untrained: the generalist with its dustbin corrected
+        spec = specialist_from_generalist(gen, s["set"], s["log_correction"])
+        spec.save(os.path.join(d, s["dir"], "final.pt"))
+    scorer = make_scorer(d, trained["data"])
+    for utt in scorer.reader.utts[:3]:
+        st = scorer.frame_stats(scorer.reader[utt])
+        assert st["active"].any()
+        assert torch.allclose(st["log_q"].exp(), st["p_g"], atol=1e-6)
+
+
+def test_a_specialist_that_cannot_move_is_reported_as_the_generalist(confused_pair):
+    man, r = _pair_report(confused_pair, "frozen", lr=1e-12, epochs=1)
+    assert man["specialists"][0]["kept_generalist"]
+    assert r["training"]["kept_generalist"] == [1]
+    assert r["combined_frame_acc"] == pytest.approx(r["generalist_frame_acc"])
+    md = open(os.path.join(confused_pair["root"], "frozen", "report_data.md")).read()
+    assert "1 of 1 specialists ended at epoch 0" in md
+
+
+def test_the_report_notes_say_which_specialists_are_the_generalist(trained):
+    from asrkd.report.artefacts import read_specialists_info
+    from asrkd.report.render import specialist_notes
+
+    info = read_specialists_info(trained["spec_dir"])
+    with open(os.path.join(trained["spec_dir"], "specialists.json")) as f:
+        man = json.load(f)
+    kept = [i + 1 for i, s in enumerate(man["specialists"]) if s["best_epoch"] == 0]
+    assert info["kept_generalist"] == kept and info["targets"] == "hard"
+    assert info["updates"] == [s["updates"] for s in man["specialists"]]
+    (note,) = specialist_notes([{"label": "gen + K", "specialists": info}])
+    assert note.startswith(f"- gen + K: {len(man['specialists'])} specialists, hard targets")
+    assert (f"{len(kept)} of" in note) if kept else ("none ended at epoch 0" in note)

@@ -1,8 +1,12 @@
-"""Specialists: confusable sets from the covariance of the generalist's posteriors."""
+"""Specialists: confusable sets from the generalist's confusions or the covariance of its
+posteriors."""
 
 import numpy as np
+import pytest
 
-from asrkd.specialists.sets import CovarianceAccumulator, confusable_sets, online_kmeans
+from asrkd.specialists.sets import (ConfusionAccumulator, CovarianceAccumulator, confusable_sets,
+                                    confusion_sets, confusion_share, default_set_size,
+                                    online_kmeans)
 
 
 def _block_posteriors(sizes, n=4000, seed=0):
@@ -50,3 +54,37 @@ def test_online_kmeans_size_bound_leaves_the_farthest_out():
     labels = online_kmeans(x, 2, seed=0, max_size=2)
     assert np.bincount(labels[labels >= 0]).max() <= 2
     assert (labels == -1).sum() == 2
+
+
+def test_confusion_sets_hold_the_planted_confusions_and_stay_bounded():
+    # 12 pdfs; the generalist confuses {2, 7, 9} with each other and {4, 5} with each other,
+    # a little of everything with everything (noise)
+    rng = np.random.default_rng(0)
+    n = 12
+    labels = rng.integers(n, size=6000)
+    groups = [[2, 7, 9], [4, 5]]
+    acc = ConfusionAccumulator(n)
+    probs = np.full((len(labels), n), 0.2 / n)
+    for i, y in enumerate(labels):
+        g = next((g for g in groups if y in g), [y])
+        probs[i, g] += 0.8 / len(g)  # mass spread evenly over y's group
+    acc.add(probs[:3000], labels[:3000])
+    acc.add(probs[3000:], labels[3000:])  # in batches
+    assert acc.n == 6000
+    assert acc.confusion.sum() == pytest.approx(6000)
+    found = confusion_sets(acc.confusion, num_sets=2, set_size=3)
+    # the pair confused most ({4, 5}) starts the first set, which a third pdf fills up
+    assert {4, 5} < set(found[0]["pdfs"]) and found[1]["pdfs"] == [2, 7, 9]
+    # the first set holds most of the confusion mass: its pairs carry 0.8 * 2/3 per frame
+    assert confusion_share(acc.confusion, [2, 7, 9]) > confusion_share(acc.confusion, [4, 5])
+    assert confusion_share(acc.confusion, [0, 1]) < 0.02
+    small = confusion_sets(acc.confusion, num_sets=4, set_size=2)
+    assert all(len(s["pdfs"]) == 2 for s in small)
+    assert small[0]["pdfs"] == [4, 5] and small[1]["pdfs"] in ([2, 7], [2, 9], [7, 9])
+
+
+def test_default_set_size_is_a_subset():
+    assert default_set_size(500, 4) == 125 and default_set_size(500, 1) == 250
+    assert default_set_size(500, 8) == 63 and default_set_size(6, 100) == 2
+    # no confusion at all: no set
+    assert confusion_sets(np.eye(5), num_sets=3, set_size=2) == []

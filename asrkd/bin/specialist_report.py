@@ -19,5 +19,9 @@ def main(args):
 
     r = specialist_report(args.spec_dir, args.data, args.ali_dir, ensemble_dir=args.ensemble,
                           name=args.name, timing_frames=args.timing_frames)
+    d = r["frame_acc_diff"]
+    ci = "" if d["ci"] is None else f" [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+    kept = r["training"]["kept_generalist"]
     print(f"frame accuracy: generalist {100 * r['generalist_frame_acc']:.2f}%, with "
-          f"specialists {100 * r['combined_frame_acc']:.2f}%")
+          f"specialists {100 * r['combined_frame_acc']:.2f}% ({d['diff']:+.2f}{ci} points); "
+          f"{len(kept)} of {r['num_specialists']} specialists ended at epoch 0")

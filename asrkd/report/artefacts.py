@@ -265,6 +265,24 @@ def read_distill_info(model_dir):
     }.items() if v is not None}
 
 
+def read_specialists_info(model_dir):
+    """A specialists dir's training in brief (model_dir/specialists.json): K, targets, set
+    sizes, updates per specialist and which ended at epoch 0; None if not such a dir."""
+    path = os.path.join(model_dir, "specialists.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        m = json.load(f)
+    specs = m.get("specialists", [])
+    cfg = m.get("config", {})
+    updates = [s["updates"] for s in specs if s.get("updates") is not None]
+    return {"num_specialists": len(specs), "targets": cfg.get("targets", "generalist"),
+            "set_method": cfg.get("set_method", "kmeans"),
+            "set_sizes": [len(s["set"]) for s in specs], "updates": updates,
+            "kept_generalist": [i + 1 for i, s in enumerate(specs)
+                                if s.get("kept_generalist", s.get("best_epoch") == 0)]}
+
+
 def read_utt2spk(data_root, test_set, utts):
     """{utt: speaker}: DATA_ROOT/<test_set>/utt2spk when there is one, else the id's prefix."""
     if data_root:

@@ -72,6 +72,9 @@ def render_markdown(results, charts, timings):
     notes = _distill_notes(res["systems"])
     if notes:
         lines += ["", "Distillation settings:", ""] + notes
+    notes = specialist_notes(res["systems"])
+    if notes:
+        lines += ["", "Specialists (`specialist-report` in each dir: coverage, costs):", ""] + notes
     if res["curves"]:
         lines += ["", "![validation frame accuracy per epoch](curves.png)"]
     if timings:
@@ -105,6 +108,26 @@ def _distill_notes(systems):
             parts.append(f"top-{d['topk']} soft targets{kept}, {d['bytes_per_frame']} "
                          f"bytes/frame (dense float32: {d['dense_bytes_per_frame']})")
         notes.append(f"- {r['label']}: " + ", ".join(p for p in parts if p))
+    return notes
+
+
+def specialist_notes(systems):
+    """One line per specialists row: K, targets, set sizes, updates, and which specialists
+    ended at epoch 0 (the generalist itself, changing nothing)."""
+    notes = []
+    for r in systems:
+        d = r.get("specialists")
+        if not d:
+            continue
+        k, kept, up, sz = (d["num_specialists"], d["kept_generalist"], d["updates"],
+                           d["set_sizes"])
+        notes.append(
+            f"- {r['label']}: {k} specialists, {d['targets']} targets, sets of "
+            f"{min(sz, default=0)}-{max(sz, default=0)} pdfs ({d['set_method']})"
+            + (f", {min(up)}-{max(up)} updates each" if up else "")
+            + (f"; {len(kept)} of {k} ended at epoch 0, i.e. are the generalist "
+               f"(specialist {', '.join(map(str, kept))})" if kept else
+               "; none ended at epoch 0"))
     return notes
 
 

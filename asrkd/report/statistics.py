@@ -19,7 +19,8 @@ from asrkd.bootstrap import DEFAULT_RESAMPLES, SpeakerBootstrap, excludes_zero, 
 from asrkd.errors import UserError
 from asrkd.report.artefacts import (METRICS, count_params, model_dir, read_acwt, read_curve,
                                     read_decode_setup, read_distill_info, read_frame_acc,
-                                    read_per_utt, read_training, read_utt2spk, read_wer)
+                                    read_per_utt, read_specialists_info, read_training,
+                                    read_utt2spk, read_wer)
 
 
 def collect(exp_dir, systems, test_set="test", data_root=None, resamples=DEFAULT_RESAMPLES):
@@ -73,6 +74,8 @@ def _measure(exp_dir, s, test_set):
          **read_decode_setup(mdir, d)}
     if s.kind in ("student", "control", "other"):
         m["distill"] = read_distill_info(mdir)
+    if s.kind == "other":
+        m["specialists"] = read_specialists_info(mdir)
     m["_per_utt"] = {k: read_per_utt(d, k) for k in METRICS}
     m["_curve"] = read_curve(mdir) if s.kind != "gmm" else None
     return m

@@ -4,8 +4,8 @@ section 5), and the dustbin class it rests on.
 A specialist's outputs are its set S_m plus one dustbin class for every other pdf
 (``specialist_logits``). Its training sample undersamples the dustbin by a factor f, so at
 inference its logit gets + log f (``dustbin_log_correction``, ``corrected_logits``) and its
-probability matches the real class frequencies; soft targets are the generalist's distribution
-collapsed onto S_m + dustbin (``collapse``), shifted the same way.
+probability matches the real class frequencies; soft targets are a distribution collapsed onto
+S_m + dustbin (``collapse``, ``collapse_sparse`` for stored top-k targets), shifted the same way.
 
 Inference (``combine``): a frame's generalist top-n pdfs choose the active specialists
 (``active_specialists``: those whose set meets them); q minimises KL(p_g || q) + sum_active
@@ -44,6 +44,23 @@ def collapse(probs, set_pdfs, log_correction=0.0):
     dust = (1.0 - inside.sum(1, keepdim=True)).clamp_min(0.0) * float(np.exp(-log_correction))
     out = torch.cat([inside, dust], dim=1)
     return out / out.sum(1, keepdim=True)
+
+
+def collapse_sparse(ids, probs, rest, lut, num_classes, log_correction=0.0):
+    """Sparse (top-k + rest) distributions collapsed onto S + dustbin, as ``collapse``.
+
+    Args:
+        ids: (N, K) int64 pdf ids; probs: (N, K) their probabilities; rest: (N,) the mass of
+            the other pdfs (counted in the dustbin: at top-k the few set pdfs among them are
+            lost to it). lut: (P,) int64 pdf -> class (index in S, |S| for the dustbin);
+            num_classes: |S| + 1.
+        log_correction: log f, the dustbin's undersampling in the training sample.
+    Returns:
+        (N, |S| + 1) rows summing to one.
+    """
+    out = probs.new_zeros(probs.shape[0], num_classes).scatter_add_(1, lut[ids], probs)
+    out[:, -1] = (out[:, -1] + rest) * float(np.exp(-log_correction))
+    return out / out.sum(1, keepdim=True).clamp_min(1e-30)
 
 
 def corrected_logits(logits, log_correction):

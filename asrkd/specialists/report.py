@@ -1,9 +1,13 @@
 """`asrkd specialist-report`: what the specialists of a dir buy, and at what cost.
 
+Gain: the combination's frame accuracy minus the generalist's on the same frames, with a paired
+95% interval from the speaker bootstrap (asrkd.bootstrap), and the same for WER where both were
+decoded (SPEC_DIR/decode_NAME and the generalist's dir's decode_NAME, their ``per_utt``).
 Coverage (the paper's Table 4): frames grouped by how many active specialists have the correct
-pdf in their set, with the generalist's and the combination's frame accuracy per group. Costs:
-training time of all specialists against one ensemble member, and inference time per frame of
-the generalist, the combination and an ensemble.
+pdf in their set, with the generalist's and the combination's frame accuracy per group. Training:
+each specialist's updates and the epoch kept, and which ended at epoch 0 (the generalist itself:
+such a specialist changes nothing). Costs: training time of all specialists against one ensemble
+member, and inference time per frame of the generalist, the combination and an ensemble.
 """
 
 import csv
@@ -17,9 +21,11 @@ import torch
 from tqdm import tqdm
 
 from asrkd.alignment import AlignmentDir
+from asrkd.bootstrap import SpeakerBootstrap, excludes_zero, interval
 from asrkd.data import DataDir
 from asrkd.ensemble import Ensemble, average_posteriors, find_teachers
 from asrkd.errors import UserError
+from asrkd.report.artefacts import read_per_utt
 from asrkd.specialists.scorer import is_specialists_dir, make_scorer
 from asrkd.table import atomic_path
 
@@ -59,7 +65,10 @@ def specialist_report(spec_dir, data_dir, ali_dir, ensemble_dir=None, name=None,
     report = {"data_dir": os.path.abspath(data_dir), "ali_dir": os.path.abspath(ali_dir),
               "num_specialists": k, "top_n": scorer.top_n, "frames": frames,
               "generalist_frame_acc": float(g_acc), "combined_frame_acc": float(c_acc),
+              "frame_acc_diff": _frame_acc_difference(per_spk),
+              "wer": _wer_difference(spec_dir, scorer.manifest, name, utt2spk),
               "mean_active": active_total / frames, "coverage": rows, "cost": cost,
+              "training": _training(scorer.manifest),
               "per_speaker": {s: {"frames": v[0], "generalist_acc": v[1] / v[0],
                                   "combined_acc": v[2] / v[0]} for s, v in sorted(per_spk.items())}}
     with atomic_path(os.path.join(spec_dir, f"report_{name}.json")) as tmp, open(tmp, "w") as f:
@@ -68,6 +77,59 @@ def specialist_report(spec_dir, data_dir, ali_dir, ensemble_dir=None, name=None,
     with atomic_path(os.path.join(spec_dir, f"report_{name}.md")) as tmp, open(tmp, "w") as f:
         f.write(_report_markdown(report, name))
     return report
+
+
+def _paired(a_num, b_num, den_a, den_b, speakers):
+    """{"diff", "ci", "significant"}: 100 * (a_num / den_a - b_num / den_b) over the speakers
+    (per-speaker arrays), the interval from the speaker bootstrap's paired draws."""
+    boot = SpeakerBootstrap(speakers)
+    a, sa = boot.ratio(a_num, den_a)
+    b, sb = boot.ratio(b_num, den_b)
+    ci = interval(sa - sb)
+    return {"a": a, "b": b, "diff": a - b, "ci": list(ci) if ci else None,
+            "significant": excludes_zero(ci), "speakers": len(boot.speakers)}
+
+
+def _frame_acc_difference(per_spk):
+    """Combined - generalist frame accuracy (points) with its paired interval."""
+    spk = sorted(per_spk)
+    v = np.array([per_spk[s] for s in spk], dtype=np.float64)  # frames, gen, combined
+    return _paired(v[:, 2], v[:, 1], v[:, 0], v[:, 0], spk)
+
+
+def _wer_difference(spec_dir, manifest, name, utt2spk):
+    """Combined - generalist WER (points) with its paired interval on the utterances both
+    decoded (SPEC_DIR/decode_NAME, GENERALIST_DIR/decode_NAME); None unless both are there."""
+    gen_dir = os.path.dirname(manifest.get("generalist_source", ""))
+    spec = read_per_utt(os.path.join(spec_dir, f"decode_{name}"), "wer")
+    gen = read_per_utt(os.path.join(gen_dir, f"decode_{name}"), "wer") if gen_dir else None
+    if not spec or not gen:
+        return None
+    utts = sorted(set(spec) & set(gen))
+    spk = sorted({utt2spk[u] for u in utts})
+    index = {s: i for i, s in enumerate(spk)}
+    acc = np.zeros((len(spk), 3))  # combined errors, generalist errors, words
+    for u in utts:
+        i = index[utt2spk[u]]
+        acc[i] += (spec[u][0], gen[u][0], spec[u][1])
+    out = _paired(acc[:, 0], acc[:, 1], acc[:, 2], acc[:, 2], spk)
+    out["utterances"] = len(utts)
+    return out
+
+
+def _training(manifest):
+    """Per specialist: set size, updates, the epoch kept; and which ended at epoch 0."""
+    rows = [{"specialist": i + 1, "pdfs": len(s["set"]), "updates": s.get("updates"),
+             "updates_to_best": s.get("updates_to_best"), "best_epoch": s["best_epoch"],
+             "kept_generalist": s.get("kept_generalist", s["best_epoch"] == 0),
+             "valid_frames": s.get("valid_frames"),
+             "generalist_valid_acc": s.get("generalist_valid_acc"), "valid_acc": s["valid_acc"]}
+            for i, s in enumerate(manifest["specialists"])]
+    return {"targets": manifest["config"].get("targets",
+                                              "hard" if manifest["config"].get("hard_targets")
+                                              else "generalist"),
+            "specialists": rows,
+            "kept_generalist": [r["specialist"] for r in rows if r["kept_generalist"]]}
 
 
 def _coverage(scorer, utts, pdf_scp, utt2spk):
@@ -166,20 +228,48 @@ def _ensemble_member_seconds(ensemble_dir):
         return float(sum(float(r["seconds"]) for r in csv.DictReader(f)))
 
 
+def _fmt_diff(d):
+    ci = "" if d["ci"] is None else f" [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+    return f"{d['diff']:+.2f}{ci}{' *' if d['significant'] else ''}"
+
+
 def _report_markdown(r, name):
-    c = r["cost"]
+    c, t = r["cost"], r["training"]
+    d = r["frame_acc_diff"]
     out = [f"# Generalist + {r['num_specialists']} specialists on {name}", "",
            f"Frame accuracy: generalist {100 * r['generalist_frame_acc']:.2f}%, with specialists "
-           f"{100 * r['combined_frame_acc']:.2f}% ({r['frames']} frames; specialists chosen by "
-           f"the generalist's top {r['top_n']}, {r['mean_active']:.2f} active per frame).", "",
-           "Frames by how many active specialists cover the correct pdf (the paper's Table 4):",
-           "", "| covering | frames | % of frames | generalist acc % | with specialists % | "
-           "correct gained | relative gain % |", "|---:|---:|---:|---:|---:|---:|---:|"]
+           f"{100 * r['combined_frame_acc']:.2f}%: {_fmt_diff(d)} points (paired 95% interval "
+           f"over {d['speakers']} speakers; * excludes 0; {r['frames']} frames; specialists "
+           f"chosen by the generalist's top {r['top_n']}, {r['mean_active']:.2f} active per "
+           "frame)."]
+    if r.get("wer"):
+        w = r["wer"]
+        out.append(f"WER: generalist {w['b']:.2f}%, with specialists {w['a']:.2f}%: "
+                   f"{_fmt_diff(w)} points ({w['utterances']} decoded utterances, "
+                   f"{w['speakers']} speakers).")
+    out += ["", "Frames by how many active specialists cover the correct pdf (the paper's "
+            "Table 4):", "", "| covering | frames | % of frames | generalist acc % | with "
+            "specialists % | correct gained | relative gain % |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
     for row in r["coverage"]:
         rel = "-" if row["relative_gain"] is None else f"{100 * row['relative_gain']:+.1f}"
         out.append(f"| {row['covering']} | {row['frames']} | {100 * row['share']:.1f} | "
                    f"{100 * row['generalist_acc']:.2f} | {100 * row['combined_acc']:.2f} | "
                    f"{row['correct_gained']:+d} | {rel} |")
+    kept = t["kept_generalist"]
+    out += ["", f"Training ({t['targets']} targets): " + (
+        f"{len(kept)} of {len(t['specialists'])} specialists ended at epoch 0, i.e. are the "
+        f"generalist itself (specialist {', '.join(map(str, kept))})." if kept else
+        "no specialist ended at epoch 0 (the generalist itself)."), "",
+        "| specialist | pdfs | updates | epoch kept (updates to it) | valid frames active | "
+        "valid acc % there: generalist | combined |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in t["specialists"]:
+        def pct(v):
+            return "-" if v is None else f"{100 * v:.2f}"
+        out.append(f"| {s['specialist']} | {s['pdfs']} | {s['updates'] or '-'} | "
+                   f"{s['best_epoch']} ({s['updates_to_best'] or 0}) | "
+                   f"{s['valid_frames'] or '-'} | {pct(s['generalist_valid_acc'])} | "
+                   f"{pct(s['valid_acc'])} |")
     out += ["", "Cost:", "",
             f"- training: all specialists {c['specialists_train_seconds']:.0f} s of job time "
             f"({c['specialists_train_wall_seconds']:.0f} s wall), sets {c['sets_seconds']:.0f} s"

@@ -5,32 +5,43 @@ initialised from its weights (``specialist_from_generalist``), with outputs over
 dustbin class for every other pdf; by default the dustbin's logit is the log-sum-exp of a full
 output layer's logits outside S_m (``pooled_dustbin``), so that an untrained specialist gives
 exactly the generalist's collapsed distribution (one output row for the dustbin can only
-approximate it). Its training frames (``specialist_frames``): all frames aligned to a pdf of S_m
-plus as many drawn at random from the rest. The dustbin is undersampled by the factor
-f = (rest frames) / (drawn rest frames), so at inference its logit gets + log f
-(asrkd.specialists.combine) and its probability matches the real class frequencies. Soft
-targets: the generalist's distribution collapsed onto S_m + dustbin (``collapse``), shifted to
-the sample's class frequencies (dustbin mass / f, renormalised) so that soft and hard targets
-(``hard_targets=True``) both need the same correction.
+approximate it). Its training frames (``specialist_frames``, the paper's 5.2): all frames aligned
+to a pdf of S_m plus as many drawn at random from the rest, a new draw each epoch. The dustbin
+is undersampled by the factor f = (rest frames) / (drawn rest frames), so at inference its logit
+gets + log f (asrkd.specialists.combine) and its probability matches the real class frequencies.
+
+Targets (``targets``): "hard" (the paper's 5.2, the default): the alignment's pdf, every pdf
+outside S_m merged into the dustbin. "soft" (the paper's 6.1, soft targets as a regulariser):
+``soft_weight`` x CE with the ensemble's stored soft targets (asrkd.softtargets, at T = 1)
+collapsed onto S_m + dustbin and shifted to the sample's class frequencies (dustbin mass / f)
++ (1 - ``soft_weight``) x CE with the hard labels. These targets carry what the ensemble knows
+and the generalist does not; the generalist's own collapsed distribution would not (a pooled
+specialist starts at its minimum and has nothing to learn).
 
 Training (``_train_specialist_job``): asrkd.train's loop (``train_epochs``, with the
 specialist's TrainHooks) under a ``BestLoss`` schedule (asrkd.schedule): Adam at a fixed rate for
-``epochs`` epochs, a new draw of the frames each epoch, and the epoch with the lowest validation
-loss (set + dustbin on all validation frames, corrected) kept; with the pooled dustbin the
-untrained specialist competes as epoch 0. As in every run of that loop, dropout (of a generalist
-that has it) is seeded per epoch from (seed, epoch).
+``epochs`` epochs. Early stopping is on what the specialist is for: after each epoch the
+generalist + this specialist are combined (asrkd.specialists.combine) on the validation frames
+where it is active (the generalist's top-n pdfs meet S_m), and the epoch with the lowest CE of
+the combination against the alignment there is kept. With the pooled dustbin the untrained
+specialist (for which the combination is exactly the generalist) competes as epoch 0; a
+specialist that ends there is marked (``kept_generalist``) in specialists.json and the reports.
+The number of updates each specialist made is recorded. As in every run of that loop, dropout
+(of a generalist that has it) is seeded per epoch from (seed, epoch).
 
 A specialists dir is one MODEL for ``asrkd decode`` (asrkd.specialists.scorer):
 ``specialists.json`` (sets, corrections, inference settings), ``generalist.pt`` (a copy) and
 ``spec{m}/final.pt`` (with ``spec{m}/train_log.csv``).
 
-Where we deviate from the paper: the paper's specialists were trained on hard targets (soft ones
-as a regulariser in its sec. 6); here soft targets are the default.
+Where we deviate from the paper: early stopping on the combination's validation CE on the
+frames where the specialist is active (the paper does not say how it stopped); the pooled
+dustbin (an exact start from the generalist).
 """
 
 import dataclasses
 import glob
 import json
+import math
 import os
 import shutil
 import sys
@@ -44,16 +55,22 @@ from asrkd.alignment import AlignmentDir
 from asrkd.config import DictConfig
 from asrkd.distributed import World
 from asrkd.errors import UserError
-from asrkd.frames import FrameCache, build_frame_cache, split_by_speaker
+from asrkd.frames import FrameCache, build_frame_cache, extra_memmap, split_by_speaker
+from asrkd.identity import check_tree
 from asrkd.jobs import run_jobs
 from asrkd.models import ModelConfig, build_model, load_checkpoint, load_model
 from asrkd.schedule import BestLoss
-from asrkd.specialists.combine import (collapse, corrected_logits, dustbin_log_correction,
+from asrkd.softtargets import PackedTargets, SoftTargetStore
+from asrkd.specialists.combine import (active_specialists, collapse_sparse, combine,
+                                       corrected_logits, dustbin_log_correction, membership,
                                        specialist_logits)
-from asrkd.specialists.sets import (confusable_sets, generalist_covariance, pdf_states,
-                                    sets_markdown)
+from asrkd.specialists.sets import (confusable_sets, confusion_sets, default_set_size,
+                                    generalist_statistics, pdf_states, sets_markdown)
 from asrkd.table import atomic_path, invalidate, write_json
 from asrkd.train import TrainConfig, TrainHooks, TrainRun, train_epochs
+
+SET_METHODS = ("confusion", "kmeans")
+TARGETS = ("hard", "soft")
 
 
 @dataclasses.dataclass
@@ -61,17 +78,19 @@ class SpecialistConfig(DictConfig):
     """Settings of ``train_specialists``; stored in ``specialists.json``."""
 
     num_sets: int = 8  # K specialists in all
-    set_size_max: int = 0  # pdfs per set at most (0: no bound); the farthest pdfs are left out
-    clusterings: int = 2  # k-means runs (seeds seed, seed + 1, ...) the K sets are split over
+    set_method: str = "confusion"  # or "kmeans" (on the covariance; asrkd.specialists.sets)
+    set_size_max: int = 0  # pdfs per set at most (0: default_set_size, ~P / K, <= P / 2)
+    clusterings: int = 2  # kmeans: k-means runs (seeds seed, seed + 1, ...) the sets come from
     kmeans_epochs: int = 10
-    cov_frames: int = 0  # training frames the covariance is accumulated on (0: all)
-    hard_targets: bool = False  # train on alignment labels instead of the collapsed generalist
+    cov_frames: int = 0  # training frames the confusions are accumulated on (0: all)
+    targets: str = "hard"  # "hard" (the paper's 5.2) or "soft" (6.1: + the ensemble's)
+    soft_weight: float = 0.5  # "soft": weight of the soft-target CE (the rest: hard labels)
     # dustbin logit = log-sum-exp of a full output layer's logits outside the set (training
     # starts from exactly the generalist); False: one output row for the dustbin
     pooled_dustbin: bool = True
-    epochs: int = 3  # the best on the validation speakers is kept (pooled: epoch 0 competes)
-    batch_size: int = 512
-    lr: float = 0.0003  # Adam; small because training starts from the generalist
+    epochs: int = 8  # the best by the combination's validation CE is kept (pooled: epoch 0 too)
+    batch_size: int = 256
+    lr: float = 0.001  # Adam
     top_n: int = 1  # the generalist's n best pdfs of a frame choose its specialists
     gd_steps: int = 10  # gradient steps of the combination
     gd_lr: float = 2.0  # step size, in units of 1 / (1 + active specialists)
@@ -80,15 +99,25 @@ class SpecialistConfig(DictConfig):
     num_threads: int = 0  # 0: the cores split between the jobs
 
     def __post_init__(self):
+        if self.set_method not in SET_METHODS:
+            raise UserError(f"set_method must be one of {', '.join(SET_METHODS)}, got "
+                            f"{self.set_method!r}")
+        if self.targets not in TARGETS:
+            raise UserError(f"targets must be one of {', '.join(TARGETS)}, got "
+                            f"{self.targets!r}")
         if self.clusterings < 1:
             raise UserError(f"clusterings must be >= 1, got {self.clusterings}")
-        if self.num_sets < 2 * self.clusterings:
+        if self.set_method == "kmeans" and self.num_sets < 2 * self.clusterings:
             raise UserError(f"--num-sets {self.num_sets} is too few for {self.clusterings} "
                             "clusterings (each needs at least 2 sets)")
+        if self.num_sets < 1:
+            raise UserError(f"--num-sets {self.num_sets} is too few (at least 1)")
         if self.combine_method not in ("gd", "em"):
             raise UserError(f"combine_method must be 'gd' or 'em', got {self.combine_method!r}")
         if self.set_size_max < 0 or self.top_n < 1 or self.epochs < 1 or self.gd_steps < 0:
             raise UserError("set_size_max must be >= 0, top_n and epochs >= 1, gd_steps >= 0")
+        if not 0 <= self.soft_weight <= 1:
+            raise UserError(f"soft_weight must be in [0, 1], got {self.soft_weight}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +209,24 @@ class _Specialist:
         return torch.from_numpy(self.cache.windows(frames, self.gen.left_context,
                                                    self.gen.right_context))
 
+    def probs(self, x):
+        """(N, |S| + 1) the specialist's corrected distribution (real class frequencies)."""
+        z = specialist_logits(self.model, x, self.ids, self.pooled)
+        return torch.softmax(corrected_logits(z, self.corr), 1)
+
+
+@dataclasses.dataclass
+class _Validation:
+    """The validation frames where the specialist is active, with the generalist's posteriors
+    there (computed once) and its figures."""
+
+    frames: np.ndarray  # (V,) cache frame indices
+    y: torch.Tensor  # (V,) aligned pdfs
+    p_g: torch.Tensor  # (V, P)
+    loss: float  # the generalist's CE and accuracy on them
+    acc: float
+    total: int  # all validation frames (active or not)
+
 
 def _start_specialist(cache_dir, generalist_path, set_pdfs, pooled, train_frames, seed):
     """The untrained specialist (specialist_from_generalist), the labels of the training
@@ -187,6 +234,7 @@ def _start_specialist(cache_dir, generalist_path, set_pdfs, pooled, train_frames
     cache = FrameCache(cache_dir)
     gen = load_model(generalist_path)
     gen.requires_grad_(False)
+    gen.eval()
     num_pdfs = gen.config.num_pdfs
     in_set = np.zeros(num_pdfs, dtype=bool)
     in_set[set_pdfs] = True
@@ -202,29 +250,50 @@ def _start_specialist(cache_dir, generalist_path, set_pdfs, pooled, train_frames
     return _Specialist(cache, gen, ids, lut, corr, pooled, model), labels, in_set
 
 
-def _evaluate(sp, valid_frames, valid_y, generalist=False):
-    """(CE, accuracy) over set + dustbin on all validation frames (the real mix), of the
-    corrected specialist or (``generalist``) of the generalist's collapsed distribution."""
+def _validation(sp, valid_frames, top_n):
+    """_Validation of a specialist: the frames of ``valid_frames`` where the generalist's
+    ``top_n`` pdfs meet its set."""
+    member = membership([sp.ids.tolist()], sp.gen.config.num_pdfs)
+    keep, p_gs = [], []
+    with torch.no_grad():
+        for s in range(0, len(valid_frames), 4096):
+            p_g = torch.softmax(sp.gen(sp.windows(valid_frames[s:s + 4096])), 1)
+            act = active_specialists(p_g, member, top_n)[:, 0]
+            keep.append(valid_frames[s:s + 4096][act.numpy()])
+            p_gs.append(p_g[act])
+    frames = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+    p_g = torch.cat(p_gs) if p_gs else torch.zeros(0, sp.gen.config.num_pdfs)
+    y = torch.from_numpy(np.asarray(sp.cache.pdf[frames], dtype=np.int64))
+    n = max(len(frames), 1)
+    loss = F.nll_loss(p_g.clamp_min(1e-30).log(), y, reduction="sum").item() / n
+    acc = (p_g.argmax(1) == y).sum().item() / n
+    return _Validation(frames, y, p_g, loss, acc, len(valid_frames))
+
+
+def _evaluate(sp, val, cfg):
+    """(CE, accuracy) of the generalist + this specialist combined (asrkd.specialists.combine)
+    on the validation frames where it is active: what early stopping looks at."""
     sp.model.eval()
     loss = correct = 0.0
     with torch.no_grad():
-        for s in range(0, len(valid_frames), 4096):
-            x = sp.windows(valid_frames[s:s + 4096])
-            y = sp.lut[torch.from_numpy(valid_y[s:s + 4096])]
-            if generalist:
-                z = collapse(torch.softmax(sp.gen(x), 1), sp.ids).clamp_min(1e-30).log()
-            else:
-                z = corrected_logits(specialist_logits(sp.model, x, sp.ids, sp.pooled), sp.corr)
-            loss += F.cross_entropy(z, y, reduction="sum").item()
-            correct += (z.argmax(1) == y).sum().item()
-    n = max(len(valid_frames), 1)
+        for s in range(0, len(val.frames), 4096):
+            p_g = val.p_g[s:s + 4096]
+            y = val.y[s:s + 4096]
+            p_m = sp.probs(sp.windows(val.frames[s:s + 4096]))
+            active = torch.ones(len(y), 1, dtype=torch.bool)
+            log_q = combine(p_g, [p_m], [sp.ids.tolist()], active, cfg.gd_steps, cfg.gd_lr,
+                            method=cfg.combine_method)
+            loss += F.nll_loss(log_q, y, reduction="sum").item()
+            correct += (log_q.argmax(1) == y).sum().item()
+    n = max(len(val.frames), 1)
     return loss / n, correct / n
 
 
-def _hooks(sp, cfg, labels, in_set, valid_frames, valid_y, seed, drawn):
+def _hooks(sp, cfg, labels, in_set, val, seed, drawn, topk):
     """The specialist's TrainHooks (asrkd.train): each epoch a new draw of its frames, seeded by
-    (seed, epoch) (``drawn``: epoch -> their number); logits, labels and targets over set +
-    dustbin (the training sample's, uncorrected); validation as ``_evaluate``."""
+    (seed, epoch) (``drawn``: epoch -> their number); logits and labels over set + dustbin (the
+    training sample's, uncorrected); the loss of ``cfg.targets``; validation as ``_evaluate``.
+    ``topk``: the stored soft targets' (batch["extra"] packed [ids | probs | rest])."""
 
     def frames(epoch, train_frames):
         idx, _ = specialist_frames(labels, in_set, np.random.default_rng([seed, epoch]))
@@ -234,20 +303,23 @@ def _hooks(sp, cfg, labels, in_set, valid_frames, valid_y, seed, drawn):
     def hard_loss(logits, batch):  # CE with the aligned class (batch["y"], mapped by labels)
         return F.cross_entropy(logits, batch["y"])
 
-    def soft_loss(logits, batch):  # CE with the generalist's collapsed distribution
-        with torch.no_grad():
-            target = collapse(torch.softmax(sp.gen(batch["x"]), 1), sp.ids, sp.corr)
-        return -(target * F.log_softmax(logits, 1)).sum(1).mean()
+    def soft_loss(logits, batch):  # + CE with the ensemble's targets collapsed onto S + dustbin
+        extra = batch["extra"]
+        target = collapse_sparse(extra[:, :topk].long(), extra[:, topk:2 * topk].float(),
+                                 extra[:, 2 * topk].float(), sp.lut, len(sp.ids) + 1, sp.corr)
+        soft = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+        return cfg.soft_weight * soft + (1 - cfg.soft_weight) * hard_loss(logits, batch)
 
     return TrainHooks(
         forward=lambda model, batch: specialist_logits(model, batch["x"], sp.ids, sp.pooled),
-        labels=lambda y: sp.lut[y], loss=hard_loss if cfg.hard_targets else soft_loss,
-        frames=frames, evaluate=lambda model: _evaluate(sp, valid_frames, valid_y))
+        labels=lambda y: sp.lut[y], loss=soft_loss if cfg.targets == "soft" else hard_loss,
+        frames=frames, evaluate=lambda model: _evaluate(sp, val, cfg))
 
 
 def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dict, train_frames,
-                          valid_frames, seed):
-    """Train one specialist into out_dir/final.pt (module docstring); returns its summary."""
+                          valid_frames, seed, soft=None):
+    """Train one specialist into out_dir/final.pt (module docstring); returns its summary.
+    ``soft``: (path of the packed soft targets in cache frame order, their top k), or None."""
     cfg = SpecialistConfig.from_dict(cfg_dict)
     final = os.path.join(out_dir, "final.pt")
     if os.path.isfile(final):
@@ -259,30 +331,37 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
                                            cfg.pooled_dustbin, train_frames, seed)
     model = sp.model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    valid_y = np.asarray(sp.cache.pdf[valid_frames], dtype=np.int64)
-    gen_loss, gen_acc = _evaluate(sp, valid_frames, valid_y, generalist=True)
-    print(f"generalist on set + dustbin: valid loss {gen_loss:.4f} acc {gen_acc:.4f}",
-          file=sys.stderr)
+    val = _validation(sp, valid_frames, cfg.top_n)
+    print(f"generalist on the {len(val.frames)} of {val.total} validation frames where the "
+          f"specialist is active: loss {val.loss:.4f} acc {val.acc:.4f}", file=sys.stderr)
     t_start = time.time()
     schedule = BestLoss(cfg.lr, cfg.epochs)
-    if sp.pooled:  # epoch 0 (the generalist itself) competes: a specialist never ends up worse
-        schedule = BestLoss(cfg.lr, cfg.epochs, gen_loss, gen_acc)
+    if sp.pooled:  # epoch 0 (the combination is exactly the generalist) competes
+        schedule = BestLoss(cfg.lr, cfg.epochs, val.loss, val.acc)
         model.save(final, epoch=0)
     tc = TrainConfig(epochs=cfg.epochs, min_epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
                      tensorboard=False)
     run = TrainRun(out_dir, tc, seed, World(), "cpu", sp.cache, model, opt, schedule, [],
                    train_frames, [], {"seed": int(seed)})
+    if soft is not None:
+        run.extra = np.load(soft[0], mmap_mode="r")
     drawn = {}
-    train_epochs(run, _hooks(sp, cfg, labels, in_set, valid_frames, valid_y, seed, drawn))
+    train_epochs(run, _hooks(sp, cfg, labels, in_set, val, seed, drawn,
+                             soft[1] if soft else 0))
     model.load_state_dict(load_checkpoint(final)["state_dict"])  # the best epoch
     best = schedule.state
+    history = [{**h, "frames": drawn[h["epoch"]],
+                "updates": math.ceil(drawn[h["epoch"]] / cfg.batch_size)} for h in run.history]
     info = {"set": [int(p) for p in set_pdfs], "log_correction": sp.corr,
-            "num_pdfs": sp.gen.config.num_pdfs,
-            "best_epoch": best["best_epoch"], "valid_loss": best["best_loss"],
-            "valid_acc": best["best_acc"],
-            "generalist_valid_loss": gen_loss, "generalist_valid_acc": gen_acc,
-            "train_seconds": time.time() - t_start,
-            "history": [{**h, "frames": drawn[h["epoch"]]} for h in run.history]}
+            "num_pdfs": sp.gen.config.num_pdfs, "targets": cfg.targets,
+            "best_epoch": best["best_epoch"], "kept_generalist": best["best_epoch"] == 0,
+            "valid_loss": best["best_loss"], "valid_acc": best["best_acc"],
+            "valid_frames": len(val.frames), "valid_frames_all": val.total,
+            "generalist_valid_loss": val.loss, "generalist_valid_acc": val.acc,
+            "updates": int(sum(h["updates"] for h in history)),
+            "updates_to_best": int(sum(h["updates"] for h in history
+                                       if h["epoch"] <= best["best_epoch"])),
+            "train_seconds": time.time() - t_start, "history": history}
     model.save(final, specialist=info)
     for p in glob.glob(os.path.join(out_dir, "epoch*.pt")):
         os.remove(p)  # a specialist does not resume: an unfinished one is trained anew
@@ -294,15 +373,20 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
 
 
 def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1, lang_dir=None,
-                      cache_dir=None):
+                      cache_dir=None, soft_dir=None):
     """`asrkd train-specialists`: confusable sets from the generalist, then one specialist per
     set, trained in ``nj`` parallel jobs. Returns the path of ``exp_dir/specialists.json``.
 
-    Writes exp_dir: sets.json and sets.md (the sets with their phones/states), generalist.pt (a
-    copy of GENERALIST), spec{m}/final.pt, log/train.{m}.log and specialists.json. Finished
-    specialists (same set) are not retrained.
+    ``soft_dir``: the ensemble's stored soft targets (`asrkd soft-targets`, T = 1) of data_dir,
+    needed (and only allowed) with ``config.targets == "soft"``. Writes exp_dir: sets.json and
+    sets.md (the sets with their phones/states), generalist.pt (a copy of GENERALIST),
+    spec{m}/final.pt, log/train.{m}.log and specialists.json. Finished specialists (same set)
+    are not retrained.
     """
     config = config or SpecialistConfig()
+    if (soft_dir is not None) != (config.targets == "soft"):
+        raise UserError("soft targets (--soft-targets DIR) go with --targets soft, and only "
+                        "with it")
     t_start = time.time()
     gpath = _resolve_checkpoint(generalist)
     gen = load_model(gpath)
@@ -315,10 +399,13 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
     invalidate(os.path.join(exp_dir, "specialists.json"))
     cache = build_frame_cache(data_dir, ali_dir, cache_dir or os.path.join(exp_dir, "frames"),
                               cmvn=gen.config.cmvn)
-    train_frames, valid_frames = _train_valid_frames(cache)
-    sets, cov_seconds = _load_or_make_sets(exp_dir, config, gen, cache, train_frames)
+    train_utts, train_frames, valid_frames = _train_valid_frames(cache)
+    soft = None
+    if soft_dir is not None:
+        soft = _pack_soft_targets(soft_dir, ali, num_pdfs, cache, train_utts, exp_dir)
+    sets, confusion, set_seconds = _load_or_make_sets(exp_dir, config, gen, cache, train_frames)
     _write_sets_md(exp_dir, gpath, sets, config, num_pdfs, cache, train_frames, ali_dir,
-                   lang_dir)
+                   lang_dir, confusion)
 
     gcopy = os.path.join(exp_dir, "generalist.pt")
     if not os.path.isfile(gcopy):
@@ -328,17 +415,17 @@ def train_specialists(generalist, data_dir, ali_dir, exp_dir, config=None, nj=1,
     dirs = [os.path.join(exp_dir, f"spec{m + 1}") for m in range(len(sets))]
     cfg = config.to_dict()
     args = [(cache.dir, gcopy, s["pdfs"], d, cfg, train_frames, valid_frames,
-             config.seed * 1000 + m + 1) for m, (s, d) in enumerate(zip(sets, dirs))]
+             config.seed * 1000 + m + 1, soft) for m, (s, d) in enumerate(zip(sets, dirs))]
     t0 = time.time()
     infos = run_jobs(_train_specialist_job, args, nj, os.path.join(exp_dir, "log"), "train",
                      desc="train-specialists", threads_per_job=threads)
     train_wall = time.time() - t0
-    seconds = {"sets": cov_seconds, "train_wall": train_wall,
+    seconds = {"sets": set_seconds, "train_wall": train_wall,
                "train_sum": float(sum(i["train_seconds"] for i in infos)),
                "total": time.time() - t_start, "nj": nj, "threads_per_job": threads}
     out = os.path.join(exp_dir, "specialists.json")
-    write_json(out, _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds), indent=1,
-               sort_keys=False)
+    write_json(out, _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds, soft_dir),
+               indent=1, sort_keys=False)
     return out
 
 
@@ -350,52 +437,88 @@ def _resolve_checkpoint(path):
 
 
 def _train_valid_frames(cache):
-    """The cache's labelled frames split by speaker: (train frames, validation frames)."""
+    """The cache's labelled frames split by speaker: (train utterance indices, train frames,
+    validation frames)."""
     labeled = np.flatnonzero(cache.labeled)
     train_utts, valid_utts = split_by_speaker([cache.spk[i] for i in labeled], 0.1)
-    train_frames = cache.frames_of(labeled[train_utts].tolist())
+    train_utts = labeled[train_utts].tolist()
+    train_frames = cache.frames_of(train_utts)
     valid_frames = cache.frames_of(labeled[valid_utts].tolist())
     if len(valid_frames) == 0:
         valid_frames = train_frames[:: max(1, len(train_frames) // 2000)]
-    return train_frames, valid_frames
+    return train_utts, train_frames, valid_frames
+
+
+def _pack_soft_targets(soft_dir, ali, num_pdfs, cache, train_utts, exp_dir):
+    """The stored soft targets of the training utterances packed [ids | probs | rest] in cache
+    frame order (exp_dir/soft_targets.npy, what every specialist job memory-maps): (path,
+    top k)."""
+    store = SoftTargetStore(soft_dir)
+    if abs(store.temperature - 1.0) > 1e-6:
+        raise UserError(f"{soft_dir}: soft targets at T = {store.temperature}; specialists take "
+                        "them at T = 1 (the dustbin correction assumes real probabilities)")
+    if store.num_pdfs != num_pdfs:
+        raise UserError(f"{soft_dir} has {store.num_pdfs} pdfs, the alignment {num_pdfs}")
+    check_tree(f"the soft targets {soft_dir}", store.meta.get("tree_id"), ali.path,
+               ali.tree_id)
+    path = os.path.join(exp_dir, "soft_targets.npy")
+    invalidate(path)
+    extra_memmap(cache, train_utts, PackedTargets(store), path)
+    return path, int(store.topk or num_pdfs)
 
 
 def _load_or_make_sets(exp_dir, config, gen, cache, train_frames):
-    """(sets, seconds it took): exp_dir/sets.json if made with the same settings, else the
-    confusable sets of the generalist's covariance on the training frames (then saved)."""
+    """(sets, the generalist's (P, P) confusion matrix on the training frames, seconds it took):
+    exp_dir/sets.json if made with the same settings, else the sets of ``config.set_method``
+    (asrkd.specialists.sets), then saved (the confusion matrix as exp_dir/confusion.npy)."""
     sets_path = os.path.join(exp_dir, "sets.json")
-    if os.path.isfile(sets_path):
+    conf_path = os.path.join(exp_dir, "confusion.npy")
+    if os.path.isfile(sets_path) and os.path.isfile(conf_path):
         with open(sets_path) as f:
             saved = json.load(f)
         if saved.get("config") != _set_fields(config):
             raise UserError(f"{exp_dir} holds sets made with other settings; use a new dir")
-        return saved["sets"], saved["seconds"]
+        return saved["sets"], np.load(conf_path), saved["seconds"]
     t0 = time.time()
-    cov_frames = train_frames
-    if 0 < config.cov_frames < len(cov_frames):
-        cov_frames = np.sort(np.random.default_rng(config.seed).choice(
-            cov_frames, config.cov_frames, replace=False))
-    acc = generalist_covariance(gen, cache, cov_frames)
-    sets = confusable_sets(acc.covariance(), config.num_sets, config.clusterings,
-                           config.set_size_max, config.seed, config.kmeans_epochs)
-    cov_seconds = time.time() - t0
-    write_json(sets_path, {"config": _set_fields(config), "sets": sets, "seconds": cov_seconds,
-                           "frames": int(acc.n)}, indent=1, sort_keys=False)
-    return sets, cov_seconds
+    stat_frames = train_frames
+    if 0 < config.cov_frames < len(stat_frames):
+        stat_frames = np.sort(np.random.default_rng(config.seed).choice(
+            stat_frames, config.cov_frames, replace=False))
+    cov, conf = generalist_statistics(gen, cache, stat_frames)
+    num_pdfs = gen.config.num_pdfs
+    size = config.set_size_max or default_set_size(num_pdfs, config.num_sets)
+    if config.set_method == "confusion":
+        sets = confusion_sets(conf.confusion, config.num_sets, size)
+    else:
+        sets = confusable_sets(cov.covariance(), config.num_sets, config.clusterings, size,
+                               config.seed, config.kmeans_epochs)
+    seconds = time.time() - t0
+    with atomic_path(conf_path) as tmp, open(tmp, "wb") as f:
+        np.save(f, conf.confusion)
+    write_json(sets_path, {"config": _set_fields(config), "set_size_max": size, "sets": sets,
+                           "seconds": seconds, "frames": int(cov.n)}, indent=1, sort_keys=False)
+    return sets, conf.confusion, seconds
 
 
 def _write_sets_md(exp_dir, gpath, sets, config, num_pdfs, cache, train_frames, ali_dir,
-                   lang_dir):
-    """exp_dir/sets.md: the sets with their share of the training frames, phones and states."""
+                   lang_dir, confusion):
+    """exp_dir/sets.md: the sets with their share of the training frames and of the
+    generalist's confusions, phones and states."""
     labels = np.asarray(cache.pdf[train_frames], dtype=np.int64)
     frame_counts = np.bincount(labels, minlength=num_pdfs)
     share = [frame_counts[s["pdfs"]].sum() / max(len(labels), 1) for s in sets]
+    size = config.set_size_max or default_set_size(num_pdfs, config.num_sets)
+    how = ("greedy growth on the generalist's confusion matrix (training frames)"
+           if config.set_method == "confusion" else
+           f"{config.clusterings} k-means clusterings of the covariance of the generalist's "
+           "posteriors")
     with atomic_path(os.path.join(exp_dir, "sets.md")) as tmp, open(tmp, "w") as f:
         covered = len({p for s in sets for p in s["pdfs"]})
-        f.write(f"# Confusable sets of {gpath}\n\n{len(sets)} sets from {config.clusterings} "
-                f"k-means clusterings of the covariance of the generalist's posteriors; "
-                f"{covered} of {num_pdfs} pdfs covered.\n\n")
-        f.write(sets_markdown(sets, pdf_states(ali_dir, lang_dir), share))
+        f.write(f"# Confusable sets of {gpath}\n\n{len(sets)} sets of at most {size} pdfs by "
+                f"{how}; {covered} of {num_pdfs} pdfs covered. \"confusion held\": the share of "
+                "the generalist's confusion mass (probability on a wrong pdf, training frames) "
+                "between two pdfs of the set.\n\n")
+        f.write(sets_markdown(sets, pdf_states(ali_dir, lang_dir), share, confusion))
 
 
 def _jobs_and_threads(nj, num_sets, config):
@@ -408,19 +531,23 @@ def _jobs_and_threads(nj, num_sets, config):
     return nj, config.num_threads or max(1, cores // nj)
 
 
-def _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds):
-    """What specialists.json holds (what asrkd.specialists.scorer reads)."""
+def _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds, soft_dir):
+    """What specialists.json holds (what asrkd.specialists.scorer and .report read)."""
     return {
         "format": "asrkd-specialists-1", "generalist": "generalist.pt",
         "generalist_source": os.path.abspath(gpath), "num_pdfs": int(num_pdfs),
         "top_n": config.top_n, "gd_steps": config.gd_steps, "gd_lr": config.gd_lr,
         "combine_method": config.combine_method,
         "config": config.to_dict(),
+        "soft_targets": os.path.abspath(soft_dir) if soft_dir else None,
         "specialists": [{"dir": os.path.basename(d), "set": s["pdfs"],
                          "clustering": s["clustering"], "log_correction": i["log_correction"],
-                         "valid_acc": i["valid_acc"], "best_epoch": i["best_epoch"],
+                         "best_epoch": i["best_epoch"],
+                         "kept_generalist": i.get("kept_generalist", i["best_epoch"] == 0),
+                         "updates": i.get("updates"), "updates_to_best": i.get("updates_to_best"),
+                         "valid_frames": i.get("valid_frames"),
+                         "valid_acc": i["valid_acc"], "valid_loss": i["valid_loss"],
                          "generalist_valid_acc": i.get("generalist_valid_acc"),
-                         "valid_loss": i["valid_loss"],
                          "generalist_valid_loss": i.get("generalist_valid_loss"),
                          "train_seconds": i["train_seconds"]}
                         for d, s, i in zip(dirs, sets, infos)],
@@ -429,5 +556,6 @@ def _manifest(gpath, num_pdfs, config, dirs, sets, infos, seconds):
 
 
 def _set_fields(config):
-    keys = ("num_sets", "set_size_max", "clusterings", "kmeans_epochs", "cov_frames", "seed")
+    keys = ("num_sets", "set_method", "set_size_max", "clusterings", "kmeans_epochs",
+            "cov_frames", "seed")
     return {k: getattr(config, k) for k in keys}

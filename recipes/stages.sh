@@ -146,6 +146,12 @@ if [ -n "$transfer" ]; then
   distill_train=$exp/distill_train
   control_matched=$exp/control_matched
 fi
+# epoch_frames MODEL_DIR: the frames of its first epoch (train_log.csv's "frames" column): what
+# an update-matched control is given per epoch
+epoch_frames() {
+  awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "frames") c = i} NR == 2 {print $c}' \
+    $1/train_log.csv
+}
 student_seed=$(( seed * 1000 + 1 ))   # the students' and the control's initialisation
 # What a DNN's posteriors are divided by in decoding: the training alignment's pdf counts, or
 # the model's own mean posterior on (a part of) the training set (asrkd adjust-priors, as
@@ -189,8 +195,7 @@ if stage 12 "distillation: same-size and small students, the controls and the sm
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
       $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
     if [ -n "$control_matched" ]; then
-      local fpe=$(awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "frames") c = i}
-                           NR == 2 {print $c}' $exp/distill/train_log.csv)
+      local fpe=$(epoch_frames $exp/distill)
       $asrkd_cmd asrkd train --conf $conf/$student_conf --seed $student_seed --cache-dir $frames \
         --num-threads 1 --frames-per-epoch $fpe $data/$train $exp/tri_ali_$train $control_matched
     fi
@@ -406,8 +411,7 @@ if [ "$student_seeds" -gt 1 ] && stage 18 "seed spread: the students and their c
     $asrkd_cmd asrkd distill --temperature $temperature --alpha $alpha $opts \
       $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $sd/distill_s$i
     if [ -n "$control_matched" ]; then
-      fpe=$(awk -F, 'NR == 1 {for (j = 1; j <= NF; j++) if ($j == "frames") c = j}
-                     NR == 2 {print $c}' $sd/distill_s$i/train_log.csv)
+      fpe=$(epoch_frames $sd/distill_s$i)
       $asrkd_cmd asrkd train $opts --frames-per-epoch $fpe $data/$train $exp/tri_ali_$train \
         $sd/control_matched_s$i
     else

@@ -1,13 +1,25 @@
-"""ONNX against PyTorch: model size and per-frame latency of the acoustic model on one thread.
+"""Float ONNX, int8 ONNX and PyTorch side by side: file size, parity, per-frame speed, and WER.
 
-Exports MODEL (a checkpoint, a student dir, or an ensemble dir) with `export_onnx`, then times
-whole-utterance log-posteriors (splicing included) of DATA_DIR's utterances with PyTorch
-(``Scorer.log_posteriors``' network part) and with onnxruntime, alternating the two in every
-repeat so that other users' load falls on both alike. Reports microseconds per frame (best and
-median repeat, wall clock) and the ratio onnxruntime / PyTorch. Without arguments it makes a
-random 3 x 256 DNN over 11 x 40 fbank with 1000 outputs (the demo's size) and random features.
+Exports MODEL (a checkpoint, a student dir, or an ensemble dir) with `export_onnx
+--quantize int8` (OUT.onnx and OUT.int8.onnx), then, in one run:
+
+- size: the two ONNX files and the PyTorch checkpoint(s), and the ratio int8 / float;
+- parity: max |log-posterior - PyTorch's| over all frames and pdfs of the timed utterances
+  (mean |diff| and the share of frames whose arg max pdf agrees with PyTorch's too);
+- speed: whole-utterance log-posteriors (splicing included) of DATA_DIR's utterances on one
+  thread, the three runtimes alternated in every repeat so that other users' load falls on all
+  alike; microseconds per frame (best and median repeat) and the ratios to PyTorch;
+- WER, when --graph and --test-dir are given: `asrkd decode` of the test set with each model at
+  one acoustic scale (--acwt), the graph and options shared (--also). An ONNX model carries the
+  checkpoint's count priors only, so all three are decoded with --priors counts; with --priors
+  posterior PyTorch is decoded that way too (the recipe's setting), as a fourth row.
+
+Without arguments it makes a random 3 x 256 DNN over 11 x 40 fbank with 1000 outputs (the
+demo's size) and random features (no WER then).
 
     .venv/bin/python bench/export.py [--model exp/distill --data-dir data/test] [--repeats 7]
+        [--graph exp/tri/graph --test-dir data/test --acwt 0.15 --beam 11 --max-active 1000
+         --priors posterior --nj 2 --out-dir DIR]
 """
 
 import argparse
@@ -22,10 +34,6 @@ import torch
 from asrkd.ensemble import resolve_checkpoints
 from asrkd.export import OnnxModel, _UtteranceGraph, export_onnx
 from asrkd.models import ModelConfig, build_model, load_model
-
-
-class _Feats(dict):
-    cmvn = "meanvar"
 
 
 def _random_setup(root):
@@ -55,55 +63,121 @@ def _random_setup(root):
     return os.path.join(root, "model"), d
 
 
+def _timings(runners, frames, repeats):
+    """{name: [us/frame per repeat]}, the runners alternated within each repeat."""
+    for fn in runners.values():
+        fn()  # warm-up (session creation, allocator)
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) / frames * 1e6)
+    return times
+
+
+def _wer(args, model, models, out_dir):
+    """`asrkd decode` of --test-dir with every model of ``models`` (name -> path) in one call;
+    returns {name: first line of its wer file}."""
+    from asrkd.cli import main as asrkd
+
+    rows = dict(models)
+    common = ["--acwt", str(args.acwt), "--beam", str(args.beam), "--max-active",
+              str(args.max_active), "--nj", str(args.nj)]
+    names = list(rows)
+    cmd = ["decode", args.graph, args.test_dir, rows[names[0]],
+           os.path.join(out_dir, f"decode_{names[0]}")]
+    for n in names[1:]:
+        cmd += ["--also", rows[n], os.path.join(out_dir, f"decode_{n}")]
+    if asrkd(cmd + common + ["--priors", "counts"]) != 0:
+        raise SystemExit("decode failed")
+    if args.priors == "posterior":
+        names.append("pytorch_posterior_priors")
+        if asrkd(["decode", args.graph, args.test_dir, model,
+                  os.path.join(out_dir, "decode_pytorch_posterior_priors")] + common +
+                 ["--priors", "posterior"]) != 0:
+            raise SystemExit("decode failed")
+    out = {}
+    for n in names:
+        with open(os.path.join(out_dir, f"decode_{n}", "wer")) as f:
+            out[n] = f.readline().strip()
+    return out
+
+
 def main():
     from asrkd.features import FeatureReader
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="features timed and compared")
     p.add_argument("--num-utts", type=int, default=20)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--graph", default=None, help="decoding graph dir: also measure WER")
+    p.add_argument("--test-dir", default=None, help="data dir decoded for WER")
+    p.add_argument("--acwt", type=float, default=0.1)
+    p.add_argument("--beam", type=float, default=11.0)
+    p.add_argument("--max-active", type=int, default=1000)
+    p.add_argument("--priors", choices=("counts", "posterior"), default="counts")
+    p.add_argument("--nj", type=int, default=1)
+    p.add_argument("--out-dir", default=None, help="keep the ONNX files and decode dirs here")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
+        out_dir = args.out_dir or tmp
+        os.makedirs(out_dir, exist_ok=True)
         model, data_dir = args.model, args.data_dir
         if model is None:
             model, data_dir = _random_setup(tmp)
-        out = os.path.join(tmp, "model.onnx")
-        res = export_onnx(model, out, data_dir=data_dir, num_utts=2)
+        res = export_onnx(model, os.path.join(out_dir, "model.onnx"), data_dir=data_dir,
+                          num_utts=2, quantize="int8")
+        paths = {"onnx_float": res["path"], "onnx_int8": res["int8"]["path"]}
         ckpts = resolve_checkpoints(model)
         graph = _UtteranceGraph([load_model(c) for c in ckpts]).eval()
-        onnx_model = OnnxModel(out, num_threads=1)
+        onnx_models = {n: OnnxModel(pth, num_threads=1) for n, pth in paths.items()}
         reader = FeatureReader(data_dir, cmvn=graph.members[0].config.cmvn)
         utts = [np.ascontiguousarray(reader[u]) for u in reader.utts[:args.num_utts]]
         frames = sum(len(x) for x in utts)
+
+        with torch.no_grad():
+            ref = [graph(torch.from_numpy(x)).numpy() for x in utts]
+        print(f"model: {model} ({len(ckpts)} network(s)); {frames} frames of {len(utts)} "
+              f"utterances of {data_dir}; one thread; {args.repeats} alternating repeats")
+        sizes = {"pytorch": sum(os.path.getsize(c) for c in ckpts),
+                 **{n: os.path.getsize(pth) for n, pth in paths.items()}}
+        print("size: " + ", ".join(f"{n} {b / 1e6:.3f} MB" for n, b in sizes.items()) +
+              f"; int8 / float {sizes['onnx_int8'] / sizes['onnx_float']:.3f}")
+        for n, m in onnx_models.items():
+            got = [m.log_posteriors(x) for x in utts]
+            d = [np.abs(a - b) for a, b in zip(got, ref)]
+            agree = np.mean(np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(got, ref)]))
+            print(f"parity {n:<10} vs pytorch: max |diff| {max(x.max() for x in d):.3e}, mean "
+                  f"{np.mean(np.concatenate([x.ravel() for x in d])):.3e}; arg max agrees on "
+                  f"{100 * agree:.2f}% of frames")
 
         @torch.no_grad()
         def run_torch():
             for x in utts:
                 graph(torch.from_numpy(x))
 
-        def run_onnx():
-            for x in utts:
-                onnx_model.log_posteriors(x)
+        def onnx_runner(m):
+            return lambda: [m.log_posteriors(x) for x in utts]
 
-        run_torch(), run_onnx()  # warm-up (session creation, allocator)
-        times = {"pytorch": [], "onnxruntime": []}
-        for _ in range(args.repeats):
-            for name, fn in (("pytorch", run_torch), ("onnxruntime", run_onnx)):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) / frames * 1e6)
-        pt_bytes = sum(os.path.getsize(c) for c in ckpts)
-        print(f"model: {model} ({len(ckpts)} network(s)); {frames} frames of {len(utts)} "
-              f"utterances; one thread; {args.repeats} alternating repeats")
-        print(f"size: ONNX {res['bytes'] / 1e6:.2f} MB, PyTorch checkpoint(s) "
-              f"{pt_bytes / 1e6:.2f} MB; parity max |diff| {res['max_abs_diff']:.2e}")
+        times = _timings({"pytorch": run_torch,
+                          **{n: onnx_runner(m) for n, m in onnx_models.items()}},
+                         frames, args.repeats)
         for name, t in times.items():
-            print(f"{name:<12} {min(t):8.2f} us/frame best {statistics.median(t):8.2f} median")
-        print(f"ratio onnxruntime / pytorch: {min(times['onnxruntime']) / min(times['pytorch']):.2f}"
-              f" best, {statistics.median(times['onnxruntime']) / statistics.median(times['pytorch']):.2f}"
+            print(f"speed {name:<10} {min(t):8.2f} us/frame best {statistics.median(t):8.2f} "
+                  f"median; / pytorch {min(t) / min(times['pytorch']):.2f} best, "
+                  f"{statistics.median(t) / statistics.median(times['pytorch']):.2f} median")
+        print(f"speed onnx_int8 / onnx_float: "
+              f"{min(times['onnx_int8']) / min(times['onnx_float']):.2f} best, "
+              f"{statistics.median(times['onnx_int8']) / statistics.median(times['onnx_float']):.2f}"
               " median")
+        if args.graph and args.test_dir:
+            wers = _wer(args, model, {"pytorch": model, **paths}, out_dir)
+            for n, w in wers.items():
+                print(f"WER {n:<24} {w}  ({args.test_dir}, acwt {args.acwt:g}, beam {args.beam:g},"
+                      f" max-active {args.max_active})")
 
 
 if __name__ == "__main__":

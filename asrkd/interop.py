@@ -4,16 +4,34 @@ lhotse (``export_lhotse`` / ``import_lhotse``): one utterance of a data dir is o
 (id = utterance id, the wav.scp file), one supervision (id = utterance id, the whole recording,
 channel 0, ``text``, ``speaker``) and one cut (id = utterance id). Soft targets travel as two
 temporal arrays attached to each cut by utterance id, as icefall attaches its distillation
-codebook indexes: ``soft_target_ids`` (T, K) int and ``soft_target_probs`` (T, K) float32,
-stored as .npy files (lhotse's NumpyFilesWriter), frame shift 10 ms. Kaldi's frame count
-(snip_edges) is a little below duration / 10 ms, which lhotse's validator only warns about.
+codebook indexes: ``soft_target_ids`` (T, K) int32 and ``soft_target_probs`` (T, K + 1)
+float32, stored as .npy files (lhotse's NumpyFilesWriter), frame shift 10 ms. The last column of
+``soft_target_probs`` is the *rest*: the mass of the pdfs outside the K ids (it has no id), so
+each row sums to one; ``soft_targets`` renormalises the stored row (float16 probabilities) so
+that it does to float32 rounding.
+
+Frame counts: the arrays hold asrkd's frames, T = 1 + (N - 400) // 160 for N samples at 16 kHz
+(Kaldi's snip_edges framing, frame i centred at 12.5 + 10 i ms; ``featconf.num_frames``), and
+their ``shape`` says so: they are neither padded nor trimmed. lhotse's own count for the same
+duration and 10 ms shift (``lhotse.utils.compute_num_frames``, round(N / 160), what its Fbank
+with snip_edges=False gives) is exactly 2 frames more (N >= 400); lhotse's validator only warns about the
+difference (silenced here, ``_quiet_frame_count_warnings``). A consumer that pairs the targets
+with lhotse-computed features has to align the two (asrkd frame i is nearest lhotse frame i + 1).
+
+Feature scale: asrkd's fbank (Kaldi's, on waveforms in int16 units) is lhotse's ``Fbank`` (on
+waveforms in [-1, 1]) plus a constant 2 ln(32768) = 20.794 in every log-mel bin, for the same
+options: power spectra scale by 32768 ** 2. (lhotse's defaults are not asrkd's: it needs
+``FbankConfig(num_filters=40, snip_edges=True, dither=0, high_freq=0)``; with those, on a demo
+test utterance, the difference was 20.794416 +- 2e-6.) Models trained on one do not take the
+other's features without that offset (mean CMVN removes it; asrkd's default meanvar does).
 
 Where we deviate from lhotse recipes: a cut must cover a whole single-file recording, since an
 asrkd data dir has no segments file; other cuts are refused with the reason.
 
 Kaldi (``export_soft_targets``): per utterance a dense float32 (T, num_pdfs) matrix (the stored
-top-k distribution, zero elsewhere) in an ark + scp, what nnet3's ``--use-dense-targets true
---targets-scp`` reads (e.g. steps/nnet3/train_raw_dnn.py).
+top-k probabilities, the rest mass spread evenly over the other pdfs; rows sum to one) in an
+ark + scp, what nnet3's ``--use-dense-targets true --targets-scp`` reads (e.g.
+steps/nnet3/train_raw_dnn.py).
 """
 
 import logging
@@ -34,13 +52,24 @@ SOFT_FIELDS = ("soft_target_ids", "soft_target_probs")
 FRAME_SHIFT = 0.01
 
 
+def soft_targets(store, utt):
+    """``store[utt]`` as exported: (ids (T, K) int64, probs (T, K) float32, rest (T,) float32),
+    jointly rescaled so that ``probs.sum(1) + rest`` is one to float32 rounding (the store keeps
+    float16 probabilities, whose row sums are within 1e-2 of one)."""
+    ids, probs = store[utt]
+    rest = store.rest(utt).astype(np.float64)
+    total = probs.astype(np.float64).sum(axis=1) + rest  # (T,)
+    return (ids, (probs / total[:, None]).astype(np.float32),
+            (rest / total).astype(np.float32))
+
+
 def export_soft_targets(soft_dir, out_dir):
     """`asrkd export-soft-targets`: OUT_DIR/targets.ark + targets.scp (absolute paths) of dense
     (T, num_pdfs) float32 soft targets, and OUT_DIR/num_targets. Returns the frame count.
 
     The store keeps the top k and the mass of the other pdfs as one number; a dense target has
     to put that mass somewhere, so it is spread evenly over the other pdfs (each row sums to
-    one, as nnet3's cross-entropy on dense targets expects)."""
+    one, as nnet3's cross-entropy on dense targets expects; ``soft_targets``)."""
     store = SoftTargetStore(soft_dir)
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(out_dir, exist_ok=True)
@@ -48,10 +77,9 @@ def export_soft_targets(soft_dir, out_dir):
     with ArkWriter(os.path.join(out_dir, "targets.ark"),
                    os.path.join(out_dir, "targets.scp")) as w:
         for utt in tqdm(sorted(store), desc="export-soft-targets", unit="utt", disable=None):
-            ids, probs = store[utt]
-            rest = store.rest(utt)
+            ids, probs, rest = soft_targets(store, utt)
             others = max(num_pdfs - ids.shape[1], 1)
-            dense = np.repeat((rest / others)[:, None], num_pdfs, axis=1).astype(np.float32)
+            dense = np.repeat((rest / others)[:, None], num_pdfs, axis=1)  # (T, P) float32
             np.put_along_axis(dense, ids, probs, axis=1)  # (T, P)
             w[utt] = dense
             frames += ids.shape[0]
@@ -64,7 +92,7 @@ def export_soft_targets(soft_dir, out_dir):
 
 class _quiet_frame_count_warnings:
     """Drop lhotse's per-cut warning that T * 10 ms falls short of the cut's duration: with
-    Kaldi's framing it always does (by up to 25 ms), and it would print twice per cut."""
+    Kaldi's framing it always does (by 15 to 25 ms), and it would print twice per cut."""
 
     def filter(self, record):
         return "possibly mismatched duration" not in record.getMessage()
@@ -109,7 +137,8 @@ def export_lhotse(data_dir, out_dir, soft_dir=None):
         attached = []
         with NumpyFilesWriter(os.path.join(out_dir, "soft_targets")) as writer:
             for cut in cuts:
-                ids, probs = store[cut.id]
+                ids, probs, rest = soft_targets(store, cut.id)
+                probs = np.concatenate([probs, rest[:, None]], axis=1)  # (T, K + 1): rest last
                 cut = cut.with_custom(SOFT_FIELDS[0], writer.store_array(
                     f"{cut.id}_ids", ids.astype(np.int32), frame_shift=FRAME_SHIFT,
                     temporal_dim=0))

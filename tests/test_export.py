@@ -124,3 +124,37 @@ def test_edited_onnx_metadata_are_refused(tiny_hybrid, tiny_data, tmp_path, caps
                  str(tmp_path / "dec")]) == 1
     err = capsys.readouterr().err
     assert err.count("metadata_sha256 differs") == 1 and "Traceback" not in err
+
+
+def test_int8_export_is_smaller_close_and_decodes(tiny_hybrid, tiny_data, tmp_path, capsys):
+    """`--quantize int8` writes OUT.int8.onnx beside OUT: a fraction of the float file's size,
+    log-posteriors near the float graph's, and it decodes through the ONNX scorer."""
+    model = tiny_hybrid["model"]
+    out = str(tmp_path / "dnn.onnx")
+    assert main(["export-onnx", model, out, "--data-dir", tiny_data["dev"], "--acwt", "0.25",
+                 "--quantize", "int8"]) == 0
+    assert "int8" in capsys.readouterr().err
+    q_out = str(tmp_path / "dnn.int8.onnx")
+    assert os.path.isfile(out) and os.path.isfile(q_out)
+    # a 440 x 64 x P DNN: the weights are most of the file (int8: 0.33 of the float bytes;
+    # float biases and the graph are the rest)
+    assert os.path.getsize(q_out) < 0.35 * os.path.getsize(out)
+    flt, q = OnnxModel(out), OnnxModel(q_out)
+    assert (flt.quantization, q.quantization, q.acwt) == (None, "int8", 0.25)
+    assert np.array_equal(q.pdf_counts, flt.pdf_counts)
+    feats = FeatureReader(tiny_data["test"], cmvn="meanvar")
+    ours, ref = make_scorer(q_out, tiny_data["test"]), make_scorer(out, tiny_data["test"])
+    agree = frames = 0
+    for utt in feats.utts[:4]:
+        a, b = q.log_posteriors(feats[utt]), flt.log_posteriors(feats[utt])
+        assert a.shape == b.shape and a.min() >= np.log(1e-30) - 1e-4
+        assert np.abs(a - b).max() < 0.5  # measured 0.11 here (4 utterances)
+        assert np.abs(ours(utt) - ref(utt)).max() < 0.5  # the same priors are subtracted
+        agree += int((a.argmax(1) == b.argmax(1)).sum())
+        frames += len(a)
+    assert agree / frames > 0.9  # measured 0.98
+    d = str(tmp_path / "decode_int8")
+    decode(tiny_hybrid["graph"], tiny_data["test"], q_out, d, acwt=0.25, nj=1)
+    hyps = read_table(os.path.join(d, "hyp.txt"))
+    assert set(hyps) == set(feats.utts) and any(hyps.values())
+    assert open(os.path.join(d, "wer")).read().startswith("%WER")

@@ -72,9 +72,20 @@ def test_import_of_lhotse_style_cuts(tiny_data, tmp_path):
         import_lhotse(str(tmp_path / "p.jsonl.gz"), str(tmp_path / "dp"))
 
 
+def _raw_row_sums(store, utt):
+    ids, probs = store[utt]
+    return probs.astype(np.float64).sum(axis=1) + store.rest(utt)
+
+
 def test_soft_targets_on_cuts(tiny_data, soft, tmp_path):
+    """The cuts' soft targets keep the rest mass (a last column: rows sum to one), and their
+    frame count is asrkd's, exactly 2 below lhotse's compute_num_frames for the duration."""
     from lhotse import CutSet
     from lhotse.qa import validate
+    from lhotse.utils import compute_num_frames
+
+    from asrkd.data import DataDir
+    from asrkd.featconf import FbankConfig, num_frames
 
     cuts = export_lhotse(tiny_data["test"], str(tmp_path / "m"), soft_dir=soft)
     loaded = CutSet.from_file(str(tmp_path / "m" / "cuts.jsonl.gz"))
@@ -83,10 +94,24 @@ def test_soft_targets_on_cuts(tiny_data, soft, tmp_path):
     validate(loaded)
     store = SoftTargetStore(soft)
     assert sorted(loaded.ids) == sorted(store) == sorted(cuts.ids)
+    utt2num_frames = DataDir(tiny_data["test"]).utt2num_frames
+    raw_off = 0.0
     for cut in loaded:
         ids, probs = store[cut.id]
-        assert np.array_equal(cut.load_custom("soft_target_ids"), ids)
-        assert np.array_equal(cut.load_custom("soft_target_probs"), probs)
+        got_ids, got = cut.load_custom("soft_target_ids"), cut.load_custom("soft_target_probs")
+        assert np.array_equal(got_ids, ids)
+        assert got.shape == (len(ids), ids.shape[1] + 1) and got.dtype == np.float32
+        assert np.abs(got.astype(np.float64).sum(axis=1) - 1).max() < 1e-5
+        np.testing.assert_allclose(got[:, :-1], probs, rtol=1e-2)  # float16 rows renormalised
+        np.testing.assert_allclose(got[:, -1], store.rest(cut.id), rtol=1e-2, atol=1e-6)
+        raw_off = max(raw_off, np.abs(_raw_row_sums(store, cut.id) - 1).max())
+        # frame counts: the manifest's shape is what asrkd computed (Kaldi snip-edges) ...
+        n = cut.recording.num_samples
+        t = cut.custom["soft_target_probs"].shape[0]
+        assert t == len(ids) == utt2num_frames[cut.id] == num_frames(n, FbankConfig())
+        # ... which is lhotse's count for the same duration and shift, less 2
+        assert compute_num_frames(cut.duration, 0.01, cut.sampling_rate) == t + 2
+    assert raw_off > 1e-5  # the stored float16 rows alone would not sum to one
 
 
 def test_kaldi_dense_targets(soft, tmp_path):
@@ -99,15 +124,16 @@ def test_kaldi_dense_targets(soft, tmp_path):
     for utt, (ids, probs) in store.items():
         m = mats[utt]
         assert m.dtype == np.float32 and m.shape == (len(ids), 30)
-        assert np.allclose(m.sum(axis=1), 1.0, atol=1e-3)
-        assert np.array_equal(np.take_along_axis(m, ids, axis=1), probs)
+        assert np.abs(m.astype(np.float64).sum(axis=1) - 1).max() < 1e-5
+        np.testing.assert_allclose(np.take_along_axis(m, ids, axis=1), probs, rtol=1e-2)
         # the rest mass spread evenly over the other 30 - k pdfs
         outside = np.ones_like(m, dtype=bool)
         np.put_along_axis(outside, ids, False, axis=1)
         k = ids.shape[1]
-        want = store.rest(utt) / (30 - k)
-        np.testing.assert_allclose(m[outside].reshape(len(ids), 30 - k),
-                                   np.repeat(want[:, None], 30 - k, axis=1), rtol=1e-6)
+        spread = m[outside].reshape(len(ids), 30 - k)
+        assert np.array_equal(spread, np.repeat(spread[:, :1], 30 - k, axis=1))
+        np.testing.assert_allclose(spread[:, 0] * (30 - k), store.rest(utt), rtol=1e-2,
+                                   atol=1e-6)
     # Kaldi's binary matrix header: the archive is "<utt> \0BFM "
     with open(os.path.join(out, "targets.ark"), "rb") as f:
         head = f.read(64)

@@ -9,8 +9,10 @@ def add_arguments(parser):
                                         "cuts.jsonl.gz (validated with lhotse's checks)")
     parser.add_argument("--soft-targets", default=None, metavar="SOFT_DIR",
                         help="attach these soft targets to the cuts by utterance id, as the "
-                             "temporal arrays soft_target_ids and soft_target_probs "
-                             "(.npy files under OUT_DIR/soft_targets)")
+                             "temporal arrays soft_target_ids (T x K) and soft_target_probs "
+                             "(T x K+1: the last column is the rest mass, so rows sum to one; "
+                             ".npy files under OUT_DIR/soft_targets). T is asrkd's (Kaldi "
+                             "snip-edges) frame count, 2 below lhotse's compute_num_frames")
 
 
 def main(args):

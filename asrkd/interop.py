@@ -22,8 +22,11 @@ Feature scale: asrkd's fbank (Kaldi's, on waveforms in int16 units) is lhotse's 
 waveforms in [-1, 1]) plus a constant 2 ln(32768) = 20.794 in every log-mel bin, for the same
 options: power spectra scale by 32768 ** 2. (lhotse's defaults are not asrkd's: it needs
 ``FbankConfig(num_filters=40, snip_edges=True, dither=0, high_freq=0)``; with those, on a demo
-test utterance, the difference was 20.794416 +- 2e-6.) Models trained on one do not take the
-other's features without that offset (mean CMVN removes it; asrkd's default meanvar does).
+test utterance, the difference was 20.794416 +- 2e-6.) The exception is a bin whose energy is
+under lhotse's floor (float32 eps, log -15.9, on its [-1, 1] scale; near-digital silence, 7.6%
+of a clean synthetic test utterance's bins): lhotse reads -15.9 there and the difference is
+smaller. Models trained on one do not take the other's features without that offset (mean
+CMVN removes it; asrkd's default meanvar does).
 
 Where we deviate from lhotse recipes: a cut must cover a whole single-file recording, since an
 asrkd data dir has no segments file; other cuts are refused with the reason.

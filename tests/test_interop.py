@@ -162,3 +162,24 @@ def test_import_of_cuts_whose_duration_disagrees_with_the_audio(tiny_data, tmp_p
                                         rf".* holds {real.duration:g} s of audio"):
         import_lhotse(str(tmp_path / "c.jsonl.gz"), str(tmp_path / "dd"))
     assert not os.path.exists(tmp_path / "dd" / "wav.scp")
+
+
+def test_fbank_is_lhotses_plus_int16_scale(tiny_data):
+    """asrkd's fbank = lhotse's Fbank with the same options + 2 ln(32768) in every bin whose
+    energy is above lhotse's floor (float32 eps, applied on its [-1, 1] scale)."""
+    import soundfile
+    from lhotse import Fbank, FbankConfig
+
+    from asrkd.data import DataDir
+
+    d = DataDir(tiny_data["test"])
+    utt, path = sorted(d.wav.items())[0]
+    x, sr = soundfile.read(path, dtype="float32")
+    ours = dict(kaldiio.load_scp(os.path.join(tiny_data["test"], "feats.scp")))[utt]
+    theirs = Fbank(FbankConfig(num_filters=40, snip_edges=True, dither=0.0,
+                               high_freq=0.0)).extract(x, sr)
+    assert ours.shape == theirs.shape
+    above = theirs > np.log(np.finfo(np.float32).eps) + 0.01  # clean synthetic speech has
+    assert above.mean() > 0.8                                  # near-silent bins (7.6% here)
+    np.testing.assert_allclose((ours - theirs)[above], 2 * np.log(32768), atol=1e-3)
+    assert (ours - theirs)[~above].max() < 2 * np.log(32768)  # lhotse floored: less

@@ -27,3 +27,8 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'asrkd' has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names are attributes too (tab completion, help(asrkd), dir()).
+    return sorted(set(globals()) | set(_LAZY))

@@ -82,3 +82,22 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
+
+
+def test_dir_lists_the_lazy_top_level_names():
+    """dir(asrkd) shows the names the package exports lazily, each of which resolves, and
+    listing them does not import torch."""
+    import subprocess
+    import sys
+
+    import asrkd
+    from asrkd import models
+
+    names = dir(asrkd)
+    for name in ("DNNAcousticModel", "TDNNAcousticModel", "ModelConfig", "load_model"):
+        assert name in names
+        assert getattr(asrkd, name) is getattr(models, name)
+    assert "__version__" in names and names == sorted(names)
+    code = "import sys, asrkd; d = dir(asrkd); print('DNNAcousticModel' in d, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]

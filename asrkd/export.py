@@ -119,8 +119,6 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     Returns {"path", "bytes", "max_abs_diff", "frames", "tolerance", "acwt"} and, with
     ``quantize``, "int8": {"path", "bytes", "max_abs_diff", "tolerance"}.
     """
-    import onnx
-
     if not tolerance >= 0 or not int8_tolerance >= 0:
         raise UserError(f"the parity tolerance must be >= 0, got {tolerance}, {int8_tolerance}")
     if quantize is not None and quantize not in QUANTIZE_KINDS:
@@ -168,7 +166,13 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     if quantize == "int8":
         q_path = int8_path(out_path)
         q_tmp = q_path + ".tmp"
-        _quantize_int8(tmp, q_tmp, dict(meta))
+        try:
+            _quantize_int8(tmp, q_tmp, dict(meta))
+        except Exception:
+            for p in (tmp, q_tmp):
+                if os.path.exists(p):
+                    os.unlink(p)
+            raise
         q_worst, _ = _checked_parity(q_tmp, scorer, utts, int8_tolerance, data_dir, also=tmp)
         os.replace(q_tmp, q_path)
         res["int8"] = {"path": q_path, "bytes": os.path.getsize(q_path),

@@ -14,9 +14,10 @@ Frame counts: the arrays hold asrkd's frames, T = 1 + (N - 400) // 160 for N sam
 (Kaldi's snip_edges framing, frame i centred at 12.5 + 10 i ms; ``featconf.num_frames``), and
 their ``shape`` says so: they are neither padded nor trimmed. lhotse's own count for the same
 duration and 10 ms shift (``lhotse.utils.compute_num_frames``, round(N / 160), what its Fbank
-with snip_edges=False gives) is exactly 2 frames more (N >= 400); lhotse's validator only warns about the
-difference (silenced here, ``_quiet_frame_count_warnings``). A consumer that pairs the targets
-with lhotse-computed features has to align the two (asrkd frame i is nearest lhotse frame i + 1).
+with snip_edges=False gives) is exactly 2 frames more (N >= 400); lhotse's validator only warns
+about the difference (silenced here, ``_quiet_frame_count_warnings``). A consumer that pairs
+the targets with lhotse-computed features has to align the two (asrkd frame i, centred at
+12.5 + 10 i ms, is nearest lhotse's frame i + 1, centred at 15 + 10 i ms).
 
 Feature scale: asrkd's fbank (Kaldi's, on waveforms in int16 units) is lhotse's ``Fbank`` (on
 waveforms in [-1, 1]) plus a constant 2 ln(32768) = 20.794 in every log-mel bin, for the same

@@ -169,10 +169,9 @@ def main():
             print(f"speed {name:<10} {min(t):8.2f} us/frame best {statistics.median(t):8.2f} "
                   f"median; / pytorch {min(t) / min(times['pytorch']):.2f} best, "
                   f"{statistics.median(t) / statistics.median(times['pytorch']):.2f} median")
-        print(f"speed onnx_int8 / onnx_float: "
-              f"{min(times['onnx_int8']) / min(times['onnx_float']):.2f} best, "
-              f"{statistics.median(times['onnx_int8']) / statistics.median(times['onnx_float']):.2f}"
-              " median")
+        q, f = times["onnx_int8"], times["onnx_float"]
+        print(f"speed onnx_int8 / onnx_float: {min(q) / min(f):.2f} best, "
+              f"{statistics.median(q) / statistics.median(f):.2f} median")
         if args.graph and args.test_dir:
             wers = _wer(args, model, {"pytorch": model, **paths}, out_dir)
             for n, w in wers.items():

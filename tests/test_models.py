@@ -98,6 +98,7 @@ def test_dir_lists_the_lazy_top_level_names():
         assert name in names
         assert getattr(asrkd, name) is getattr(models, name)
     assert "__version__" in names and names == sorted(names)
-    code = "import sys, asrkd; d = dir(asrkd); print('DNNAcousticModel' in d, 'torch' in sys.modules)"
+    code = ("import sys, asrkd; d = dir(asrkd); "
+            "print('DNNAcousticModel' in d, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]

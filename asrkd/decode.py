@@ -12,14 +12,14 @@ acoustic scale (= 1 / LM weight) is chosen on a dev set from a small grid
 Log-likelihoods are computed once per utterance and decoded for every grid value.
 """
 
+import gzip
 import os
 import sys
+from dataclasses import dataclass
 
-import kaldi_hmm_gmm as khg
-import kaldifst
 import numpy as np
 
-from asrkd import gmm
+from asrkd import gmm, lattice
 from asrkd.data import DataDir
 from asrkd.errors import CORRUPT, UserError, reading
 from asrkd.finite import check_finite
@@ -35,37 +35,59 @@ from asrkd.table import atomic_path, write_table
 DEFAULT_GRID = (0.05, 0.067, 0.083, 0.1, 0.125)
 
 
-def make_decoder(hclg, beam=16.0, lattice_beam=8.0, max_active=7000):
-    cfg = khg.LatticeFasterDecoderConfig(beam=beam, lattice_beam=lattice_beam,
-                                         max_active=max_active)
-    return khg.LatticeFasterDecoder(hclg, cfg)
+@dataclass(frozen=True)
+class Decoder:
+    """The search's beams (asrkd.lattice.decode): ``beam`` and ``max_active`` bound the tokens
+    kept per frame, ``lattice_beam`` the paths kept in the lattice around the best."""
+    beam: float = 16.0
+    lattice_beam: float = 8.0
+    max_active: int = 7000
 
 
-def decode_loglikes(hclg, trans_model, loglikes, acwt, beam=16.0, lattice_beam=8.0,
-                    max_active=7000, decoder=None, utt="utt"):
-    """Best word-id sequence for ``loglikes`` (T, num_pdfs) over ``hclg``.
+def make_decoder(graph=None, beam=16.0, lattice_beam=8.0, max_active=7000):
+    """A Decoder with these beams (``graph`` is not needed; kept for callers that pass it)."""
+    check_decoder_options(beam, lattice_beam, max_active)
+    return Decoder(float(beam), float(lattice_beam), int(max_active))
 
-    Pass a ``decoder`` from make_decoder(hclg, ...) to reuse one across utterances.
-    Returns [] when no final state is reached even with partial output allowed.
-    """
+
+def decode_lattice(graph, trans_model, loglikes, acwt, decoder=None, utt="utt"):
+    """The lattice (asrkd.lattice.Lattice) of ``loglikes`` (T, num_pdfs) over ``graph`` (an
+    asrkd.lattice.Graph), searched at acoustic scale ``acwt``; None for no frames or when no
+    path survives."""
     loglikes = np.asarray(loglikes, dtype=np.float32)
-    tid2pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     if loglikes.ndim != 2 or loglikes.shape[1] != trans_model.num_pdfs:
         raise UserError(f"{utt}: log-likelihoods of shape {loglikes.shape} but the model has "
                         f"{trans_model.num_pdfs} pdfs (model and graph do not match?)")
     check_finite(loglikes, f"{utt}: acoustic scores")
     if len(loglikes) == 0:
-        return []
-    mat = np.ascontiguousarray(acwt * loglikes[:, tid2pdf[1:]], dtype=np.float32)
-    if decoder is None:
-        decoder = make_decoder(hclg, beam, lattice_beam, max_active)
-    ok, _, words, _ = khg.decode_utterance_lattice_faster(decoder, khg.DecodableCtc(mat),
-                                                          trans_model, utt, True)
-    return list(words) if ok else []
+        return None
+    d = decoder or Decoder()
+    return lattice.decode(graph, loglikes[:, _tid2pdf(trans_model)], acwt, d.beam,
+                          d.max_active, d.lattice_beam)
+
+
+def decode_loglikes(graph, trans_model, loglikes, acwt, beam=16.0, lattice_beam=8.0,
+                    max_active=7000, decoder=None, utt="utt"):
+    """Best word-id sequence for ``loglikes`` (T, num_pdfs) over ``graph`` at scale ``acwt``
+    (the best path of decode_lattice). Returns [] when no path survives."""
+    decoder = decoder or make_decoder(graph, beam, lattice_beam, max_active)
+    lat = decode_lattice(graph, trans_model, loglikes, acwt, decoder, utt)
+    return lat.words(acwt) if lat is not None else []
+
+
+_TID2PDF = {}
+
+
+def _tid2pdf(tm):
+    """Column t - 1 of a transition-id's scores is its pdf's column (index array, cached)."""
+    key = id(tm)
+    if key not in _TID2PDF:
+        _TID2PDF[key] = np.asarray(tm.transition_id_to_pdf_array(), dtype=np.int64)[1:]
+    return _TID2PDF[key]
 
 
 def load_graph(graph_dir):
-    """(HCLG StdVectorFst, TransitionModel, id -> word) of a graph dir."""
+    """(HCLG as an asrkd.lattice.Graph, TransitionModel, id -> word) of a graph dir."""
     for f in ("HCLG.fst", "words.txt", "final.mdl"):
         if not os.path.isfile(os.path.join(graph_dir, f)):
             raise UserError(f"{graph_dir}: missing {f}; run `asrkd make-graph`")
@@ -76,10 +98,8 @@ def load_graph(graph_dir):
                "HCLG.words_id")), words_txt, file_id(words_txt), "word table",
                "the graph was built with another lang's words; rerun make-graph")
     path = os.path.join(graph_dir, "HCLG.fst")
-    with reading(path, "not a whole FST", (RuntimeError,) + CORRUPT):
-        hclg = kaldifst.StdVectorFst.read(path)
-    if hclg is None:  # (OpenFst says why on stderr)
-        raise UserError(f"{path}: not a whole FST (truncated or corrupt); run make-graph again")
+    with reading(path, "not a whole FST", CORRUPT):
+        hclg = lattice.Graph(path)
     tm = gmm.load_gmm(graph_dir).tm
     words = {i: w for w, i in read_symbols(os.path.join(graph_dir, "words.txt")).items()}
     return hclg, tm, words
@@ -100,18 +120,26 @@ def cached_graph(graph_dir):
     return _GRAPHS[key][1]
 
 
-def _decode_job(graph_dir, scorer_key, utts, acwts, opts):
-    hclg, tm, words = cached_graph(graph_dir)
+def _decode_job(graph_dir, scorer_key, utts, decode_acwt, acwts, decoder, lat_path):
+    """Decode ``utts`` once at ``decode_acwt`` and return {acwt: {utt: words}} for every value
+    of ``acwts`` (best paths of each lattice); lattices to ``lat_path`` (gzip text) if given."""
+    graph, tm, words = cached_graph(graph_dir)
     scorer = _SCORERS[scorer_key]
-    decoder = make_decoder(hclg, **opts)
     out = {a: {} for a in acwts}
-    for u in utts:
-        ll = scorer(u)
-        for a in acwts:
-            ids = decode_loglikes(hclg, tm, ll, a, decoder=decoder, utt=u)
-            out[a][u] = " ".join(words[i] for i in ids)
-            if not ids:
-                print(f"{u}: acwt {a}: no output")
+    f = gzip.open(lat_path, "wt") if lat_path else None
+    try:
+        for u in utts:
+            lat = decode_lattice(graph, tm, scorer(u), decode_acwt, decoder, utt=u)
+            if lat is not None and f is not None:
+                lattice.write_kaldi_text(f, u, lat)
+            for a in acwts:
+                ids = lat.words(a) if lat is not None else []
+                out[a][u] = " ".join(words[i] for i in ids)
+                if not ids:
+                    print(f"{u}: acwt {_fmt(a)}: no output")
+    finally:
+        if f is not None:
+            f.close()
     return out
 
 
@@ -133,21 +161,39 @@ def _widened(grid, best):
     return None
 
 
+def _continuations(grid):
+    """The values widening may try: MAX_WIDEN beyond each edge, each a step of the ratio of the
+    edge to its neighbour (a geometric continuation)."""
+    g = sorted(grid)
+    if len(g) < 2:
+        return []
+    lo, hi = g[0] / g[1], g[-1] / g[-2]
+    return [g[0] * lo ** k for k in range(1, MAX_WIDEN + 1)] + [
+        g[-1] * hi ** k for k in range(1, MAX_WIDEN + 1)]
+
+
 def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, lattice_beam=8.0,
-                    max_active=7000, ref_text=None, widen=True):
+                    max_active=7000, ref_text=None, widen=True, write_lattices=False):
     """Decode ``utts`` with ``scorer`` over graph_dir/HCLG.fst; write decode_dir/hyp.txt.
+
+    Each utterance is searched once, at ``acwt`` (a grid: its middle value), into a lattice
+    (asrkd.lattice); every acoustic scale is then that lattice's best path at the scale, as
+    Kaldi's score.sh sweeps LM weights. ``write_lattices``: keep them as decode_dir/lat.N.gz
+    (Kaldi text compact lattices, acoustic costs unscaled; decode_dir/lat_acwt says at which
+    scale they were searched).
 
     ``acwt``: a float, or a list of floats (grid). With a grid, every value's hypotheses go to
     decode_dir/acwt_<v>/hyp.txt and, given ``ref_text``, are scored there; the best value is
     written to decode_dir/best_acwt and its hypotheses to decode_dir/hyp.txt. A grid whose best
     value is one of its edges is widened (``widen``): the next value beyond that edge, at the
-    ratio of the edge to its neighbour, is decoded too, until the best is inside the grid (at
-    most MAX_WIDEN more values; decode_dir/acwt_wers lists every value tried, and
-    decode_dir/acwt_edge says "edge" when the best is still an edge, "inside" otherwise). With
-    ``ref_text`` the final hyp.txt is scored into decode_dir (wer, errors, per_utt). Returns
-    {"acwt": chosen, "wer": {acwt: score dict} (empty without ref_text), "grid": values tried}.
+    ratio of the edge to its neighbour, is tried too (from the same lattices), until the best is
+    inside the grid (at most MAX_WIDEN more values; decode_dir/acwt_wers lists every value
+    tried, and decode_dir/acwt_edge says "edge" when the best is still an edge, "inside"
+    otherwise). With ``ref_text`` the final hyp.txt is scored into decode_dir (wer, errors,
+    per_utt). Returns {"acwt": chosen, "wer": {acwt: score dict} (empty without ref_text),
+    "grid": values tried, "decode_acwt": the scale searched at}.
     """
-    check_decoder_options(beam, lattice_beam, max_active)
+    decoder = make_decoder(None, beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
     check_acwts(grid)
     if len(grid) > 1 and ref_text is None:
@@ -159,39 +205,45 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     cached_graph(graph_dir)  # loaded here once; the forked jobs inherit it
     key = id(scorer)
     _SCORERS[key] = scorer
-    opts = {"beam": beam, "lattice_beam": lattice_beam, "max_active": max_active}
+    decode_acwt = sorted(grid)[len(grid) // 2]
+    values = grid + (_continuations(grid) if widen and len(grid) > 1 else [])
     chunks = [c for c in split_evenly(utts, max(1, min(nj, len(utts)))) if c]
-    hyps, results = {}, {}
-
-    def run(values):
-        res = run_jobs(_decode_job, [(graph_dir, key, c, values, opts) for c in chunks],
-                       nj, os.path.join(decode_dir, "log"), "decode", threads_per_job=1)
-        for a in values:
-            hyps[a] = {}
-            for r in res:
-                hyps[a].update(r[a])
-            if len(grid) > 1:
-                d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
-                write_table(os.path.join(d, "hyp.txt"), hyps[a])
-                results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
-
+    lat_paths = [os.path.join(decode_dir, f"lat.{i}.gz") if write_lattices else None
+                 for i in range(1, len(chunks) + 1)]
     try:
-        run(grid)
-        best = grid[0]
-        if len(grid) > 1:
-            best = _best(grid, results)
-            for _ in range(MAX_WIDEN if widen else 0):
-                nxt = _widened(grid, best)
-                if nxt is None or len({results[a]["wer"] for a in grid}) == 1:
-                    break
-                print(f"decode: best acoustic scale {_fmt(best)} is at the edge of the grid; "
-                      f"trying {_fmt(nxt)}", file=sys.stderr)
-                grid.append(nxt)
-                run([nxt])
-                best = _best(grid, results)
+        res = run_jobs(_decode_job, [(graph_dir, key, c, decode_acwt, values, decoder, p)
+                                     for c, p in zip(chunks, lat_paths)],
+                       nj, os.path.join(decode_dir, "log"), "decode", threads_per_job=1)
     finally:
         _SCORERS.pop(key, None)
+    hyps, results = {a: {} for a in values}, {}
+    for r in res:
+        for a in values:
+            hyps[a].update(r[a])
+    if write_lattices:
+        with atomic_path(os.path.join(decode_dir, "lat_acwt")) as tmp, open(tmp, "w") as f:
+            f.write(f"{_fmt(decode_acwt)}\n")
+
+    def scored(a):
+        d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
+        write_table(os.path.join(d, "hyp.txt"), hyps[a])
+        results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
+
+    best = grid[0]
     if len(grid) > 1:
+        for a in grid:
+            scored(a)
+        best = _best(grid, results)
+        for _ in range(MAX_WIDEN if widen else 0):
+            nxt = _widened(grid, best)
+            if nxt is None or len({results[a]["wer"] for a in grid}) == 1:
+                break
+            nxt = min(values, key=lambda v: abs(v - nxt))  # the same value, as computed
+            print(f"decode: best acoustic scale {_fmt(best)} is at the edge of the grid; "
+                  f"trying {_fmt(nxt)}", file=sys.stderr)
+            grid.append(nxt)
+            scored(nxt)
+            best = _best(grid, results)
         grid.sort()
         edge = best in (grid[0], grid[-1]) and len({results[a]["wer"] for a in grid}) > 1
         with atomic_path(os.path.join(decode_dir, "best_acwt")) as tmp, open(tmp, "w") as f:
@@ -201,7 +253,8 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
         with atomic_path(os.path.join(decode_dir, "acwt_edge")) as tmp, open(tmp, "w") as f:
             f.write("edge\n" if edge else "inside\n")
         print("acwt grid: " + ", ".join(f"{_fmt(a)}: {results[a]['wer']:.2f}%" for a in grid)
-              + f" -> best {_fmt(best)}", file=sys.stderr)
+              + f" -> best {_fmt(best)} (lattices searched at {_fmt(decode_acwt)})",
+              file=sys.stderr)
         if edge:
             print(f"decode: best acoustic scale {_fmt(best)} is still at the edge of the grid "
                   f"{_fmt(grid[0])}-{_fmt(grid[-1])}", file=sys.stderr)
@@ -210,7 +263,7 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
         f.write(f"{_fmt(best)}\n")
     if ref_text is not None:
         results[best] = score(ref_text, os.path.join(decode_dir, "hyp.txt"), decode_dir)
-    return {"acwt": best, "wer": results, "grid": grid}
+    return {"acwt": best, "wer": results, "grid": grid, "decode_acwt": decode_acwt}
 
 
 def _best(grid, results):
@@ -228,7 +281,8 @@ def read_best_acwt(decode_dir):
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
            acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None,
-           frame_acc_data=None, device="cpu", precision="fp32", widen=True, priors="counts"):
+           frame_acc_data=None, device="cpu", precision="fp32", widen=True, priors="counts",
+           write_lattices=False):
     """`asrkd decode`: decode data_dir and score against data_dir/text.
 
     Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode (a
@@ -257,7 +311,7 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     res = decode_data_dir(graph_dir, scorer, utts, decode_dir,
                           acwt if acwt is not None else list(acwt_grid), nj=nj, beam=beam,
                           lattice_beam=lattice_beam, max_active=max_active, ref_text=ref,
-                          widen=widen)
+                          widen=widen, write_lattices=write_lattices)
     if hasattr(scorer, "log_prior"):  # a hybrid DNN: what its posteriors were divided by
         with atomic_path(os.path.join(decode_dir, "priors")) as tmp, open(tmp, "w") as f:
             f.write(f"{priors}\n")

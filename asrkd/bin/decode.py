@@ -47,7 +47,14 @@ def add_arguments(parser):
                              "loaded once for all models)")
     parser.add_argument("--nj", type=int, default=1, help="parallel jobs")
     parser.add_argument("--beam", type=float, default=16.0, help="decoding beam")
-    parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam")
+    parser.add_argument("--lattice-beam", type=float, default=8.0,
+                        help="paths kept in each lattice: within this cost of the best (the "
+                             "grid's scales are read off the lattices, searched once at the "
+                             "grid's middle value)")
+    parser.add_argument("--write-lattices", action="store_true",
+                        help="keep the lattices: DECODE_DIR/lat.N.gz, Kaldi text compact "
+                             "lattices (acoustic costs unscaled), for lattice-to-ctm, "
+                             "lattice-to-nbest and lm-rescore")
     parser.add_argument("--max-active", type=int, default=7000, help="max active states")
     parser.add_argument("--device", default="cpu",
                         help="where a DNN runs (cuda: with --nj 1; the search stays on the CPU)")
@@ -68,4 +75,5 @@ def main(args):
                acwt_grid=args.acwt_grid, acwt_from=args.acwt_from, nj=args.nj, beam=args.beam,
                lattice_beam=args.lattice_beam, max_active=args.max_active, ali_dir=args.ali_dir,
                frame_acc_data=args.frame_acc_data, device=args.device,
-               precision=args.precision, widen=not args.fixed_grid, priors=args.priors)
+               precision=args.precision, widen=not args.fixed_grid, priors=args.priors,
+               write_lattices=args.write_lattices)

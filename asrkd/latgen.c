@@ -1,0 +1,429 @@
+/* Lattice generation over a decoding graph (HCLG) and lattice best-path / posteriors.
+ *
+ * The search is Kaldi's LatticeFasterDecoder in outline: frame-synchronous token passing with a
+ * beam and a max-active cutoff, epsilon (non-emitting) arcs processed within a frame, a forward
+ * link kept for every arc taken between surviving tokens, and at the end the links pruned to
+ * those on a path within `lattice_beam` of the best. The result is a state-level lattice (not
+ * determinized): states in topological order, arcs (src, dst, transition-id, word, graph cost,
+ * acoustic cost), final costs. Costs are -log; the acoustic cost is the (already scaled) score
+ * matrix negated.
+ *
+ * Called through ctypes from asrkd/lattice.py; no Python API here, so the library also builds
+ * without Python headers.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INF_COST ((float)INFINITY)
+
+/* ---- the graph: OpenFst's binary VectorFst body read into CSR arrays ---- */
+
+/* Reads `nstates` states from `p` (just after the header) into arc_start (nstates + 1),
+ * ilabel/olabel/next/weight (narcs) and final_cost (nstates). Returns bytes read, or -1 if
+ * the buffer ends early or the counts disagree. */
+int64_t fst_parse(const uint8_t *p, int64_t len, int64_t nstates, int64_t narcs,
+                  int64_t *arc_start, int32_t *ilabel, int32_t *olabel, int32_t *next,
+                  float *weight, float *final_cost) {
+  int64_t pos = 0, a = 0;
+  for (int64_t s = 0; s < nstates; s++) {
+    float f;
+    int64_t n;
+    if (pos + 12 > len) return -1;
+    memcpy(&f, p + pos, 4);
+    memcpy(&n, p + pos + 4, 8);
+    pos += 12;
+    final_cost[s] = f;
+    arc_start[s] = a;
+    if (n < 0 || a + n > narcs || pos + 16 * n > len) return -1;
+    for (int64_t i = 0; i < n; i++, a++, pos += 16) {
+      memcpy(&ilabel[a], p + pos, 4);
+      memcpy(&olabel[a], p + pos + 4, 4);
+      memcpy(&weight[a], p + pos + 8, 4);
+      memcpy(&next[a], p + pos + 12, 4);
+    }
+  }
+  arc_start[nstates] = a;
+  return a == narcs ? pos : -1;
+}
+
+/* ---- growable arrays ---- */
+
+typedef struct { int32_t state; float cost; int32_t links; } Token;
+typedef struct { int32_t dst, ilabel, olabel, next; float graph, ac; } Link;
+
+typedef struct {
+  Token *tok; int64_t ntok, captok;
+  Link *link; int64_t nlink, caplink;
+  int32_t *queue; int64_t nqueue, capqueue;
+} Store;
+
+static int grow(void **p, int64_t *cap, int64_t need, size_t size) {
+  if (need <= *cap) return 0;
+  int64_t c = *cap ? *cap : 1024;
+  while (c < need) c *= 2;
+  void *q = realloc(*p, (size_t)c * size);
+  if (!q) return -1;
+  *p = q;
+  *cap = c;
+  return 0;
+}
+
+typedef struct {
+  int64_t nstates, narcs;
+  int32_t *src, *dst, *ilabel, *olabel, *state_frame;
+  float *graph, *ac, *final_cost;
+} Lattice;
+
+void lat_free(Lattice *l) {
+  if (!l) return;
+  free(l->src); free(l->dst); free(l->ilabel); free(l->olabel); free(l->state_frame);
+  free(l->graph); free(l->ac); free(l->final_cost);
+  free(l);
+}
+
+int64_t lat_num_states(const Lattice *l) { return l->nstates; }
+int64_t lat_num_arcs(const Lattice *l) { return l->narcs; }
+
+void lat_copy(const Lattice *l, int32_t *src, int32_t *dst, int32_t *ilabel, int32_t *olabel,
+              float *graph, float *ac, float *final_cost, int32_t *state_frame) {
+  size_t na = (size_t)l->narcs, ns = (size_t)l->nstates;
+  memcpy(src, l->src, na * 4); memcpy(dst, l->dst, na * 4);
+  memcpy(ilabel, l->ilabel, na * 4); memcpy(olabel, l->olabel, na * 4);
+  memcpy(graph, l->graph, na * 4); memcpy(ac, l->ac, na * 4);
+  memcpy(final_cost, l->final_cost, ns * 4); memcpy(state_frame, l->state_frame, ns * 4);
+}
+
+/* ---- the search ---- */
+
+typedef struct {
+  const int64_t *arc_start; const int32_t *ilabel, *olabel, *next;
+  const float *weight, *final_cost;
+  int32_t *tok_of_state;   /* state -> token of the frame being built, -1 if none */
+  Store *st;
+  int64_t frame_begin;     /* first token of the frame being built */
+} Search;
+
+static int32_t find_or_add(Search *s, int32_t state, float cost, int *changed) {
+  int32_t t = s->tok_of_state[state];
+  if (t >= 0) {
+    *changed = cost < s->st->tok[t].cost;
+    if (*changed) s->st->tok[t].cost = cost;
+    return t;
+  }
+  Store *st = s->st;
+  if (grow((void **)&st->tok, &st->captok, st->ntok + 1, sizeof(Token))) return -1;
+  t = (int32_t)st->ntok++;
+  st->tok[t].state = state;
+  st->tok[t].cost = cost;
+  st->tok[t].links = -1;
+  s->tok_of_state[state] = t;
+  *changed = 1;
+  return t;
+}
+
+static int add_link(Store *st, int32_t src, int32_t dst, int32_t il, int32_t ol, float g,
+                    float a) {
+  if (grow((void **)&st->link, &st->caplink, st->nlink + 1, sizeof(Link))) return -1;
+  Link *k = &st->link[st->nlink];
+  k->dst = dst; k->ilabel = il; k->olabel = ol; k->graph = g; k->ac = a;
+  k->next = st->tok[src].links;
+  st->tok[src].links = (int32_t)st->nlink++;
+  return 0;
+}
+
+static int push(Store *st, int32_t t) {
+  if (grow((void **)&st->queue, &st->capqueue, st->nqueue + 1, sizeof(int32_t))) return -1;
+  st->queue[st->nqueue++] = t;
+  return 0;
+}
+
+/* Epsilon arcs among the tokens of the frame [s->frame_begin, ntok). */
+static int process_nonemitting(Search *s, float beam) {
+  Store *st = s->st;
+  float best = INF_COST;
+  for (int64_t t = s->frame_begin; t < st->ntok; t++)
+    if (st->tok[t].cost < best) best = st->tok[t].cost;
+  float cutoff = best + beam;
+  st->nqueue = 0;
+  for (int64_t t = s->frame_begin; t < st->ntok; t++)
+    if (push(st, (int32_t)t)) return -1;
+  while (st->nqueue > 0) {
+    int32_t t = st->queue[--st->nqueue];
+    float cost = st->tok[t].cost;
+    if (cost > cutoff) continue;
+    st->tok[t].links = -1; /* its epsilon links are made again below */
+    int32_t state = st->tok[t].state;
+    for (int64_t a = s->arc_start[state]; a < s->arc_start[state + 1]; a++) {
+      if (s->ilabel[a] != 0) continue;
+      float nc = cost + s->weight[a];
+      if (nc >= cutoff) continue;
+      int changed;
+      int32_t d = find_or_add(s, s->next[a], nc, &changed);
+      if (d < 0 || add_link(st, t, d, 0, s->olabel[a], s->weight[a], 0.0f)) return -1;
+      if (changed && push(st, d)) return -1;
+    }
+  }
+  return 0;
+}
+
+static float kth_smallest(float *v, int64_t n, int64_t k) { /* quickselect, v reordered */
+  int64_t lo = 0, hi = n - 1;
+  while (lo < hi) {
+    float pivot = v[(lo + hi) / 2];
+    int64_t i = lo, j = hi;
+    while (i <= j) {
+      while (v[i] < pivot) i++;
+      while (v[j] > pivot) j--;
+      if (i <= j) { float x = v[i]; v[i] = v[j]; v[j] = x; i++; j--; }
+    }
+    if (k <= j) hi = j; else if (k >= i) lo = i; else return v[k];
+  }
+  return v[k];
+}
+
+static void reset_states(Search *s, int64_t begin, int64_t end) {
+  for (int64_t t = begin; t < end; t++) s->tok_of_state[s->st->tok[t].state] = -1;
+}
+
+/* Prunes the links to those within lattice_beam of the best path and writes the lattice. */
+static Lattice *make_lattice(Search *s, const int64_t *frame_start, int32_t nframes,
+                             float lattice_beam);
+
+/* Decodes `nframes` frames of `scores` (nframes, ncols): the score of transition-id i (>= 1)
+ * at frame t is scores[t * ncols + i - 1] (already multiplied by the acoustic scale).
+ * Returns the lattice, or NULL on failure (out of memory, or no token survived). */
+Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t *ilabel,
+                       const int32_t *olabel, const int32_t *next, const float *weight,
+                       const float *final_cost, int32_t start, const float *scores,
+                       int32_t nframes, int32_t ncols, float beam, int32_t max_active,
+                       float lattice_beam) {
+  Store st = {0};
+  Search s = {arc_start, ilabel, olabel, next, weight, final_cost, NULL, &st, 0};
+  Lattice *lat = NULL;
+  int64_t *frame_start = malloc(sizeof(int64_t) * ((size_t)nframes + 2));
+  float *costs = NULL;
+  int64_t capcosts = 0;
+  s.tok_of_state = malloc(sizeof(int32_t) * (size_t)nstates);
+  if (!frame_start || !s.tok_of_state) goto done;
+  for (int64_t i = 0; i < nstates; i++) s.tok_of_state[i] = -1;
+  int changed;
+  frame_start[0] = 0;
+  if (find_or_add(&s, start, 0.0f, &changed) < 0 || process_nonemitting(&s, beam)) goto done;
+  for (int32_t t = 0; t < nframes; t++) {
+    int64_t b = frame_start[t], e = st.ntok;
+    reset_states(&s, b, e);
+    frame_start[t + 1] = e;
+    s.frame_begin = e;
+    /* the cutoff: beam below the best, and at most max_active tokens */
+    float best = INF_COST;
+    for (int64_t k = b; k < e; k++) if (st.tok[k].cost < best) best = st.tok[k].cost;
+    float cutoff = best + beam;
+    if (max_active > 0 && e - b > max_active) {
+      if (grow((void **)&costs, &capcosts, e - b, sizeof(float))) goto done;
+      for (int64_t k = b; k < e; k++) costs[k - b] = st.tok[k].cost;
+      float kth = kth_smallest(costs, e - b, max_active);
+      if (kth < cutoff) cutoff = kth;
+    }
+    const float *row = scores + (int64_t)t * ncols;
+    float next_cutoff = INF_COST;
+    for (int64_t k = b; k < e; k++) {
+      float cost = st.tok[k].cost;
+      if (cost > cutoff) continue;
+      int32_t state = st.tok[k].state;
+      for (int64_t a = arc_start[state]; a < arc_start[state + 1]; a++) {
+        int32_t il = ilabel[a];
+        if (il == 0) continue;
+        float ac = il <= ncols ? -row[il - 1] : INF_COST;
+        float nc = cost + weight[a] + ac;
+        if (nc >= next_cutoff) continue;
+        if (nc + beam < next_cutoff) next_cutoff = nc + beam;
+        int32_t d = find_or_add(&s, next[a], nc, &changed);
+        if (d < 0 || add_link(&st, (int32_t)k, d, il, olabel[a], weight[a], ac)) goto done;
+      }
+    }
+    if (st.ntok == e) goto done; /* nothing survived */
+    if (process_nonemitting(&s, beam)) goto done;
+  }
+  frame_start[nframes + 1] = st.ntok;
+  reset_states(&s, frame_start[nframes], st.ntok);
+  lat = make_lattice(&s, frame_start, nframes, lattice_beam);
+done:
+  free(frame_start); free(costs); free(s.tok_of_state);
+  free(st.tok); free(st.link); free(st.queue);
+  return lat;
+}
+
+/* Backward costs of every token (beta), within-frame epsilon links relaxed to convergence. */
+static void backward(Search *s, const int64_t *fs, int32_t nframes, const float *fin,
+                     float *beta) {
+  Store *st = s->st;
+  for (int32_t t = nframes; t >= 0; t--) {
+    for (int64_t k = fs[t]; k < fs[t + 1]; k++) beta[k] = t == nframes ? fin[k - fs[t]] : INF_COST;
+    for (int pass = 0; pass < 1000; pass++) {
+      int changed = 0;
+      for (int64_t k = fs[t + 1] - 1; k >= fs[t]; k--) {
+        for (int32_t l = st->tok[k].links; l >= 0; l = st->link[l].next) {
+          Link *x = &st->link[l];
+          float c = x->graph + x->ac + beta[x->dst];
+          if (c < beta[k]) { beta[k] = c; changed = 1; }
+        }
+      }
+      if (!changed) break;
+    }
+  }
+}
+
+static Lattice *make_lattice(Search *s, const int64_t *fs, int32_t nframes,
+                             float lattice_beam) {
+  Store *st = s->st;
+  int64_t n = st->ntok, nlast = fs[nframes + 1] - fs[nframes];
+  float *fin = malloc(sizeof(float) * (size_t)(nlast ? nlast : 1));
+  float *beta = malloc(sizeof(float) * (size_t)n);
+  int32_t *newid = malloc(sizeof(int32_t) * (size_t)n);
+  int32_t *indeg = calloc((size_t)n, sizeof(int32_t));
+  int32_t *order = malloc(sizeof(int32_t) * (size_t)n);
+  int32_t *frame_of = malloc(sizeof(int32_t) * (size_t)n);
+  Lattice *lat = calloc(1, sizeof(Lattice));
+  if (!fin || !beta || !newid || !indeg || !order || !frame_of || !lat) goto fail;
+  int any_final = 0;
+  for (int64_t k = 0; k < nlast; k++) {
+    fin[k] = s->final_cost[st->tok[fs[nframes] + k].state];
+    if (isfinite(fin[k])) any_final = 1;
+  }
+  if (!any_final) for (int64_t k = 0; k < nlast; k++) fin[k] = 0.0f; /* partial output */
+  backward(s, fs, nframes, fin, beta);
+  float best = st->tok[0].cost + beta[0];
+  if (!isfinite(best)) goto fail;
+  float limit = best + lattice_beam;
+  for (int32_t t = 0; t <= nframes; t++)
+    for (int64_t k = fs[t]; k < fs[t + 1]; k++) frame_of[k] = t;
+  /* kept tokens, and the kept links' count into each (epsilon links only matter for order) */
+  int64_t nkeep_links = 0;
+  for (int64_t k = 0; k < n; k++) {
+    if (st->tok[k].cost + beta[k] > limit) { st->tok[k].links = -1; continue; }
+    int32_t *prev = &st->tok[k].links;
+    while (*prev >= 0) { /* unlink what falls outside the lattice beam */
+      Link *x = &st->link[*prev];
+      if (st->tok[k].cost + x->graph + x->ac + beta[x->dst] > limit) { *prev = x->next; continue; }
+      nkeep_links++;
+      if (frame_of[x->dst] == frame_of[k]) indeg[x->dst]++;
+      prev = &x->next;
+    }
+  }
+  /* topological order: frame by frame, epsilon links within a frame by Kahn's algorithm */
+  int64_t m = 0;
+  for (int32_t t = 0; t <= nframes; t++) {
+    int64_t head = m;
+    for (int64_t k = fs[t]; k < fs[t + 1]; k++)
+      if (st->tok[k].cost + beta[k] <= limit && indeg[k] == 0) order[m++] = (int32_t)k;
+    while (head < m) {
+      int32_t k = order[head++];
+      for (int32_t l = st->tok[k].links; l >= 0; l = st->link[l].next) {
+        int32_t d = st->link[l].dst;
+        if (frame_of[d] == t && --indeg[d] == 0) order[m++] = d;
+      }
+    }
+    for (int64_t k = fs[t]; k < fs[t + 1]; k++) /* an epsilon cycle: cannot happen in HCLG */
+      if (st->tok[k].cost + beta[k] <= limit && indeg[k] > 0) goto fail;
+  }
+  for (int64_t k = 0; k < n; k++) newid[k] = -1;
+  for (int64_t i = 0; i < m; i++) newid[order[i]] = (int32_t)i;
+  lat->nstates = m;
+  lat->narcs = nkeep_links;
+  lat->src = malloc(4 * (size_t)(nkeep_links + 1)); lat->dst = malloc(4 * (size_t)(nkeep_links + 1));
+  lat->ilabel = malloc(4 * (size_t)(nkeep_links + 1)); lat->olabel = malloc(4 * (size_t)(nkeep_links + 1));
+  lat->graph = malloc(4 * (size_t)(nkeep_links + 1)); lat->ac = malloc(4 * (size_t)(nkeep_links + 1));
+  lat->final_cost = malloc(4 * (size_t)(m + 1)); lat->state_frame = malloc(4 * (size_t)(m + 1));
+  if (!lat->src || !lat->dst || !lat->ilabel || !lat->olabel || !lat->graph || !lat->ac ||
+      !lat->final_cost || !lat->state_frame) goto fail;
+  int64_t j = 0;
+  for (int64_t i = 0; i < m; i++) { /* arcs sorted by source state */
+    int32_t k = order[i];
+    lat->state_frame[i] = frame_of[k];
+    lat->final_cost[i] = frame_of[k] == nframes ? fin[k - fs[nframes]] : INF_COST;
+    for (int32_t l = st->tok[k].links; l >= 0; l = st->link[l].next) {
+      Link *x = &st->link[l];
+      if (newid[x->dst] < 0) continue;
+      lat->src[j] = (int32_t)i; lat->dst[j] = newid[x->dst];
+      lat->ilabel[j] = x->ilabel; lat->olabel[j] = x->olabel;
+      lat->graph[j] = x->graph; lat->ac[j] = x->ac;
+      j++;
+    }
+  }
+  lat->narcs = j;
+  free(fin); free(beta); free(newid); free(indeg); free(order); free(frame_of);
+  return lat;
+fail:
+  free(fin); free(beta); free(newid); free(indeg); free(order); free(frame_of);
+  lat_free(lat);
+  return NULL;
+}
+
+/* ---- over a written lattice: arcs sorted by source, states in topological order ---- */
+
+/* The best path under cost = lmwt * graph + acscale * ac: its arcs' indices into `path`
+ * (capacity narcs), their number returned (-1 if no final state is reachable); *cost set. */
+int64_t lat_best_path(int64_t nstates, int64_t narcs, const int32_t *src, const int32_t *dst,
+                      const float *graph, const float *ac, const float *final_cost, float lmwt,
+                      float acscale, int64_t *path, double *cost) {
+  double *d = malloc(sizeof(double) * (size_t)(nstates ? nstates : 1));
+  int64_t *back = malloc(sizeof(int64_t) * (size_t)(nstates ? nstates : 1));
+  int64_t len = -1;
+  if (!d || !back || nstates == 0) goto done;
+  for (int64_t i = 0; i < nstates; i++) { d[i] = INFINITY; back[i] = -1; }
+  d[0] = 0.0;
+  for (int64_t a = 0; a < narcs; a++) {
+    double c = d[src[a]] + (double)lmwt * graph[a] + (double)acscale * ac[a];
+    if (c < d[dst[a]]) { d[dst[a]] = c; back[dst[a]] = a; }
+  }
+  double bestc = INFINITY;
+  int64_t bests = -1;
+  for (int64_t i = 0; i < nstates; i++) {
+    double c = d[i] + (double)lmwt * final_cost[i];
+    if (c < bestc) { bestc = c; bests = i; }
+  }
+  if (bests < 0) goto done;
+  *cost = bestc;
+  len = 0;
+  for (int64_t s = bests; back[s] >= 0; s = src[back[s]]) path[len++] = back[s];
+  for (int64_t i = 0; i < len / 2; i++) { int64_t x = path[i]; path[i] = path[len - 1 - i]; path[len - 1 - i] = x; }
+done:
+  free(d); free(back);
+  return len;
+}
+
+static double logadd(double a, double b) { /* -log(exp(-a) + exp(-b)) */
+  if (a > b) { double x = a; a = b; b = x; }
+  if (!isfinite(b)) return a;
+  return a - log1p(exp(a - b));
+}
+
+/* Arc posteriors (0..1) under the same scaled costs, by forward-backward in the log semiring.
+ * Returns the total cost (-log of the summed path probability), INFINITY if none. */
+double lat_arc_post(int64_t nstates, int64_t narcs, const int32_t *src, const int32_t *dst,
+                    const float *graph, const float *ac, const float *final_cost, float lmwt,
+                    float acscale, float *post) {
+  double *al = malloc(sizeof(double) * (size_t)(nstates ? nstates : 1));
+  double *be = malloc(sizeof(double) * (size_t)(nstates ? nstates : 1));
+  double total = INFINITY;
+  if (!al || !be || nstates == 0) goto done;
+  for (int64_t i = 0; i < nstates; i++) {
+    al[i] = INFINITY;
+    be[i] = (double)lmwt * final_cost[i];
+  }
+  al[0] = 0.0;
+  for (int64_t a = 0; a < narcs; a++)
+    al[dst[a]] = logadd(al[dst[a]], al[src[a]] + (double)lmwt * graph[a] + (double)acscale * ac[a]);
+  for (int64_t a = narcs - 1; a >= 0; a--)
+    be[src[a]] = logadd(be[src[a]], be[dst[a]] + (double)lmwt * graph[a] + (double)acscale * ac[a]);
+  total = be[0];
+  for (int64_t a = 0; a < narcs; a++) {
+    double c = al[src[a]] + (double)lmwt * graph[a] + (double)acscale * ac[a] + be[dst[a]];
+    post[a] = isfinite(total) ? (float)exp(total - c) : 0.0f;
+  }
+done:
+  free(al); free(be);
+  return total;
+}

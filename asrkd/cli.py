@@ -43,6 +43,9 @@ VERBS = {
     "specialist-report": "coverage table (paper's Table 4) and costs of specialists",
     "adjust-priors": "a DNN's priors from its own mean posterior (decode --priors posterior)",
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
+    "lattice-nbest": "the n best word sequences of a decode dir's lattices",
+    "lattice-ctm": "word times and confidences (CTM) from a decode dir's lattices",
+    "lm-rescore": "rescore a decode dir's lattices (n-best) with another ARPA LM",
     "frame-accuracy": "frame accuracy of a model against alignments (no decoding)",
     "score": "score hypotheses against reference text (WER)",
     "report": "write the Table-1 style report (results.md, results.json, charts)",
@@ -64,7 +67,7 @@ LOCKED = {
     "soft-targets": "out_dir", "distill": "exp_dir", "train-specialists": "exp_dir",
     "adjust-priors": "model", "decode": "decode_dir", "frame-accuracy": "out_dir", "score": "out_dir",
     "export-onnx": "file:out", "export-soft-targets": "out_dir", "import-lhotse": "data_dir",
-    "export-lhotse": "out_dir", "train-lm": "file:arpa",
+    "export-lhotse": "out_dir", "train-lm": "file:arpa", "lm-rescore": "out_dir",
 }
 
 

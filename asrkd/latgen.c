@@ -427,3 +427,44 @@ done:
   free(al); free(be);
   return total;
 }
+
+/* The best path whose words (non-zero olabels) are exactly `words` (nwords): its cost under
+ * lmwt * graph + acscale * ac (INFINITY if the lattice has no such path), and its unscaled
+ * graph and acoustic costs in *graph_sum / *ac_sum. */
+double lat_words_cost(int64_t nstates, int64_t narcs, const int32_t *src, const int32_t *dst,
+                      const int32_t *olabel, const float *graph, const float *ac,
+                      const float *final_cost, float lmwt, float acscale, const int32_t *words,
+                      int32_t nwords, double *graph_sum, double *ac_sum) {
+  int64_t w = (int64_t)nwords + 1, n = nstates * w;
+  double *d = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  double *g = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  double *a = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  double best = INFINITY;
+  if (!d || !g || !a || nstates == 0) goto done;
+  for (int64_t i = 0; i < n; i++) d[i] = INFINITY;
+  d[0] = 0.0; g[0] = 0.0; a[0] = 0.0;
+  for (int64_t e = 0; e < narcs; e++) {
+    double c = (double)lmwt * graph[e] + (double)acscale * ac[e];
+    for (int64_t k = 0; k < w; k++) {
+      int64_t from = (int64_t)src[e] * w + k;
+      if (!isfinite(d[from])) continue;
+      int64_t k2 = k;
+      if (olabel[e] != 0) {
+        if (k >= nwords || words[k] != olabel[e]) continue;
+        k2 = k + 1;
+      }
+      int64_t to = (int64_t)dst[e] * w + k2;
+      if (d[from] + c < d[to]) {
+        d[to] = d[from] + c; g[to] = g[from] + graph[e]; a[to] = a[from] + ac[e];
+      }
+    }
+  }
+  for (int64_t s = 0; s < nstates; s++) {
+    int64_t i = s * w + nwords;
+    double c = d[i] + (double)lmwt * final_cost[s];
+    if (c < best) { best = c; *graph_sum = g[i] + final_cost[s]; *ac_sum = a[i]; }
+  }
+done:
+  free(d); free(g); free(a);
+  return best;
+}

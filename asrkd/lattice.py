@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+import kaldifst
 import numpy as np
 
 from asrkd.errors import UserError
@@ -82,6 +83,8 @@ def _lib():
         lib.lat_best_path.argtypes = [i64, i64, P, P, P, P, P, f32, f32, P, P]
         lib.lat_arc_post.restype = ctypes.c_double
         lib.lat_arc_post.argtypes = [i64, i64, P, P, P, P, P, f32, f32, P]
+        lib.lat_words_cost.restype = ctypes.c_double
+        lib.lat_words_cost.argtypes = [i64, i64, P, P, P, P, P, P, f32, f32, P, i32, P, P]
         _LIB = lib
     return _LIB
 
@@ -191,6 +194,91 @@ class Lattice:
         _lib().lat_arc_post(self.num_states, len(self.src), _p(self.src), _p(self.dst),
                             _p(self.graph), _p(self.ac), _p(self.final), lmwt, acwt, _p(post))
         return post
+
+
+    def words_cost(self, words, acwt, lmwt=1.0):
+        """(scaled cost, graph cost, acoustic cost) of the best path whose words are exactly
+        ``words`` (ids); (inf, inf, inf) when the lattice has none."""
+        w = np.asarray(words, dtype=np.int32)
+        g, a = ctypes.c_double(math.inf), ctypes.c_double(math.inf)
+        c = _lib().lat_words_cost(self.num_states, len(self.src), _p(self.src), _p(self.dst),
+                                  _p(self.olabel), _p(self.graph), _p(self.ac), _p(self.final),
+                                  lmwt, acwt, _p(w), len(w), ctypes.byref(g), ctypes.byref(a))
+        return c, g.value, a.value
+
+    def nbest(self, n, acwt, lmwt=1.0):
+        """The ``n`` best distinct word sequences: [(word ids, scaled cost, graph cost,
+        acoustic cost)], best first (Kaldi's lattice-to-nbest on a word-determinized lattice:
+        a word sequence's cost is that of its best path)."""
+        fst = kaldifst.StdVectorFst()
+        for _ in range(self.num_states):
+            fst.add_state()
+        fst.start = 0
+        cost = lmwt * self.graph.astype(np.float64) + acwt * self.ac.astype(np.float64)
+        for s, d, o, c in zip(self.src.tolist(), self.dst.tolist(), self.olabel.tolist(),
+                              cost.tolist()):
+            fst.add_arc(s, kaldifst.StdArc(o, o, c, d))
+        for s in np.flatnonzero(np.isfinite(self.final)).tolist():
+            fst.set_final(s, float(lmwt * self.final[s]))
+        kaldifst.rmepsilon(fst)
+        det = kaldifst.determinize(fst)
+        paths = kaldifst.shortest_path(det, n=n)
+        out = []
+        for seq in _linear_paths(paths):
+            out.append((seq,) + self.words_cost(seq, acwt, lmwt))
+        return sorted(out, key=lambda x: x[1])
+
+    def ctm(self, acwt, lmwt=1.0, phone_of=None, silence=(), frame_shift=0.01):
+        """The best path's words as [(word id, start s, duration s, confidence)].
+
+        A word's span is from its label to the next word's label, less the frames of
+        ``silence`` phones (``phone_of``: transition-id -> phone id) at either end. Its
+        confidence is the lattice posterior (arc_posteriors) of that word label starting
+        within its span, at most 1 (not Kaldi's MBR confidence)."""
+        arcs, _ = self.best_path(acwt, lmwt)
+        post = self.arc_posteriors(acwt, lmwt)
+        frame_of_arc = self.state_frame[self.src]
+        labels = [i for i, e in enumerate(arcs.tolist()) if self.olabel[e]]
+        out = []
+        for j, i in enumerate(labels):
+            end_i = labels[j + 1] if j + 1 < len(labels) else len(arcs)
+            seg = arcs[i:end_i]
+            frames = [(int(frame_of_arc[e]), int(self.ilabel[e])) for e in seg.tolist()
+                      if self.ilabel[e]]
+            speech = [f for f, t in frames
+                      if phone_of is None or phone_of(t) not in silence]
+            if not speech:
+                speech = [f for f, _ in frames] or [int(frame_of_arc[seg[0]])]
+            start, end = min(speech), max(speech) + 1
+            w = int(self.olabel[arcs[i]])
+            near = (self.olabel == w) & (frame_of_arc >= start) & (frame_of_arc < end)
+            conf = min(1.0, float(post[near].sum()))
+            out.append((w, start * frame_shift, (end - start) * frame_shift, conf))
+        return out
+
+
+def _linear_paths(fst):
+    """Output label sequences of the paths of a shortest_path result (paths leave the start
+    state by distinct arcs and are linear after it)."""
+    out = []
+    start = fst.start
+    if start < 0:
+        return out
+    for arc in kaldifst.ArcIterator(fst, start):
+        seq, s = [], arc.nextstate
+        if arc.olabel:
+            seq.append(arc.olabel)
+        while True:
+            nxt = list(kaldifst.ArcIterator(fst, s))
+            if not nxt:
+                break
+            if nxt[0].olabel:
+                seq.append(nxt[0].olabel)
+            s = nxt[0].nextstate
+        out.append(seq)
+    if not out and math.isfinite(float(fst.final(start).value)):
+        out.append([])
+    return out
 
 
 def decode(graph, scores, acwt, beam=16.0, max_active=7000, lattice_beam=8.0):

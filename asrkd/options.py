@@ -18,7 +18,7 @@ RANGES = {
     "acwt": _POSITIVE, "temperature": _POSITIVE, "lr": _POSITIVE,
     "num_iters": _COUNT, "num_gauss": _COUNT, "num_leaves": _COUNT, "num_models": _COUNT,
     "num_sets": _COUNT, "epochs": _COUNT, "top_n": _COUNT, "nj": _COUNT,
-    "num_utts": _COUNT, "topk": _NON_NEGATIVE,
+    "num_utts": _COUNT, "topk": _NON_NEGATIVE, "n": _COUNT, "lmwt": _POSITIVE,
     "max_segment": (1.0, False),  # seconds of audio decoded as one utterance by transcribe
 }
 

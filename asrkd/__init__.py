@@ -5,9 +5,9 @@ Neural Network", for speech: Kaldi-compatible features, a GMM-HMM system whose t
 the DNN targets, an ensemble of DNN acoustic models, and distillation of the ensemble into one
 deployable model, scored by WFST decoding.
 
-The acoustic model classes are importable from the top level::
+The acoustic model classes and the recognizer are importable from the top level::
 
-    from asrkd import DNNAcousticModel
+    from asrkd import DNNAcousticModel, Recognizer
 """
 
 __version__ = "0.1.0"
@@ -17,6 +17,8 @@ _LAZY = {
     "TDNNAcousticModel": "asrkd.models",
     "ModelConfig": "asrkd.models",
     "load_model": "asrkd.models",
+    "Recognizer": "asrkd.recognizer",
+    "Result": "asrkd.recognizer",
 }
 
 

@@ -21,16 +21,19 @@ def read_audio(path, channel=None):
     return _one_channel(x, x.shape[1], path, channel), sr
 
 
-def audio_blocks(path, channel=None, block_s=30.0):
+def audio_blocks(path, channel=None, block_s=30.0, on_downmix=None):
     """(sample rate, number of samples, iterator of float32 blocks in int16 range): read_audio's
     samples, read ``block_s`` seconds at a time (the last block shorter) so that a long file is
     never whole in memory. The channel rule is read_audio's, checked before any block is read;
-    an unreadable file is a UserError."""
+    an unreadable file is a UserError. ``on_downmix(channels)`` is called first where
+    ``channel`` "mix" averages more than one channel."""
     try:
         info = soundfile.info(path)
     except RuntimeError as e:  # soundfile: unreadable or unknown format
         raise UserError(f"{path}: cannot read audio ({e})") from None
     _one_channel(np.zeros((0, info.channels), dtype=np.float32), info.channels, path, channel)
+    if channel == "mix" and info.channels > 1 and on_downmix is not None:
+        on_downmix(info.channels)
     block = max(1, int(round(block_s * info.samplerate)))
 
     def blocks():

@@ -67,7 +67,8 @@ LOCKED = {
     "soft-targets": "out_dir", "distill": "exp_dir", "train-specialists": "exp_dir",
     "adjust-priors": "model", "decode": "decode_dir", "frame-accuracy": "out_dir", "score": "out_dir",
     "export-onnx": "file:out", "export-soft-targets": "out_dir", "import-lhotse": "data_dir",
-    "export-lhotse": "out_dir", "train-lm": "file:arpa", "lm-rescore": "out_dir",
+    "export-lhotse": "out_dir", "train-lm": "file:arpa",
+    "lm-rescore": "out_dir",
 }
 
 

@@ -52,7 +52,7 @@ def check_acwts(grid):
 
 def check_decoder_options(beam, lattice_beam, max_active):
     """UserError for options the C++ decoder would reject with a bare assertion."""
-    if beam is not None and lattice_beam is not None and (not beam > 0 or not lattice_beam > 0):
+    if any(v is not None and not v > 0 for v in (beam, lattice_beam)):
         raise UserError(f"--beam and --lattice-beam must be positive, got {beam} and "
                         f"{lattice_beam}")
     if max_active is not None and max_active < MIN_ACTIVE:

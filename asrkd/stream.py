@@ -95,11 +95,12 @@ def _online_blocks(blocks, knf_extractor, config):
 
 
 def file_features(path, config, extract, channel=None, resample_ok=True, block_s=30.0,
-                  on_resample=None):
+                  on_resample=None, on_downmix=None):
     """(duration in seconds, iterator of float32 (t, D) feature chunks) of audio file ``path``
     read ``block_s`` seconds at a time, resampled to ``config.sample_rate`` if it differs (an
-    error if not ``resample_ok``; ``on_resample(sr)`` is called first)."""
-    sr, n, blocks = audio_blocks(path, channel, block_s)
+    error if not ``resample_ok``; ``on_resample(sr)`` is called first; ``on_downmix``: see
+    asrkd.audio.audio_blocks)."""
+    sr, n, blocks = audio_blocks(path, channel, block_s, on_downmix)
     if sr != config.sample_rate:
         if not resample_ok:
             raise UserError(f"{path}: sample rate {sr} Hz, the model's features are at "

@@ -14,8 +14,9 @@ seed=${seed:-0}   # the recipe's seed: model initialisations (and the synthetic 
 # each set once (a recipe with no test set evaluates on dev: tests=$dev)
 all_sets=$(printf '%s\n' $train $dev $tests | awk '!seen[$0]++' | xargs)
 eval_sets=$(printf '%s\n' $dev $tests | awk '!seen[$0]++' | xargs)
-# Decoding: narrower than Kaldi's defaults (beam 13, max-active 7000) to keep the demo fast.
-decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 2"
+# Decoding: narrower than Kaldi's defaults (beam 13, max-active 7000) to keep the demo fast;
+# the lattice beam bounds which paths the acoustic-scale grid (read off the lattices) can choose.
+decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 8"
 # The students' data: $train, plus the transfer set when there is one.
 transfer=${transfer:-}
 kd_train=$train; [ -z "$transfer" ] || kd_train=${train}_${transfer}

@@ -179,3 +179,70 @@ def test_a_long_recording_is_cut_between_its_utterances(tiny_hybrid, tiny_data, 
     assert kaldialign.edit_distance(ref, hyp)["total"] <= len(ref) / 3
     with pytest.raises(UserError, match="--max-segment must be >= 1"):
         transcribe(model, graph, [long], acwt=0.25, max_segment=0.5)
+
+
+def test_every_input_is_keyed_and_a_bad_file_does_not_stop_the_others(tiny_hybrid, tiny_data,
+                                                                      tmp_path, capsys):
+    """Loose files print 'path words' (the path as given); a file that is not audio and one
+    that is missing each get an error line and are counted; the files after them are still
+    transcribed, and the exit status says something failed."""
+    good = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).values())[:2]
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio\n")
+    missing = str(tmp_path / "missing.wav")
+    args = ["transcribe", "--acwt", "0.25", tiny_hybrid["model"], tiny_hybrid["graph"]]
+    assert main(args + [good[0], str(bad), missing, good[1]]) == 1
+    cap = capsys.readouterr()
+    assert [line.split(" ", 1)[0] for line in cap.out.splitlines()] == good
+    errors = [line for line in cap.err.splitlines() if "error:" in line]
+    assert len(errors) == 2
+    assert errors[0].startswith(f"asrkd transcribe: error: {bad}: cannot read audio")
+    assert errors[1] == f"asrkd transcribe: error: {missing}: no such audio file"
+    assert "transcribe: 2 file(s) in 2 segment(s) (2 failed)" in cap.err
+    assert main(args + good) == 0
+
+
+def test_files_are_read_one_after_the_other(tiny_hybrid, tiny_data, monkeypatch):
+    """Loose files: a file's features are computed, its words written, then the next file's
+    (not every file's features first)."""
+    from asrkd import recognizer
+
+    events = []
+    real = recognizer.file_features
+
+    def logged(path, *a, **k):
+        events.append(("features", path))
+        return real(path, *a, **k)
+
+    class Out(io.StringIO):
+        def write(self, s):
+            events.append(("words", s.split(" ", 1)[0]))
+            return super().write(s)
+
+    monkeypatch.setattr(recognizer, "file_features", logged)
+    paths = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).values())[:3]
+    transcribe(tiny_hybrid["model"], tiny_hybrid["graph"], paths, acwt=0.25, out=Out())
+    assert events == [(e, p) for p in paths for e in ("features", "words")]
+
+
+def test_short_files_downmixes_and_empty_outputs_warn(tiny_hybrid, tiny_data, tmp_path,
+                                                      monkeypatch, capsys):
+    """0.05 s of audio: a keyed empty line and a warning (not a silent empty line); --channel
+    mix says it downmixed; an input that gives no words says so."""
+    path = sorted(read_table(os.path.join(tiny_data["test"], "wav.scp")).values())[0]
+    x, sr = soundfile.read(path, dtype="float32")
+    short, stereo = str(tmp_path / "short.wav"), str(tmp_path / "stereo.wav")
+    soundfile.write(short, x[:800], sr)
+    soundfile.write(stereo, np.stack([x, x], axis=1), sr, subtype="FLOAT")
+    args = ["transcribe", "--acwt", "0.25", tiny_hybrid["model"], tiny_hybrid["graph"]]
+    assert main(args + [short, stereo, "--channel", "mix"]) == 0
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert lines[0].strip() == short and lines[1].split(" ", 1)[0] == stereo
+    assert f"transcribe: warning: {short}: 0.050 s of audio: too short for a word" in cap.err
+    assert f"transcribe: warning: {stereo}: 2 channels downmixed to one" in cap.err
+    from asrkd.recognizer import Recognizer
+
+    monkeypatch.setattr(Recognizer, "decode_segment", lambda *a: [])
+    assert main(args + [path]) == 0
+    assert f"transcribe: warning: {path}: no words recognised" in capsys.readouterr().err

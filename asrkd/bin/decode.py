@@ -1,6 +1,9 @@
 """asrkd decode: decode a data dir over HCLG with a GMM, a DNN or a DNN ensemble, and score."""
 
+import sys
+
 from asrkd.decode import DEFAULT_GRID, decode
+from asrkd.decodeconf import record_dev_decode
 
 
 def _floats(s):
@@ -71,9 +74,15 @@ def main(args):
 
         raise UserError("each model needs its own decode dir")
     for model, decode_dir in jobs:
-        decode(args.graph_dir, args.data_dir, model, decode_dir, acwt=args.acwt,
-               acwt_grid=args.acwt_grid, acwt_from=args.acwt_from, nj=args.nj, beam=args.beam,
-               lattice_beam=args.lattice_beam, max_active=args.max_active, ali_dir=args.ali_dir,
-               frame_acc_data=args.frame_acc_data, device=args.device,
-               precision=args.precision, widen=not args.fixed_grid, priors=args.priors,
-               write_lattices=args.write_lattices)
+        res = decode(args.graph_dir, args.data_dir, model, decode_dir, acwt=args.acwt,
+                     acwt_grid=args.acwt_grid, acwt_from=args.acwt_from, nj=args.nj,
+                     beam=args.beam, lattice_beam=args.lattice_beam, max_active=args.max_active,
+                     ali_dir=args.ali_dir, frame_acc_data=args.frame_acc_data,
+                     device=args.device, precision=args.precision, widen=not args.fixed_grid,
+                     priors=args.priors, write_lattices=args.write_lattices)
+        if args.acwt is None and args.acwt_from is None and len(res["grid"]) > 1:
+            # a scale chosen on this (dev) set: the model dir remembers how to decode it
+            path = record_dev_decode(model, args.graph_dir, decode_dir, res["acwt"], args.beam,
+                                     args.lattice_beam, args.max_active)
+            if path:
+                print(f"decode: wrote {path}", file=sys.stderr)

@@ -51,6 +51,7 @@ from asrkd.errors import UserError
 from asrkd.featconf import FbankConfig, config_from_dict
 from asrkd.features import FeatureReader, check_feature_config
 from asrkd.models import load_checkpoint
+from asrkd.priors import read_priors, resolve_priors
 
 ONNX_FORMAT = "asrkd-onnx-1"
 DEFAULT_TOLERANCE = 1e-3
@@ -106,7 +107,7 @@ def find_acwt(model):
 
 def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TOLERANCE,
                 feature_config=None, acwt=None, quantize=None,
-                int8_tolerance=DEFAULT_INT8_TOLERANCE):
+                int8_tolerance=DEFAULT_INT8_TOLERANCE, priors="auto"):
     """`asrkd export-onnx`: write MODEL as one ONNX graph; check parity on DATA_DIR's features.
 
     ``data_dir``: an fbank data dir with feats.scp and cmvn.scp (default: the checkpoint's own
@@ -116,6 +117,9 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
     (default: find_acwt). ``quantize``: None, or "int8": also write ``int8_path(out_path)``
     (dynamic int8 quantization), parity-checked against ``int8_tolerance``.
     The graph's output is clamped below at log(1e-30) (see the module docstring).
+    ``priors``: "auto" also stores MODEL's own mean posterior (``priors_posterior``, written
+    by `asrkd adjust-priors`, as the recipe decodes with) where it has one, which the ONNX
+    scorer then divides by; "counts" stores the alignment counts alone.
     Returns {"path", "bytes", "max_abs_diff", "frames", "tolerance", "acwt"} and, with
     ``quantize``, "int8": {"path", "bytes", "max_abs_diff", "tolerance"}.
     """
@@ -157,6 +161,12 @@ def export_onnx(model, out_path, data_dir=None, num_utts=3, tolerance=DEFAULT_TO
                           output_names=["log_posteriors"], opset_version=OPSET,
                           dynamic_axes={"feats": {0: "T"}, "log_posteriors": {0: "T"}})
     meta = _metadata(members, counts, fc, acwt)
+    if priors not in ("auto", "counts"):
+        raise UserError(f"priors must be auto or counts, got {priors!r}")
+    if priors == "auto" and resolve_priors(model, "auto") == "posterior":
+        meta["priors_posterior"] = json.dumps([float(p) for p in read_priors(model,
+                                                                              len(counts))])
+        meta["metadata_sha256"] = metadata_hash(meta)
     _set_metadata(tmp, meta)
     # Parity on utterances other than the traced one too (dynamic T, other lengths).
     scorer, utts = Scorer(ensemble, reader), reader.utts[:max(1, num_utts)]
@@ -316,6 +326,9 @@ class OnnxModel:
                             "changed after export (metadata_sha256 differs); export it again")
         self.path, self.num_threads = path, num_threads
         self.pdf_counts = np.asarray(json.loads(self.meta["pdf_counts"]), dtype=np.float64)
+        post = self.meta.get("priors_posterior")  # None: exported with the counts alone
+        self.priors_posterior = None if post is None else np.asarray(json.loads(post),
+                                                                     dtype=np.float64)
         self.cmvn = json.loads(self.meta["cmvn"])
         self.num_pdfs = int(self.meta["num_pdfs"])
         self.feat_dim = int(self.meta["feat_dim"])

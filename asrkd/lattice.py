@@ -107,8 +107,8 @@ class Graph:
         self.start, ns = hdr["start"], hdr["numstates"]
         na = (raw.size - pos - 12 * ns) // 16
         if na < 0:
-            raise UserError(f"{path}: truncated FST ({ns} states announced); run make-graph "
-                            "again")
+            raise UserError(f"{path}: not a whole FST (truncated: {ns} states announced); "
+                            "run make-graph again")
         self.arc_start = np.empty(ns + 1, dtype=np.int64)
         self.ilabel = np.empty(na, dtype=np.int32)
         self.olabel = np.empty(na, dtype=np.int32)
@@ -119,8 +119,8 @@ class Graph:
         n = _lib().fst_parse(_p(body), body.size, ns, na, _p(self.arc_start), _p(self.ilabel),
                              _p(self.olabel), _p(self.next), _p(self.weight), _p(self.final))
         if n < 0:
-            raise UserError(f"{path}: truncated or corrupt FST ({ns} states, {na} arcs "
-                            "announced); run make-graph again")
+            raise UserError(f"{path}: not a whole FST (truncated or corrupt: {ns} states, "
+                            f"{na} arcs announced); run make-graph again")
         self.num_states, self.num_arcs = ns, na
 
 

@@ -40,11 +40,18 @@ def priors_path(model):
 
 def resolve_priors(model, priors):
     """``priors`` as make_scorer takes it: "auto" is "posterior" where MODEL (a DNN model or
-    ensemble dir) holds adjust-priors' file, else "counts" (an ONNX model: its own)."""
+    ensemble dir) holds adjust-priors' file, or MODEL (an ONNX file) was exported with them,
+    else "counts"."""
     if priors != "auto":
         return priors
     if os.fspath(model).endswith(".onnx"):
-        return "counts"
+        import onnx
+
+        try:
+            keys = {p.key for p in onnx.load(model, load_external_data=False).metadata_props}
+        except Exception:  # not readable: the ONNX scorer says why
+            return "counts"
+        return "posterior" if "priors_posterior" in keys else "counts"
     return "posterior" if os.path.isfile(priors_path(model)) else "counts"
 
 

@@ -95,3 +95,26 @@ def test_transcribe_uses_the_posterior_priors_a_model_holds(tiny_hybrid, tiny_da
     got = transcribe(model, tiny_hybrid["graph"], [wav_scp], acwt=0.25, out=io.StringIO(),
                      priors="counts")
     assert got["hyps"] == hyps["counts"]
+
+
+def test_onnx_export_carries_the_posterior_priors(tiny_hybrid, tiny_data, model, tmp_path):
+    """export-onnx of a model dir holding priors_posterior: the ONNX scorer divides by them
+    (its scores are the PyTorch scorer's with --priors posterior) and auto picks them; an
+    export with --priors counts has none to give."""
+    from asrkd.export import export_onnx
+    from asrkd.priors import resolve_priors
+
+    assert main(["adjust-priors", "--max-frames", "0", model, tiny_data["train"]]) == 0
+    test = tiny_data["test"]
+    auto, counts = str(tmp_path / "auto.onnx"), str(tmp_path / "counts.onnx")
+    export_onnx(model, auto, data_dir=test)
+    export_onnx(model, counts, data_dir=test, priors="counts")
+    assert resolve_priors(auto, "auto") == "posterior"
+    assert resolve_priors(counts, "auto") == "counts"
+    u = DataDir(test).utts[0]
+    want = make_scorer(model, test, priors="posterior")(u)
+    np.testing.assert_allclose(make_scorer(auto, test, priors="posterior")(u), want, atol=1e-3)
+    np.testing.assert_allclose(make_scorer(auto, test)(u), make_scorer(model, test)(u),
+                               atol=1e-3)
+    with pytest.raises(UserError, match="exported without posterior priors"):
+        make_scorer(counts, test, priors="posterior")

@@ -31,6 +31,11 @@ def add_arguments(parser):
     parser.add_argument("--feat-conf", default=None,
                         help="YAML feature config the model was trained with, stored in the "
                              "metadata (default: conf/fbank.yaml's, i.e. FbankConfig defaults)")
+    parser.add_argument("--priors", choices=("auto", "counts"), default="auto",
+                        help="auto: also store MODEL's own mean posterior (priors_posterior, "
+                             "from `asrkd adjust-priors`) where it has one; decode and "
+                             "transcribe then divide by it, as the recipe decodes; counts: the "
+                             "alignment counts alone")
     parser.add_argument("--acwt", type=float, default=None,
                         help="acoustic scale to store (default: the one of MODEL's decode "
                              "dirs, e.g. MODEL/decode_test/acwt, if any)")
@@ -42,4 +47,5 @@ def main(args):
     fc = load_feature_config(args.feat_conf) if args.feat_conf else None
     export_onnx(args.model, args.out, data_dir=args.data_dir, num_utts=args.num_utts,
                 tolerance=args.tolerance, feature_config=fc, acwt=args.acwt,
-                quantize=args.quantize, int8_tolerance=args.int8_tolerance)
+                quantize=args.quantize, int8_tolerance=args.int8_tolerance,
+                priors=args.priors)

@@ -145,6 +145,10 @@ def main(argv=None):
         out = _locked_dir(args)
         with lock.locked(out, what=f"asrkd {args.verb}") if out else contextlib.nullcontext():
             rc = _module(args.verb).main(args)
+    except BrokenPipeError:  # stdout closed by a reader that had enough (`| head`): no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail too
+        return 141  # 128 + SIGPIPE, as a shell tool killed by the signal
     except UserError as e:  # a clear one-line answer for bad input, no traceback
         print(f"asrkd {args.verb}: error: {e}", file=sys.stderr)
         return 1

@@ -16,6 +16,8 @@ import math
 import os
 import sys
 
+from tqdm import tqdm
+
 from asrkd import gmm, lattice
 from asrkd.errors import UserError
 from asrkd.lang import read_symbols
@@ -33,11 +35,18 @@ def lattice_files(decode_dir):
     return files
 
 
-def read_lattices(decode_dir):
-    """Yields (utt, Lattice) of every lattice file of decode_dir, in order."""
-    for path in lattice_files(decode_dir):
-        with lattice.open_lattice_ark(path) as f:
-            yield from lattice.read_kaldi_text(f)
+def read_lattices(decode_dir, desc=None):
+    """Yields (utt, Lattice) of every lattice file of decode_dir, in order; ``desc``: show a
+    progress bar on stderr (the total from the decode's hyp.txt)."""
+    hyp = os.path.join(decode_dir, "hyp.txt")
+    total = sum(1 for _ in open(hyp)) if desc and os.path.isfile(hyp) else None
+    with tqdm(total=total, desc=desc, unit="utt", file=sys.stderr,
+              disable=None if desc else True) as bar:
+        for path in lattice_files(decode_dir):
+            with lattice.open_lattice_ark(path) as f:
+                for item in lattice.read_kaldi_text(f):
+                    yield item
+                    bar.update(1)
 
 
 def _acwt(decode_dir, acwt):
@@ -59,7 +68,7 @@ def nbest(graph_dir, decode_dir, out, n=10, acwt=None, lmwt=1.0):
     ``utt-K graph_cost acoustic_cost words`` (K from 1, costs unscaled, Kaldi's n-best keys)."""
     acwt, words = _acwt(decode_dir, acwt), _words(graph_dir)
     count = 0
-    for utt, lat in read_lattices(decode_dir):
+    for utt, lat in read_lattices(decode_dir, "lattice-nbest"):
         for k, (seq, _, g, a) in enumerate(lat.nbest(n, acwt, lmwt), 1):
             out.write(f"{utt}-{k} {g:.4f} {a:.4f} {' '.join(words[i] for i in seq)}\n")
         count += 1
@@ -78,7 +87,7 @@ def ctm(graph_dir, decode_dir, out, acwt=None, lmwt=1.0, frame_shift=0.01):
     if not silence:
         print(f"lattice-ctm: no SIL in {path}: silence after a word counts as the word's",
               file=sys.stderr)
-    for utt, lat in read_lattices(decode_dir):
+    for utt, lat in read_lattices(decode_dir, "lattice-ctm"):
         for w, start, dur, conf in lat.ctm(acwt, lmwt, tm.transition_id_to_phone, silence,
                                            frame_shift):
             out.write(f"{utt} 1 {start:.2f} {dur:.2f} {words[w]} {conf:.3f}\n")
@@ -110,7 +119,7 @@ def lm_rescore(graph_dir, decode_dir, old_arpa, new_arpa, out_dir, n=100, acwt=N
     acwt, words = _acwt(decode_dir, acwt), _words(graph_dir)
     old, new = NgramLM.read_arpa(old_arpa), NgramLM.read_arpa(new_arpa)
     hyps, changed = {}, 0
-    for utt, lat in read_lattices(decode_dir):
+    for utt, lat in read_lattices(decode_dir, "lm-rescore"):
         best, best_cost, first = None, math.inf, None
         for seq, _, g, a in lat.nbest(n, acwt, lmwt):
             text = [words[i] for i in seq]

@@ -182,7 +182,7 @@ def test_lm_rescore_hand_checked(tmp_path, monkeypatch):
     from asrkd import latdir
 
     lat = _three_paths()
-    monkeypatch.setattr(latdir, "read_lattices", lambda d: iter([("u1", lat)]))
+    monkeypatch.setattr(latdir, "read_lattices", lambda d, desc=None: iter([("u1", lat)]))
     monkeypatch.setattr(latdir, "_words", lambda g: {5: "a", 6: "b"})
     old, new = tmp_path / "old.arpa", tmp_path / "new.arpa"
     _arpa(old, {"a": -1.0, "b": -1.0, "</s>": -0.5, "<s>": -99})
@@ -218,3 +218,13 @@ def test_decode_writes_lattices_the_verbs_read(setup, tmp_path, capsys):
     lines = [x.split(" ", 3) for x in capsys.readouterr().out.splitlines()]
     for u in utts:
         assert [x[3] for x in lines if x[0] == f"{u}-1"] == [hyp[u].strip()]
+    # a reader that stopped (`| head`: here one that closed before the first line): the verb
+    # ends quietly with 141, as a shell tool killed by SIGPIPE, not with a traceback
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "asrkd", "lattice-nbest", graph_dir, dec],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and "Traceback" not in err, err

@@ -233,12 +233,18 @@ class Lattice:
 
         A word's span is from its label to the next word's label, less the frames of
         ``silence`` phones (``phone_of``: transition-id -> phone id) at either end. Its
-        confidence is the lattice posterior (arc_posteriors) of that word label starting
-        within its span, at most 1 (not Kaldi's MBR confidence)."""
+        confidence is the lattice posterior (arc_posteriors) of that word's label on any arc
+        whose frame lies in the word's bin: from halfway between the previous best-path
+        word's label frame and its own to halfway to the next one's (the first bin open to
+        the left, the last to the right), so that other alignments of the same word, whose
+        labels fall a few frames earlier or later (in silence, say), count too; at most 1
+        (a sausage bin in outline, not Kaldi's MBR confidence)."""
         arcs, _ = self.best_path(acwt, lmwt)
         post = self.arc_posteriors(acwt, lmwt)
         frame_of_arc = self.state_frame[self.src]
         labels = [i for i, e in enumerate(arcs.tolist()) if self.olabel[e]]
+        at = [float(frame_of_arc[arcs[i]]) for i in labels]
+        edges = [-np.inf] + [(a + b) / 2 for a, b in zip(at, at[1:])] + [np.inf]
         out = []
         for j, i in enumerate(labels):
             end_i = labels[j + 1] if j + 1 < len(labels) else len(arcs)
@@ -251,7 +257,7 @@ class Lattice:
                 speech = [f for f, _ in frames] or [int(frame_of_arc[seg[0]])]
             start, end = min(speech), max(speech) + 1
             w = int(self.olabel[arcs[i]])
-            near = (self.olabel == w) & (frame_of_arc >= start) & (frame_of_arc < end)
+            near = (self.olabel == w) & (frame_of_arc >= edges[j]) & (frame_of_arc < edges[j + 1])
             conf = min(1.0, float(post[near].sum()))
             out.append((w, start * frame_shift, (end - start) * frame_shift, conf))
         return out

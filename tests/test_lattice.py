@@ -151,6 +151,24 @@ def test_ctm_times_and_confidence():
     assert start == 0.0 and dur == pytest.approx(0.01)
 
 
+def test_ctm_confidence_counts_an_alignment_labelled_in_the_silence_before():
+    """Word 5 twice: the best path A (cost 4 at acwt 1) has silence at frame 0 and its label
+    at frame 1; B (cost 5) carries the label at frame 0. The word's confidence is both
+    (1.0), not A's share alone (what a window from the best path's own label would give)."""
+    arr = np.array
+    lat = lattice.Lattice(
+        src=arr([0, 0, 1, 2, 3, 4], np.int32), dst=arr([1, 2, 3, 4, 5, 5], np.int32),
+        ilabel=arr([3, 1, 1, 2, 2, 2], np.int32), olabel=arr([0, 5, 5, 0, 0, 0], np.int32),
+        graph=arr([0, 1, 1, 0, 0, 0], np.float32), ac=arr([1, 2, 1, 1, 1, 1], np.float32),
+        final=arr([np.inf] * 5 + [0.0], np.float32), state_frame=arr([0, 1, 1, 2, 2, 3], np.int32))
+    assert lat.words(1.0) == [5] and list(lat.best_path(1.0)[0]) == [0, 2, 4]
+    post = lat.arc_posteriors(1.0)
+    assert post[2] == pytest.approx(math.exp(-4) / (math.exp(-4) + math.exp(-5)), rel=1e-5)
+    ((w, start, dur, conf),) = lat.ctm(1.0, phone_of=lambda t: 1 if t == 3 else 2, silence={1})
+    assert w == 5 and start == pytest.approx(0.01) and dur == pytest.approx(0.02)
+    assert conf == pytest.approx(1.0, rel=1e-5)
+
+
 def test_nbest_and_ctm_on_a_decoded_lattice(setup):
     graph_dir, lls, scorer = setup
     g, tm, _ = load_graph(graph_dir)

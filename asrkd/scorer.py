@@ -123,9 +123,9 @@ def make_scorer(model, data_dir=None, feats=None, device="cpu", precision="fp32"
         scorer.log_prior = log_posterior_priors(scorer.model.priors_posterior)
         return scorer
     if priors == "posterior":
-        if len(models) == 1 and (is_specialists_dir(models[0]) or
-                                 os.path.isfile(os.path.join(models[0], "final.mdl"))):
-            raise UserError(f"{models[0]}: posterior priors are for DNN models and ensembles")
+        if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
+            raise UserError(f"{models[0]}: posterior priors are for DNN models, ensembles and "
+                            "specialists dirs")
         scorer = make_scorer(model, data_dir, feats, device, precision)
         scorer.log_prior = log_posterior_priors(read_priors(models, len(scorer.log_prior)))
         return scorer

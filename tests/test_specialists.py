@@ -294,3 +294,24 @@ def test_the_report_notes_say_which_specialists_are_the_generalist(trained):
     (note,) = specialist_notes([{"label": "gen + K", "specialists": info}])
     assert note.startswith(f"- gen + K: {len(man['specialists'])} specialists, hard targets")
     assert (f"{len(kept)} of" in note) if kept else ("none ended at epoch 0" in note)
+
+
+def test_a_specialists_dir_decodes_with_its_own_posterior_priors(trained, tmp_path):
+    """adjust-priors on a specialists dir writes the combination's mean posterior, and
+    make_scorer(priors="posterior") divides by exactly that (the recipe's stage 15)."""
+    import shutil
+
+    from asrkd.cli import main
+    from asrkd.priors import read_priors
+
+    d = str(tmp_path / "spec")
+    shutil.copytree(trained["spec_dir"], d)
+    assert main(["adjust-priors", d, trained["data"]]) in (0, None)
+    priors = read_priors(d, 8)
+    scorer = make_scorer(d, trained["data"], priors="posterior")
+    assert isinstance(scorer, SpecialistScorer)
+    utt = scorer.reader.utts[0]
+    lq = scorer.log_posteriors(utt)
+    assert np.allclose(scorer(utt), lq - np.log(priors / priors.sum()), atol=1e-4)
+    assert not np.allclose(scorer.log_prior, make_scorer(d, trained["data"]).log_prior,
+                           atol=1e-3)  # not the counts

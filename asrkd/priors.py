@@ -58,6 +58,8 @@ def resolve_priors(model, priors):
 def read_priors(model, num_pdfs):
     """(P,) float64 posterior priors of MODEL (UserError if absent or of another size)."""
     path = priors_path(model)
+    if isinstance(model, (list, tuple)):
+        model = model[0]  # priors_path allows one
     if not os.path.isfile(path):
         raise UserError(f"{path}: no posterior priors; run `asrkd adjust-priors {model} "
                         "TRAIN_DATA` first (or decode with --priors counts)")

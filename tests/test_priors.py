@@ -26,7 +26,7 @@ def model(tiny_hybrid, tmp_path):
 def test_adjusted_priors_are_the_mean_posterior_and_change_only_the_prior(tiny_hybrid,
                                                                           tiny_data, model):
     train, test = tiny_data["train"], tiny_data["test"]
-    with pytest.raises(UserError, match="adjust-priors"):
+    with pytest.raises(UserError, match=f"run `asrkd adjust-priors {model} TRAIN_DATA`"):
         make_scorer(model, test, priors="posterior")
     assert main(["adjust-priors", "--max-frames", "0", model, train]) == 0
     scorer = make_scorer(model, train)

@@ -70,14 +70,17 @@ class Newbob:
 
 class BestLoss:
     """Learning rate ``lr`` for ``epochs`` epochs, every one trained on from the last; an epoch
-    is accepted (is final.pt) when its validation loss is below the best so far. ``best_loss``
-    and ``best_acc``: the starting model's figures, when it competes as epoch 0 (its final.pt
-    written by the caller); ``state`` ends with the best epoch's."""
+    is accepted (is final.pt) when its validation loss is below the best so far (``by="acc"``:
+    its validation accuracy above the best so far). ``best_loss`` and ``best_acc``: the
+    starting model's figures, when it competes as epoch 0 (its final.pt written by the caller);
+    ``state`` ends with the best epoch's."""
 
     reload_rejected = False
 
-    def __init__(self, lr, epochs, best_loss=float("inf"), best_acc=0.0):
-        self.epochs = epochs
+    def __init__(self, lr, epochs, best_loss=float("inf"), best_acc=0.0, by="loss"):
+        if by not in ("loss", "acc"):
+            raise ValueError(f"by must be 'loss' or 'acc', got {by!r}")
+        self.epochs, self.by = epochs, by
         self.state = {"epoch": 0, "lr": lr, "best_loss": best_loss, "best_acc": best_acc,
                       "best_epoch": 0, "stop": False}
 
@@ -88,7 +91,10 @@ class BestLoss:
 
     def update(self, epoch, valid_loss, valid_acc):
         """Take epoch ``epoch``'s validation figures; return whether it is the best so far."""
-        accepted = valid_loss < self.state["best_loss"]
+        if self.by == "acc":
+            accepted = valid_acc > self.state["best_acc"]
+        else:
+            accepted = valid_loss < self.state["best_loss"]
         if accepted:
             self.state.update(best_loss=valid_loss, best_acc=valid_acc, best_epoch=epoch)
         self.state["epoch"] = epoch

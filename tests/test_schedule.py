@@ -29,3 +29,15 @@ def test_best_loss_starting_model_competes_as_epoch_0():
     assert not s.update(1, 0.35, 0.95)
     assert not s.update(2, 0.3, 0.95)  # as good is not better
     assert s.done and s.best_epoch == 0 and s.state["best_acc"] == 0.9
+
+
+def test_best_by_accuracy_accepts_only_a_higher_validation_accuracy():
+    # the same figures as above, chosen by accuracy: epoch 2 (higher loss, higher accuracy) wins
+    s = BestLoss(0.01, 3, by="acc")
+    assert s.update(1, 0.5, 0.8)
+    assert s.update(2, 0.6, 0.9)
+    assert not s.update(3, 0.4, 0.85)
+    assert s.best_epoch == 2 and (s.state["best_loss"], s.state["best_acc"]) == (0.6, 0.9)
+    # the starting model competes as epoch 0; as good is not better
+    s = BestLoss(0.01, 2, best_loss=0.3, best_acc=0.9, by="acc")
+    assert not s.update(1, 0.2, 0.9) and s.update(2, 0.35, 0.95) and s.best_epoch == 2

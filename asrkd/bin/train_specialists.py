@@ -35,8 +35,12 @@ def add_arguments(parser):
                         "full output layer's logits outside the set (with which training "
                         "starts from exactly the generalist's collapsed distribution)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per specialist (the best "
-                        "by the combination's CE on the validation frames where it is active "
-                        "is kept; the untrained one, i.e. the generalist, competes)")
+                        "by --select on the validation frames where it is active is kept; the "
+                        "untrained one, i.e. the generalist, competes)")
+    parser.add_argument("--select", choices=("acc", "loss"), default="acc",
+                        help="which epoch is kept: the one whose combination with the "
+                        "generalist has the highest frame accuracy (acc) or the lowest "
+                        "cross-entropy (loss) on those validation frames")
     parser.add_argument("--batch-size", type=int, default=256, help="frames per update")
     parser.add_argument("--lr", type=float, default=0.001, help="Adam learning rate")
     parser.add_argument("--top-n", type=int, default=1,
@@ -74,7 +78,7 @@ def main(args):
                               batch_size=args.batch_size, lr=args.lr, top_n=args.top_n,
                               gd_steps=args.gd_steps, gd_lr=args.gd_lr,
                               combine_method=args.combine_method, cov_frames=args.cov_frames,
-                              seed=args.seed)
+                              seed=args.seed, select=args.select)
     print(train_specialists(args.generalist, args.data, args.ali_dir, args.exp_dir, config,
                             nj=args.nj, lang_dir=args.lang, cache_dir=args.cache_dir,
                             soft_dir=args.soft_targets))

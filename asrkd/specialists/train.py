@@ -35,8 +35,8 @@ A specialists dir is one MODEL for ``asrkd decode`` (asrkd.specialists.scorer):
 ``specialists.json`` (sets, corrections, inference settings), ``generalist.pt`` (a copy) and
 ``spec{m}/final.pt`` (with ``spec{m}/train_log.csv``).
 
-Where we deviate from the paper: early stopping on the combination's validation CE on the
-frames where the specialist is active (the paper does not say how it stopped); the pooled
+Where we deviate from the paper: early stopping on the combination's validation accuracy (or
+CE) on the frames where the specialist is active (the paper does not say how it stopped); the pooled
 dustbin (an exact start from the generalist).
 """
 

@@ -39,7 +39,10 @@ def read_lattices(decode_dir, desc=None):
     """Yields (utt, Lattice) of every lattice file of decode_dir, in order; ``desc``: show a
     progress bar on stderr (the total from the decode's hyp.txt)."""
     hyp = os.path.join(decode_dir, "hyp.txt")
-    total = sum(1 for _ in open(hyp)) if desc and os.path.isfile(hyp) else None
+    total = None
+    if desc and os.path.isfile(hyp):
+        with open(hyp) as f:
+            total = sum(1 for _ in f)
     with tqdm(total=total, desc=desc, unit="utt", file=sys.stderr,
               disable=None if desc else True) as bar:
         for path in lattice_files(decode_dir):

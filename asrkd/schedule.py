@@ -1,5 +1,5 @@
 """Learning-rate schedules of the training loop (asrkd.train.train_epochs): ``Newbob``, the
-default, and ``BestLoss``, the specialists' (asrkd.specialists.train).
+default, and ``BestEpoch``, the specialists' (asrkd.specialists.train).
 
 A schedule has ``lr`` (of the next epoch), ``epoch`` (the last one done), ``best_epoch``,
 ``done``, ``reload_rejected`` and ``update(epoch, valid_loss, valid_acc) -> accepted``; its
@@ -16,8 +16,8 @@ epoch); the learning rate is halved from the first epoch whose gain is below
 schedule (full rate, then halving every epoch). ``final.pt`` is the best epoch (the last one with
 ``reject_worse=False``).
 
-BestLoss: a fixed learning rate for a fixed number of epochs, each trained on from the one
-before; ``final.pt`` is the epoch with the lowest validation loss.
+BestEpoch: a fixed learning rate for a fixed number of epochs, each trained on from the one
+before; ``final.pt`` is the epoch with the lowest validation loss (or the highest accuracy).
 """
 
 
@@ -68,7 +68,7 @@ class Newbob:
         return accepted
 
 
-class BestLoss:
+class BestEpoch:
     """Learning rate ``lr`` for ``epochs`` epochs, every one trained on from the last; an epoch
     is accepted (is final.pt) when its validation loss is below the best so far (``by="acc"``:
     its validation accuracy above the best so far). ``best_loss`` and ``best_acc``: the

@@ -115,19 +115,19 @@ def make_scorer(model, data_dir=None, feats=None, device="cpu", precision="fp32"
     if priors not in PRIOR_KINDS:
         raise UserError(f"priors must be one of {list(PRIOR_KINDS)}, got {priors!r}")
     models = model if isinstance(model, (list, tuple)) else [model]
-    if priors == "posterior" and len(models) == 1 and os.fspath(models[0]).endswith(".onnx"):
-        scorer = onnx_scorer(models[0], data_dir, feats)
-        if scorer.model.priors_posterior is None:
-            raise UserError(f"{models[0]}: exported without posterior priors (export-onnx a model "
-                            "dir that `asrkd adjust-priors` has written them into)")
-        scorer.log_prior = log_posterior_priors(scorer.model.priors_posterior)
-        return scorer
     if priors == "posterior":
         if len(models) == 1 and os.path.isfile(os.path.join(models[0], "final.mdl")):
             raise UserError(f"{models[0]}: posterior priors are for DNN models, ensembles and "
                             "specialists dirs")
         scorer = make_scorer(model, data_dir, feats, device, precision)
-        scorer.log_prior = log_posterior_priors(read_priors(models, len(scorer.log_prior)))
+        if isinstance(scorer, OnnxScorer):  # an ONNX file carries them in its metadata
+            post = scorer.model.priors_posterior
+            if post is None:
+                raise UserError(f"{models[0]}: exported without posterior priors (export-onnx "
+                                "a model dir that `asrkd adjust-priors` has written them into)")
+        else:
+            post = read_priors(models, len(scorer.log_prior))
+        scorer.log_prior = log_posterior_priors(post)
         return scorer
     if len(models) == 1 and is_specialists_dir(models[0]):
         return make_specialist_scorer(models[0], data_dir, feats)

@@ -36,7 +36,7 @@ field defaults to plain cross-entropy training:
   ``max_frames_per_epoch``;
 - ``evaluate(model) -> (valid loss, valid acc)``: default the CE and frame accuracy on the
   validation utterances (``_evaluate_world``);
-- ``schedule``: an object with Newbob's interface (asrkd.schedule; ``BestLoss`` is another);
+- ``schedule``: an object with Newbob's interface (asrkd.schedule; ``BestEpoch`` is another);
   default ``Newbob(train_config)``;
 - ``on_epoch_end(epoch)``: called on rank 0 after each epoch's checkpoint is written.
 

@@ -1,6 +1,6 @@
-"""Schedules of the training loop: Newbob and BestLoss."""
+"""Schedules of the training loop: Newbob and BestEpoch."""
 
-from asrkd.schedule import BestLoss, Newbob
+from asrkd.schedule import BestEpoch, Newbob
 from asrkd.train import TrainConfig
 
 
@@ -15,7 +15,7 @@ def test_newbob_halves_then_stops():
 
 
 def test_best_loss_accepts_only_a_lower_validation_loss():
-    s = BestLoss(0.01, 3)
+    s = BestEpoch(0.01, 3)
     assert not s.done and s.lr == 0.01 and s.epoch == 0 and not s.reload_rejected
     assert s.update(1, 0.5, 0.8)
     assert not s.update(2, 0.6, 0.9)  # a better accuracy does not count
@@ -25,7 +25,7 @@ def test_best_loss_accepts_only_a_lower_validation_loss():
 
 
 def test_best_loss_starting_model_competes_as_epoch_0():
-    s = BestLoss(0.01, 2, best_loss=0.3, best_acc=0.9)
+    s = BestEpoch(0.01, 2, best_loss=0.3, best_acc=0.9)
     assert not s.update(1, 0.35, 0.95)
     assert not s.update(2, 0.3, 0.95)  # as good is not better
     assert s.done and s.best_epoch == 0 and s.state["best_acc"] == 0.9
@@ -33,11 +33,11 @@ def test_best_loss_starting_model_competes_as_epoch_0():
 
 def test_best_by_accuracy_accepts_only_a_higher_validation_accuracy():
     # the same figures as above, chosen by accuracy: epoch 2 (higher loss, higher accuracy) wins
-    s = BestLoss(0.01, 3, by="acc")
+    s = BestEpoch(0.01, 3, by="acc")
     assert s.update(1, 0.5, 0.8)
     assert s.update(2, 0.6, 0.9)
     assert not s.update(3, 0.4, 0.85)
     assert s.best_epoch == 2 and (s.state["best_loss"], s.state["best_acc"]) == (0.6, 0.9)
     # the starting model competes as epoch 0; as good is not better
-    s = BestLoss(0.01, 2, best_loss=0.3, best_acc=0.9, by="acc")
+    s = BestEpoch(0.01, 2, best_loss=0.3, best_acc=0.9, by="acc")
     assert not s.update(1, 0.2, 0.9) and s.update(2, 0.35, 0.95) and s.best_epoch == 2

@@ -19,7 +19,7 @@ and the generalist does not; the generalist's own collapsed distribution would n
 specialist starts at its minimum and has nothing to learn).
 
 Training (``_train_specialist_job``): asrkd.train's loop (``train_epochs``, with the
-specialist's TrainHooks) under a ``BestLoss`` schedule (asrkd.schedule): Adam at a fixed rate for
+specialist's TrainHooks) under a ``BestEpoch`` schedule (asrkd.schedule): Adam at a fixed rate for
 ``epochs`` epochs. Early stopping is on what the specialist is for: after each epoch the
 generalist + this specialist are combined (asrkd.specialists.combine) on the validation frames
 where it is active (the generalist's top-n pdfs meet S_m), and the epoch whose combination has
@@ -61,7 +61,7 @@ from asrkd.frames import FrameCache, build_frame_cache, extra_memmap, split_by_s
 from asrkd.identity import check_tree
 from asrkd.jobs import run_jobs
 from asrkd.models import ModelConfig, build_model, load_checkpoint, load_model
-from asrkd.schedule import BestLoss
+from asrkd.schedule import BestEpoch
 from asrkd.softtargets import PackedTargets, SoftTargetStore
 from asrkd.specialists.combine import (active_specialists, collapse_sparse, combine,
                                        corrected_logits, dustbin_log_correction, membership,
@@ -342,9 +342,9 @@ def _train_specialist_job(cache_dir, generalist_path, set_pdfs, out_dir, cfg_dic
     print(f"generalist on the {len(val.frames)} of {val.total} validation frames where the "
           f"specialist is active: loss {val.loss:.4f} acc {val.acc:.4f}", file=sys.stderr)
     t_start = time.time()
-    schedule = BestLoss(cfg.lr, cfg.epochs, by=cfg.select)
+    schedule = BestEpoch(cfg.lr, cfg.epochs, by=cfg.select)
     if sp.pooled:  # epoch 0 (the combination is exactly the generalist) competes
-        schedule = BestLoss(cfg.lr, cfg.epochs, val.loss, val.acc, by=cfg.select)
+        schedule = BestEpoch(cfg.lr, cfg.epochs, val.loss, val.acc, by=cfg.select)
         model.save(final, epoch=0)
     tc = TrainConfig(epochs=cfg.epochs, min_epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
                      tensorboard=False)

@@ -100,6 +100,7 @@ void lat_copy(const Lattice *l, int32_t *src, int32_t *dst, int32_t *ilabel, int
 typedef struct {
   const int64_t *arc_start; const int32_t *ilabel, *olabel, *next;
   const float *weight, *final_cost;
+  const uint8_t *has_eps;  /* state -> 1 if it has an epsilon (input) arc */
   int32_t *tok_of_state;   /* state -> token of the frame being built, -1 if none */
   Store *st;
   int64_t frame_begin;     /* first token of the frame being built */
@@ -147,8 +148,8 @@ static int process_nonemitting(Search *s, float beam) {
     if (st->tok[t].cost < best) best = st->tok[t].cost;
   float cutoff = best + beam;
   st->nqueue = 0;
-  for (int64_t t = s->frame_begin; t < st->ntok; t++)
-    if (push(st, (int32_t)t)) return -1;
+  for (int64_t t = s->frame_begin; t < st->ntok; t++)  /* only states with epsilon arcs */
+    if (s->has_eps[st->tok[t].state] && push(st, (int32_t)t)) return -1;
   while (st->nqueue > 0) {
     int32_t t = st->queue[--st->nqueue];
     float cost = st->tok[t].cost;
@@ -162,7 +163,7 @@ static int process_nonemitting(Search *s, float beam) {
       int changed;
       int32_t d = find_or_add(s, s->next[a], nc, &changed);
       if (d < 0 || add_link(st, t, d, 0, s->olabel[a], s->weight[a], 0.0f)) return -1;
-      if (changed && push(st, d)) return -1;
+      if (changed && s->has_eps[s->next[a]] && push(st, d)) return -1;
     }
   }
   return 0;
@@ -196,42 +197,71 @@ static Lattice *make_lattice(Search *s, const int64_t *frame_start, int32_t nfra
  * Returns the lattice, or NULL on failure (out of memory, or no token survived). */
 Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t *ilabel,
                        const int32_t *olabel, const int32_t *next, const float *weight,
-                       const float *final_cost, int32_t start, const float *scores,
+                       const float *final_cost, const uint8_t *has_eps, int32_t start,
+                       const float *scores,
                        int32_t nframes, int32_t ncols, float beam, int32_t max_active,
                        float lattice_beam) {
-  Store st = {0};
-  Search s = {arc_start, ilabel, olabel, next, weight, final_cost, NULL, &st, 0};
+  /* The token, link and state arrays stay with the thread from one utterance to the next:
+   * fresh pages for every utterance cost as much as a tenth of the search. */
+  static __thread Store tls_store;
+  static __thread float *tls_costs;
+  static __thread int64_t tls_capcosts;
+  static __thread int32_t *tls_tok_of_state;  /* all -1 between calls */
+  static __thread int64_t tls_states;
+  Store *st = &tls_store;  /* (thread-locals read once: each read is a call in a library) */
+  st->ntok = st->nlink = st->nqueue = 0;
+  if (tls_states != nstates) {
+    free(tls_tok_of_state);
+    tls_states = 0;
+    tls_tok_of_state = malloc(sizeof(int32_t) * (size_t)nstates);
+    if (!tls_tok_of_state) return NULL;
+    for (int64_t i = 0; i < nstates; i++) tls_tok_of_state[i] = -1;
+    tls_states = nstates;
+  }
+  int32_t *tok_of_state = tls_tok_of_state;
+  Search s = {arc_start, ilabel, olabel, next, weight, final_cost, has_eps, tok_of_state, st,
+              0};
   Lattice *lat = NULL;
   int64_t *frame_start = malloc(sizeof(int64_t) * ((size_t)nframes + 2));
-  float *costs = NULL;
-  int64_t capcosts = 0;
-  s.tok_of_state = malloc(sizeof(int32_t) * (size_t)nstates);
-  if (!frame_start || !s.tok_of_state) goto done;
-  for (int64_t i = 0; i < nstates; i++) s.tok_of_state[i] = -1;
+  if (!frame_start) goto done;
   int changed;
   frame_start[0] = 0;
   if (find_or_add(&s, start, 0.0f, &changed) < 0 || process_nonemitting(&s, beam)) goto done;
   for (int32_t t = 0; t < nframes; t++) {
-    int64_t b = frame_start[t], e = st.ntok;
+    int64_t b = frame_start[t], e = st->ntok;
     reset_states(&s, b, e);
     frame_start[t + 1] = e;
     s.frame_begin = e;
     /* the cutoff: beam below the best, and at most max_active tokens */
     float best = INF_COST;
-    for (int64_t k = b; k < e; k++) if (st.tok[k].cost < best) best = st.tok[k].cost;
+    int64_t best_k = b;
+    for (int64_t k = b; k < e; k++)
+      if (st->tok[k].cost < best) { best = st->tok[k].cost; best_k = k; }
     float cutoff = best + beam;
     if (max_active > 0 && e - b > max_active) {
-      if (grow((void **)&costs, &capcosts, e - b, sizeof(float))) goto done;
-      for (int64_t k = b; k < e; k++) costs[k - b] = st.tok[k].cost;
+      if (grow((void **)&tls_costs, &tls_capcosts, e - b, sizeof(float))) goto done;
+      float *costs = tls_costs;
+      for (int64_t k = b; k < e; k++) costs[k - b] = st->tok[k].cost;
       float kth = kth_smallest(costs, e - b, max_active);
       if (kth < cutoff) cutoff = kth;
     }
     const float *row = scores + (int64_t)t * ncols;
+    /* a first bound from the best token's arcs (as Kaldi), so that tokens far outside the
+     * next frame's beam are not created before a good one is seen: the same result, less work */
     float next_cutoff = INF_COST;
+    if (isfinite(best)) {
+      int32_t state = st->tok[best_k].state;
+      for (int64_t a = arc_start[state]; a < arc_start[state + 1]; a++) {
+        int32_t il = ilabel[a];
+        if (il == 0 || il > ncols) continue;
+        float nc = best + weight[a] - row[il - 1];
+        if (nc + beam < next_cutoff) next_cutoff = nc + beam;
+      }
+    }
     for (int64_t k = b; k < e; k++) {
-      float cost = st.tok[k].cost;
+      float cost = st->tok[k].cost;
       if (cost > cutoff) continue;
-      int32_t state = st.tok[k].state;
+      int32_t state = st->tok[k].state;
       for (int64_t a = arc_start[state]; a < arc_start[state + 1]; a++) {
         int32_t il = ilabel[a];
         if (il == 0) continue;
@@ -240,18 +270,18 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t 
         if (nc >= next_cutoff) continue;
         if (nc + beam < next_cutoff) next_cutoff = nc + beam;
         int32_t d = find_or_add(&s, next[a], nc, &changed);
-        if (d < 0 || add_link(&st, (int32_t)k, d, il, olabel[a], weight[a], ac)) goto done;
+        if (d < 0 || add_link(st, (int32_t)k, d, il, olabel[a], weight[a], ac)) goto done;
       }
     }
-    if (st.ntok == e) goto done; /* nothing survived */
+    if (st->ntok == e) goto done; /* nothing survived */
     if (process_nonemitting(&s, beam)) goto done;
   }
-  frame_start[nframes + 1] = st.ntok;
-  reset_states(&s, frame_start[nframes], st.ntok);
+  frame_start[nframes + 1] = st->ntok;
+  reset_states(&s, frame_start[nframes], st->ntok);
   lat = make_lattice(&s, frame_start, nframes, lattice_beam);
 done:
-  free(frame_start); free(costs); free(s.tok_of_state);
-  free(st.tok); free(st.link); free(st.queue);
+  for (int64_t k = 0; k < st->ntok; k++) tok_of_state[st->tok[k].state] = -1;
+  free(frame_start);
   return lat;
 }
 
@@ -261,16 +291,19 @@ static void backward(Search *s, const int64_t *fs, int32_t nframes, const float 
   Store *st = s->st;
   for (int32_t t = nframes; t >= 0; t--) {
     for (int64_t k = fs[t]; k < fs[t + 1]; k++) beta[k] = t == nframes ? fin[k - fs[t]] : INF_COST;
+    /* tokens from last to first: a link to a later token (or the next frame) reads a final
+     * beta, so one pass is exact unless a link goes back to an earlier token of the frame */
     for (int pass = 0; pass < 1000; pass++) {
-      int changed = 0;
+      int changed = 0, back = 0;
       for (int64_t k = fs[t + 1] - 1; k >= fs[t]; k--) {
         for (int32_t l = st->tok[k].links; l >= 0; l = st->link[l].next) {
           Link *x = &st->link[l];
+          if (x->dst < k && x->dst >= fs[t]) back = 1;
           float c = x->graph + x->ac + beta[x->dst];
           if (c < beta[k]) { beta[k] = c; changed = 1; }
         }
       }
-      if (!changed) break;
+      if (!changed || !back) break;
     }
   }
 }
@@ -279,14 +312,17 @@ static Lattice *make_lattice(Search *s, const int64_t *fs, int32_t nframes,
                              float lattice_beam) {
   Store *st = s->st;
   int64_t n = st->ntok, nlast = fs[nframes + 1] - fs[nframes];
-  float *fin = malloc(sizeof(float) * (size_t)(nlast ? nlast : 1));
-  float *beta = malloc(sizeof(float) * (size_t)n);
-  int32_t *newid = malloc(sizeof(int32_t) * (size_t)n);
-  int32_t *indeg = calloc((size_t)n, sizeof(int32_t));
-  int32_t *order = malloc(sizeof(int32_t) * (size_t)n);
-  int32_t *frame_of = malloc(sizeof(int32_t) * (size_t)n);
+  /* per-token arrays in one buffer that stays with the thread (as the search's) */
+  static __thread int32_t *scratch;
+  static __thread int64_t capscratch;
   Lattice *lat = calloc(1, sizeof(Lattice));
-  if (!fin || !beta || !newid || !indeg || !order || !frame_of || !lat) goto fail;
+  if (!lat || grow((void **)&scratch, &capscratch, 5 * n + nlast + 1, sizeof(int32_t)))
+    goto fail;
+  float *beta = (float *)scratch;
+  int32_t *newid = scratch + n, *indeg = scratch + 2 * n, *order = scratch + 3 * n;
+  int32_t *frame_of = scratch + 4 * n;
+  float *fin = (float *)(scratch + 5 * n);
+  memset(indeg, 0, sizeof(int32_t) * (size_t)n);
   int any_final = 0;
   for (int64_t k = 0; k < nlast; k++) {
     fin[k] = s->final_cost[st->tok[fs[nframes] + k].state];
@@ -353,10 +389,8 @@ static Lattice *make_lattice(Search *s, const int64_t *fs, int32_t nframes,
     }
   }
   lat->narcs = j;
-  free(fin); free(beta); free(newid); free(indeg); free(order); free(frame_of);
   return lat;
 fail:
-  free(fin); free(beta); free(newid); free(indeg); free(order); free(frame_of);
   lat_free(lat);
   return NULL;
 }

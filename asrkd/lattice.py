@@ -72,7 +72,7 @@ def _lib():
         lib.fst_parse.restype = i64
         lib.fst_parse.argtypes = [P, i64, i64, i64, P, P, P, P, P, P]
         lib.latgen_decode.restype = P
-        lib.latgen_decode.argtypes = [i64, P, P, P, P, P, P, i32, P, i32, i32, f32, i32, f32]
+        lib.latgen_decode.argtypes = [i64, P, P, P, P, P, P, P, i32, P, i32, i32, f32, i32, f32]
         lib.lat_free.argtypes = [P]
         lib.lat_num_states.restype = i64
         lib.lat_num_states.argtypes = [P]
@@ -96,7 +96,7 @@ def _p(a):
 class Graph:
     """A decoding graph (HCLG.fst, OpenFst binary VectorFst) as arrays for the search:
     arc_start (S + 1,) int64, ilabel/olabel/next (A,) int32, weight (A,) float32, final (S,)
-    float32 (inf: not final), start."""
+    float32 (inf: not final), start, has_eps (S,) uint8 (1: the state has an epsilon arc)."""
 
     def __init__(self, path):
         raw = np.fromfile(path, dtype=np.uint8)
@@ -122,6 +122,10 @@ class Graph:
             raise UserError(f"{path}: not a whole FST (truncated or corrupt: {ns} states, "
                             f"{na} arcs announced); run make-graph again")
         self.num_states, self.num_arcs = ns, na
+        # states with an epsilon arc: the search's within-frame pass visits only these
+        src = np.repeat(np.arange(ns, dtype=np.int32), np.diff(self.arc_start))
+        self.has_eps = np.zeros(ns, dtype=np.uint8)
+        self.has_eps[src[self.ilabel == 0]] = 1
 
 
 def _read_header(raw, path):
@@ -297,7 +301,8 @@ def decode(graph, scores, acwt, beam=16.0, max_active=7000, lattice_beam=8.0):
     lib = _lib()
     handle = lib.latgen_decode(graph.num_states, _p(graph.arc_start), _p(graph.ilabel),
                                _p(graph.olabel), _p(graph.next), _p(graph.weight),
-                               _p(graph.final), graph.start, _p(scaled), t, ncols, beam,
+                               _p(graph.final), _p(graph.has_eps), graph.start, _p(scaled),
+                               t, ncols, beam,
                                max_active, lattice_beam)
     if not handle:
         return None

@@ -43,6 +43,7 @@ VERBS = {
     "specialist-report": "coverage table (paper's Table 4) and costs of specialists",
     "adjust-priors": "a DNN's priors from its own mean posterior (decode --priors posterior)",
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
+    "choose-acwt": "one acoustic scale for several systems, chosen on their pooled dev errors",
     "lattice-nbest": "the n best word sequences of a decode dir's lattices",
     "lattice-ctm": "word times and confidences (CTM) from a decode dir's lattices",
     "lm-rescore": "rescore a decode dir's lattices (n-best) with another ARPA LM",

@@ -2,17 +2,18 @@
 
 A scorer is any callable ``utt -> np.float32 (T, num_pdfs)`` of per-pdf log-likelihoods (GMM
 log-likelihoods, or a DNN's log-posteriors minus log-priors); asrkd.scorer's ``make_scorer``
-makes the one a MODEL argument names. ``decode_loglikes`` maps pdfs to
-transition-id columns, applies the acoustic scale itself (DecodableCtc does not) and runs
-kaldi_hmm_gmm's LatticeFasterDecoder; we keep only its best path.
+makes the one a MODEL argument names. ``decode_lattice`` maps pdfs to transition-id columns and
+runs asrkd.lattice's search at one acoustic scale; every other scale is read off the lattice.
 
-Deviations from Kaldi: no lattices are written and no LM-weight sweep is done; instead the
-acoustic scale (= 1 / LM weight) is chosen on a dev set from a small grid
-(``decode_dir/best_acwt``, per-value WERs in ``decode_dir/acwt_<v>/wer``) and reused for test.
-Log-likelihoods are computed once per utterance and decoded for every grid value.
+The acoustic scale (= 1 / LM weight, as Kaldi's score.sh sweeps LM weights) is chosen on a dev
+set: per system (a grid decode: ``decode_dir/best_acwt``, per-value WERs in
+``decode_dir/acwt_<v>/wer``, reused for test with ``--acwt-from``), or one scale for several
+systems (``grid_only`` decodes of dev and test, then ``choose_acwt`` on the dev decodes pools
+their errors and applies the chosen value to every decode dir).
 """
 
 import gzip
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 
 from asrkd import gmm, lattice
 from asrkd.data import DataDir
+from asrkd.decodeconf import record_dev_decode
 from asrkd.errors import CORRUPT, UserError, reading
 from asrkd.finite import check_finite
 from asrkd.graph import hclg_tree_id
@@ -30,7 +32,7 @@ from asrkd.lang import read_symbols
 from asrkd.options import check_acwts, check_decoder_options
 from asrkd.score import frame_accuracy, score, write_frame_accuracy
 from asrkd.scorer import check_scorer_tree, make_scorer
-from asrkd.table import atomic_path, write_table
+from asrkd.table import atomic_path, write_json, write_table
 
 DEFAULT_GRID = (0.05, 0.067, 0.083, 0.1, 0.125)
 
@@ -173,7 +175,8 @@ def _continuations(grid):
 
 
 def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, lattice_beam=8.0,
-                    max_active=7000, ref_text=None, widen=True, write_lattices=False):
+                    max_active=7000, ref_text=None, widen=True, write_lattices=False,
+                    grid_only=False):
     """Decode ``utts`` with ``scorer`` over graph_dir/HCLG.fst; write decode_dir/hyp.txt.
 
     Each utterance is searched once, at ``acwt`` (a grid: its middle value), into a lattice
@@ -192,6 +195,11 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     otherwise). With ``ref_text`` the final hyp.txt is scored into decode_dir (wer, errors,
     per_utt). Returns {"acwt": chosen, "wer": {acwt: score dict} (empty without ref_text),
     "grid": values tried, "decode_acwt": the scale searched at}.
+
+    ``grid_only``: choose nothing here. Every value of the grid and every value widening may
+    try is written and (given ``ref_text``) scored in decode_dir/acwt_<v>/, listed in
+    decode_dir/acwt_values ("value WER errors words"); no hyp.txt until ``apply_acwt`` (a scale
+    chosen elsewhere, e.g. on dev by ``choose_acwt``). Returns "acwt": None.
     """
     decoder = make_decoder(None, beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
@@ -229,6 +237,20 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
         write_table(os.path.join(d, "hyp.txt"), hyps[a])
         results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
 
+    if grid_only:
+        _clear_choice(decode_dir)
+        values = sorted(values)
+        for a in values:
+            d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
+            write_table(os.path.join(d, "hyp.txt"), hyps[a])
+            if ref_text is not None:
+                results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
+        if ref_text is not None:
+            with atomic_path(os.path.join(decode_dir, "acwt_values")) as tmp, open(tmp, "w") as f:
+                f.writelines(f"{_fmt(a)} {results[a]['wer']:.4f} "
+                             f"{results[a]['ins'] + results[a]['del'] + results[a]['sub']} "
+                             f"{results[a]['words']}\n" for a in values)
+        return {"acwt": None, "wer": results, "grid": values, "decode_acwt": decode_acwt}
     best = grid[0]
     if len(grid) > 1:
         for a in grid:
@@ -279,10 +301,101 @@ def read_best_acwt(decode_dir):
         return float(f.read().split()[0])
 
 
+CHOICE_FILES = ("hyp.txt", "wer", "errors", "per_utt", "score.json", "missing", "acwt",
+                "acwt_from", "best_acwt", "acwt_wers", "acwt_edge")
+
+
+def _clear_choice(decode_dir):
+    """Remove what an earlier choice of scale left in decode_dir (its hyp.txt, scores, acwt)."""
+    for name in CHOICE_FILES:
+        p = os.path.join(decode_dir, name)
+        if os.path.isfile(p):
+            os.unlink(p)
+
+
+def read_acwt_values(decode_dir):
+    """{acwt: (errors, words)} of a ``grid_only`` decode (decode_dir/acwt_values)."""
+    path = os.path.join(decode_dir, "acwt_values")
+    if not os.path.isfile(path):
+        raise UserError(f"{decode_dir}: no acwt_values (decode it with --grid-only and its "
+                        "reference text)")
+    out = {}
+    with reading(path, "not a list of 'value WER errors words' lines"):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    v, _, err, words = line.split()
+                    out[float(v)] = (int(err), int(words))
+    return out
+
+
+def choose_acwt(out_dir, dev_dirs):
+    """One acoustic scale for several systems: the value of lowest summed word errors over the
+    ``grid_only`` dev decodes ``dev_dirs`` (ties: nearest 0.1), among the values every one of
+    them scored. Writes out_dir/best_acwt, acwt_wers (pooled WER per value), acwt_edge ("edge"
+    when the best is the lowest or highest value scored) and systems (the dev decode dirs).
+    Returns {"acwt", "wers": {value: pooled WER}, "edge": bool}."""
+    if not dev_dirs:
+        raise UserError("choose-acwt: no dev decode dirs to choose from")
+    tables = [read_acwt_values(d) for d in dev_dirs]
+    common = sorted(set.intersection(*(set(t) for t in tables)))
+    if not common:
+        raise UserError("choose-acwt: the dev decodes share no acoustic scale (decode them "
+                        "over the same grid)")
+    errors = {a: sum(t[a][0] for t in tables) for a in common}
+    words = {a: sum(t[a][1] for t in tables) for a in common}
+    wers = {a: 100.0 * errors[a] / max(1, words[a]) for a in common}
+    best = min(common, key=lambda a: (errors[a], abs(a - 0.1)))
+    edge = best in (common[0], common[-1]) and len(set(errors.values())) > 1
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_path(os.path.join(out_dir, "best_acwt")) as tmp, open(tmp, "w") as f:
+        f.write(f"{_fmt(best)}\n")
+    with atomic_path(os.path.join(out_dir, "acwt_wers")) as tmp, open(tmp, "w") as f:
+        f.writelines(f"{_fmt(a)} {wers[a]:.2f}\n" for a in common)
+    with atomic_path(os.path.join(out_dir, "acwt_edge")) as tmp, open(tmp, "w") as f:
+        f.write("edge\n" if edge else "inside\n")
+    with atomic_path(os.path.join(out_dir, "systems")) as tmp, open(tmp, "w") as f:
+        f.writelines(os.path.abspath(d) + "\n" for d in dev_dirs)
+    return {"acwt": best, "wers": wers, "edge": edge}
+
+
+def apply_acwt(acwt_dir, decode_dir, record=False):
+    """Make ``acwt_dir``'s best_acwt (choose_acwt's, or a dev grid decode's) ``decode_dir``'s
+    scale: a ``grid_only`` decode's acwt_<v>/ hypotheses and scores become decode_dir's
+    hyp.txt, wer, per_utt ..., decode_dir/acwt the value and decode_dir/acwt_from the dir it
+    came from. ``record`` (a dev set): the decoded model dir's decode.json (what `transcribe`
+    uses) gets the value and the decoder's beams (decode_dir/decoder.json). Returns the value."""
+    import shutil
+
+    acwt = read_best_acwt(acwt_dir)
+    src = os.path.join(decode_dir, f"acwt_{_fmt(acwt)}")
+    if not os.path.isfile(os.path.join(src, "hyp.txt")):
+        raise UserError(f"{decode_dir}: no hypotheses at acoustic scale {_fmt(acwt)} "
+                        f"({src}/hyp.txt): decode it with --grid-only over the dev decodes' grid")
+    _clear_choice(decode_dir)
+    for name in os.listdir(src):
+        if os.path.isfile(os.path.join(src, name)):
+            with atomic_path(os.path.join(decode_dir, name)) as tmp:
+                shutil.copyfile(os.path.join(src, name), tmp)
+    with atomic_path(os.path.join(decode_dir, "acwt")) as tmp, open(tmp, "w") as f:
+        f.write(f"{_fmt(acwt)}\n")
+    with atomic_path(os.path.join(decode_dir, "acwt_from")) as tmp, open(tmp, "w") as f:
+        f.write(os.path.abspath(acwt_dir) + "\n")
+    setup = os.path.join(decode_dir, "decoder.json")
+    if record and os.path.isfile(setup):
+        with reading(setup, "not the decoder's JSON record"):
+            with open(setup) as f:
+                d = json.load(f)
+        if d.get("model"):
+            record_dev_decode(d["model"], d["graph_dir"], decode_dir, acwt, d["beam"],
+                              d["lattice_beam"], d["max_active"])
+    return acwt
+
+
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
            acwt_from=None, nj=1, beam=16.0, lattice_beam=8.0, max_active=7000, ali_dir=None,
            frame_acc_data=None, device="cpu", precision="fp32", widen=True, priors="counts",
-           write_lattices=False):
+           write_lattices=False, grid_only=False):
     """`asrkd decode`: decode data_dir and score against data_dir/text.
 
     Acoustic scale: ``acwt`` if given, else the best of ``acwt_from``'s dev decode (a
@@ -291,7 +404,10 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     and frame_acc_per_utt (asrkd.score.frame_accuracy of the scorer) on ``frame_acc_data``
     (default data_dir; ali_dir aligns it): frame accuracy needs only a forward pass, so it can
     be measured on a larger set than the one decoded for WER. ``widen``: see decode_data_dir;
-    ``priors``: "counts" or "posterior" (asrkd.scorer.make_scorer)."""
+    ``priors``: "counts" or "posterior" (asrkd.scorer.make_scorer); ``grid_only``: score every
+    value of the grid (and of its widening) and choose none (decode_data_dir, choose_acwt)."""
+    if grid_only and (acwt is not None or acwt_from is not None):
+        raise UserError("--grid-only decodes a grid: not with --acwt or --acwt-from")
     check_decoder_options(beam, lattice_beam, max_active)
     data = DataDir(data_dir)
     if frame_acc_data is not None and ali_dir is None:
@@ -311,11 +427,20 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     res = decode_data_dir(graph_dir, scorer, utts, decode_dir,
                           acwt if acwt is not None else list(acwt_grid), nj=nj, beam=beam,
                           lattice_beam=lattice_beam, max_active=max_active, ref_text=ref,
-                          widen=widen, write_lattices=write_lattices)
+                          widen=widen, write_lattices=write_lattices, grid_only=grid_only)
+    # what was searched, so that a scale chosen later (choose_acwt) can be recorded for MODEL
+    write_json(os.path.join(decode_dir, "decoder.json"),
+               {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike))
+                else None, "graph_dir": os.path.abspath(graph_dir), "beam": beam,
+                "lattice_beam": lattice_beam, "max_active": max_active})
     if hasattr(scorer, "log_prior"):  # a hybrid DNN: what its posteriors were divided by
         with atomic_path(os.path.join(decode_dir, "priors")) as tmp, open(tmp, "w") as f:
             f.write(f"{priors}\n")
-    if ref is not None:
+    if grid_only:
+        print(f"decode: {decode_dir}: {len(res['grid'])} acoustic scales "
+              f"{_fmt(res['grid'][0])}-{_fmt(res['grid'][-1])} written; none chosen "
+              "(asrkd choose-acwt)", file=sys.stderr)
+    elif ref is not None:
         w = res["wer"][res["acwt"]]
         print(f"decode: {decode_dir}: %WER {w['wer']:.2f} ({w['words']} words, acwt "
               f"{_fmt(res['acwt'])})", file=sys.stderr)

@@ -130,9 +130,12 @@ if stage 11 "soft targets: the ensemble's distribution at temperature $temperatu
   stage_done 11
 fi
 
-# DNN decoding. Every system is decoded on dev over the acoustic-scale grid and then on each
-# test set at its own best scale ('{model}/decode_dev'); all systems of a run share one process
-# (the graph is read once).
+# DNN decoding. Every DNN system is searched once per utterance on dev and on each test set
+# (lattices at the grid's middle scale, every scale of the grid and of its widening read off
+# them and scored: `decode --grid-only`). One acoustic scale for all of them is then chosen on
+# dev by their summed word errors (`asrkd choose-acwt`) and applied to every dev and test
+# decode: the systems are compared under the same decoding, and the choice rests on every
+# system's dev words, not on one system's 50 dev utterances.
 teacher_systems() { echo $(ls -d $exp/teachers/model* | sort -V) $exp/teachers; }
 # The control: the same-size student's model, schedule and regularisation on hard targets only,
 # so that distilled - control isolates the soft targets. Not needed when the student's recipe is
@@ -153,13 +156,22 @@ epoch_frames() {
   awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "frames") c = i} NR == 2 {print $c}' \
     $1/train_log.csv
 }
+# wait_first_epoch MODEL_DIR FAILED_MARKER: until MODEL_DIR's first epoch is logged (another
+# process trains it); fails if that training failed (its marker file appears)
+wait_first_epoch() {
+  until [ -f $1/train_log.csv ] && [ $(wc -l < $1/train_log.csv) -ge 2 ]; do
+    if [ -f $2 ]; then log "error: $1 failed to train (see $2)"; return 1; fi
+    sleep 2
+  done
+}
 student_seed=$(( seed * 1000 + 1 ))   # the students' and the control's initialisation
 # What a DNN's posteriors are divided by in decoding: the training alignment's pdf counts, or
 # the model's own mean posterior on (a part of) the training set (asrkd adjust-priors, as
 # Kaldi's nnet3-am-adjust-priors), written into each model dir before its decoding.
 priors=${priors:-counts}
-decode_dnn() {  # NJ SYSTEM...
-  local nj=$1 t m also first; shift
+acwt_dnn=$exp/acwt_dnn   # stage 13's one acoustic scale for the DNN systems
+decode_grid() {  # NJ SYSTEM...: grid-only decodes of dev and of every test set, none chosen
+  local nj=$1 t m also first opts; shift
   [ $# -gt 0 ] || return 0
   if [ "$priors" = posterior ]; then
     for m in "$@"; do
@@ -167,72 +179,88 @@ decode_dnn() {  # NJ SYSTEM...
     done
   fi
   first=$1; shift
-  also=""
-  for m in "$@"; do also="$also --also $m $m/decode_$dev"; done
-  $asrkd_cmd asrkd decode $decode_opts --nj $nj --priors $priors --acwt-grid $dnn_acwt_grid \
-    --ali-dir $exp/tri_ali_$dev $exp/tri/graph $data/$dev $first $first/decode_$dev $also
-  for t in $tests; do
-    [ $t != $dev ] || continue
+  for t in $dev $tests; do
     also=""
     for m in "$@"; do also="$also --also $m $m/decode_$t"; done
-    $asrkd_cmd asrkd decode $decode_opts --nj $nj --priors $priors --acwt-from "{model}/decode_$dev" \
-      --ali-dir $exp/tri_ali_$t --frame-acc-data $data/$t $exp/tri/graph $data/$(wer_set $t) \
+    opts="--ali-dir $exp/tri_ali_$t"   # frame accuracy on all of $t, WER on $(wer_set $t)
+    [ $(wer_set $t) = $t ] || opts="$opts --frame-acc-data $data/$t"
+    $asrkd_cmd asrkd decode $decode_opts --nj $nj --priors $priors --grid-only \
+      --acwt-grid $dnn_acwt_grid $opts $exp/tri/graph $data/$(wer_set $t) \
       $first $first/decode_$t $also
   done
 }
-undecoded() {  # SYSTEM...: those without a scored decode of dev and of every test set
+decode_dnn() {  # NJ SYSTEM...: decode_grid, then stage 13's scale applied (systems added later)
+  local nj=$1 t m apply=; shift
+  decode_grid $nj "$@"
+  for m in "$@"; do for t in $dev $tests; do apply="$apply --apply $m/decode_$t"; done; done
+  [ -z "$apply" ] || asrkd choose-acwt $acwt_dnn $apply
+}
+undecoded() {  # SYSTEM...: those without a grid-only decode of dev and of every test set
   local m t
   for m in "$@"; do
-    for t in $dev $tests; do [ -f $m/decode_$t/wer ] || { echo $m; break; }; done
+    for t in $dev $tests; do [ -f $m/decode_$t/acwt_values ] || { echo $m; break; }; done
   done
 }
 
-if stage 12 "distillation: same-size and small students, the controls and the small student on hard targets; the ensemble's members decoded alongside"; then
-  # two processes at a time, one thread each (threads competing for the cores slow torch down)
+if stage 12 "distillation: same-size and small students, the controls and the small student on hard targets"; then
+  # Two processes (2 cores), one thread each (threads competing for the cores slow torch
+  # down), each a list of trainings of about equal length. The update-matched control starts
+  # when the distilled model's first epoch (and so its frames per epoch) is logged.
   frames=$exp/teachers/frames   # the teachers' frame cache, shared
   kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1 --seed $student_seed"
-  one_core() {  # the same-size student, then the control with its updates per epoch
+  train_opts="--seed $student_seed --cache-dir $frames --num-threads 1"
+  rm -f $exp/log/distill.failed
+  worker_a() {  # the same-size student (transfer set included), the control, the small student
     # utterances of $kd_train with no alignment (the transfer set) get soft targets only
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
-      $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill
-    if [ -n "$control_matched" ]; then
-      local fpe=$(epoch_frames $exp/distill)
-      $asrkd_cmd asrkd train --conf $conf/$student_conf --seed $student_seed --cache-dir $frames \
-        --num-threads 1 --frames-per-epoch $fpe $data/$train $exp/tri_ali_$train $control_matched
+      $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill || {
+      touch $exp/log/distill.failed; return 1; }
+    if [ -n "$control" ]; then
+      $asrkd_cmd asrkd train --conf $conf/$student_conf $train_opts \
+        $data/$train $exp/tri_ali_$train $control
     fi
-  }
-  run_bg $exp/log/distill.log one_core
-  other_core() {  # the small students, the control, the train-only student, then decoding
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
       $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
-    $asrkd_cmd asrkd train --conf $conf/$small_conf --seed $student_seed --cache-dir $frames \
-      --num-threads 1 $data/$train $exp/tri_ali_$train $exp/student_small_hard
-    if [ -n "$control" ]; then
-      $asrkd_cmd asrkd train --conf $conf/$student_conf --seed $student_seed --cache-dir $frames \
-        --num-threads 1 $data/$train $exp/tri_ali_$train $control
+  }
+  worker_b() {  # the small model on hard targets, the update-matched control, the train-only student
+    $asrkd_cmd asrkd train --conf $conf/$small_conf $train_opts \
+      $data/$train $exp/tri_ali_$train $exp/student_small_hard
+    if [ -n "$control_matched" ]; then
+      wait_first_epoch $exp/distill $exp/log/distill.failed
+      $asrkd_cmd asrkd train --conf $conf/$student_conf $train_opts \
+        --frames-per-epoch $(epoch_frames $exp/distill) $data/$train $exp/tri_ali_$train \
+        $control_matched
     fi
     if [ -n "$distill_train" ]; then  # the same soft targets, on the teachers' utterances
       $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf --aligned-only \
         $data/$train $exp/tri_ali_$train $exp/soft_T$temperature $distill_train
     fi
-    # about what fits beside the same-size student; stage 13 decodes the rest
-    local systems=($(teacher_systems))
-    decode_dnn 1 ${systems[@]:0:$(( ${#systems[@]} / 4 ))}
   }
-  run_bg $exp/log/other_core.log other_core
+  run_bg $exp/log/worker_a.log worker_a
+  run_bg $exp/log/worker_b.log worker_b
   wait_bg
   stage_done 12
 fi
 
-if stage 13 "hybrid decoding of the students, the control and the rest of the ensemble's systems, frame accuracy"; then
-  todo=$(undecoded $(teacher_systems) $exp/distill $control $distill_train $control_matched \
-    $exp/student_small_kd $exp/student_small_hard)
+# dnn_systems: every DNN system of stage 12
+dnn_systems() {
+  echo $(teacher_systems) $exp/distill $control $distill_train $control_matched \
+    $exp/student_small_kd $exp/student_small_hard
+}
+
+if stage 13 "hybrid decoding of every DNN system (dev and test, frame accuracy); one acoustic scale for all, chosen on dev"; then
   # two processes of one job each: both cores busy whatever the number of systems
-  todo=($todo)
+  todo=($(undecoded $(dnn_systems)))
   half=$(( (${#todo[@]} + 1) / 2 ))
-  run_bg $exp/log/decode_a.log decode_dnn 1 ${todo[@]:0:$half}
-  run_bg $exp/log/decode_b.log decode_dnn 1 ${todo[@]:$half}
+  run_bg $exp/log/decode_a.log decode_grid 1 ${todo[@]:0:$half}
+  run_bg $exp/log/decode_b.log decode_grid 1 ${todo[@]:$half}
   wait_bg
+  devs= apply=
+  for m in $(dnn_systems); do
+    devs="$devs $m/decode_$dev"
+    for t in $tests; do [ $t = $dev ] || apply="$apply --apply $m/decode_$t"; done
+  done
+  asrkd choose-acwt $acwt_dnn $devs $apply
   stage_done 13
 fi
 

@@ -252,3 +252,46 @@ def test_mono_on_tiny_speech(tiny_data, tmp_path):
     res = decode_data_dir(graph, make_scorer(mono, tiny_data["dev_mfcc"]), dev.utts,
                           str(tmp_path / "decode"), [0.05, 0.1], ref_text=dev.file("text"))
     assert res["wer"][res["acwt"]]["wer"] < 75.0, res
+
+
+def test_one_scale_for_several_systems(setup, tmp_path):
+    """Known answer: grid-only decodes choose nothing; choose_acwt picks the value of least
+    summed dev errors (here two systems whose own optima differ), and applying it makes each
+    decode dir's hypotheses those of that value, the same as a decode at that fixed scale."""
+    from asrkd.decode import apply_acwt, choose_acwt, read_acwt_values
+
+    root, train, test, lang, mono, tri, ref = setup
+    utts = list(test.feats)
+    systems = {}
+    for which, model_dir in (("mono", mono), ("tri", tri)):
+        graph = _word_loop_graph(lang, model_dir, str(root / f"graph_pool_{which}"))
+        scorer = GmmScorer(load_gmm(model_dir), test.feats)
+        d = str(tmp_path / which)
+        res = decode_data_dir(graph, scorer, utts, d, [0.0005, 0.001, 0.002], ref_text=ref,
+                              grid_only=True)
+        assert res["acwt"] is None and not os.path.exists(os.path.join(d, "hyp.txt"))
+        assert len(res["grid"]) == 3 + 8  # the grid and every value widening may try
+        systems[which] = (graph, scorer, d, read_acwt_values(d))
+    tables = [t for *_, t in systems.values()]
+    common = sorted(set(tables[0]) & set(tables[1]))
+    errors = {a: tables[0][a][0] + tables[1][a][0] for a in common}
+    expect = min(common, key=lambda a: (errors[a], abs(a - 0.1)))
+    out = str(tmp_path / "pooled")
+    res = choose_acwt(out, [d for _, _, d, _ in systems.values()])
+    assert res["acwt"] == expect and read_best_acwt(out) == pytest.approx(expect, rel=1e-4)
+    words = tables[0][expect][1] + tables[1][expect][1]
+    assert res["wers"][expect] == pytest.approx(100.0 * errors[expect] / words)
+    for which, (graph, scorer, d, _) in systems.items():
+        acwt = apply_acwt(out, d)
+        assert acwt == pytest.approx(expect, rel=1e-4)
+        assert float(open(os.path.join(d, "acwt")).read()) == pytest.approx(expect, rel=1e-4)
+        hyp = open(os.path.join(d, "hyp.txt")).read()
+        fixed = decode_data_dir(graph, scorer, utts, str(tmp_path / f"fixed_{which}"), expect,
+                                ref_text=ref)
+        assert fixed["acwt"] == expect
+        if expect == sorted(common)[len(common) // 2]:  # searched at that very scale
+            assert hyp == open(tmp_path / f"fixed_{which}" / "hyp.txt").read()
+        assert open(os.path.join(d, "wer")).read() == \
+            open(os.path.join(d, f"acwt_{expect:g}", "wer")).read()
+    with pytest.raises(UserError, match="no acwt_values"):
+        choose_acwt(out, [str(tmp_path)])

@@ -30,6 +30,10 @@ def add_arguments(parser):
                    help="comma-separated acoustic scales to try; the best on this data dir's "
                         "text is kept (dev sets). A best value at an edge of the grid widens it: "
                         "the next value beyond that edge (same ratio) is tried too, up to 4 more")
+    parser.add_argument("--grid-only", action="store_true",
+                        help="score every value of --acwt-grid (and of its widening) and choose "
+                             "none: `asrkd choose-acwt` picks one scale on dev for several "
+                             "systems and applies it to their dev and test decodes")
     parser.add_argument("--fixed-grid", action="store_true",
                         help="do not widen --acwt-grid when its best value is at an edge")
     parser.add_argument("--priors", choices=("counts", "posterior"), default="counts",
@@ -79,8 +83,10 @@ def main(args):
                      beam=args.beam, lattice_beam=args.lattice_beam, max_active=args.max_active,
                      ali_dir=args.ali_dir, frame_acc_data=args.frame_acc_data,
                      device=args.device, precision=args.precision, widen=not args.fixed_grid,
-                     priors=args.priors, write_lattices=args.write_lattices)
-        if args.acwt is None and args.acwt_from is None and len(res["grid"]) > 1:
+                     priors=args.priors, write_lattices=args.write_lattices,
+                     grid_only=args.grid_only)
+        if (args.acwt is None and args.acwt_from is None and not args.grid_only
+                and len(res["grid"]) > 1):
             # a scale chosen on this (dev) set: the model dir remembers how to decode it
             path = record_dev_decode(model, args.graph_dir, decode_dir, res["acwt"], args.beam,
                                      args.lattice_beam, args.max_active)

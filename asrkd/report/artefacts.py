@@ -201,17 +201,33 @@ def read_training(model_dir, kind):
 def read_decode_setup(model_dir, decode_dir):
     """{"priors": what the DNN's posteriors were divided by (decode_dir/priors; None if not
     recorded), "acwt_edge": True when a grid decode of the model (its decode_*/acwt_edge)
-    ended with its best scale still at an edge of the widened grid}."""
+    ended with its best scale still at an edge of the widened grid, or, for a scale chosen for
+    several systems, when that choice did, "acwt_shared": None, or {"dir": where the scale
+    was chosen (decode_dir/acwt_from), "systems": how many dev decodes it pooled}}."""
     priors = None
     path = os.path.join(decode_dir, "priors")
     if os.path.isfile(path):
         with open(path) as f:
             priors = f.read().strip() or None
-    edge = False
-    for p in glob.glob(os.path.join(model_dir, "decode_*", "acwt_edge")):
-        with open(p) as f:
-            edge = edge or f.read().strip() == "edge"
-    return {"priors": priors, "acwt_edge": edge}
+    edge, shared = False, None
+    path = os.path.join(decode_dir, "acwt_from")
+    if os.path.isfile(path):  # a scale chosen for several systems (asrkd choose-acwt)
+        with open(path) as f:
+            shared = f.read().strip()
+        edges = [os.path.join(shared, "acwt_edge")]
+        n = os.path.join(shared, "systems")
+        if os.path.isfile(n):
+            with open(n) as f:
+                shared = {"dir": shared, "systems": sum(1 for line in f if line.strip())}
+        else:
+            shared = {"dir": shared, "systems": None}
+    else:
+        edges = glob.glob(os.path.join(model_dir, "decode_*", "acwt_edge"))
+    for p in edges:
+        if os.path.isfile(p):
+            with open(p) as f:
+                edge = edge or f.read().strip() == "edge"
+    return {"priors": priors, "acwt_edge": edge, "acwt_shared": shared}
 
 
 def read_timings(path):

@@ -193,6 +193,23 @@ def _setup_notes(res):
              "posterior": "each model's own mean posterior on training data (adjust-priors)"}
             .get(p, p) for p in priors) + ".")
     edge = [r["label"] for r in rows if r.get("acwt_edge") and r.get("key") != "single"]
+    shared = [r for r in rows if r.get("acwt_shared")]
+    if shared:
+        n = shared[0]["acwt_shared"].get("systems")
+        vals = sorted({r["acwt"] for r in shared if r.get("acwt") is not None})
+        out.append("Acoustic scales: one for every DNN system (" + ", ".join(f"{v:g}" for v in
+                   vals) + "), the value of least word errors summed over the dev decodes of "
+                   + (f"{n} DNN systems" if n else "the DNN systems") + " (`asrkd choose-acwt`"
+                   "; each system's lattices read at every value of the grid widened 4 steps "
+                   "past each edge); " + ("it is at an edge of those values." if any(
+                       r.get("acwt_edge") for r in shared) else "inside those values.")
+                   + " The GMMs: each its own, chosen on dev from a grid widened past an edge"
+                   " while the best value was there.")
+        edge = [r["label"] for r in rows if r.get("acwt_edge") and not r.get("acwt_shared")
+                and r.get("key") != "single"]
+        if edge:
+            out.append(f"Still at an edge: {', '.join(edge)}.")
+        return out
     out.append("Acoustic scales: chosen on dev from a grid widened past an edge while the best "
                "value was there; " + (f"still at an edge for: {', '.join(edge)}." if edge else
                                       "every system's best scale is inside its grid."))

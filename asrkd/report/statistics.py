@@ -128,6 +128,7 @@ def _single_rows(singles):
     agg["acwt"] = acwts[0] if len(acwts) == 1 else None
     agg["acwt_range"] = [acwts[0], acwts[-1]] if acwts else None
     agg["acwt_edge"] = any(m.get("acwt_edge") for m in singles)
+    agg["acwt_shared"] = next((m["acwt_shared"] for m in singles if m.get("acwt_shared")), None)
     trained = [m["training"] for m in singles if m.get("training")]
     if trained:  # the mean single's training: each single's, on average
         agg["training"] = {k: round(sum(t[k] for t in trained) / len(trained))

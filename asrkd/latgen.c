@@ -1,7 +1,9 @@
 /* Lattice generation over a decoding graph (HCLG) and lattice best-path / posteriors.
  *
  * The search is Kaldi's LatticeFasterDecoder in outline: frame-synchronous token passing with a
- * beam and a max-active cutoff, epsilon (non-emitting) arcs processed within a frame, a forward
+ * beam and a max-active cutoff (when max-active binds, the next frame's tokens are kept within
+ * Kaldi's adaptive beam: the max-active cutoff's distance from the best plus BEAM_DELTA, and
+ * the epsilon pass uses the same cutoff), epsilon (non-emitting) arcs processed within a frame, a forward
  * link kept for every arc taken between surviving tokens, and at the end the links pruned to
  * those on a path within `lattice_beam` of the best. The result is a state-level lattice (not
  * determinized): states in topological order, arcs (src, dst, transition-id, word, graph cost,
@@ -17,6 +19,7 @@
 #include <string.h>
 
 #define INF_COST ((float)INFINITY)
+#define BEAM_DELTA 0.5f /* Kaldi's beam_delta: the adaptive beam's margin when max_active binds */
 
 /* ---- the graph: OpenFst's binary VectorFst body read into CSR arrays ---- */
 
@@ -141,12 +144,8 @@ static int push(Store *st, int32_t t) {
 }
 
 /* Epsilon arcs among the tokens of the frame [s->frame_begin, ntok). */
-static int process_nonemitting(Search *s, float beam) {
+static int process_nonemitting(Search *s, float cutoff) {
   Store *st = s->st;
-  float best = INF_COST;
-  for (int64_t t = s->frame_begin; t < st->ntok; t++)
-    if (st->tok[t].cost < best) best = st->tok[t].cost;
-  float cutoff = best + beam;
   st->nqueue = 0;
   for (int64_t t = s->frame_begin; t < st->ntok; t++)  /* only states with epsilon arcs */
     if (s->has_eps[st->tok[t].state] && push(st, (int32_t)t)) return -1;
@@ -237,13 +236,16 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t 
     int64_t best_k = b;
     for (int64_t k = b; k < e; k++)
       if (st->tok[k].cost < best) { best = st->tok[k].cost; best_k = k; }
-    float cutoff = best + beam;
+    float cutoff = best + beam, adaptive = beam;
     if (max_active > 0 && e - b > max_active) {
       if (grow((void **)&tls_costs, &tls_capcosts, e - b, sizeof(float))) goto done;
       float *costs = tls_costs;
       for (int64_t k = b; k < e; k++) costs[k - b] = st->tok[k].cost;
       float kth = kth_smallest(costs, e - b, max_active);
-      if (kth < cutoff) cutoff = kth;
+      if (kth < cutoff) {
+        cutoff = kth;
+        adaptive = kth - best + BEAM_DELTA;
+      }
     }
     const float *row = scores + (int64_t)t * ncols;
     /* a first bound from the best token's arcs (as Kaldi), so that tokens far outside the
@@ -255,7 +257,7 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t 
         int32_t il = ilabel[a];
         if (il == 0 || il > ncols) continue;
         float nc = best + weight[a] - row[il - 1];
-        if (nc + beam < next_cutoff) next_cutoff = nc + beam;
+        if (nc + adaptive < next_cutoff) next_cutoff = nc + adaptive;
       }
     }
     for (int64_t k = b; k < e; k++) {
@@ -268,13 +270,13 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t 
         float ac = il <= ncols ? -row[il - 1] : INF_COST;
         float nc = cost + weight[a] + ac;
         if (nc >= next_cutoff) continue;
-        if (nc + beam < next_cutoff) next_cutoff = nc + beam;
+        if (nc + adaptive < next_cutoff) next_cutoff = nc + adaptive;
         int32_t d = find_or_add(&s, next[a], nc, &changed);
         if (d < 0 || add_link(st, (int32_t)k, d, il, olabel[a], weight[a], ac)) goto done;
       }
     }
     if (st->ntok == e) goto done; /* nothing survived */
-    if (process_nonemitting(&s, beam)) goto done;
+    if (process_nonemitting(&s, next_cutoff)) goto done;
   }
   frame_start[nframes + 1] = st->ntok;
   reset_states(&s, frame_start[nframes], st->ntok);

@@ -19,16 +19,21 @@
 #include <string.h>
 
 #define INF_COST ((float)INFINITY)
+/* thread-locals read without a call per access (a few pointers: the static TLS surplus that
+ * glibc keeps for dlopen'ed libraries holds them) */
+#define TLS __attribute__((tls_model("initial-exec")))
 #define BEAM_DELTA 0.5f /* Kaldi's beam_delta: the adaptive beam's margin when max_active binds */
 
 /* ---- the graph: OpenFst's binary VectorFst body read into CSR arrays ---- */
 
+/* An arc as OpenFst stores it (and as the search reads it: one cache line holds four). */
+typedef struct { int32_t ilabel, olabel; float weight; int32_t next; } Arc;
+
 /* Reads `nstates` states from `p` (just after the header) into arc_start (nstates + 1),
- * ilabel/olabel/next/weight (narcs) and final_cost (nstates). Returns bytes read, or -1 if
- * the buffer ends early or the counts disagree. */
+ * arcs (narcs) and final_cost (nstates). Returns bytes read, or -1 if the buffer ends early or
+ * the counts disagree. */
 int64_t fst_parse(const uint8_t *p, int64_t len, int64_t nstates, int64_t narcs,
-                  int64_t *arc_start, int32_t *ilabel, int32_t *olabel, int32_t *next,
-                  float *weight, float *final_cost) {
+                  int64_t *arc_start, Arc *arcs, float *final_cost) {
   int64_t pos = 0, a = 0;
   for (int64_t s = 0; s < nstates; s++) {
     float f;
@@ -40,12 +45,9 @@ int64_t fst_parse(const uint8_t *p, int64_t len, int64_t nstates, int64_t narcs,
     final_cost[s] = f;
     arc_start[s] = a;
     if (n < 0 || a + n > narcs || pos + 16 * n > len) return -1;
-    for (int64_t i = 0; i < n; i++, a++, pos += 16) {
-      memcpy(&ilabel[a], p + pos, 4);
-      memcpy(&olabel[a], p + pos + 4, 4);
-      memcpy(&weight[a], p + pos + 8, 4);
-      memcpy(&next[a], p + pos + 12, 4);
-    }
+    memcpy(&arcs[a], p + pos, 16 * (size_t)n);
+    a += n;
+    pos += 16 * n;
   }
   arc_start[nstates] = a;
   return a == narcs ? pos : -1;
@@ -101,8 +103,8 @@ void lat_copy(const Lattice *l, int32_t *src, int32_t *dst, int32_t *ilabel, int
 /* ---- the search ---- */
 
 typedef struct {
-  const int64_t *arc_start; const int32_t *ilabel, *olabel, *next;
-  const float *weight, *final_cost;
+  const int64_t *arc_start; const Arc *arcs;
+  const float *final_cost;
   const uint8_t *has_eps;  /* state -> 1 if it has an epsilon (input) arc */
   int32_t *tok_of_state;   /* state -> token of the frame being built, -1 if none */
   Store *st;
@@ -156,13 +158,14 @@ static int process_nonemitting(Search *s, float cutoff) {
     st->tok[t].links = -1; /* its epsilon links are made again below */
     int32_t state = st->tok[t].state;
     for (int64_t a = s->arc_start[state]; a < s->arc_start[state + 1]; a++) {
-      if (s->ilabel[a] != 0) continue;
-      float nc = cost + s->weight[a];
+      const Arc *x = &s->arcs[a];
+      if (x->ilabel != 0) continue;
+      float nc = cost + x->weight;
       if (nc >= cutoff) continue;
       int changed;
-      int32_t d = find_or_add(s, s->next[a], nc, &changed);
-      if (d < 0 || add_link(st, t, d, 0, s->olabel[a], s->weight[a], 0.0f)) return -1;
-      if (changed && s->has_eps[s->next[a]] && push(st, d)) return -1;
+      int32_t d = find_or_add(s, x->next, nc, &changed);
+      if (d < 0 || add_link(st, t, d, 0, x->olabel, x->weight, 0.0f)) return -1;
+      if (changed && s->has_eps[x->next] && push(st, d)) return -1;
     }
   }
   return 0;
@@ -194,19 +197,17 @@ static Lattice *make_lattice(Search *s, const int64_t *frame_start, int32_t nfra
 /* Decodes `nframes` frames of `scores` (nframes, ncols): the score of transition-id i (>= 1)
  * at frame t is scores[t * ncols + i - 1] (already multiplied by the acoustic scale).
  * Returns the lattice, or NULL on failure (out of memory, or no token survived). */
-Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t *ilabel,
-                       const int32_t *olabel, const int32_t *next, const float *weight,
+Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const Arc *arcs,
                        const float *final_cost, const uint8_t *has_eps, int32_t start,
-                       const float *scores,
-                       int32_t nframes, int32_t ncols, float beam, int32_t max_active,
-                       float lattice_beam) {
+                       const float *scores, int32_t nframes, int32_t ncols, float beam,
+                       int32_t max_active, float lattice_beam) {
   /* The token, link and state arrays stay with the thread from one utterance to the next:
    * fresh pages for every utterance cost as much as a tenth of the search. */
-  static __thread Store tls_store;
-  static __thread float *tls_costs;
-  static __thread int64_t tls_capcosts;
-  static __thread int32_t *tls_tok_of_state;  /* all -1 between calls */
-  static __thread int64_t tls_states;
+  static __thread TLS Store tls_store;
+  static __thread TLS float *tls_costs;
+  static __thread TLS int64_t tls_capcosts;
+  static __thread TLS int32_t *tls_tok_of_state;  /* all -1 between calls */
+  static __thread TLS int64_t tls_states;
   Store *st = &tls_store;  /* (thread-locals read once: each read is a call in a library) */
   st->ntok = st->nlink = st->nqueue = 0;
   if (tls_states != nstates) {
@@ -218,7 +219,7 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t 
     tls_states = nstates;
   }
   int32_t *tok_of_state = tls_tok_of_state;
-  Search s = {arc_start, ilabel, olabel, next, weight, final_cost, has_eps, tok_of_state, st,
+  Search s = {arc_start, arcs, final_cost, has_eps, tok_of_state, st,
               0};
   Lattice *lat = NULL;
   int64_t *frame_start = malloc(sizeof(int64_t) * ((size_t)nframes + 2));
@@ -254,9 +255,9 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t 
     if (isfinite(best)) {
       int32_t state = st->tok[best_k].state;
       for (int64_t a = arc_start[state]; a < arc_start[state + 1]; a++) {
-        int32_t il = ilabel[a];
+        int32_t il = arcs[a].ilabel;
         if (il == 0 || il > ncols) continue;
-        float nc = best + weight[a] - row[il - 1];
+        float nc = best + arcs[a].weight - row[il - 1];
         if (nc + adaptive < next_cutoff) next_cutoff = nc + adaptive;
       }
     }
@@ -265,14 +266,15 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const int32_t 
       if (cost > cutoff) continue;
       int32_t state = st->tok[k].state;
       for (int64_t a = arc_start[state]; a < arc_start[state + 1]; a++) {
-        int32_t il = ilabel[a];
+        const Arc *x = &arcs[a];
+        int32_t il = x->ilabel;
         if (il == 0) continue;
         float ac = il <= ncols ? -row[il - 1] : INF_COST;
-        float nc = cost + weight[a] + ac;
+        float nc = cost + x->weight + ac;
         if (nc >= next_cutoff) continue;
         if (nc + adaptive < next_cutoff) next_cutoff = nc + adaptive;
-        int32_t d = find_or_add(&s, next[a], nc, &changed);
-        if (d < 0 || add_link(st, (int32_t)k, d, il, olabel[a], weight[a], ac)) goto done;
+        int32_t d = find_or_add(&s, x->next, nc, &changed);
+        if (d < 0 || add_link(st, (int32_t)k, d, il, x->olabel, x->weight, ac)) goto done;
       }
     }
     if (st->ntok == e) goto done; /* nothing survived */
@@ -315,8 +317,8 @@ static Lattice *make_lattice(Search *s, const int64_t *fs, int32_t nframes,
   Store *st = s->st;
   int64_t n = st->ntok, nlast = fs[nframes + 1] - fs[nframes];
   /* per-token arrays in one buffer that stays with the thread (as the search's) */
-  static __thread int32_t *scratch;
-  static __thread int64_t capscratch;
+  static __thread TLS int32_t *scratch;
+  static __thread TLS int64_t capscratch;
   Lattice *lat = calloc(1, sizeof(Lattice));
   if (!lat || grow((void **)&scratch, &capscratch, 5 * n + nlast + 1, sizeof(int32_t)))
     goto fail;

@@ -70,9 +70,9 @@ def _lib():
         P = ctypes.c_void_p
         i64, i32, f32 = ctypes.c_int64, ctypes.c_int32, ctypes.c_float
         lib.fst_parse.restype = i64
-        lib.fst_parse.argtypes = [P, i64, i64, i64, P, P, P, P, P, P]
+        lib.fst_parse.argtypes = [P, i64, i64, i64, P, P, P]
         lib.latgen_decode.restype = P
-        lib.latgen_decode.argtypes = [i64, P, P, P, P, P, P, P, i32, P, i32, i32, f32, i32, f32]
+        lib.latgen_decode.argtypes = [i64, P, P, P, P, i32, P, i32, i32, f32, i32, f32]
         lib.lat_free.argtypes = [P]
         lib.lat_num_states.restype = i64
         lib.lat_num_states.argtypes = [P]
@@ -95,7 +95,8 @@ def _p(a):
 
 class Graph:
     """A decoding graph (HCLG.fst, OpenFst binary VectorFst) as arrays for the search:
-    arc_start (S + 1,) int64, ilabel/olabel/next (A,) int32, weight (A,) float32, final (S,)
+    arc_start (S + 1,) int64, arcs (A, 4) int32 (OpenFst's arc: ilabel, olabel, weight's
+    float32 bits, next state; ilabel/olabel/next/weight are views of its columns), final (S,)
     float32 (inf: not final), start, has_eps (S,) uint8 (1: the state has an epsilon arc)."""
 
     def __init__(self, path):
@@ -110,14 +111,13 @@ class Graph:
             raise UserError(f"{path}: not a whole FST (truncated: {ns} states announced); "
                             "run make-graph again")
         self.arc_start = np.empty(ns + 1, dtype=np.int64)
-        self.ilabel = np.empty(na, dtype=np.int32)
-        self.olabel = np.empty(na, dtype=np.int32)
-        self.next = np.empty(na, dtype=np.int32)
-        self.weight = np.empty(na, dtype=np.float32)
+        self.arcs = np.empty((na, 4), dtype=np.int32)  # OpenFst's order: in, out, weight, next
+        self.ilabel, self.olabel, self.next = self.arcs[:, 0], self.arcs[:, 1], self.arcs[:, 3]
+        self.weight = self.arcs[:, 2].view(np.float32)
         self.final = np.empty(ns, dtype=np.float32)
         body = raw[pos:]
-        n = _lib().fst_parse(_p(body), body.size, ns, na, _p(self.arc_start), _p(self.ilabel),
-                             _p(self.olabel), _p(self.next), _p(self.weight), _p(self.final))
+        n = _lib().fst_parse(_p(body), body.size, ns, na, _p(self.arc_start), _p(self.arcs),
+                             _p(self.final))
         if n < 0:
             raise UserError(f"{path}: not a whole FST (truncated or corrupt: {ns} states, "
                             f"{na} arcs announced); run make-graph again")
@@ -299,8 +299,7 @@ def decode(graph, scores, acwt, beam=16.0, max_active=7000, lattice_beam=8.0):
     t, ncols = scores.shape
     scaled = np.ascontiguousarray(scores * np.float32(acwt))
     lib = _lib()
-    handle = lib.latgen_decode(graph.num_states, _p(graph.arc_start), _p(graph.ilabel),
-                               _p(graph.olabel), _p(graph.next), _p(graph.weight),
+    handle = lib.latgen_decode(graph.num_states, _p(graph.arc_start), _p(graph.arcs),
                                _p(graph.final), _p(graph.has_eps), graph.start, _p(scaled),
                                t, ncols, beam,
                                max_active, lattice_beam)

@@ -73,16 +73,17 @@ LOCKED = {
 }
 
 
-def _locked_dir(args):
-    """The directory ``args.verb`` writes (LOCKED), or None."""
+def _locked_dirs(args):
+    """The directories ``args.verb`` writes (LOCKED): [] for none."""
     spec = LOCKED.get(args.verb)
     if spec is None:
-        return None
+        return []
     name = spec.split(":")[-1]
-    path = getattr(args, name, None)
-    if not path:
-        return None
-    return os.path.dirname(os.path.abspath(path)) if spec.startswith("file:") else path
+    paths = getattr(args, name, None)
+    paths = [p for p in (paths if isinstance(paths, list) else [paths]) if p]
+    if spec.startswith("file:"):
+        return [os.path.dirname(os.path.abspath(p)) for p in paths]
+    return paths
 
 
 def build_parser(verb=None):
@@ -143,8 +144,9 @@ def main(argv=None):
             pass
     try:
         check_args(args)  # one range check of decoder, training and store options for all verbs
-        out = _locked_dir(args)
-        with lock.locked(out, what=f"asrkd {args.verb}") if out else contextlib.nullcontext():
+        with contextlib.ExitStack() as locks:
+            for out in _locked_dirs(args):
+                locks.enter_context(lock.locked(out, what=f"asrkd {args.verb}"))
             rc = _module(args.verb).main(args)
     except BrokenPipeError:  # stdout closed by a reader that had enough (`| head`): no traceback
         devnull = os.open(os.devnull, os.O_WRONLY)

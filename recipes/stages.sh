@@ -174,9 +174,9 @@ decode_grid() {  # NJ SYSTEM...: grid-only decodes of dev and of every test set,
   local nj=$1 t m also first opts; shift
   [ $# -gt 0 ] || return 0
   if [ "$priors" = posterior ]; then
-    for m in "$@"; do
-      [ -f $m/priors_posterior ] || asrkd adjust-priors --max-frames 50000 $m $data/$train
-    done
+    local need=
+    for m in "$@"; do [ -f $m/priors_posterior ] || need="$need $m"; done
+    [ -z "$need" ] || asrkd adjust-priors --max-frames 50000 $need $data/$train
   fi
   first=$1; shift
   for t in $dev $tests; do
@@ -210,7 +210,7 @@ if stage 12 "distillation: same-size and small students, the controls and the sm
   kd_opts="--temperature $temperature --alpha $alpha --cache-dir $frames --num-threads 1 --seed $student_seed"
   train_opts="--seed $student_seed --cache-dir $frames --num-threads 1"
   rm -f $exp/log/distill.failed
-  worker_a() {  # the same-size student (transfer set included), the control, the small student
+  worker_a() {  # the same-size student (transfer set included), the control, the small model
     # utterances of $kd_train with no alignment (the transfer set) get soft targets only
     $asrkd_cmd asrkd distill $kd_opts --conf $conf/$student_conf \
       $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/distill || {
@@ -219,12 +219,12 @@ if stage 12 "distillation: same-size and small students, the controls and the sm
       $asrkd_cmd asrkd train --conf $conf/$student_conf $train_opts \
         $data/$train $exp/tri_ali_$train $control
     fi
-    $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
-      $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
-  }
-  worker_b() {  # the small model on hard targets, the update-matched control, the train-only student
     $asrkd_cmd asrkd train --conf $conf/$small_conf $train_opts \
       $data/$train $exp/tri_ali_$train $exp/student_small_hard
+  }
+  worker_b() {  # the small student, the update-matched control, the train-only student
+    $asrkd_cmd asrkd distill $kd_opts --conf $conf/$small_conf \
+      $data/$kd_train $exp/tri_ali_$train $exp/soft_T$temperature $exp/student_small_kd
     if [ -n "$control_matched" ]; then
       wait_first_epoch $exp/distill $exp/log/distill.failed
       $asrkd_cmd asrkd train --conf $conf/$student_conf $train_opts \

@@ -47,6 +47,22 @@ def test_adjusted_priors_are_the_mean_posterior_and_change_only_the_prior(tiny_h
     assert not np.allclose(counts(u), adjusted(u))  # the alignment's counts are not the mean
 
 
+def test_several_models_in_one_call_get_what_one_call_each_gives(tiny_data, model, tmp_path):
+    """adjust-priors MODEL MODEL DATA: each model's file, byte for byte the one-call result."""
+    other = str(tmp_path / "other")
+    shutil.copytree(model, other)
+    single = str(tmp_path / "single")
+    shutil.copytree(model, single)
+    assert main(["adjust-priors", model, other, tiny_data["train"]]) == 0
+    assert main(["adjust-priors", single, tiny_data["train"]]) == 0
+    ref = open(os.path.join(single, "priors_posterior"), "rb").read()
+    for d in (model, other):
+        assert open(os.path.join(d, "priors_posterior"), "rb").read() == ref
+    os.unlink(os.path.join(model, "priors_posterior"))
+    assert main(["adjust-priors", model, str(tmp_path / "missing"), tiny_data["train"]]) == 1
+    assert not os.path.exists(os.path.join(model, "priors_posterior"))  # checked before any
+
+
 def test_decode_with_posterior_priors_records_them(tiny_hybrid, tiny_data, model, tmp_path):
     dev = tiny_data["dev"]
     assert main(["adjust-priors", model, tiny_data["train"]]) == 0

@@ -305,9 +305,11 @@ CHOICE_FILES = ("hyp.txt", "wer", "errors", "per_utt", "score.json", "missing", 
                 "acwt_from", "best_acwt", "acwt_wers", "acwt_edge")
 
 
-def _clear_choice(decode_dir):
+def _clear_choice(decode_dir, keep=()):
     """Remove what an earlier choice of scale left in decode_dir (its hyp.txt, scores, acwt)."""
     for name in CHOICE_FILES:
+        if name in keep:
+            continue
         p = os.path.join(decode_dir, name)
         if os.path.isfile(p):
             os.unlink(p)
@@ -372,7 +374,8 @@ def apply_acwt(acwt_dir, decode_dir, record=False):
     if not os.path.isfile(os.path.join(src, "hyp.txt")):
         raise UserError(f"{decode_dir}: no hypotheses at acoustic scale {_fmt(acwt)} "
                         f"({src}/hyp.txt): decode it with --grid-only over the dev decodes' grid")
-    _clear_choice(decode_dir)
+    own = os.path.abspath(acwt_dir) == os.path.abspath(decode_dir)  # a system's own dev choice
+    _clear_choice(decode_dir, keep=("best_acwt", "acwt_wers", "acwt_edge") if own else ())
     for name in os.listdir(src):
         if os.path.isfile(os.path.join(src, name)):
             with atomic_path(os.path.join(decode_dir, name)) as tmp:

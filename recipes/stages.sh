@@ -132,10 +132,11 @@ fi
 
 # DNN decoding. Every DNN system is searched once per utterance on dev and on each test set
 # (lattices at the grid's middle scale, every scale of the grid and of its widening read off
-# them and scored: `decode --grid-only`). One acoustic scale for all of them is then chosen on
-# dev by their summed word errors (`asrkd choose-acwt`) and applied to every dev and test
-# decode: the systems are compared under the same decoding, and the choice rests on every
-# system's dev words, not on one system's 50 dev utterances.
+# them and scored: `decode --grid-only`). Then the acoustic scale is chosen on dev
+# (`asrkd choose-acwt`) and applied to the dev and test decodes: by default each system's own
+# (the least word errors on its dev decode: systems differ in calibration, e.g. an ensemble's
+# averaged posteriors want a larger scale than a model trained on hard targets); with
+# --acwt-choice shared, one scale for all of them, the least summed dev errors.
 teacher_systems() { echo $(ls -d $exp/teachers/model* | sort -V) $exp/teachers; }
 # The control: the same-size student's model, schedule and regularisation on hard targets only,
 # so that distilled - control isolates the soft targets. Not needed when the student's recipe is
@@ -169,7 +170,8 @@ student_seed=$(( seed * 1000 + 1 ))   # the students' and the control's initiali
 # the model's own mean posterior on (a part of) the training set (asrkd adjust-priors, as
 # Kaldi's nnet3-am-adjust-priors), written into each model dir before its decoding.
 priors=${priors:-counts}
-acwt_dnn=$exp/acwt_dnn   # stage 13's one acoustic scale for the DNN systems
+acwt_choice=${acwt_choice:-system}
+acwt_dnn=$exp/acwt_dnn   # stage 13's one acoustic scale for the DNN systems (--acwt-choice shared)
 decode_grid() {  # NJ SYSTEM...: grid-only decodes of dev and of every test set, none chosen
   local nj=$1 t m also first opts; shift
   [ $# -gt 0 ] || return 0
@@ -189,11 +191,29 @@ decode_grid() {  # NJ SYSTEM...: grid-only decodes of dev and of every test set,
       $first $first/decode_$t $also
   done
 }
-decode_dnn() {  # NJ SYSTEM...: decode_grid, then stage 13's scale applied (systems added later)
+choose_acwt() {  # SYSTEM...: the scale of each (or, shared, of all) chosen on dev and applied
+  local m t apply= devs=
+  for m in "$@"; do
+    if [ "$acwt_choice" = shared ]; then
+      for t in $tests; do [ $t = $dev ] || apply="$apply --apply $m/decode_$t"; done
+      devs="$devs $m/decode_$dev"
+    else  # the dev decode dir keeps the system's own choice (best_acwt, acwt_wers, acwt_edge)
+      apply=
+      for t in $tests; do [ $t = $dev ] || apply="$apply --apply $m/decode_$t"; done
+      asrkd choose-acwt $m/decode_$dev $m/decode_$dev $apply
+    fi
+  done
+  [ "$acwt_choice" != shared ] || [ -z "$devs" ] || asrkd choose-acwt $acwt_dnn $devs $apply
+}
+decode_dnn() {  # NJ SYSTEM...: decode_grid, then each system's scale (or stage 13's shared one)
   local nj=$1 t m apply=; shift
   decode_grid $nj "$@"
-  for m in "$@"; do for t in $dev $tests; do apply="$apply --apply $m/decode_$t"; done; done
-  [ -z "$apply" ] || asrkd choose-acwt $acwt_dnn $apply
+  if [ "$acwt_choice" = shared ]; then
+    for m in "$@"; do for t in $dev $tests; do apply="$apply --apply $m/decode_$t"; done; done
+    [ -z "$apply" ] || asrkd choose-acwt $acwt_dnn $apply
+  else
+    choose_acwt "$@"
+  fi
 }
 undecoded() {  # SYSTEM...: those without a grid-only decode of dev and of every test set
   local m t
@@ -248,19 +268,14 @@ dnn_systems() {
     $exp/student_small_kd $exp/student_small_hard
 }
 
-if stage 13 "hybrid decoding of every DNN system (dev and test, frame accuracy); one acoustic scale for all, chosen on dev"; then
+if stage 13 "hybrid decoding of every DNN system (dev and test, frame accuracy); acoustic scales chosen on dev ($acwt_choice)"; then
   # two processes of one job each: both cores busy whatever the number of systems
   todo=($(undecoded $(dnn_systems)))
   half=$(( (${#todo[@]} + 1) / 2 ))
   run_bg $exp/log/decode_a.log decode_grid 1 ${todo[@]:0:$half}
   run_bg $exp/log/decode_b.log decode_grid 1 ${todo[@]:$half}
   wait_bg
-  devs= apply=
-  for m in $(dnn_systems); do
-    devs="$devs $m/decode_$dev"
-    for t in $tests; do [ $t = $dev ] || apply="$apply --apply $m/decode_$t"; done
-  done
-  asrkd choose-acwt $acwt_dnn $devs $apply
+  choose_acwt $(dnn_systems)
   stage_done 13
 fi
 

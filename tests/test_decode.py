@@ -295,3 +295,27 @@ def test_one_scale_for_several_systems(setup, tmp_path):
             open(os.path.join(d, f"acwt_{expect:g}", "wer")).read()
     with pytest.raises(UserError, match="no acwt_values"):
         choose_acwt(out, [str(tmp_path)])
+
+
+def test_a_system_chooses_its_own_scale_into_its_dev_dir(setup, tmp_path):
+    """choose-acwt with a system's own dev dir as OUT: its choice stays there (best_acwt,
+    acwt_wers, acwt_edge) after the dir itself gets the scale; the test dir gets the same."""
+    from asrkd.cli import main
+    from asrkd.decode import read_acwt_values
+
+    root, train, test, lang, mono, tri, ref = setup
+    graph = _word_loop_graph(lang, tri, str(root / "graph_own"))
+    scorer = GmmScorer(load_gmm(tri), test.feats)
+    dev, tst = str(tmp_path / "dev"), str(tmp_path / "test")
+    for d in (dev, tst):
+        decode_data_dir(graph, scorer, list(test.feats), d, [0.0005, 0.001, 0.002],
+                        ref_text=ref, grid_only=True)
+    vals = read_acwt_values(dev)
+    best = min(vals, key=lambda a: (vals[a][0], abs(a - 0.1)))
+    assert main(["choose-acwt", dev, dev, "--apply", tst]) == 0
+    assert read_best_acwt(dev) == pytest.approx(best, rel=1e-4)
+    for d in (dev, tst):
+        assert float(open(os.path.join(d, "acwt")).read()) == pytest.approx(best, rel=1e-4)
+        assert os.path.isfile(os.path.join(d, "hyp.txt"))
+    assert os.path.isfile(os.path.join(dev, "acwt_wers"))
+    assert open(os.path.join(dev, "acwt_edge")).read().strip() in ("inside", "edge")

@@ -194,6 +194,16 @@ def _setup_notes(res):
             .get(p, p) for p in priors) + ".")
     edge = [r["label"] for r in rows if r.get("acwt_edge") and r.get("key") != "single"]
     shared = [r for r in rows if r.get("acwt_shared")]
+    if shared and all(r["acwt_shared"].get("systems") == 1 for r in shared):
+        out.append("Acoustic scales: each DNN system its own, the least word errors on its dev "
+                   "decode (`asrkd choose-acwt`; its lattices, searched once, read at every "
+                   "value of the grid widened 4 steps past each edge); " + (
+                       "at an edge of those values for: " + ", ".join(
+                           r["label"] for r in shared if r.get("acwt_edge")) + "." if any(
+                           r.get("acwt_edge") for r in shared) else "every one inside them.")
+                   + " The GMMs: each its own, chosen on dev from a grid widened past an edge"
+                   " while the best value was there.")
+        return out
     if shared:
         n = shared[0]["acwt_shared"].get("systems")
         vals = sorted({r["acwt"] for r in shared if r.get("acwt") is not None})

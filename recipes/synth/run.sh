@@ -52,8 +52,9 @@ student_seeds=1        # stage 18 (off when 1): the students and controls from N
 beam=11
 max_active=2000       # chosen on seed 0's dev set: 1000 lost 3 WER points to search errors
 gmm_acwt_grid=0.05,0.067,0.1
-dnn_acwt_grid=0.067,0.1,0.15  # widened past an edge when the best value is there
+dnn_acwt_grid=0.067,0.1,0.15  # searched at its middle; it and 4 steps past each edge scored
 priors=posterior       # DNN decoding divides by: counts (alignment) | posterior (adjust-priors)
+acwt_choice=system     # DNN scales: system (each its own dev optimum) | shared (one, pooled dev errors)
 conf=../../conf
 corpus=corpus
 data=data
@@ -66,7 +67,7 @@ usage() {
            vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk specialists temperatures study_topk small_fraction small_data_conf student_seeds beam max_active \
-           gmm_acwt_grid dnn_acwt_grid priors; do
+           gmm_acwt_grid dnn_acwt_grid priors acwt_choice; do
     printf '  --%-14s %s\n' "${v//_/-}" "${!v}"
   done
 }

@@ -29,8 +29,10 @@ def add_arguments(parser):
 def main(args):
     if args.dev_dirs:
         res = choose_acwt(args.out_dir, args.dev_dirs)
-        print("choose-acwt: pooled WER over %d systems: %s -> %g%s" % (
-            len(args.dev_dirs), ", ".join(f"{a:g}: {w:.2f}%" for a, w in res["wers"].items()),
+        what = (f"dev WER of {args.dev_dirs[0]}" if len(args.dev_dirs) == 1 else
+                f"dev WER summed over {len(args.dev_dirs)} systems")
+        print("choose-acwt: %s: %s -> %g%s" % (
+            what, ", ".join(f"{a:g}: {w:.2f}%" for a, w in res["wers"].items()),
             res["acwt"], " (at an edge of the values scored)" if res["edge"] else ""),
             file=sys.stderr)
     for d in args.dev_dirs:

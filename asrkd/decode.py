@@ -238,19 +238,9 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
         results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
 
     if grid_only:
-        _clear_choice(decode_dir)
         values = sorted(values)
-        for a in values:
-            d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
-            write_table(os.path.join(d, "hyp.txt"), hyps[a])
-            if ref_text is not None:
-                results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
-        if ref_text is not None:
-            with atomic_path(os.path.join(decode_dir, "acwt_values")) as tmp, open(tmp, "w") as f:
-                f.writelines(f"{_fmt(a)} {results[a]['wer']:.4f} "
-                             f"{results[a]['ins'] + results[a]['del'] + results[a]['sub']} "
-                             f"{results[a]['words']}\n" for a in values)
-        return {"acwt": None, "wer": results, "grid": values, "decode_acwt": decode_acwt}
+        return {"acwt": None, "wer": _write_values(decode_dir, values, hyps, ref_text),
+                "grid": values, "decode_acwt": decode_acwt}
     best = grid[0]
     if len(grid) > 1:
         for a in grid:
@@ -268,12 +258,7 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
             best = _best(grid, results)
         grid.sort()
         edge = best in (grid[0], grid[-1]) and len({results[a]["wer"] for a in grid}) > 1
-        with atomic_path(os.path.join(decode_dir, "best_acwt")) as tmp, open(tmp, "w") as f:
-            f.write(f"{_fmt(best)}\n")
-        with atomic_path(os.path.join(decode_dir, "acwt_wers")) as tmp, open(tmp, "w") as f:
-            f.writelines(f"{_fmt(a)} {results[a]['wer']:.2f}\n" for a in grid)
-        with atomic_path(os.path.join(decode_dir, "acwt_edge")) as tmp, open(tmp, "w") as f:
-            f.write("edge\n" if edge else "inside\n")
+        _write_choice(decode_dir, best, {a: results[a]["wer"] for a in grid}, edge)
         print("acwt grid: " + ", ".join(f"{_fmt(a)}: {results[a]['wer']:.2f}%" for a in grid)
               + f" -> best {_fmt(best)} (lattices searched at {_fmt(decode_acwt)})",
               file=sys.stderr)
@@ -286,6 +271,34 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     if ref_text is not None:
         results[best] = score(ref_text, os.path.join(decode_dir, "hyp.txt"), decode_dir)
     return {"acwt": best, "wer": results, "grid": grid, "decode_acwt": decode_acwt}
+
+
+def _write_values(decode_dir, values, hyps, ref_text):
+    """A grid-only decode's output: every value's hypotheses (and, given ``ref_text``, scores)
+    in decode_dir/acwt_<v>/ and decode_dir/acwt_values; no choice. Returns {value: scores}."""
+    _clear_choice(decode_dir)
+    results = {}
+    for a in values:
+        d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
+        write_table(os.path.join(d, "hyp.txt"), hyps[a])
+        if ref_text is not None:
+            results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
+    if ref_text is not None:
+        with atomic_path(os.path.join(decode_dir, "acwt_values")) as tmp, open(tmp, "w") as f:
+            f.writelines(f"{_fmt(a)} {results[a]['wer']:.4f} "
+                         f"{results[a]['ins'] + results[a]['del'] + results[a]['sub']} "
+                         f"{results[a]['words']}\n" for a in values)
+    return results
+
+
+def _write_choice(out_dir, best, wers, edge):
+    """best_acwt, acwt_wers ("value WER" per value) and acwt_edge ("edge" or "inside")."""
+    with atomic_path(os.path.join(out_dir, "best_acwt")) as tmp, open(tmp, "w") as f:
+        f.write(f"{_fmt(best)}\n")
+    with atomic_path(os.path.join(out_dir, "acwt_wers")) as tmp, open(tmp, "w") as f:
+        f.writelines(f"{_fmt(a)} {wers[a]:.2f}\n" for a in sorted(wers))
+    with atomic_path(os.path.join(out_dir, "acwt_edge")) as tmp, open(tmp, "w") as f:
+        f.write("edge\n" if edge else "inside\n")
 
 
 def _best(grid, results):
@@ -350,12 +363,7 @@ def choose_acwt(out_dir, dev_dirs):
     best = min(common, key=lambda a: (errors[a], abs(a - 0.1)))
     edge = best in (common[0], common[-1]) and len(set(errors.values())) > 1
     os.makedirs(out_dir, exist_ok=True)
-    with atomic_path(os.path.join(out_dir, "best_acwt")) as tmp, open(tmp, "w") as f:
-        f.write(f"{_fmt(best)}\n")
-    with atomic_path(os.path.join(out_dir, "acwt_wers")) as tmp, open(tmp, "w") as f:
-        f.writelines(f"{_fmt(a)} {wers[a]:.2f}\n" for a in common)
-    with atomic_path(os.path.join(out_dir, "acwt_edge")) as tmp, open(tmp, "w") as f:
-        f.write("edge\n" if edge else "inside\n")
+    _write_choice(out_dir, best, wers, edge)
     with atomic_path(os.path.join(out_dir, "systems")) as tmp, open(tmp, "w") as f:
         f.writelines(os.path.abspath(d) + "\n" for d in dev_dirs)
     return {"acwt": best, "wers": wers, "edge": edge}

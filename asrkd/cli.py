@@ -43,7 +43,7 @@ VERBS = {
     "specialist-report": "coverage table (paper's Table 4) and costs of specialists",
     "adjust-priors": "a DNN's priors from its own mean posterior (decode --priors posterior)",
     "decode": "decode a data dir with a GMM, a DNN or a DNN ensemble over HCLG",
-    "choose-acwt": "one acoustic scale for several systems, chosen on their pooled dev errors",
+    "choose-acwt": "a system's acoustic scale (or one for several) chosen on dev, applied",
     "lattice-nbest": "the n best word sequences of a decode dir's lattices",
     "lattice-ctm": "word times and confidences (CTM) from a decode dir's lattices",
     "lm-rescore": "rescore a decode dir's lattices (n-best) with another ARPA LM",

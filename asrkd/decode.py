@@ -232,15 +232,20 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
         with atomic_path(os.path.join(decode_dir, "lat_acwt")) as tmp, open(tmp, "w") as f:
             f.write(f"{_fmt(decode_acwt)}\n")
 
-    def scored(a):
+    def scored(a):  # acwt_<a>/hyp.txt, and its scores given the reference
         d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
         write_table(os.path.join(d, "hyp.txt"), hyps[a])
-        results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
+        if ref_text is not None:
+            results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
 
     if grid_only:
+        _clear_choice(decode_dir)
         values = sorted(values)
-        return {"acwt": None, "wer": _write_values(decode_dir, values, hyps, ref_text),
-                "grid": values, "decode_acwt": decode_acwt}
+        for a in values:
+            scored(a)
+        if ref_text is not None:
+            _write_values(decode_dir, values, results)
+        return {"acwt": None, "wer": results, "grid": values, "decode_acwt": decode_acwt}
     best = grid[0]
     if len(grid) > 1:
         for a in grid:
@@ -273,22 +278,13 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     return {"acwt": best, "wer": results, "grid": grid, "decode_acwt": decode_acwt}
 
 
-def _write_values(decode_dir, values, hyps, ref_text):
-    """A grid-only decode's output: every value's hypotheses (and, given ``ref_text``, scores)
-    in decode_dir/acwt_<v>/ and decode_dir/acwt_values; no choice. Returns {value: scores}."""
-    _clear_choice(decode_dir)
-    results = {}
-    for a in values:
-        d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
-        write_table(os.path.join(d, "hyp.txt"), hyps[a])
-        if ref_text is not None:
-            results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
-    if ref_text is not None:
-        with atomic_path(os.path.join(decode_dir, "acwt_values")) as tmp, open(tmp, "w") as f:
-            f.writelines(f"{_fmt(a)} {results[a]['wer']:.4f} "
-                         f"{results[a]['ins'] + results[a]['del'] + results[a]['sub']} "
-                         f"{results[a]['words']}\n" for a in values)
-    return results
+def _write_values(decode_dir, values, results):
+    """decode_dir/acwt_values: "value WER errors words" for each scored value (what
+    choose_acwt reads)."""
+    with atomic_path(os.path.join(decode_dir, "acwt_values")) as tmp, open(tmp, "w") as f:
+        f.writelines(f"{_fmt(a)} {results[a]['wer']:.4f} "
+                     f"{results[a]['ins'] + results[a]['del'] + results[a]['sub']} "
+                     f"{results[a]['words']}\n" for a in values)
 
 
 def _write_choice(out_dir, best, wers, edge):

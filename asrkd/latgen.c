@@ -3,8 +3,8 @@
  * The search is Kaldi's LatticeFasterDecoder in outline: frame-synchronous token passing with a
  * beam and a max-active cutoff (when max-active binds, the next frame's tokens are kept within
  * Kaldi's adaptive beam: the max-active cutoff's distance from the best plus BEAM_DELTA, and
- * the epsilon pass uses the same cutoff), epsilon (non-emitting) arcs processed within a frame, a forward
- * link kept for every arc taken between surviving tokens, and at the end the links pruned to
+ * the epsilon pass uses the same cutoff), epsilon (non-emitting) arcs processed within a
+ * frame, a forward link kept for every arc taken between surviving tokens, and at the end the links pruned to
  * those on a path within `lattice_beam` of the best. The result is a state-level lattice (not
  * determinized): states in topological order, arcs (src, dst, transition-id, word, graph cost,
  * acoustic cost), final costs. Costs are -log; the acoustic cost is the (already scaled) score
@@ -219,8 +219,7 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const Arc *arc
     tls_states = nstates;
   }
   int32_t *tok_of_state = tls_tok_of_state;
-  Search s = {arc_start, arcs, final_cost, has_eps, tok_of_state, st,
-              0};
+  Search s = {arc_start, arcs, final_cost, has_eps, tok_of_state, st, 0};
   Lattice *lat = NULL;
   int64_t *frame_start = malloc(sizeof(int64_t) * ((size_t)nframes + 2));
   if (!frame_start) goto done;
@@ -281,10 +280,11 @@ Lattice *latgen_decode(int64_t nstates, const int64_t *arc_start, const Arc *arc
     if (process_nonemitting(&s, next_cutoff)) goto done;
   }
   frame_start[nframes + 1] = st->ntok;
-  reset_states(&s, frame_start[nframes], st->ntok);
   lat = make_lattice(&s, frame_start, nframes, lattice_beam);
 done:
-  for (int64_t k = 0; k < st->ntok; k++) tok_of_state[st->tok[k].state] = -1;
+  /* tok_of_state back to all -1 for the next call: each frame's start cleared the frame before
+   * it, so only the tokens of the last frame begun are left */
+  reset_states(&s, s.frame_begin, st->ntok);
   free(frame_start);
   return lat;
 }

@@ -1,15 +1,18 @@
-"""asrkd choose-acwt OUT_DIR DEV_DECODE_DIR...: one acoustic scale for several systems.
+"""asrkd choose-acwt OUT_DIR DEV_DECODE_DIR...: an acoustic scale chosen on dev and applied.
 
-The systems' dev sets are decoded with `decode --grid-only` (every value of the grid and of
-its widening scored, none chosen); the value of lowest word errors summed over all of them is
-written to OUT_DIR (best_acwt, acwt_wers: the pooled WER per value, acwt_edge, systems) and
-applied to each dev decode dir and to every --apply dir (their test sets' grid-only decodes):
-its hypotheses and scores at that value become the dir's hyp.txt, wer, per_utt and acwt. Each
-dev decode's model gets the value in its decode.json (what `asrkd transcribe` uses).
+The dev sets are decoded with `decode --grid-only` (every value of the grid and of its
+widening scored off one search's lattices, none chosen). The value of least word errors,
+summed over the DEV_DECODE_DIRs, is written to OUT_DIR (best_acwt, acwt_wers: the WER per
+value, acwt_edge, systems) and applied to each dev decode dir and to every --apply dir (their
+test sets' grid-only decodes): its hypotheses and scores at that value become the dir's
+hyp.txt, wer, per_utt and acwt. Each dev decode's model gets the value in its decode.json
+(what `asrkd transcribe` uses).
 
-One scale for all the DNN systems of a run compares them under the same decoding, and pools
-their dev words into the choice (a per-system choice on a small dev set can move by one word).
-With --apply only (no DEV_DECODE_DIR), OUT_DIR's earlier choice is applied.
+One system (the recipe's default): OUT_DIR is its own dev decode dir, which keeps the choice:
+  asrkd choose-acwt M/decode_dev M/decode_dev --apply M/decode_test
+Several systems: one scale for all of them (the recipe's --acwt-choice shared), the same
+decoding for every comparison, but the systems differ in calibration. With --apply only (no
+DEV_DECODE_DIR), OUT_DIR's earlier choice is applied.
 """
 
 import sys

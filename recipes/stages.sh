@@ -269,11 +269,13 @@ dnn_systems() {
 }
 
 if stage 13 "hybrid decoding of every DNN system (dev and test, frame accuracy); acoustic scales chosen on dev ($acwt_choice)"; then
-  # two processes of one job each: both cores busy whatever the number of systems
+  # two processes of one job each: both cores busy whatever the number of systems; one torch
+  # thread each (their forward passes, adjust-priors' too: the same bits as with two threads,
+  # measured, and no threads competing for the cores)
   todo=($(undecoded $(dnn_systems)))
   half=$(( (${#todo[@]} + 1) / 2 ))
-  run_bg $exp/log/decode_a.log decode_grid 1 ${todo[@]:0:$half}
-  run_bg $exp/log/decode_b.log decode_grid 1 ${todo[@]:$half}
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_a.log decode_grid 1 ${todo[@]:0:$half}
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_b.log decode_grid 1 ${todo[@]:$half}
   wait_bg
   choose_acwt $(dnn_systems)
   stage_done 13

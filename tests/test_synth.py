@@ -261,3 +261,33 @@ def test_resample_keeps_a_tone():
     assert len(y) == 16000
     ref = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000)
     assert np.abs(y - ref)[50:-50].max() < 1e-3
+
+
+def test_more_dev_speakers_keep_every_other_subset():
+    base = SynthConfig(hours=0.5, num_speakers=40, unlabeled_hours=0.5, test_speakers=32)
+    more = SynthConfig(hours=0.5, num_speakers=40, unlabeled_hours=0.5, test_speakers=32,
+                       dev_speakers=16)
+    variants, sentences = usable_variants(), split_sentences()
+    s0, s1 = plan_speakers(base, variants), plan_speakers(more, variants)
+    assert s1[:len(s0)] == s0  # the extra dev speakers come last
+    dev0 = [s for s in s0 if s.subset == "dev"]
+    dev1 = [s for s in s1 if s.subset == "dev"]
+    assert len(dev0) == 8 and len(dev1) == 16 and dev1[:8] == dev0
+    # their voices: the test speakers' variants, never a training or unlabeled one
+    extra = {s.variant for s in dev1[8:]}
+    assert extra <= {s.variant for s in s1 if s.subset == "test"}
+    assert not extra & {s.variant for s in s1 if s.subset in ("train", "unlabeled")}
+    assert len({(s.accent, s.variant, s.pitch, s.pitch_range, s.rate) for s in s1}) == len(s1)
+    i0, i1 = plan_utterances(base, s0, sentences), plan_utterances(more, s1, sentences)
+    assert i1[:len(i0)] == i0  # every utterance of the default corpus, unchanged
+    added = i1[len(i0):]
+    assert added and all(i["path"].startswith("dev" + os.sep) for i in added)
+    assert {i["utt"].split("-")[0] for i in added} == {str(s.id) for s in dev1[8:]}
+    dev_items = [i for i in i1 if i["path"].startswith("dev" + os.sep)]
+    assert len({i["words"] for i in dev_items}) == len(dev_items)  # no sentence twice in dev
+    dev_text = {" ".join(w) for _, w in sentences["dev"]}
+    assert all(i["words"] in dev_text for i in added)  # dev books only
+    assert len({i["utt"] for i in i1}) == len(i1)
+    # twice the speakers, about twice the audio
+    n0 = sum(i["path"].startswith("dev" + os.sep) for i in i0)
+    assert 1.6 < len(dev_items) / n0 < 2.4

@@ -40,6 +40,11 @@ def add_arguments(parser):
                         help="test speakers (default: as many as dev), each with as much audio "
                         "as a dev speaker: more speakers narrow the bootstrap intervals; the "
                         "first ones are the default test set's")
+    parser.add_argument("--dev-speakers", type=int, default=None,
+                        help="dev speakers (default: max(2, 20%%) of the training speakers), "
+                        "each with as much audio as a default one: more speakers, steadier "
+                        "choices made on dev (acoustic scales); the first ones, and every "
+                        "other subset, are the default corpus's")
     parser.add_argument("--unlabeled-hours", type=float, default=0.0,
                         help="also write an unlabeled/ subset of this many hours from further "
                         "speakers (no dev/test voice): a transfer set for distillation")
@@ -59,5 +64,6 @@ def main(args):
     summary = synth_corpus(args.out_dir, hours=args.hours, condition=args.condition,
                            seed=args.seed, nj=args.nj, num_speakers=args.num_speakers,
                            unlabeled_hours=args.unlabeled_hours,
-                           test_speakers=args.test_speakers, config=config)
+                           test_speakers=args.test_speakers, dev_speakers=args.dev_speakers,
+                           config=config)
     print(json.dumps(summary["subsets"], sort_keys=True))

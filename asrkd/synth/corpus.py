@@ -83,6 +83,11 @@ class SynthConfig:
     # test speakers (None: as many as dev); each speaks test_fraction * hours / (dev speakers),
     # so a larger test set adds speakers, not audio per speaker (the first ones are unchanged)
     test_speakers: int = None
+    # dev speakers (None: max(2, 20% of training speakers)), each with a default dev speaker's
+    # audio. The speakers past the default are drawn after every other subset, so the training,
+    # test and unlabeled speakers and utterances are those of the default corpus; their voice
+    # variants are the test speakers' (every variant is taken by then), never the training ones.
+    dev_speakers: int = None
     min_words: int = 5
     max_words: int = 20
     chapter_utts: int = 40  # utterances per chapter before a speaker starts a new one
@@ -133,6 +138,8 @@ def _check(cfg, nj):
         raise UserError(f"--num-speakers must be >= 1, got {cfg.num_speakers}")
     if cfg.test_speakers is not None and cfg.test_speakers < 1:
         raise UserError(f"--test-speakers must be >= 1, got {cfg.test_speakers}")
+    if cfg.dev_speakers is not None and cfg.dev_speakers < 1:
+        raise UserError(f"--dev-speakers must be >= 1, got {cfg.dev_speakers}")
     if not (cfg.unlabeled_hours >= 0 and math.isfinite(cfg.unlabeled_hours)):
         raise UserError(f"--unlabeled-hours must be >= 0, got {cfg.unlabeled_hours}")
     if not (0 < cfg.dev_fraction and 0 < cfg.test_fraction):
@@ -161,16 +168,23 @@ def plan_speakers(cfg, variants):
     """Training, dev, test (and unlabeled) speakers, disjoint, with distinct voice settings.
 
     Unlabeled speakers take their voice variants round-robin from those no dev or test speaker
-    has (variants no one has first).
+    has (variants no one has first). Dev speakers beyond the default number come last, with the
+    test speakers' variants round-robin (other accent, pitch or rate).
     """
     n_train = cfg.num_speakers or max(4, round(40 * cfg.hours))
-    n_held = max(2, round(0.2 * n_train))
-    counts = {"train": n_train, "dev": n_held, "test": cfg.test_speakers or n_held,
+    n_held = default_held(cfg)
+    counts = {"train": n_train, "dev": min(n_held, cfg.dev_speakers or n_held),
+              "test": cfg.test_speakers or n_held,
               UNLABELED: max(1, round(n_train * cfg.unlabeled_hours / cfg.hours))}
     rng = np.random.default_rng([cfg.seed, 1])
     order = [variants[i] for i in rng.permutation(len(variants))]
     seen, speakers, k = set(), [], 0
-    for subset in subsets(cfg):
+    extra_dev = max(0, (cfg.dev_speakers or n_held) - n_held)
+    passes = list(subsets(cfg)) + (["dev+"] if extra_dev else [])
+    counts["dev+"] = extra_dev
+    for subset in passes:
+        if subset == "dev+":
+            pool = [s.variant for s in speakers if s.subset == "test"]
         if subset == UNLABELED:
             held = {s.variant for s in speakers if s.subset in ("dev", "test")}
             # unused variants first, then the training speakers'
@@ -180,7 +194,7 @@ def plan_speakers(cfg, variants):
                                 "too many speakers for an unlabeled subset")
         for j in range(counts[subset]):
             while True:
-                variant = (pool[j % len(pool)] if subset == UNLABELED
+                variant = (pool[j % len(pool)] if subset in (UNLABELED, "dev+")
                            else order[k % len(order)])
                 accent = cfg.accents[int(rng.integers(len(cfg.accents)))]
                 pitch = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1))
@@ -192,11 +206,17 @@ def plan_speakers(cfg, variants):
             seen.add(key)
             sex = "F" if espeak.variant_gender(variant) == "female" else "M"
             # same digit count for every id keeps string order equal to numeric order
-            speakers.append(Speaker(1000 + k, subset, accent, variant, sex, pitch, prange, rate))
+            speakers.append(Speaker(1000 + k, "dev" if subset == "dev+" else subset, accent,
+                                    variant, sex, pitch, prange, rate))
             k += 1
     if len(speakers) > 8999:
         raise UserError("at most 8999 speakers")
     return speakers
+
+
+def default_held(cfg):
+    """The default number of dev (and test) speakers: max(2, 20% of the training speakers)."""
+    return max(2, round(0.2 * (cfg.num_speakers or max(4, round(40 * cfg.hours)))))
 
 
 def _estimate_seconds(spoken, rate):
@@ -204,22 +224,42 @@ def _estimate_seconds(spoken, rate):
 
 
 def plan_utterances(cfg, speakers, sentences):
-    """One dict per utterance, everything a worker needs to write it; sorted by utterance id."""
-    n_dev = sum(s.subset == "dev" for s in speakers)
+    """One dict per utterance, everything a worker needs to write it; sorted by utterance id.
+
+    Every speaker of a subset speaks as much as a default dev speaker (training and unlabeled:
+    their share of their subset's hours). Dev speakers past the default number are planned last
+    (their sentences follow the default dev speakers' in the dev books), so that the other
+    subsets' utterances do not depend on them.
+    """
+    n_held = default_held(cfg)
+    dev = [s for s in speakers if s.subset == "dev"]
     n_test = sum(s.subset == "test" for s in speakers)
     fractions = {"train": 1.0, "dev": cfg.dev_fraction,
-                 "test": cfg.test_fraction * n_test / n_dev,
+                 "test": cfg.test_fraction * n_test / n_held,
                  UNLABELED: cfg.unlabeled_hours / cfg.hours}
     items, chap = [], 10000
-    for si, subset in enumerate(subsets(cfg)):
-        books = "train" if subset == UNLABELED else subset  # unlabeled: training-book text
+    passes = [(si, subset) for si, subset in enumerate(subsets(cfg))]
+    if len(dev) > n_held:
+        passes.append((1, "dev+"))
+    dev_next = 0  # where the extra dev speakers' sentences start in the dev books
+    for si, subset in passes:
+        books = {UNLABELED: "train", "dev+": "dev"}.get(subset, subset)  # unlabeled: train text
         pool = [s for s in sentences[books] if cfg.min_words <= len(s[1]) <= cfg.max_words]
         if not pool:
             raise UserError(f"no sentences of {cfg.min_words}-{cfg.max_words} words for {subset}")
         pool = [pool[i] for i in np.random.default_rng([cfg.seed, 2, si]).permutation(len(pool))]
-        spks = [s for s in speakers if s.subset == subset]
-        per_spk = cfg.hours * 3600 * fractions[subset] / len(spks)
-        p, index = 0, 0
+        if subset == "dev":
+            spks = dev[:n_held]
+        elif subset == "dev+":
+            spks = dev[n_held:]
+        else:
+            spks = [s for s in speakers if s.subset == subset]
+        if subset in ("dev", "dev+"):  # a default dev speaker's amount each
+            per_spk = cfg.hours * 3600 * fractions["dev"] / n_held
+        else:
+            per_spk = cfg.hours * 3600 * fractions[subset] / len(spks)
+        p, index = (dev_next, 10 ** 6) if subset == "dev+" else (0, 0)
+        out = "dev" if subset == "dev+" else subset
         for spk in spks:
             total, n = 0.0, 0
             while n == 0 or total < per_spk:
@@ -231,7 +271,7 @@ def plan_utterances(cfg, speakers, sentences):
                 utt = f"{spk.id}-{chap}-{n % cfg.chapter_utts:04d}"
                 items.append({
                     "utt": utt,
-                    "path": os.path.join(subset, str(spk.id), str(chap), utt + ".flac"),
+                    "path": os.path.join(out, str(spk.id), str(chap), utt + ".flac"),
                     "spoken": spoken,
                     "words": " ".join(words),
                     "voice": spk.voice,
@@ -247,6 +287,8 @@ def plan_utterances(cfg, speakers, sentences):
                 total += _estimate_seconds(spoken, spk.rate)
                 n += 1
                 index += 1
+        if subset == "dev":
+            dev_next = p
     return items
 
 
@@ -337,7 +379,8 @@ def _write_speakers(out_dir, speakers, minutes):
 
 
 def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speakers=None,
-                 unlabeled_hours=0.0, config=None, log_dir=None, test_speakers=None):
+                 unlabeled_hours=0.0, config=None, log_dir=None, test_speakers=None,
+                 dev_speakers=None):
     """Generate the corpus into ``out_dir`` (replacing its subsets); return a summary dict.
 
     Args:
@@ -352,6 +395,8 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
             ``num_speakers * unlabeled_hours / hours`` further speakers.
         test_speakers: test speakers (None: as many as dev), each with a dev speaker's amount of
             audio; the first max(2, 20%) are those of the default test set.
+        dev_speakers: dev speakers (None: max(2, 20%)), each with a default dev speaker's audio;
+            the first are the default dev set's, and the other subsets do not change.
         config: a SynthConfig for the remaining knobs (its hours/condition/seed/num_speakers/
             unlabeled_hours are overridden by the arguments).
     Returns:
@@ -362,6 +407,8 @@ def synth_corpus(out_dir, hours=1.0, condition="clean", seed=0, nj=1, num_speake
     cfg.unlabeled_hours = unlabeled_hours
     if test_speakers is not None:
         cfg.test_speakers = test_speakers
+    if dev_speakers is not None:
+        cfg.dev_speakers = dev_speakers
     _check(cfg, nj)
     variants = usable_variants()
     sentences = text.split_sentences(cfg.min_words, cfg.max_words)

@@ -18,7 +18,9 @@ stop_stage=100
 force=false
 nj=2                   # parallel jobs (processes)
 hours=0.5              # training audio; dev and test are sized in proportion (10% each)
-num_speakers=40        # training speakers (dev and test get 8 unseen speakers each)
+num_speakers=40        # training speakers (dev and test get 8 unseen speakers each by default)
+dev_speakers=0         # dev speakers, on whom the acoustic scales are chosen (0: 40% of the training
+                       # speakers, 16 of 40: twice the corpus's default, the first 8 being those)
 transfer_hours=0.5     # unlabeled audio (further speakers) the students are also distilled on
 test_speakers=32       # test speakers (as much audio each as a dev speaker): frame accuracy on all
 wer_speakers=0         # > 0: only the first N test speakers are decoded for WER (0: all of them)
@@ -63,7 +65,7 @@ exp=exp
 usage() {
   sed -n 2,8p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj hours num_speakers transfer_hours test_speakers wer_speakers condition snr rt60 accents seed \
+  for v in stage stop_stage force nj hours num_speakers dev_speakers transfer_hours test_speakers wer_speakers condition snr rt60 accents seed \
            vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk specialists temperatures study_topk small_fraction small_data_conf student_seeds beam max_active \
@@ -73,6 +75,7 @@ usage() {
 }
 parse_options "$@"
 lock_exp  # makes $exp; one recipe at a time on it
+[ "$dev_speakers" -gt 0 ] || dev_speakers=$(( (2 * num_speakers + 2) / 5 > 2 ? (2 * num_speakers + 2) / 5 : 2 ))
 train=train dev=dev tests=test
 transfer=; [ "$transfer_hours" = 0 ] || transfer=unlabeled   # the corpus's unlabeled/ subset
 lm_text=$corpus/train-text.txt   # LM text from the training books only (never test text)
@@ -85,7 +88,7 @@ if stage 0 "synthesize the corpus ($hours h train + $transfer_hours h unlabeled,
   accent_opt=; [ "$accents" = all ] || accent_opt="--accents $accents"
   $asrkd_cmd asrkd synth-corpus --hours $hours --num-speakers $num_speakers --condition $condition \
     --snr $snr --rt60 $rt60 $accent_opt \
-    --unlabeled-hours $transfer_hours --test-speakers $test_speakers --seed $seed --nj $nj $corpus
+    --unlabeled-hours $transfer_hours --test-speakers $test_speakers --dev-speakers $dev_speakers --seed $seed --nj $nj $corpus
   stage_done 0
 fi
 

@@ -68,7 +68,8 @@ student_seeds=1               # stage 18 (off when 1): the students and controls
 beam=13
 max_active=7000
 gmm_acwt_grid=0.067,0.083,0.1,0.125
-dnn_acwt_grid=0.067,0.1,0.15   # searched at its middle; it and 4 steps past each edge scored
+dnn_acwt_grid=0.06,0.07,0.08,0.09,0.1,0.115,0.13,0.15,0.175  # steps of 11-17% (Kaldi's LMWT 7-17 sweep: 7-14%);
+                               # searched at its middle (0.1), it and 4 steps past each edge scored: 0.032-0.32
 priors=posterior              # DNN decoding divides by: counts (alignment) | posterior (adjust-priors)
 acwt_choice=system     # DNN scales: system (each its own dev optimum) | shared (one, pooled dev errors)
 conf=../../conf

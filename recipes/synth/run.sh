@@ -54,7 +54,8 @@ student_seeds=1        # stage 18 (off when 1): the students and controls from N
 beam=11
 max_active=2000       # chosen on seed 0's dev set: 1000 lost 3 WER points to search errors
 gmm_acwt_grid=0.05,0.067,0.1
-dnn_acwt_grid=0.067,0.1,0.15  # searched at its middle; it and 4 steps past each edge scored
+dnn_acwt_grid=0.06,0.07,0.08,0.09,0.1,0.115,0.13,0.15,0.175  # steps of 11-17% (Kaldi's LMWT 7-17 sweep: 7-14%);
+                       # searched at its middle (0.1), it and 4 steps past each edge scored: 0.032-0.32
 priors=posterior       # DNN decoding divides by: counts (alignment) | posterior (adjust-priors)
 acwt_choice=system     # DNN scales: system (each its own dev optimum) | shared (one, pooled dev errors)
 conf=../../conf

@@ -236,6 +236,8 @@ def test_more_test_speakers_keep_the_default_test_set():
     ({"nj": 0}, "nj"),
     ({"num_speakers": 0}, "num-speakers"),
     ({"unlabeled_hours": -0.5}, "unlabeled-hours"),
+    ({"test_speakers": 0}, "test-speakers"),
+    ({"dev_speakers": 0}, "dev-speakers"),
     ({"config": SynthConfig(snr=(20.0, 10.0))}, "--snr"),
     ({"config": SynthConfig(rt60=(0.0, 0.5))}, "--rt60"),
     ({"config": SynthConfig(accents=("en-martian",))}, "en-martian"),

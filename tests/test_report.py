@@ -1,4 +1,5 @@
 import json
+import os
 import statistics
 
 import numpy as np
@@ -274,3 +275,55 @@ def test_a_test_set_that_is_the_dev_set_is_flagged(exp):
     assert "is the dev set" in (exp / "results.md").read_text()
     assert not any("dev set" in n for n in write_report(str(exp), test_sets=["test"],
                                                         dev_set="dev")["notes"])
+
+
+def _pooled_run(root, counts):
+    """A run dir whose systems (``counts``: {model dir: {utt: (errors, words)}}) have WER only;
+    models "s1", "s2" are singles, "ens" the ensemble, "kd" a student, "ctl" its control."""
+    kinds = {"s1": "single", "s2": "single", "ens": "ensemble", "kd": "student", "ctl": "control"}
+    keys = {"s1": "model1", "s2": "model2", "ens": "ensemble", "kd": "distill", "ctl": "control"}
+    root.mkdir()
+    with open(root / "systems.tsv", "w") as f:
+        f.write("# key\tkind\tmodel\tcompare\tlabel\n")
+        for m in counts:
+            f.write(f"{keys[m]}\t{kinds[m]}\t{m}\t-\t{m}\n")
+    for m, per in counts.items():
+        d = root / m / "decode_test"
+        d.mkdir(parents=True)
+        (d / "per_utt").write_text("# utt words sub del ins\n" + "".join(
+            f"{u} {w} {e} 0 0\n" for u, (e, w) in per.items()))
+    return str(root)
+
+
+def test_pooled_differences_known_answer(tmp_path):
+    """Pooled over runs: the ratio of summed counts, speakers drawn within each run; the mean
+    single is the singles' mean counts; a run without a system is left out of its pairs."""
+    from asrkd.report.render import POOLED_COMPARISONS, pooled_table
+    from asrkd.report.statistics import pooled_difference
+
+    r1 = _pooled_run(tmp_path / "r1", {
+        "s1": {"A-1-0": (2, 10), "B-1-0": (1, 10)}, "s2": {"A-1-0": (4, 10), "B-1-0": (3, 10)},
+        "ens": {"A-1-0": (1, 10), "B-1-0": (1, 10)},
+        "kd": {"A-1-0": (2, 10), "B-1-0": (1, 10)}, "ctl": {"A-1-0": (4, 10), "B-1-0": (1, 10)}})
+    r2 = _pooled_run(tmp_path / "r2", {
+        "s1": {"C-1-0": (6, 20)}, "s2": {"C-1-0": (2, 20)}, "ens": {"C-1-0": (1, 20)},
+        "kd": {"C-1-0": (0, 20)}, "ctl": {"C-1-0": (2, 20)}})
+    r3 = _pooled_run(tmp_path / "r3", {  # no control: left out of distilled - control
+        "s1": {"D-1-0": (5, 10)}, "s2": {"D-1-0": (5, 10)}, "ens": {"D-1-0": (5, 10)},
+        "kd": {"D-1-0": (9, 10)}})
+    runs = [(r, read_manifest(os.path.join(r, "systems.tsv"))) for r in (r1, r2, r3)]
+    kd = pooled_difference(runs, "distill", "control_matched|control", "wer", resamples=300)
+    # (2 + 1 + 0 - 4 - 1 - 2) / 40 words of the two runs with both
+    assert kd["runs"] == 2 and kd["speakers"] == 3 and kd["b"] == ["control"]
+    assert abs(kd["diff"] - 100.0 * (3 - 7) / 40) < 1e-9
+    assert kd["ci"][1] < 0 and kd["significant"]  # every draw has speaker C: a - b < 0
+    ens = pooled_difference(runs, "ensemble", "single", "wer", resamples=300)
+    # singles' mean counts: A 3, B 2, C 4, D 5; the ensemble: 1, 1, 1, 5 (50 words)
+    assert ens["runs"] == 3 and abs(ens["diff"] - 100.0 * (8 - 14) / 50) < 1e-9
+    assert pooled_difference(runs, "distill_train", "control", "wer") is None
+    assert pooled_difference(runs, "distill", "control", "frame_acc") is None  # not scored
+    rows = [(label, {"frame_acc": None, "wer": pooled_difference(runs, a, b, "wer", resamples=300)})
+            for label, a, b in POOLED_COMPARISONS]
+    table = pooled_table(rows)
+    assert "| distilled - control | 2 | 3 | - | -10.00 [" in table
+    assert "train-only" not in table  # no run has that student

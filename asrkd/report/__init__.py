@@ -42,9 +42,11 @@ import os
 
 from asrkd.bootstrap import DEFAULT_RESAMPLES
 from asrkd.errors import UserError
-from asrkd.report.artefacts import MANIFEST, find_test_sets, read_manifest, read_timings
-from asrkd.report.render import plot_curves, plot_systems, render_markdown, runs_table
-from asrkd.report.statistics import collect
+from asrkd.report.artefacts import (MANIFEST, METRICS, find_test_sets, read_manifest,
+                                    read_timings)
+from asrkd.report.render import (POOLED_COMPARISONS, plot_curves, plot_systems,
+                                 pooled_table, render_markdown, runs_table)
+from asrkd.report.statistics import collect, pooled_difference
 from asrkd.table import atomic_path
 
 
@@ -98,8 +100,12 @@ def write_report(exp_dir, test_sets=None, manifest=None, data_root=None,
     return res
 
 
-def compare_runs(exp_dirs, names=None):
-    """The runs_table of EXP_DIR/results.json for each dir (name: the dir's name, or ``names``)."""
+def compare_runs(exp_dirs, names=None, pooled=False, test_set="test"):
+    """The runs_table of EXP_DIR/results.json for each dir (name: the dir's name, or ``names``).
+
+    ``pooled``: a second table, the claims' paired differences pooled over the runs' test
+    speakers (statistics.pooled_difference, from each run's manifest and decode dirs).
+    """
     runs = []
     for i, d in enumerate(exp_dirs):
         path = os.path.join(d, "results.json")
@@ -108,4 +114,11 @@ def compare_runs(exp_dirs, names=None):
         with open(path) as f:
             res = json.load(f)
         runs.append((names[i] if names else os.path.basename(os.path.normpath(d)), res))
-    return runs_table(runs)
+    out = runs_table(runs)
+    if pooled:
+        manifests = [(d, read_manifest(os.path.join(d, MANIFEST))) for d in exp_dirs]
+        rows = [(label, {m: pooled_difference(manifests, a, b, m, test_set) for m in METRICS})
+                for label, a, b in POOLED_COMPARISONS]
+        out += ("\nPooled over the runs' test speakers (each run's speakers drawn within it: "
+                "the speakers' noise, not the models'):\n\n" + pooled_table(rows))
+    return out

@@ -408,3 +408,26 @@ def runs_table(runs):
         cells = [_run_cell(by_key, key, what) for _, key, what in RUN_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# The pooled comparisons of several runs (`compare-runs --pooled`): the claims of RUN_COLUMNS
+POOLED_COMPARISONS = (
+    ("ensemble - single", "ensemble", "single"),
+    ("distilled - control", "distill", "control_matched|control"),
+    ("train-only distilled - control", "distill_train", "control"),
+)
+
+
+def pooled_table(pooled):
+    """Markdown table of pooled paired differences: ``pooled`` is [(label, {metric: result of
+    statistics.pooled_difference or None})]."""
+    lines = ["| comparison (pooled) | runs | speakers | frame acc (points) | WER (points) |",
+             "|---|---:|---:|---:|---:|"]
+    for label, by_metric in pooled:
+        any_r = next((r for r in by_metric.values() if r), None)
+        if any_r is None:
+            continue
+        cells = [_fmt_diff(by_metric.get(metric)) for metric in ("frame_acc", "wer")]
+        lines.append(f"| {label} | {any_r['runs']} | {any_r['speakers']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

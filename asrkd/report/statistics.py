@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from asrkd.bootstrap import DEFAULT_RESAMPLES, SpeakerBootstrap, excludes_zero, interval
+from asrkd.bootstrap import (DEFAULT_RESAMPLES, DEFAULT_SEED, SpeakerBootstrap, excludes_zero,
+                             interval)
 from asrkd.errors import UserError
 from asrkd.report.artefacts import (METRICS, count_params, model_dir, read_acwt, read_curve,
                                     read_decode_setup, read_distill_info, read_frame_acc,
@@ -215,3 +216,65 @@ def _share(row, base, ens, by_key, metric):
     with np.errstate(divide="ignore", invalid="ignore"):
         draws = 100.0 * (s[0] - s[1]) / (s[2] - s[3])
     return point, _ci(draws)
+
+
+def pooled_difference(runs, a, b, metric, test_set="test", resamples=DEFAULT_RESAMPLES):
+    """Paired difference a - b of ``metric`` pooled over several runs' test speakers.
+
+    ``runs``: [(exp_dir, [System])]; ``a``, ``b``: system keys, each may be "x|y" (the first
+    the run has) and "single" is the mean of the run's single models (per speaker, their mean
+    counts). Each run is resampled over its own speakers (a bootstrap per run, drawn within it:
+    the speakers' noise, not the models'); a draw's figure is the ratio of the counts summed
+    over every run. Runs without both systems are left out. Returns {"diff", "ci",
+    "significant", "runs", "speakers", "a", "b"} or None when no run has both.
+    """
+    draws, tot, speakers, used = None, np.zeros(4), 0, set()
+    for i, (exp_dir, systems) in enumerate(runs):
+        ka, ca = _pooled_counts(exp_dir, systems, a, metric, test_set)
+        kb, cb = _pooled_counts(exp_dir, systems, b, metric, test_set)
+        if ca is None or cb is None:
+            continue
+        if set(ca) != set(cb):
+            raise UserError(f"{exp_dir}: {ka} and {kb} are scored on different speakers")
+        boot = SpeakerBootstrap(ca, resamples, seed=DEFAULT_SEED + i)
+        arr = np.array([(ca[k][0], cb[k][0], ca[k][1], cb[k][1]) for k in boot.speakers])
+        run_draws = boot.weights @ arr  # (B, 4): this run's resampled counts of a and b
+        draws = run_draws if draws is None else draws + run_draws
+        tot += arr.sum(axis=0)
+        speakers += len(boot.speakers)
+        used.add((ka, kb, i))
+    if draws is None:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        samples = 100.0 * (draws[:, 0] / draws[:, 2] - draws[:, 1] / draws[:, 3])
+    ci = _ci(samples)
+    return {"diff": 100.0 * (tot[0] / tot[2] - tot[1] / tot[3]), "ci": ci,
+            "significant": excludes_zero(ci), "runs": len(used), "speakers": speakers,
+            "a": sorted({k for k, _, _ in used}), "b": sorted({k for _, k, _ in used})}
+
+
+def _pooled_counts(exp_dir, systems, key, metric, test_set):
+    """(the key used, {speaker: (num, den)}) of one system of a run (the first of "x|y" it has;
+    "single": the singles' mean counts), or (key, None) when the run has none of them."""
+    by_key = {s.key: s for s in systems}
+    for k in key.split("|"):
+        chosen = [s for s in systems if s.kind == "single"] if k == "single" else \
+            [by_key[k]] if k in by_key else []
+        per = [read_per_utt(os.path.join(model_dir(exp_dir, s), "decode_" + test_set), metric)
+               for s in chosen]
+        per = [p for p in per if p]
+        if not per:
+            continue
+        counts = []
+        for p in per:
+            c = {}
+            for utt, (n, d) in p.items():
+                spk = utt.split("-")[0]
+                c[spk] = (c.get(spk, (0, 0))[0] + n, c.get(spk, (0, 0))[1] + d)
+            counts.append(c)
+        spks = set(counts[0])
+        if any(set(c) != spks for c in counts):
+            raise UserError(f"{exp_dir}: the single models are scored on different speakers")
+        return k, {s: (np.mean([c[s][0] for c in counts]), np.mean([c[s][1] for c in counts]))
+                   for s in spks}
+    return key, None

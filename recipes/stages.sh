@@ -192,18 +192,17 @@ decode_grid() {  # NJ SYSTEM...: grid-only decodes of dev and of every test set,
   done
 }
 choose_acwt() {  # SYSTEM...: the scale of each (or, shared, of all) chosen on dev and applied
-  local m t apply= devs=
+  local m t apply all= devs=
   for m in "$@"; do
+    apply=
+    for t in $tests; do [ $t = $dev ] || apply="$apply --apply $m/decode_$t"; done
     if [ "$acwt_choice" = shared ]; then
-      for t in $tests; do [ $t = $dev ] || apply="$apply --apply $m/decode_$t"; done
-      devs="$devs $m/decode_$dev"
+      devs="$devs $m/decode_$dev" all="$all$apply"
     else  # the dev decode dir keeps the system's own choice (best_acwt, acwt_wers, acwt_edge)
-      apply=
-      for t in $tests; do [ $t = $dev ] || apply="$apply --apply $m/decode_$t"; done
       asrkd choose-acwt $m/decode_$dev $m/decode_$dev $apply
     fi
   done
-  [ "$acwt_choice" != shared ] || [ -z "$devs" ] || asrkd choose-acwt $acwt_dnn $devs $apply
+  [ -z "$devs" ] || asrkd choose-acwt $acwt_dnn $devs $all
 }
 decode_dnn() {  # NJ SYSTEM...: decode_grid, then each system's scale (or stage 13's shared one)
   local nj=$1 t m apply=; shift

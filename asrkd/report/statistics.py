@@ -222,7 +222,7 @@ def pooled_difference(runs, a, b, metric, test_set="test", resamples=DEFAULT_RES
     """Paired difference a - b of ``metric`` pooled over several runs' test speakers.
 
     ``runs``: [(exp_dir, [System])]; ``a``, ``b``: system keys, each may be "x|y" (the first
-    the run has) and "single" is the mean of the run's single models (per speaker, their mean
+    the run has) and "single" is the mean of the run's single models (per utterance, their mean
     counts). Each run is resampled over its own speakers (a bootstrap per run, drawn within it:
     the speakers' noise, not the models'); a draw's figure is the ratio of the counts summed
     over every run. Runs without both systems are left out. Returns {"diff", "ci",
@@ -230,14 +230,15 @@ def pooled_difference(runs, a, b, metric, test_set="test", resamples=DEFAULT_RES
     """
     draws, tot, speakers, used = None, np.zeros(4), 0, set()
     for i, (exp_dir, systems) in enumerate(runs):
-        ka, ca = _pooled_counts(exp_dir, systems, a, metric, test_set)
-        kb, cb = _pooled_counts(exp_dir, systems, b, metric, test_set)
-        if ca is None or cb is None:
+        ka, pa = _pooled_per_utt(exp_dir, systems, a, metric, test_set)
+        kb, pb = _pooled_per_utt(exp_dir, systems, b, metric, test_set)
+        if pa is None or pb is None:
             continue
-        if set(ca) != set(cb):
-            raise UserError(f"{exp_dir}: {ka} and {kb} are scored on different speakers")
-        boot = SpeakerBootstrap(ca, resamples, seed=DEFAULT_SEED + i)
-        arr = np.array([(ca[k][0], cb[k][0], ca[k][1], cb[k][1]) for k in boot.speakers])
+        u2s = read_utt2spk(None, test_set, set(pa) | set(pb))
+        boot = SpeakerBootstrap(set(u2s.values()), resamples, seed=DEFAULT_SEED + i)
+        (na, da), (nb, db) = (boot.per_speaker(p, u2s, what=f"{exp_dir}: {k}")
+                              for k, p in ((ka, pa), (kb, pb)))
+        arr = np.stack([na, nb, da, db], axis=1)
         run_draws = boot.weights @ arr  # (B, 4): this run's resampled counts of a and b
         draws = run_draws if draws is None else draws + run_draws
         tot += arr.sum(axis=0)
@@ -253,8 +254,8 @@ def pooled_difference(runs, a, b, metric, test_set="test", resamples=DEFAULT_RES
             "a": sorted({k for k, _, _ in used}), "b": sorted({k for _, k, _ in used})}
 
 
-def _pooled_counts(exp_dir, systems, key, metric, test_set):
-    """(the key used, {speaker: (num, den)}) of one system of a run (the first of "x|y" it has;
+def _pooled_per_utt(exp_dir, systems, key, metric, test_set):
+    """(the key used, {utt: (num, den)}) of one system of a run (the first of "x|y" it has;
     "single": the singles' mean counts), or (key, None) when the run has none of them."""
     by_key = {s.key: s for s in systems}
     for k in key.split("|"):
@@ -265,16 +266,8 @@ def _pooled_counts(exp_dir, systems, key, metric, test_set):
         per = [p for p in per if p]
         if not per:
             continue
-        counts = []
-        for p in per:
-            c = {}
-            for utt, (n, d) in p.items():
-                spk = utt.split("-")[0]
-                c[spk] = (c.get(spk, (0, 0))[0] + n, c.get(spk, (0, 0))[1] + d)
-            counts.append(c)
-        spks = set(counts[0])
-        if any(set(c) != spks for c in counts):
-            raise UserError(f"{exp_dir}: the single models are scored on different speakers")
-        return k, {s: (np.mean([c[s][0] for c in counts]), np.mean([c[s][1] for c in counts]))
-                   for s in spks}
+        if any(set(p) != set(per[0]) for p in per):
+            raise UserError(f"{exp_dir}: the single models are scored on different utterances")
+        return k, {u: (np.mean([p[u][0] for p in per]), np.mean([p[u][1] for p in per]))
+                   for u in per[0]}
     return key, None

@@ -102,3 +102,36 @@ def test_dir_lists_the_lazy_top_level_names():
             "print('DNNAcousticModel' in d, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_dropout_rate_scale_seeding_and_eval():
+    from asrkd.models import Dropout
+    drop = Dropout(0.2)
+    x = torch.ones(512, 256)
+    torch.manual_seed(3)
+    a = drop(x)
+    kept = (a != 0).float().mean().item()
+    assert abs(kept - 0.8) < 0.005  # 131k draws: sd of the kept share 0.0011
+    assert torch.allclose(a[a != 0], torch.tensor(65536 / (65536 - 13107)))
+    assert abs(a.mean().item() - 1.0) < 0.01  # the expectation kept
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), a)  # the same torch seed, the same mask
+    assert not torch.equal(drop(x), a)  # the stream moves on
+    b = drop(torch.ones(4, 3, 5))
+    assert b.shape == (4, 3, 5)
+    drop.eval()
+    assert drop(x) is x
+    with pytest.raises(UserError):
+        Dropout(1.0)
+
+
+def test_dropout_gradient_is_the_mask():
+    from asrkd.models import Dropout
+    drop = Dropout(0.5)
+    x = torch.randn(64, 32, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    y.sum().backward()
+    keep = (y.detach() != 0)
+    assert torch.allclose(x.grad[keep], torch.tensor(2.0))
+    assert (x.grad[~keep] == 0).all()

@@ -270,13 +270,20 @@ dnn_systems() {
 if stage 13 "hybrid decoding of every DNN system (dev and test, frame accuracy); acoustic scales chosen on dev ($acwt_choice)"; then
   # two processes of one job each: both cores busy whatever the number of systems; one torch
   # thread each (their forward passes, adjust-priors' too: the same bits as with two threads,
-  # measured, and no threads competing for the cores)
+  # measured, and no threads competing for the cores); each process chooses its systems' own
+  # scales as it goes (--acwt-choice shared: one choice over all of them at the end)
   todo=($(undecoded $(dnn_systems)))
+  done_before=$(for m in $(dnn_systems); do [[ " ${todo[*]} " == *" $m "* ]] || echo $m; done)
   half=$(( (${#todo[@]} + 1) / 2 ))
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_a.log decode_grid 1 ${todo[@]:0:$half}
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_b.log decode_grid 1 ${todo[@]:$half}
+  job=decode_dnn; [ "$acwt_choice" = system ] || job=decode_grid
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_a.log $job 1 ${todo[@]:0:$half}
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_b.log $job 1 ${todo[@]:$half}
   wait_bg
-  choose_acwt $(dnn_systems)
+  if [ "$acwt_choice" = system ]; then
+    choose_acwt $done_before  # systems decoded by an earlier run of this stage
+  else
+    choose_acwt $(dnn_systems)
+  fi
   stage_done 13
 fi
 

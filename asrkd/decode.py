@@ -8,12 +8,11 @@ runs asrkd.lattice's search at one acoustic scale; every other scale is read off
 The acoustic scale (= 1 / LM weight, as Kaldi's score.sh sweeps LM weights) is chosen on a dev
 set: per system (a grid decode: ``decode_dir/best_acwt``, per-value WERs in
 ``decode_dir/acwt_<v>/wer``, reused for test with ``--acwt-from``), or one scale for several
-systems (``grid_only`` decodes of dev and test, then ``choose_acwt`` on the dev decodes pools
-their errors and applies the chosen value to every decode dir).
+systems (``grid_only`` decodes of dev and test, then asrkd.acwt's ``choose_acwt`` on the dev
+decodes pools their errors and applies the chosen value to every decode dir).
 """
 
 import gzip
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from asrkd import gmm, lattice
+from asrkd.acwt import (MAX_WIDEN, best_of_grid, clear_choice, continuations, fmt_acwt,
+                        read_best_acwt, widened, write_choice, write_values)
 from asrkd.data import DataDir
-from asrkd.decodeconf import record_dev_decode
 from asrkd.errors import CORRUPT, UserError, reading
 from asrkd.finite import check_finite
 from asrkd.graph import hclg_tree_id
@@ -122,61 +122,47 @@ def cached_graph(graph_dir):
     return _GRAPHS[key][1]
 
 
-def _decode_job(graph_dir, scorer_key, utts, decode_acwt, acwts, decoder, lat_path):
-    """Decode ``utts`` once at ``decode_acwt`` and return {acwt: {utt: words}} for every value
-    of ``acwts`` (best paths of each lattice); lattices to ``lat_path`` (gzip text) if given."""
+def _scores_and_best(scorer, utt):
+    """(the scorer's log-likelihoods of utt, its best pdf per frame: the argmax of a DNN's
+    posteriors or of a GMM's log-likelihoods, as asrkd.score.frame_accuracy takes it)."""
+    if hasattr(scorer, "log_posteriors"):
+        lp = scorer.log_posteriors(utt)
+        return scorer.pseudo_loglikes(lp), lp.argmax(-1).astype(np.int32)
+    ll = scorer(utt)
+    return ll, np.asarray(ll).argmax(-1).astype(np.int32)
+
+
+def _decode_job(graph_dir, scorer_key, utts, decode_acwt, acwts, decoder, lat_path, keep_best):
+    """Decode ``utts`` once at ``decode_acwt``; return ({acwt: {utt: words}} for every value of
+    ``acwts`` (best paths of each lattice), {utt: best pdf per frame} if ``keep_best`` else
+    None); lattices to ``lat_path`` (gzip text) if given."""
     graph, tm, words = cached_graph(graph_dir)
     scorer = _SCORERS[scorer_key]
-    out = {a: {} for a in acwts}
+    out, best = {a: {} for a in acwts}, ({} if keep_best else None)
     f = gzip.open(lat_path, "wt") if lat_path else None
     try:
         for u in utts:
-            lat = decode_lattice(graph, tm, scorer(u), decode_acwt, decoder, utt=u)
+            if keep_best:
+                ll, best[u] = _scores_and_best(scorer, u)
+            else:
+                ll = scorer(u)
+            lat = decode_lattice(graph, tm, ll, decode_acwt, decoder, utt=u)
             if lat is not None and f is not None:
                 lattice.write_kaldi_text(f, u, lat)
             for a in acwts:
                 ids = lat.words(a) if lat is not None else []
                 out[a][u] = " ".join(words[i] for i in ids)
                 if not ids:
-                    print(f"{u}: acwt {_fmt(a)}: no output")
+                    print(f"{u}: acwt {fmt_acwt(a)}: no output")
     finally:
         if f is not None:
             f.close()
-    return out
-
-
-def _fmt(a):
-    return f"{a:g}"
-
-
-MAX_WIDEN = 4  # grid values added beyond an edge before giving up (each is one more decode)
-
-
-def _widened(grid, best):
-    """The next acoustic scale beyond ``best`` when it is an edge of ``grid`` (same ratio as the
-    step to its neighbour: a geometric continuation), else None."""
-    g = sorted(grid)
-    if best == g[0]:
-        return g[0] * g[0] / g[1]
-    if best == g[-1]:
-        return g[-1] * g[-1] / g[-2]
-    return None
-
-
-def _continuations(grid):
-    """The values widening may try: MAX_WIDEN beyond each edge, each a step of the ratio of the
-    edge to its neighbour (a geometric continuation)."""
-    g = sorted(grid)
-    if len(g) < 2:
-        return []
-    lo, hi = g[0] / g[1], g[-1] / g[-2]
-    return [g[0] * lo ** k for k in range(1, MAX_WIDEN + 1)] + [
-        g[-1] * hi ** k for k in range(1, MAX_WIDEN + 1)]
+    return out, best
 
 
 def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, lattice_beam=8.0,
                     max_active=7000, ref_text=None, widen=True, write_lattices=False,
-                    grid_only=False):
+                    grid_only=False, keep_best=False):
     """Decode ``utts`` with ``scorer`` over graph_dir/HCLG.fst; write decode_dir/hyp.txt.
 
     Each utterance is searched once, at ``acwt`` (a grid: its middle value), into a lattice
@@ -200,6 +186,9 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     try is written and (given ``ref_text``) scored in decode_dir/acwt_<v>/, listed in
     decode_dir/acwt_values ("value WER errors words"); no hyp.txt until ``apply_acwt`` (a scale
     chosen elsewhere, e.g. on dev by ``choose_acwt``). Returns "acwt": None.
+
+    ``keep_best``: the result's "best_pdfs" is {utt: the best pdf of each frame} from the same
+    forward pass (asrkd.score.frame_accuracy takes it: no second pass for frame accuracy).
     """
     decoder = make_decoder(None, beam, lattice_beam, max_active)
     grid = [float(a) for a in (acwt if isinstance(acwt, (list, tuple)) else [acwt])]
@@ -214,189 +203,73 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
     key = id(scorer)
     _SCORERS[key] = scorer
     decode_acwt = sorted(grid)[len(grid) // 2]
-    values = grid + (_continuations(grid) if widen and len(grid) > 1 else [])
+    values = grid + (continuations(grid) if widen and len(grid) > 1 else [])
     chunks = [c for c in split_evenly(utts, max(1, min(nj, len(utts)))) if c]
     lat_paths = [os.path.join(decode_dir, f"lat.{i}.gz") if write_lattices else None
                  for i in range(1, len(chunks) + 1)]
     try:
-        res = run_jobs(_decode_job, [(graph_dir, key, c, decode_acwt, values, decoder, p)
-                                     for c, p in zip(chunks, lat_paths)],
+        res = run_jobs(_decode_job, [(graph_dir, key, c, decode_acwt, values, decoder, p,
+                                      keep_best) for c, p in zip(chunks, lat_paths)],
                        nj, os.path.join(decode_dir, "log"), "decode", threads_per_job=1)
     finally:
         _SCORERS.pop(key, None)
     hyps, results = {a: {} for a in values}, {}
-    for r in res:
+    best_pdfs = {} if keep_best else None
+    for r, b in res:
         for a in values:
             hyps[a].update(r[a])
+        if keep_best:
+            best_pdfs.update(b)
     if write_lattices:
         with atomic_path(os.path.join(decode_dir, "lat_acwt")) as tmp, open(tmp, "w") as f:
-            f.write(f"{_fmt(decode_acwt)}\n")
+            f.write(f"{fmt_acwt(decode_acwt)}\n")
 
     def scored(a):  # acwt_<a>/hyp.txt, and its scores given the reference
-        d = os.path.join(decode_dir, f"acwt_{_fmt(a)}")
+        d = os.path.join(decode_dir, f"acwt_{fmt_acwt(a)}")
         write_table(os.path.join(d, "hyp.txt"), hyps[a])
         if ref_text is not None:
             results[a] = score(ref_text, os.path.join(d, "hyp.txt"), d)
 
     if grid_only:
-        _clear_choice(decode_dir)
+        clear_choice(decode_dir)
         values = sorted(values)
         for a in values:
             scored(a)
         if ref_text is not None:
-            _write_values(decode_dir, values, results)
-        return {"acwt": None, "wer": results, "grid": values, "decode_acwt": decode_acwt}
+            write_values(decode_dir, values, results)
+        return {"acwt": None, "wer": results, "grid": values, "decode_acwt": decode_acwt,
+                "best_pdfs": best_pdfs}
     best = grid[0]
     if len(grid) > 1:
         for a in grid:
             scored(a)
-        best = _best(grid, results)
+        best = best_of_grid(grid, results)
         for _ in range(MAX_WIDEN if widen else 0):
-            nxt = _widened(grid, best)
+            nxt = widened(grid, best)
             if nxt is None or len({results[a]["wer"] for a in grid}) == 1:
                 break
             nxt = min(values, key=lambda v: abs(v - nxt))  # the same value, as computed
-            print(f"decode: best acoustic scale {_fmt(best)} is at the edge of the grid; "
-                  f"trying {_fmt(nxt)}", file=sys.stderr)
+            print(f"decode: best acoustic scale {fmt_acwt(best)} is at the edge of the grid; "
+                  f"trying {fmt_acwt(nxt)}", file=sys.stderr)
             grid.append(nxt)
             scored(nxt)
-            best = _best(grid, results)
+            best = best_of_grid(grid, results)
         grid.sort()
         edge = best in (grid[0], grid[-1]) and len({results[a]["wer"] for a in grid}) > 1
-        _write_choice(decode_dir, best, {a: results[a]["wer"] for a in grid}, edge)
-        print("acwt grid: " + ", ".join(f"{_fmt(a)}: {results[a]['wer']:.2f}%" for a in grid)
-              + f" -> best {_fmt(best)} (lattices searched at {_fmt(decode_acwt)})",
+        write_choice(decode_dir, best, {a: results[a]["wer"] for a in grid}, edge)
+        print("acwt grid: " + ", ".join(f"{fmt_acwt(a)}: {results[a]['wer']:.2f}%" for a in grid)
+              + f" -> best {fmt_acwt(best)} (lattices searched at {fmt_acwt(decode_acwt)})",
               file=sys.stderr)
         if edge:
-            print(f"decode: best acoustic scale {_fmt(best)} is still at the edge of the grid "
-                  f"{_fmt(grid[0])}-{_fmt(grid[-1])}", file=sys.stderr)
+            print(f"decode: best acoustic scale {fmt_acwt(best)} is still at the edge of the grid "
+                  f"{fmt_acwt(grid[0])}-{fmt_acwt(grid[-1])}", file=sys.stderr)
     write_table(os.path.join(decode_dir, "hyp.txt"), hyps[best])
     with atomic_path(os.path.join(decode_dir, "acwt")) as tmp, open(tmp, "w") as f:
-        f.write(f"{_fmt(best)}\n")
+        f.write(f"{fmt_acwt(best)}\n")
     if ref_text is not None:
         results[best] = score(ref_text, os.path.join(decode_dir, "hyp.txt"), decode_dir)
-    return {"acwt": best, "wer": results, "grid": grid, "decode_acwt": decode_acwt}
-
-
-def _write_values(decode_dir, values, results):
-    """decode_dir/acwt_values: "value WER errors words" for each scored value (what
-    choose_acwt reads)."""
-    with atomic_path(os.path.join(decode_dir, "acwt_values")) as tmp, open(tmp, "w") as f:
-        f.writelines(f"{_fmt(a)} {results[a]['wer']:.4f} "
-                     f"{results[a]['ins'] + results[a]['del'] + results[a]['sub']} "
-                     f"{results[a]['words']}\n" for a in values)
-
-
-def _write_choice(out_dir, best, wers, edge):
-    """best_acwt, acwt_wers ("value WER" per value) and acwt_edge ("edge" or "inside")."""
-    with atomic_path(os.path.join(out_dir, "best_acwt")) as tmp, open(tmp, "w") as f:
-        f.write(f"{_fmt(best)}\n")
-    with atomic_path(os.path.join(out_dir, "acwt_wers")) as tmp, open(tmp, "w") as f:
-        f.writelines(f"{_fmt(a)} {wers[a]:.2f}\n" for a in sorted(wers))
-    with atomic_path(os.path.join(out_dir, "acwt_edge")) as tmp, open(tmp, "w") as f:
-        f.write("edge\n" if edge else "inside\n")
-
-
-def _best(grid, results):
-    """The grid value of lowest WER; ties go to the value nearest 0.1 (Kaldi's usual scale)."""
-    return min(grid, key=lambda a: (results[a]["wer"], abs(a - 0.1)))
-
-
-def read_best_acwt(decode_dir):
-    path = os.path.join(decode_dir, "best_acwt")
-    if not os.path.isfile(path):
-        raise UserError(f"{decode_dir}: no best_acwt (decode the dev set with a grid first)")
-    with open(path) as f:
-        return float(f.read().split()[0])
-
-
-CHOICE_FILES = ("hyp.txt", "wer", "errors", "per_utt", "score.json", "missing", "acwt",
-                "acwt_from", "best_acwt", "acwt_wers", "acwt_edge")
-
-
-def _clear_choice(decode_dir, keep=()):
-    """Remove what an earlier choice of scale left in decode_dir (its hyp.txt, scores, acwt)."""
-    for name in CHOICE_FILES:
-        if name in keep:
-            continue
-        p = os.path.join(decode_dir, name)
-        if os.path.isfile(p):
-            os.unlink(p)
-
-
-def read_acwt_values(decode_dir):
-    """{acwt: (errors, words)} of a ``grid_only`` decode (decode_dir/acwt_values)."""
-    path = os.path.join(decode_dir, "acwt_values")
-    if not os.path.isfile(path):
-        raise UserError(f"{decode_dir}: no acwt_values (decode it with --grid-only and its "
-                        "reference text)")
-    out = {}
-    with reading(path, "not a list of 'value WER errors words' lines"):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    v, _, err, words = line.split()
-                    out[float(v)] = (int(err), int(words))
-    return out
-
-
-def choose_acwt(out_dir, dev_dirs):
-    """One acoustic scale for several systems: the value of lowest summed word errors over the
-    ``grid_only`` dev decodes ``dev_dirs`` (ties: nearest 0.1), among the values every one of
-    them scored. Writes out_dir/best_acwt, acwt_wers (pooled WER per value), acwt_edge ("edge"
-    when the best is the lowest or highest value scored) and systems (the dev decode dirs).
-    Returns {"acwt", "wers": {value: pooled WER}, "edge": bool}."""
-    if not dev_dirs:
-        raise UserError("choose-acwt: no dev decode dirs to choose from")
-    tables = [read_acwt_values(d) for d in dev_dirs]
-    common = sorted(set.intersection(*(set(t) for t in tables)))
-    if not common:
-        raise UserError("choose-acwt: the dev decodes share no acoustic scale (decode them "
-                        "over the same grid)")
-    errors = {a: sum(t[a][0] for t in tables) for a in common}
-    words = {a: sum(t[a][1] for t in tables) for a in common}
-    wers = {a: 100.0 * errors[a] / max(1, words[a]) for a in common}
-    best = min(common, key=lambda a: (errors[a], abs(a - 0.1)))
-    edge = best in (common[0], common[-1]) and len(set(errors.values())) > 1
-    os.makedirs(out_dir, exist_ok=True)
-    _write_choice(out_dir, best, wers, edge)
-    with atomic_path(os.path.join(out_dir, "systems")) as tmp, open(tmp, "w") as f:
-        f.writelines(os.path.abspath(d) + "\n" for d in dev_dirs)
-    return {"acwt": best, "wers": wers, "edge": edge}
-
-
-def apply_acwt(acwt_dir, decode_dir, record=False):
-    """Make ``acwt_dir``'s best_acwt (choose_acwt's, or a dev grid decode's) ``decode_dir``'s
-    scale: a ``grid_only`` decode's acwt_<v>/ hypotheses and scores become decode_dir's
-    hyp.txt, wer, per_utt ..., decode_dir/acwt the value and decode_dir/acwt_from the dir it
-    came from. ``record`` (a dev set): the decoded model dir's decode.json (what `transcribe`
-    uses) gets the value and the decoder's beams (decode_dir/decoder.json). Returns the value."""
-    import shutil
-
-    acwt = read_best_acwt(acwt_dir)
-    src = os.path.join(decode_dir, f"acwt_{_fmt(acwt)}")
-    if not os.path.isfile(os.path.join(src, "hyp.txt")):
-        raise UserError(f"{decode_dir}: no hypotheses at acoustic scale {_fmt(acwt)} "
-                        f"({src}/hyp.txt): decode it with --grid-only over the dev decodes' grid")
-    own = os.path.abspath(acwt_dir) == os.path.abspath(decode_dir)  # a system's own dev choice
-    _clear_choice(decode_dir, keep=("best_acwt", "acwt_wers", "acwt_edge") if own else ())
-    for name in os.listdir(src):
-        if os.path.isfile(os.path.join(src, name)):
-            with atomic_path(os.path.join(decode_dir, name)) as tmp:
-                shutil.copyfile(os.path.join(src, name), tmp)
-    with atomic_path(os.path.join(decode_dir, "acwt")) as tmp, open(tmp, "w") as f:
-        f.write(f"{_fmt(acwt)}\n")
-    with atomic_path(os.path.join(decode_dir, "acwt_from")) as tmp, open(tmp, "w") as f:
-        f.write(os.path.abspath(acwt_dir) + "\n")
-    setup = os.path.join(decode_dir, "decoder.json")
-    if record and os.path.isfile(setup):
-        with reading(setup, "not the decoder's JSON record"):
-            with open(setup) as f:
-                d = json.load(f)
-        if d.get("model"):
-            record_dev_decode(d["model"], d["graph_dir"], decode_dir, acwt, d["beam"],
-                              d["lattice_beam"], d["max_active"])
-    return acwt
+    return {"acwt": best, "wer": results, "grid": grid, "decode_acwt": decode_acwt,
+            "best_pdfs": best_pdfs}
 
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,
@@ -434,7 +307,8 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
     res = decode_data_dir(graph_dir, scorer, utts, decode_dir,
                           acwt if acwt is not None else list(acwt_grid), nj=nj, beam=beam,
                           lattice_beam=lattice_beam, max_active=max_active, ref_text=ref,
-                          widen=widen, write_lattices=write_lattices, grid_only=grid_only)
+                          widen=widen, write_lattices=write_lattices, grid_only=grid_only,
+                          keep_best=ali_dir is not None and frame_acc_data is None)
     # what was searched, so that a scale chosen later (choose_acwt) can be recorded for MODEL
     write_json(os.path.join(decode_dir, "decoder.json"),
                {"model": os.path.abspath(model) if isinstance(model, (str, os.PathLike))
@@ -445,15 +319,16 @@ def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_
             f.write(f"{priors}\n")
     if grid_only:
         print(f"decode: {decode_dir}: {len(res['grid'])} acoustic scales "
-              f"{_fmt(res['grid'][0])}-{_fmt(res['grid'][-1])} written; none chosen "
+              f"{fmt_acwt(res['grid'][0])}-{fmt_acwt(res['grid'][-1])} written; none chosen "
               "(asrkd choose-acwt)", file=sys.stderr)
     elif ref is not None:
         w = res["wer"][res["acwt"]]
         print(f"decode: {decode_dir}: %WER {w['wer']:.2f} ({w['words']} words, acwt "
-              f"{_fmt(res['acwt'])})", file=sys.stderr)
+              f"{fmt_acwt(res['acwt'])})", file=sys.stderr)
     if ali_dir is not None:
         fa_data = data_dir if frame_acc_data is None else frame_acc_data
-        fa_scorer = scorer if frame_acc_data is None else make_scorer(model, fa_data)
+        # the decode's own forward pass, or one over the larger set
+        fa_scorer = res["best_pdfs"] if frame_acc_data is None else make_scorer(model, fa_data)
         unscored = []
         res["frame_acc"], counts = frame_accuracy(fa_scorer, fa_data, ali_dir, per_utt=True,
                                                   unscored=unscored)

@@ -275,4 +275,8 @@ class Scorer:
         return self.ensemble.log_posteriors(feats)
 
     def __call__(self, utt):
-        return (self.log_posteriors(utt) - self.log_prior).astype(np.float32)
+        return self.pseudo_loglikes(self.log_posteriors(utt))
+
+    def pseudo_loglikes(self, log_posteriors):
+        """log_posteriors (T, P) -> float32 (T, P) log-posteriors minus log-priors."""
+        return (log_posteriors - self.log_prior).astype(np.float32)

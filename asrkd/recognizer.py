@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asrkd.decode import cached_graph, decode_lattice, make_decoder, read_best_acwt
+from asrkd.acwt import read_best_acwt
+from asrkd.decode import cached_graph, decode_lattice, make_decoder
 from asrkd.decodeconf import (DEFAULT_BEAM, DEFAULT_LATTICE_BEAM, DEFAULT_MAX_ACTIVE,
                               read_decode_config)
 from asrkd.ensemble import resolve_checkpoints

@@ -15,6 +15,7 @@ utterance lists a score can be restricted to (``write_utt_list``/``read_utt_list
 import json
 import os
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -117,7 +118,8 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None,
 
     Accepts a model (nn.Module), checkpoint path(s) (an ensemble: mean of posteriors), or a
     scorer from ``make_scorer`` (its posteriors are used, not the prior-divided scores); any
-    other callable ``utt -> (T, P)`` is taken as is. With ``per_utt`` returns
+    other callable ``utt -> (T, P)`` is taken as is; a mapping ``utt -> (T,)`` gives the best pdf
+    of each frame already found (a decode's: asrkd.decode, keep_best). With ``per_utt`` returns
     ``(fraction, {utt: (correct, frames)})``, what a speaker bootstrap resamples. ``utts``:
     only these utterances of data_dir (e.g. a model's ``train_utts``); UserError if one is not
     in data_dir. Utterances without an alignment in ali_dir are not scored: their number is
@@ -134,7 +136,22 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None,
         scorer = [scorer.cpu().eval()]
     if isinstance(scorer, list):
         scorer = Scorer(scorer, FeatureReader(data_dir, cmvn=scorer[0].config.cmvn))
-    score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
+    if isinstance(scorer, Mapping):  # best pdfs already found
+        def best(utt):
+            if utt not in scorer:
+                raise UserError(f"{utt}: no best pdfs given for it")
+            return np.asarray(scorer[utt])
+    else:
+        score = scorer.log_posteriors if isinstance(scorer, Scorer) else scorer
+
+        def best(utt):
+            s = np.asarray(score(utt))
+            if s.shape[1] != num_pdfs:
+                # e.g. a monophone GMM against triphone alignments: different pdf sets
+                raise UserError(f"the model scores {s.shape[1]} pdfs but {ali_dir} has "
+                                f"{num_pdfs}: frame accuracy needs alignments of the model's "
+                                "own tree")
+            return s.argmax(-1)
     correct = total = 0
     counts = {}
     todo = DataDir(data_dir).utts
@@ -155,14 +172,10 @@ def frame_accuracy(model_or_scorer, data_dir, ali_dir, per_utt=False, utts=None,
         if utt not in pdf_scp:
             continue
         y = np.asarray(pdf_scp[utt])
-        s = np.asarray(score(utt))
-        if s.shape[1] != num_pdfs:
-            # e.g. a monophone GMM against triphone alignments: different pdf sets
-            raise UserError(f"the model scores {s.shape[1]} pdfs but {ali_dir} has {num_pdfs}: "
-                            "frame accuracy needs alignments of the model's own tree")
-        if s.shape[0] != y.shape[0]:
-            raise UserError(f"{utt}: {s.shape[0]} scored frames but {y.shape[0]} aligned")
-        counts[utt] = (int((s.argmax(-1) == y).sum()), len(y))
+        b = best(utt)
+        if b.shape[0] != y.shape[0]:
+            raise UserError(f"{utt}: {b.shape[0]} scored frames but {y.shape[0]} aligned")
+        counts[utt] = (int((b == y).sum()), len(y))
         correct += counts[utt][0]
         total += len(y)
     if total == 0:

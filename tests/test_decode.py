@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from asrkd.decode import decode_data_dir, decode_loglikes, read_best_acwt
+from asrkd.acwt import read_best_acwt
+from asrkd.decode import decode_data_dir, decode_loglikes
 from asrkd.errors import UserError
 from asrkd.gmm import load_gmm
 from asrkd.gmmtrain import train_mono, train_tri
@@ -202,7 +203,8 @@ def test_cli_decode_dnn_ensemble(setup, data_dirs):
         cfg = ModelConfig(feat_dim=13, num_pdfs=m.num_pdfs, left_context=2, right_context=2,
                           hidden_dims=[32])
         net = build_model(cfg)
-        net.pdf_counts.fill_(10)
+        # uneven priors: the best pdf of the posteriors is not that of the scaled scores
+        net.pdf_counts.copy_(torch.arange(1, m.num_pdfs + 1) ** 3)
         os.makedirs(ens / f"model{seed}")
         net.save(str(ens / f"model{seed}" / "final.pt"))
     graph = _word_loop_graph(lang, mono, str(root / "graph_dnn"))
@@ -210,6 +212,18 @@ def test_cli_decode_dnn_ensemble(setup, data_dirs):
     assert main(["decode", graph, dtest, str(ens), out, "--acwt", "0.1", "--nj", "2"]) == 0
     assert len(open(os.path.join(out, "hyp.txt")).read().splitlines()) == len(test.feats)
     assert os.path.isfile(os.path.join(out, "wer"))
+    # frame accuracy from the decode's own forward pass = a separate pass (frame-accuracy)
+    from asrkd.align import align
+
+    ali = str(root / "dnn_ali")
+    align(test, lang, mono, ali)
+    fa, sep = str(root / "dec_dnn_fa"), str(root / "fa_sep")
+    assert main(["decode", graph, dtest, str(ens), fa, "--acwt", "0.1", "--nj", "2",
+                 "--ali-dir", ali]) == 0
+    assert main(["frame-accuracy", dtest, ali, str(ens), sep]) == 0
+    per_utt = open(os.path.join(fa, "frame_acc_per_utt")).read()
+    assert len(per_utt.splitlines()) == len(test.feats) + 1
+    assert per_utt == open(os.path.join(sep, "frame_acc_per_utt")).read()
     # several models in one run (--also): each gets what a run of its own would give
     one, two = str(root / "dec_m1"), str(root / "dec_m2")
     assert main(["decode", graph, dtest, str(ens / "model1"), one, "--acwt", "0.1",
@@ -258,7 +272,7 @@ def test_one_scale_for_several_systems(setup, tmp_path):
     """Known answer: grid-only decodes choose nothing; choose_acwt picks the value of least
     summed dev errors (here two systems whose own optima differ), and applying it makes each
     decode dir's hypotheses those of that value, the same as a decode at that fixed scale."""
-    from asrkd.decode import apply_acwt, choose_acwt, read_acwt_values
+    from asrkd.acwt import apply_acwt, choose_acwt, read_acwt_values
 
     root, train, test, lang, mono, tri, ref = setup
     utts = list(test.feats)
@@ -301,7 +315,7 @@ def test_a_system_chooses_its_own_scale_into_its_dev_dir(setup, tmp_path):
     """choose-acwt with a system's own dev dir as OUT: its choice stays there (best_acwt,
     acwt_wers, acwt_edge) after the dir itself gets the scale; the test dir gets the same."""
     from asrkd.cli import main
-    from asrkd.decode import read_acwt_values
+    from asrkd.acwt import read_acwt_values
 
     root, train, test, lang, mono, tri, ref = setup
     graph = _word_loop_graph(lang, tri, str(root / "graph_own"))

@@ -17,7 +17,7 @@ DEV_DECODE_DIR), OUT_DIR's earlier choice is applied.
 
 import sys
 
-from asrkd.decode import apply_acwt, choose_acwt
+from asrkd.acwt import apply_acwt, choose_acwt
 
 
 def add_arguments(parser):

@@ -298,25 +298,41 @@ done:
   return lat;
 }
 
-/* Backward costs of every token (beta), within-frame epsilon links relaxed to convergence. */
+/* Backward costs of every token (beta), within-frame epsilon links relaxed to convergence.
+ * One pass over a frame's tokens from last to first takes every link; a link to a later token
+ * (or the next frame) reads a final beta, so it is exact unless a link goes back to an earlier
+ * token of the frame. Then only the tokens with links within the frame (listed in `intra`,
+ * scratch of the frame's size) are relaxed again over those links until nothing changes: the
+ * other links' betas are final after the first pass. */
 static void backward(Search *s, const int64_t *fs, int32_t nframes, const float *fin,
-                     float *beta) {
+                     float *beta, int32_t *intra) {
   Store *st = s->st;
   for (int32_t t = nframes; t >= 0; t--) {
-    for (int64_t k = fs[t]; k < fs[t + 1]; k++) beta[k] = t == nframes ? fin[k - fs[t]] : INF_COST;
-    /* tokens from last to first: a link to a later token (or the next frame) reads a final
-     * beta, so one pass is exact unless a link goes back to an earlier token of the frame */
-    for (int pass = 0; pass < 1000; pass++) {
-      int changed = 0, back = 0;
-      for (int64_t k = fs[t + 1] - 1; k >= fs[t]; k--) {
+    int64_t lo = fs[t], hi = fs[t + 1], nintra = 0;
+    int back = 0;
+    for (int64_t k = lo; k < hi; k++) beta[k] = t == nframes ? fin[k - lo] : INF_COST;
+    for (int64_t k = hi - 1; k >= lo; k--) {
+      int in_frame = 0;
+      for (int32_t l = st->tok[k].links; l >= 0; l = st->link[l].next) {
+        Link *x = &st->link[l];
+        if (x->dst < hi && x->dst >= lo) { in_frame = 1; if (x->dst < k) back = 1; }
+        float c = x->graph + x->ac + beta[x->dst];
+        if (c < beta[k]) beta[k] = c;
+      }
+      if (in_frame) intra[nintra++] = (int32_t)k;
+    }
+    for (int pass = 0; back && pass < 1000; pass++) {
+      int changed = 0;
+      for (int64_t i = 0; i < nintra; i++) {
+        int32_t k = intra[i];
         for (int32_t l = st->tok[k].links; l >= 0; l = st->link[l].next) {
           Link *x = &st->link[l];
-          if (x->dst < k && x->dst >= fs[t]) back = 1;
+          if (x->dst >= hi || x->dst < lo) continue;
           float c = x->graph + x->ac + beta[x->dst];
           if (c < beta[k]) { beta[k] = c; changed = 1; }
         }
       }
-      if (!changed || !back) break;
+      if (!changed) break;
     }
   }
 }
@@ -342,7 +358,7 @@ static Lattice *make_lattice(Search *s, const int64_t *fs, int32_t nframes,
     if (isfinite(fin[k])) any_final = 1;
   }
   if (!any_final) for (int64_t k = 0; k < nlast; k++) fin[k] = 0.0f; /* partial output */
-  backward(s, fs, nframes, fin, beta);
+  backward(s, fs, nframes, fin, beta, order); /* order: scratch until filled below */
   float best = st->tok[0].cost + beta[0];
   if (!isfinite(best)) goto fail;
   float limit = best + lattice_beam;

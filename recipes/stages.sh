@@ -5,7 +5,9 @@
 # Optional: $transfer, a prepared data set without alignments (unlabeled audio) that the
 # students are distilled on besides $train (the paper's transfer set; empty: $train only);
 # $wer_speakers (> 0: only the first N speakers of each test set are decoded for WER, frame
-# accuracy is measured on all of them: a forward pass is cheap, decoding is not).
+# accuracy is measured on all of them: a forward pass is cheap, decoding is not); $wer_singles
+# (> 0: only the first N single models are decoded, on dev and test, for WER; every one is
+# measured in frame accuracy on the test sets).
 # Optional studies after the report (off when empty / 0): $temperatures (stage 16, a student at
 # each T), $small_fraction (stage 17, the paper's table 5: hard vs soft targets on that share of
 # the training utterances).
@@ -20,7 +22,7 @@ decode_opts="--nj $nj --beam $beam --max-active $max_active --lattice-beam 8"
 # The students' data: $train, plus the transfer set when there is one.
 transfer=${transfer:-}
 kd_train=$train; [ -z "$transfer" ] || kd_train=${train}_${transfer}
-wer_speakers=${wer_speakers:-0}
+wer_speakers=${wer_speakers:-0} wer_singles=${wer_singles:-0}
 temperatures=${temperatures:-} small_fraction=${small_fraction:-0}
 small_data_conf=${small_data_conf:-$dnn_conf}
 # wer_set T: the data dir name decoded for WER on test set T (T itself, or its first speakers)
@@ -88,27 +90,35 @@ if stage 7 "forced alignment of train/dev/test with the triphone system"; then
   stage_done 7
 fi
 
-if stage 8 "decoding graphs (HCLG) for the monophone and triphone systems"; then
-  for m in mono tri; do
-    run_bg $exp/$m/log/make_graph.log asrkd make-graph $data/lang $exp/$m $lm $exp/$m/graph
+# The GMM systems, each its own acoustic scale chosen on dev (a grid, widened past an edge) and
+# applied to the test sets; frame accuracy only for the triphone system: its tree is the
+# alignments'. gmm_decode SYSTEM NJ
+gmm_decode() {
+  local m=$1 nj=$2 t fa=
+  [ $m = tri ] && fa="--ali-dir $exp/tri_ali_$dev"
+  $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-grid $gmm_acwt_grid $fa \
+    $exp/$m/graph $data/${dev}_mfcc $exp/$m $exp/$m/decode_$dev
+  for t in $tests; do
+    [ $t != $dev ] || continue   # dev is already decoded (with its best scale)
+    fa=; [ $m = tri ] && fa="--ali-dir $exp/tri_ali_$t --frame-acc-data $data/${t}_mfcc"
+    $asrkd_cmd asrkd decode $decode_opts --nj $nj --acwt-from $exp/$m/decode_$dev $fa \
+      $exp/$m/graph $data/$(wer_set $t)_mfcc $exp/$m $exp/$m/decode_$t
   done
+}
+
+if stage 8 "decoding graphs (HCLG); the monophone system decoded as soon as its graph is built"; then
+  # the triphone graph takes longest: the monophone system's graph and its decoding (stage 9's
+  # part for it) run on the other core meanwhile
+  mono_job() { asrkd make-graph $data/lang $exp/mono $lm $exp/mono/graph && gmm_decode mono 1; }
+  run_bg $exp/tri/log/make_graph.log asrkd make-graph $data/lang $exp/tri $lm $exp/tri/graph
+  run_bg $exp/mono/log/make_graph.log mono_job
   wait_bg
   stage_done 8
 fi
 
-if stage 9 "GMM decoding: each system's acoustic scale chosen on dev, applied to test"; then
-  # frame accuracy only for the triphone system: its tree is the alignments'
-  $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid --ali-dir $exp/tri_ali_$dev \
-    $exp/tri/graph $data/${dev}_mfcc $exp/tri $exp/tri/decode_$dev
-  $asrkd_cmd asrkd decode $decode_opts --acwt-grid $gmm_acwt_grid \
-    $exp/mono/graph $data/${dev}_mfcc $exp/mono $exp/mono/decode_$dev
-  for t in $tests; do
-    [ $t != $dev ] || continue   # dev is already decoded (with its best scale)
-    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/tri/decode_$dev --ali-dir $exp/tri_ali_$t \
-      --frame-acc-data $data/${t}_mfcc $exp/tri/graph $data/$(wer_set $t)_mfcc $exp/tri $exp/tri/decode_$t
-    $asrkd_cmd asrkd decode $decode_opts --acwt-from $exp/mono/decode_$dev \
-      $exp/mono/graph $data/$(wer_set $t)_mfcc $exp/mono $exp/mono/decode_$t
-  done
+if stage 9 "GMM decoding: the triphone system's acoustic scale chosen on dev, applied to test"; then
+  gmm_decode tri $nj
+  [ -f $exp/mono/decode_$dev/best_acwt ] || gmm_decode mono $nj   # (stage 8 decodes it)
   stage_done 9
 fi
 
@@ -138,6 +148,22 @@ fi
 # averaged posteriors want a larger scale than a model trained on hard targets); with
 # --acwt-choice shared, one scale for all of them, the least summed dev errors.
 teacher_systems() { echo $(ls -d $exp/teachers/model* | sort -V) $exp/teachers; }
+# singles_split WHICH: the single models decoded for WER (decoded: the first $wer_singles, all
+# when 0) or the others (frame_only: frame accuracy on the test sets, a forward pass)
+singles_split() {
+  local all=($(ls -d $exp/teachers/model* | sort -V)) n=$wer_singles
+  { [ "$n" -gt 0 ] && [ "$n" -lt ${#all[@]} ]; } || n=${#all[@]}
+  if [ "$1" = decoded ]; then echo ${all[@]:0:$n}; else echo ${all[@]:$n}; fi
+}
+frame_acc_only() {  # SYSTEM...: frame accuracy on each test set (MODEL/decode_T/frame_acc*)
+  local m t
+  for m in "$@"; do
+    for t in $tests; do
+      [ $t = $dev ] || [ -f $m/decode_$t/frame_acc ] || \
+        asrkd frame-accuracy $data/$t $exp/tri_ali_$t $m $m/decode_$t
+    done
+  done
+}
 # The control: the same-size student's model, schedule and regularisation on hard targets only,
 # so that distilled - control isolates the soft targets. Not needed when the student's recipe is
 # the teachers' (then the single models are the control).
@@ -261,9 +287,9 @@ if stage 12 "distillation: same-size and small students, the controls and the sm
   stage_done 12
 fi
 
-# dnn_systems: every DNN system of stage 12
+# dnn_systems: every DNN system decoded by stage 13
 dnn_systems() {
-  echo $(teacher_systems) $exp/distill $control $distill_train $control_matched \
+  echo $(singles_split decoded) $exp/teachers $exp/distill $control $distill_train $control_matched \
     $exp/student_small_kd $exp/student_small_hard
 }
 
@@ -276,8 +302,9 @@ if stage 13 "hybrid decoding of every DNN system (dev and test, frame accuracy);
   done_before=$(for m in $(dnn_systems); do [[ " ${todo[*]} " == *" $m "* ]] || echo $m; done)
   half=$(( (${#todo[@]} + 1) / 2 ))
   job=decode_dnn; [ "$acwt_choice" = system ] || job=decode_grid
+  decode_b() { $job 1 "$@"; frame_acc_only $(singles_split frame_only); }
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_a.log $job 1 ${todo[@]:0:$half}
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_b.log $job 1 ${todo[@]:$half}
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_b.log decode_b ${todo[@]:$half}
   wait_bg
   if [ "$acwt_choice" = system ]; then
     choose_acwt $done_before  # systems decoded by an earlier run of this stage

@@ -186,6 +186,12 @@ def _setup_notes(res):
     rows = res["systems"] + res["singles"]
     out = ["", "Updates / frames: optimizer updates and training frames over every epoch run "
            "(the mean single: one model's; the ensemble: all members')."]
+    agg = next((r for r in res["systems"] if r.get("key") == "single"), None)
+    if agg and agg.get("n_wer") and agg.get("n_frame_acc") and agg["n_wer"] < agg["n_frame_acc"]:
+        out.append(f"The single models: WER of the first {agg['n_wer']} of {agg['n_frame_acc']} "
+                   "(decoded on dev and test), frame accuracy of all of them; the mean single "
+                   "model's WER, its interval and the WER differences to it are over those "
+                   f"{agg['n_wer']}.")
     priors = sorted({r["priors"] for r in rows if r.get("priors")})
     if priors:
         out.append("DNN posteriors divided by: " + " and ".join(

@@ -135,11 +135,14 @@ def _single_rows(singles):
         agg["training"] = {k: round(sum(t[k] for t in trained) / len(trained))
                            for k in trained[0]}
     for metric in METRICS:
-        vals = [m[metric] for m in singles]
-        agg[metric], agg[metric + "_std"] = _mean_std(vals)
-        ok = [v for v in vals if v is not None]
+        # each metric over the singles that have it (the recipe's --wer-singles N: the first N
+        # decoded for WER, every one measured in frame accuracy)
+        have = [m for m in singles if m[metric] is not None]
+        agg[metric], agg[metric + "_std"] = _mean_std([m[metric] for m in have])
+        agg["n_" + metric] = len(have)
+        ok = [m[metric] for m in have]
         best[metric] = (max(ok) if metric == "frame_acc" else min(ok)) if ok else None
-        samp = [m.get("_samples", {}).get(metric) for m in singles]
+        samp = [m.get("_samples", {}).get(metric) for m in have]
         if samp and all(x is not None for x in samp):
             agg["_samples"][metric] = np.mean(samp, axis=0)
             agg[metric + "_ci"] = _ci(agg["_samples"][metric])

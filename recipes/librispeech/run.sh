@@ -34,6 +34,7 @@ test_speakers=0               # with empty --test-sets: speakers moved from trai
                               # set, data/test; every LM-text line of their chapters (and of
                               # their sentences) is removed (needs --lm-utt-ids true)
 wer_speakers=0                # >0: decode only the first N speakers of each test set for WER
+wer_singles=0                 # >0: decode only the first N single models for WER (0: all)
                               # (frame accuracy, a forward pass, is measured on all of them)
 transfer_sets=                # subsets used without transcripts as the students' transfer set
                               # (e.g. train-other-500), combined into data/unlabeled
@@ -79,7 +80,7 @@ exp=exp
 usage() {
   sed -n 2,12p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj seed corpus train_sets dev_sets test_sets dev_speakers test_speakers wer_speakers transfer_sets lm_text \
+  for v in stage stop_stage force nj seed corpus train_sets dev_sets test_sets dev_speakers test_speakers wer_speakers wer_singles transfer_sets lm_text \
            lm_utt_ids lm_prune arpa vocab_size lexicon mono_fraction mono_iters mono_gauss tri_iters \
            tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature alpha topk specialists \
            temperatures study_topk small_fraction small_data_conf student_seeds beam \

@@ -19,11 +19,13 @@ force=false
 nj=2                   # parallel jobs (processes)
 hours=0.5              # training audio; dev and test are sized in proportion (10% each)
 num_speakers=40        # training speakers (dev and test get 8 unseen speakers each by default)
-dev_speakers=0         # dev speakers, on whom the acoustic scales are chosen (0: 40% of the training
-                       # speakers, 16 of 40: twice the corpus's default, the first 8 being those)
+dev_speakers=0         # dev speakers, on whom the acoustic scales are chosen (0: 30% of the training
+                       # speakers, 12 of 40: the corpus's default 8 and 4 more)
 transfer_hours=0.5     # unlabeled audio (further speakers) the students are also distilled on
 test_speakers=32       # test speakers (as much audio each as a dev speaker): frame accuracy on all
 wer_speakers=0         # > 0: only the first N test speakers are decoded for WER (0: all of them)
+wer_singles=5          # single models decoded for WER (dev and test): the first N (0: all); every
+                       # one is measured in frame accuracy (a forward pass: decoding is the cost)
 condition=other        # clean | other (reverberation + noise)
 snr=10,30              # other: SNR range (dB), drawn per utterance
 rt60=0.1,0.5           # other: reverberation time range (s), drawn per utterance
@@ -66,7 +68,7 @@ exp=exp
 usage() {
   sed -n 2,8p "$here/run.sh" | sed 's/^# \{0,1\}//'
   echo "Options (default):"
-  for v in stage stop_stage force nj hours num_speakers dev_speakers transfer_hours test_speakers wer_speakers condition snr rt60 accents seed \
+  for v in stage stop_stage force nj hours num_speakers dev_speakers transfer_hours test_speakers wer_speakers wer_singles condition snr rt60 accents seed \
            vocab_size lm_prune arpa mono_fraction mono_iters \
            mono_gauss tri_iters tri_leaves tri_gauss dnn_conf student_conf small_conf num_models temperature \
            alpha topk specialists temperatures study_topk small_fraction small_data_conf student_seeds beam max_active \
@@ -76,7 +78,7 @@ usage() {
 }
 parse_options "$@"
 lock_exp  # makes $exp; one recipe at a time on it
-[ "$dev_speakers" -gt 0 ] || dev_speakers=$(( (2 * num_speakers + 2) / 5 > 2 ? (2 * num_speakers + 2) / 5 : 2 ))
+[ "$dev_speakers" -gt 0 ] || dev_speakers=$(( (3 * num_speakers + 5) / 10 > 2 ? (3 * num_speakers + 5) / 10 : 2 ))
 train=train dev=dev tests=test
 transfer=; [ "$transfer_hours" = 0 ] || transfer=unlabeled   # the corpus's unlabeled/ subset
 lm_text=$corpus/train-text.txt   # LM text from the training books only (never test text)

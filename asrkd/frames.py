@@ -52,10 +52,11 @@ RELEASE_BYTES = 32 << 20
 # default), so a shuffled row costs that much resident memory, not its own bytes.
 _FAULT_AROUND = 64 << 10
 # An array no larger than this stays mapped whole: its resident pages are bounded by its size
-# already, and handing them back would only make every batch fault its windows in again (a
-# distilled student's 0.5 h + 0.5 h of top-50 targets, 147 MB, released every batch: a tenth of
-# its update time).
-RESIDENT_BYTES = 256 << 20
+# already, and handing them back would only make every batch fault its windows in again (the
+# demo's largest, a distilled student's 0.5 h + 0.5 h of top-50 targets, 147 MB, released every
+# batch: a tenth of its update time). Larger arrays are paged, so a bigger corpus does not grow
+# the resident set past this (bench/memory.py).
+RESIDENT_BYTES = 160 << 20
 
 
 class NpyRowWriter:

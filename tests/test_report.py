@@ -327,3 +327,26 @@ def test_pooled_differences_known_answer(tmp_path):
     table = pooled_table(rows)
     assert "| distilled - control | 2 | 3 | - | -10.00 [" in table
     assert "train-only" not in table  # no run has that student
+
+
+def test_singles_with_frame_accuracy_only(exp):
+    """--wer-singles: a single measured in frame accuracy only counts in the singles' frame
+    accuracy, not in their WER (mean, interval, the paired WER differences), and the table says
+    over how many each is."""
+    spk_base = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65])
+    _decode(exp, "teachers/model4", "test", spk_base + 0.05)  # no WER: frame accuracy only
+    rows = read_manifest(exp / "systems.tsv")
+    rows.insert(4, System("model4", "single", "teachers/model4", (), "single DNN 4"))
+    write_manifest(exp / "systems.tsv", rows)
+    res = write_report(exp, resamples=500)
+    mean = _row(res, "single")
+    assert mean["n_frame_acc"] == 4 and mean["n_wer"] == 3
+    assert mean["frame_acc"] == pytest.approx((52.5 + 53.5 + 54.5 + 57.5) / 4)
+    assert mean["wer"] == pytest.approx(22.5)  # the three decoded singles' alone
+    assert mean["wer_ci"] is not None
+    d = _row(res, "ensemble")["vs"]["single"]
+    assert d["frame_acc"]["diff"] == pytest.approx(57.5 - 54.5)
+    assert d["wer"]["diff"] == pytest.approx(0.0)  # 22.5 both: the frame-only single not in it
+    md = open(exp / "results.md").read()
+    assert "WER of the first 3 of 4" in md
+    assert "| single DNN 4 | - | 57.50 | - |" in md

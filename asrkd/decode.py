@@ -241,28 +241,7 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
                 "best_pdfs": best_pdfs}
     best = grid[0]
     if len(grid) > 1:
-        for a in grid:
-            scored(a)
-        best = best_of_grid(grid, results)
-        for _ in range(MAX_WIDEN if widen else 0):
-            nxt = widened(grid, best)
-            if nxt is None or len({results[a]["wer"] for a in grid}) == 1:
-                break
-            nxt = min(values, key=lambda v: abs(v - nxt))  # the same value, as computed
-            print(f"decode: best acoustic scale {fmt_acwt(best)} is at the edge of the grid; "
-                  f"trying {fmt_acwt(nxt)}", file=sys.stderr)
-            grid.append(nxt)
-            scored(nxt)
-            best = best_of_grid(grid, results)
-        grid.sort()
-        edge = best in (grid[0], grid[-1]) and len({results[a]["wer"] for a in grid}) > 1
-        write_choice(decode_dir, best, {a: results[a]["wer"] for a in grid}, edge)
-        print("acwt grid: " + ", ".join(f"{fmt_acwt(a)}: {results[a]['wer']:.2f}%" for a in grid)
-              + f" -> best {fmt_acwt(best)} (lattices searched at {fmt_acwt(decode_acwt)})",
-              file=sys.stderr)
-        if edge:
-            print(f"decode: best acoustic scale {fmt_acwt(best)} is still at the edge of the grid "
-                  f"{fmt_acwt(grid[0])}-{fmt_acwt(grid[-1])}", file=sys.stderr)
+        best = _choose_widening(grid, values, results, scored, widen, decode_dir, decode_acwt)
     write_table(os.path.join(decode_dir, "hyp.txt"), hyps[best])
     with atomic_path(os.path.join(decode_dir, "acwt")) as tmp, open(tmp, "w") as f:
         f.write(f"{fmt_acwt(best)}\n")
@@ -270,6 +249,35 @@ def decode_data_dir(graph_dir, scorer, utts, decode_dir, acwt, nj=1, beam=16.0, 
         results[best] = score(ref_text, os.path.join(decode_dir, "hyp.txt"), decode_dir)
     return {"acwt": best, "wer": results, "grid": grid, "decode_acwt": decode_acwt,
             "best_pdfs": best_pdfs}
+
+
+def _choose_widening(grid, values, results, scored, widen, decode_dir, decode_acwt):
+    """The best of ``grid`` (scored by ``scored(a)`` into ``results``), the grid widened past an
+    edge while the best is there (up to MAX_WIDEN values of ``values``; ``grid`` grows in
+    place); the choice written to decode_dir (best_acwt, acwt_wers, acwt_edge)."""
+    for a in grid:
+        scored(a)
+    best = best_of_grid(grid, results)
+    for _ in range(MAX_WIDEN if widen else 0):
+        nxt = widened(grid, best)
+        if nxt is None or len({results[a]["wer"] for a in grid}) == 1:
+            break
+        nxt = min(values, key=lambda v: abs(v - nxt))  # the same value, as computed
+        print(f"decode: best acoustic scale {fmt_acwt(best)} is at the edge of the grid; "
+              f"trying {fmt_acwt(nxt)}", file=sys.stderr)
+        grid.append(nxt)
+        scored(nxt)
+        best = best_of_grid(grid, results)
+    grid.sort()
+    edge = best in (grid[0], grid[-1]) and len({results[a]["wer"] for a in grid}) > 1
+    write_choice(decode_dir, best, {a: results[a]["wer"] for a in grid}, edge)
+    print("acwt grid: " + ", ".join(f"{fmt_acwt(a)}: {results[a]['wer']:.2f}%" for a in grid)
+          + f" -> best {fmt_acwt(best)} (lattices searched at {fmt_acwt(decode_acwt)})",
+          file=sys.stderr)
+    if edge:
+        print(f"decode: best acoustic scale {fmt_acwt(best)} is still at the edge of the grid "
+              f"{fmt_acwt(grid[0])}-{fmt_acwt(grid[-1])}", file=sys.stderr)
+    return best
 
 
 def decode(graph_dir, data_dir, model, decode_dir, acwt=None, acwt_grid=DEFAULT_GRID,

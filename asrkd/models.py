@@ -123,8 +123,9 @@ def _nonlinearity(dim, config):
 class Dropout(nn.Module):
     """Dropout whose masks come from 16-bit draws of a PCG64 stream (numpy) seeded from torch's
     generator: the same seeds give the same masks, 4x faster on a CPU than torch's per-element
-    bernoulli draws (a fifth of a small model's update time). On an accelerator: torch's own. A unit is dropped when its draw
-    is below round(p * 65536), so p is kept to within 1/131072 (0.2: 0.199997).
+    bernoulli draws (a fifth of a small model's update time); on an accelerator, torch's own.
+    A unit is dropped when its draw is below round(p * 65536), so p is kept to within 1/131072
+    (0.2: 0.199997).
 
     Args:
         x: any shape. Returns the same shape: x unchanged in eval mode; in training, each

@@ -155,11 +155,13 @@ singles_split() {
   { [ "$n" -gt 0 ] && [ "$n" -lt ${#all[@]} ]; } || n=${#all[@]}
   if [ "$1" = decoded ]; then echo ${all[@]:0:$n}; else echo ${all[@]:$n}; fi
 }
-frame_acc_only() {  # SYSTEM...: frame accuracy on each test set (MODEL/decode_T/frame_acc*)
+# frame_acc_of SYSTEM... : frame accuracy (a forward pass, no decoding) on every test set, for
+# the systems without it ({model}/decode_<test>/frame_acc_per_utt, what `asrkd report` reads)
+frame_acc_of() {
   local m t
   for m in "$@"; do
     for t in $tests; do
-      [ $t = $dev ] || [ -f $m/decode_$t/frame_acc ] || \
+      [ -f $m/decode_$t/frame_acc_per_utt ] || \
         asrkd frame-accuracy $data/$t $exp/tri_ali_$t $m $m/decode_$t
     done
   done
@@ -302,7 +304,7 @@ if stage 13 "hybrid decoding of every DNN system (dev and test, frame accuracy);
   done_before=$(for m in $(dnn_systems); do [[ " ${todo[*]} " == *" $m "* ]] || echo $m; done)
   half=$(( (${#todo[@]} + 1) / 2 ))
   job=decode_dnn; [ "$acwt_choice" = system ] || job=decode_grid
-  decode_b() { $job 1 "$@"; frame_acc_only $(singles_split frame_only); }
+  decode_b() { $job 1 "$@"; frame_acc_of $(singles_split frame_only); }
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_a.log $job 1 ${todo[@]:0:$half}
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 run_bg $exp/log/decode_b.log decode_b ${todo[@]:$half}
   wait_bg
@@ -367,18 +369,6 @@ if [ "${specialists:-0}" -gt 0 ] && stage 15 "specialists: $specialists on the d
   report  # with the specialists' row
   stage_done 15
 fi
-
-# frame_acc_of SYSTEM... : frame accuracy (a forward pass, no decoding) on every test set, for
-# the systems without it ({model}/decode_<test>/frame_acc_per_utt, what `asrkd report` reads)
-frame_acc_of() {
-  local m t
-  for m in "$@"; do
-    for t in $tests; do
-      [ -f $m/decode_$t/frame_acc_per_utt ] || \
-        asrkd frame-accuracy $data/$t $exp/tri_ali_$t $m $m/decode_$t
-    done
-  done
-}
 
 study_topk=${study_topk:-0}
 if [ -n "$temperatures" ] && stage 16 "temperature study: a same-size student at each T of '$temperatures'"; then

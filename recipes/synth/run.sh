@@ -24,7 +24,7 @@ dev_speakers=0         # dev speakers, on whom the acoustic scales are chosen (0
 transfer_hours=0.5     # unlabeled audio (further speakers) the students are also distilled on
 test_speakers=32       # test speakers (as much audio each as a dev speaker): frame accuracy on all
 wer_speakers=0         # > 0: only the first N test speakers are decoded for WER (0: all of them)
-wer_singles=5          # single models decoded for WER (dev and test): the first N (0: all); every
+wer_singles=3          # single models decoded for WER (dev and test): the first N (0: all); every
                        # one is measured in frame accuracy (a forward pass: decoding is the cost)
 condition=other        # clean | other (reverberation + noise)
 snr=10,30              # other: SNR range (dB), drawn per utterance

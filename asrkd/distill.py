@@ -129,12 +129,13 @@ class _KDLoss(torch.autograd.Function):
                 grad = q.mul_(a_row[:, None])
                 grad.scatter_add_(1, ids, -k * p)
             if count and T == 1:
-                grad.index_put_((rows, y), torch.tensor(-w, dtype=z.dtype), accumulate=True)
+                grad.index_put_((rows, y), torch.tensor(-w, dtype=z.dtype, device=z.device),
+                                accumulate=True)
         if count and (alpha == 0 or T != 1):
             log_q1 = torch.log_softmax(z.index_select(0, rows), dim=1)
             loss = loss - w * log_q1.gather(1, y[:, None]).sum()
             g1 = log_q1.exp_()
-            g1[torch.arange(len(rows)), y] -= 1.0
+            g1[torch.arange(len(rows), device=z.device), y] -= 1.0
             grad = torch.zeros_like(z) if grad is None else grad
             grad.index_add_(0, rows, g1, alpha=w)
         ctx.save_for_backward(torch.zeros_like(z) if grad is None else grad)

@@ -2,7 +2,7 @@
 # The default asrkd recipe: synthesize a corpus with espeak-ng, build GMM-HMM targets, train a
 # ten-model DNN ensemble, distill it into one model and a small student (on the training set and
 # an unlabeled transfer set), and write the Table-1 style report to exp/results.md. Runs on a
-# 2-core CPU machine in about 20 minutes (20.0 measured with `make demo`; see the README).
+# 2-core CPU machine in 14-17 minutes by the hour (13.8 measured with `make demo`; see the README).
 #
 # Usage: recipes/synth/run.sh [--stage N] [--stop-stage N] [--nj N] [--hours H] ...
 # You can safely remove corpus/ data/ exp/ and rerun; finished stages are skipped.

@@ -90,10 +90,11 @@ class _KDLoss(torch.autograd.Function):
         z = logits if logits.dtype == torch.float64 else logits.float()
         n = z.shape[0]
         loss = z.new_zeros(())
-        labelled = hard >= 0
+        labelled = hard >= 0 if alpha < 1 else None
         count = int(labelled.sum()) if alpha < 1 else 0
         w = (1 - alpha) / float(count if hard_norm is None else hard_norm) if count else 0.0
-        rows, y = labelled.nonzero().squeeze(1), hard[labelled]
+        if count:  # the labelled rows and their targets (none needed at alpha = 1)
+            rows, y = labelled.nonzero().squeeze(1), hard[labelled]
         grad = None
         if alpha > 0:
             s = z / T if T != 1 else z
